@@ -1,0 +1,326 @@
+"""Argument checks shared by every backend.
+
+Each public function (NumPy reference, CUDA launchers, the torch bridge, the CLI)
+runs its arguments through exactly one function here, before any computation, and
+gets back a small record of what it needs: the array module, the class/row axis
+normalised, the row count and row length. One mistake has one error text, whichever
+backend the caller ends up on.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def result_dtype(dtype: np.dtype) -> np.dtype:
+    """Dtype of per-row statistics (losses, logsumexp): the accumulation dtype."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+# ----------------------------------------------------------------------------------
+# array kinds
+
+
+def _is_cupy_array(a: Any) -> bool:
+    # Checked by type name so that NumPy-only installs never import CuPy.
+    mod = type(a).__module__ or ""
+    return type(a).__name__ == "ndarray" and mod.split(".")[0] == "cupy"
+
+
+def array_kind(a: Any, name: str) -> str:
+    """'numpy' or 'cupy'; TypeError for anything else."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if _is_cupy_array(a):
+        return "cupy"
+    raise TypeError(
+        f"{name} must be a NumPy or CuPy array, got {type(a).__module__}.{type(a).__name__}"
+    )
+
+
+def common_kind(named_arrays: dict[str, Any]) -> str:
+    """The one array module shared by all given (non-None) arrays."""
+    kinds = {name: array_kind(a, name) for name, a in named_arrays.items() if a is not None}
+    found = set(kinds.values())
+    if len(found) > 1:
+        listing = ", ".join(f"{n} is {k}" for n, k in kinds.items())
+        raise TypeError(
+            f"cannot mix CuPy and NumPy arrays in one call ({listing}); "
+            "move them to one side with cupy.asarray or cupy.asnumpy"
+        )
+    if kinds:
+        kind = found.pop()
+        if kind == "cupy":
+            devices = {n: a.device.id for n, a in named_arrays.items() if a is not None}
+            if len(set(devices.values())) > 1:
+                listing = ", ".join(f"{n} on device {d}" for n, d in devices.items())
+                raise ValueError(f"all arrays must be on one GPU ({listing})")
+        return kind
+    return "numpy"
+
+
+def require_float(a: Any, name: str) -> None:
+    if np.dtype(a.dtype) not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, float32 or float64, got dtype {a.dtype}"
+        )
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "x") -> int:
+    if ndim == 0:
+        raise ValueError(f"{name} is 0-dimensional: softmax needs at least one axis")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for {name} with {ndim} dimension(s)")
+    return axis % ndim
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where the reduced axis sits: `outer` rows before it, `cols` along it, `inner` after.
+
+    A last-axis reduction has inner == 1; the kernels see `outer * inner` rows of
+    `cols` elements each, with stride `inner` between a row's elements.
+    """
+
+    shape: tuple[int, ...]
+    axis: int
+    outer: int
+    cols: int
+    inner: int
+
+    @property
+    def rows(self) -> int:
+        return self.outer * self.inner
+
+    @property
+    def reduced_shape(self) -> tuple[int, ...]:
+        return self.shape[: self.axis] + self.shape[self.axis + 1 :]
+
+
+def row_layout(shape: tuple[int, ...], axis: int) -> RowLayout:
+    return RowLayout(
+        shape=tuple(shape),
+        axis=axis,
+        outer=math.prod(shape[:axis]),
+        cols=shape[axis],
+        inner=math.prod(shape[axis + 1 :]),
+    )
+
+
+# ----------------------------------------------------------------------------------
+# softmax family
+
+
+@dataclass(frozen=True)
+class SoftmaxArgs:
+    kind: str
+    x: Any
+    layout: RowLayout
+    out: Any = None
+
+
+def check_softmax(x: Any, axis: Any, out: Any = None, *, name: str = "x") -> SoftmaxArgs:
+    """softmax / log_softmax / logsumexp (logsumexp passes out=None)."""
+    kind = common_kind({name: x, "out": out})
+    require_float(x, name)
+    ax = normalize_axis(axis, x.ndim, name)
+    if out is not None:
+        if out.dtype != x.dtype:
+            raise TypeError(f"out has dtype {out.dtype}, expected {x.dtype} (the dtype of {name})")
+        if out.shape != x.shape:
+            raise ValueError(f"out has shape {out.shape}, expected {x.shape} (the shape of {name})")
+    return SoftmaxArgs(kind=kind, x=x, layout=row_layout(x.shape, ax), out=out)
+
+
+@dataclass(frozen=True)
+class BackwardArgs:
+    kind: str
+    grad_y: Any
+    y: Any
+    layout: RowLayout
+
+
+def check_backward(grad_y: Any, y: Any, axis: Any) -> BackwardArgs:
+    kind = common_kind({"grad_y": grad_y, "y": y})
+    require_float(grad_y, "grad_y")
+    require_float(y, "y")
+    if grad_y.dtype != y.dtype:
+        raise TypeError(f"grad_y has dtype {grad_y.dtype} but y has dtype {y.dtype}; they must match")
+    if grad_y.shape != y.shape:
+        raise ValueError(f"grad_y has shape {grad_y.shape} but y has shape {y.shape}; they must match")
+    ax = normalize_axis(axis, y.ndim, "y")
+    return BackwardArgs(kind=kind, grad_y=grad_y, y=y, layout=row_layout(y.shape, ax))
+
+
+# ----------------------------------------------------------------------------------
+# cross entropy
+
+
+@dataclass(frozen=True)
+class CrossEntropyArgs:
+    kind: str
+    logits: Any
+    target: Any
+    soft: bool  # float target of logits' shape (class probabilities)
+    layout: RowLayout  # class axis of logits
+    weight: Any
+    ignore_index: int
+    label_smoothing: float
+    reduction: str
+    validate: bool
+    z_loss: float
+    logit_softcap: float | None
+    grad_output: Any = 1.0
+    inplace: bool = False
+
+    @property
+    def loss_shape(self) -> tuple[int, ...]:
+        """Shape of the reduction='none' loss: logits' shape without the class axis."""
+        return self.layout.reduced_shape
+
+    @property
+    def loss_dtype(self) -> np.dtype:
+        return result_dtype(self.logits.dtype)
+
+
+def _check_number(value: Any, name: str, low: float, high: float, *, closed_high: bool = True) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    ok = low <= v <= high if closed_high else low <= v < high
+    if not ok:
+        hi = "]" if closed_high else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{hi}, got {value!r}")
+    return v
+
+
+def check_cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any = -1,
+    weight: Any = None,
+    ignore_index: Any = -100,
+    label_smoothing: Any = 0.0,
+    reduction: Any = "mean",
+    validate: Any = True,
+    z_loss: Any = 0.0,
+    logit_softcap: Any = None,
+    grad_output: Any = None,
+    inplace: Any = False,
+) -> CrossEntropyArgs:
+    """Checks for cross_entropy (grad_output=None) and cross_entropy_with_grad.
+
+    The range check of hard targets against [0, C) is not done here: it needs the
+    target values (a device reduction on the GPU); each backend calls
+    `raise_bad_targets` with its own count when `validate` is true.
+    """
+    named = {"logits": logits, "target": target, "weight": weight}
+    if grad_output is not None and not _is_scalar(grad_output):
+        named["grad_output"] = grad_output
+    kind = common_kind(named)
+    require_float(logits, "logits")
+    ax = normalize_axis(axis, logits.ndim, "logits")
+    layout = row_layout(logits.shape, ax)
+    if layout.cols == 0:
+        raise ValueError("logits has an empty class axis: cross entropy needs at least one class")
+
+    tdt = np.dtype(target.dtype)
+    if tdt.kind in "iu":
+        soft = False
+        if target.shape != layout.reduced_shape:
+            raise ValueError(
+                f"target has shape {target.shape}; class indices must have logits' shape "
+                f"without the class axis, {layout.reduced_shape}"
+            )
+    elif tdt in FLOAT_DTYPES:
+        soft = True
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"target has shape {target.shape}; class probabilities must have logits' "
+                f"shape, {logits.shape}"
+            )
+    else:
+        raise TypeError(
+            f"target must hold integer class indices or float class probabilities, got dtype {target.dtype}"
+        )
+
+    if weight is not None:
+        require_float(weight, "weight")
+        if weight.shape != (layout.cols,):
+            raise ValueError(f"weight has shape {weight.shape}, expected ({layout.cols},): one weight per class")
+
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    ls = _check_number(label_smoothing, "label_smoothing", 0.0, 1.0)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(validate, (bool, np.bool_)):
+        raise TypeError(f"validate must be True or False, got {validate!r}")
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    zl = _check_number(z_loss, "z_loss", 0.0, math.inf, closed_high=False)
+    cap = None
+    if logit_softcap is not None:
+        cap = _check_number(logit_softcap, "logit_softcap", 0.0, math.inf, closed_high=False)
+        if cap == 0.0:
+            raise ValueError("logit_softcap must be positive (or None to turn it off), got 0")
+
+    if grad_output is not None:
+        if not _is_scalar(grad_output):
+            if np.dtype(grad_output.dtype).kind != "f":
+                raise TypeError(f"grad_output must be a float scalar or array, got dtype {grad_output.dtype}")
+            if grad_output.ndim != 0:
+                if reduction != "none":
+                    raise ValueError(
+                        f"grad_output must be a scalar for reduction={reduction!r}, got shape {grad_output.shape}"
+                    )
+                if grad_output.shape != layout.reduced_shape:
+                    raise ValueError(
+                        f"grad_output has shape {grad_output.shape}, expected the loss shape {layout.reduced_shape}"
+                    )
+    if inplace and kind == "numpy" and not logits.flags.writeable:
+        raise ValueError("inplace=True needs writable logits")
+
+    return CrossEntropyArgs(
+        kind=kind,
+        logits=logits,
+        target=target,
+        soft=soft,
+        layout=layout,
+        weight=weight,
+        ignore_index=int(ignore_index),
+        label_smoothing=ls,
+        reduction=reduction,
+        validate=bool(validate),
+        z_loss=zl,
+        logit_softcap=cap,
+        grad_output=1.0 if grad_output is None else grad_output,
+        inplace=bool(inplace),
+    )
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None) -> None:
+    """The one error text for hard targets outside [0, C) (validate=True)."""
+    if n_bad:
+        ex = f" (e.g. {example})" if example is not None else ""
+        raise ValueError(
+            f"{n_bad} target value(s){ex} outside [0, {classes}) and not equal to "
+            f"ignore_index={ignore_index}; pass validate=False to skip this check "
+            "(such rows then get a NaN loss)"
+        )

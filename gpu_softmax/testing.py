@@ -1,0 +1,73 @@
+"""Tolerances and comparison helpers shared by the tests and `gpu-softmax check`.
+
+One place states how close a kernel's output must be to the float64 reference.
+CuPy compiles with -ftz=true, so results that the reference gives as denormals
+come back as zero: every comparison carries an absolute floor next to the
+relative bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# dtype name -> (max relative error against float64, absolute floor)
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-12, 1e-300),
+    "float32": (1e-5, 1e-30),
+    # float16 outputs are rounded once to float16 (eps 9.8e-4); the bound leaves
+    # room for that rounding plus float32 accumulation; the floor covers
+    # float16's subnormal range (6.1e-5), which -ftz flushes.
+    "float16": (2e-3, 6.2e-5),
+    # bfloat16 (torch bridge): 8 mantissa bits, eps 7.8e-3.
+    "bfloat16": (8e-3, 1e-30),
+}
+
+
+def tolerance(dtype) -> tuple[float, float]:
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return TOLERANCES[name]
+
+
+def max_relative_error(actual, expected) -> float:
+    """max |actual - expected| / max(|expected|, tiny), NaN-aware.
+
+    NaN must sit where the reference has NaN (and nowhere else); matching NaNs and
+    equal infinities count as exact.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"shape {a.shape} != expected {e.shape}")
+    a_nan, e_nan = np.isnan(a), np.isnan(e)
+    if (a_nan != e_nan).any():
+        return float("inf")
+    same = (a == e) | (a_nan & e_nan)
+    with np.errstate(all="ignore"):
+        rel = np.abs(a - e) / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    rel = np.where(same, 0.0, rel)
+    return float(rel.max()) if rel.size else 0.0
+
+
+def assert_close(actual, expected, dtype, what: str = "result", rtol: float | None = None, atol: float | None = None) -> None:
+    """Elementwise |a - e| <= atol + rtol * |e|, NaN only where expected is NaN."""
+    r, f = tolerance(dtype)
+    rtol = r if rtol is None else rtol
+    atol = f if atol is None else atol
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {a.shape} != expected {e.shape}")
+    a_nan, e_nan = np.isnan(a), np.isnan(e)
+    if (a_nan != e_nan).any():
+        idx = np.argwhere(a_nan != e_nan)[0]
+        raise AssertionError(f"{what}: NaN mismatch at {tuple(idx)}: got {a[tuple(idx)]}, expected {e[tuple(idx)]}")
+    with np.errstate(all="ignore"):
+        same = (a == e) | (a_nan & e_nan)
+        ok = same | (np.abs(a - e) <= atol + rtol * np.abs(e))
+    if not ok.all():
+        idx = tuple(np.argwhere(~ok)[0])
+        n = int((~ok).sum())
+        raise AssertionError(
+            f"{what}: {n} of {ok.size} elements off (rtol={rtol}, atol={atol}); first at {idx}: "
+            f"got {a[idx]!r}, expected {e[idx]!r}; max rel err {max_relative_error(a, e):.3e}"
+        )
