@@ -62,11 +62,15 @@ def module_source(family: str) -> str:
 
 def extern_c_kernels(source: str) -> list[str]:
     """Names of the extern "C" __global__ entry points in a source text."""
-    pattern = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(')
-    names = pattern.findall(source)
+    # Macro bodies hold the entry-point template, not entry points: drop #define
+    # blocks (with their backslash continuations) before looking.
+    body = re.sub(r"^[ \t]*#[ \t]*define(?:[^\n]*\\\n)*[^\n]*$", "", source, flags=re.MULTILINE)
+    lb = r"(?:__launch_bounds__\s*\([^)]*\)\s*)?"
+    pattern = re.compile(r'extern\s+"C"\s+__global__\s+' + lb + r"void\s+" + lb + r"(\w+)\s*\(")
+    names = pattern.findall(body)
     # Entry points made by the GS_* instantiation macros carry their names as
     # the macro's first argument.
-    names += re.findall(r"^\s*GS_ENTRY\w*\(\s*(\w+)\s*,", source, re.MULTILINE)
+    names += re.findall(r"^\s*GS_ENTRY\w*\(\s*(\w+)\s*,", body, re.MULTILINE)
     return sorted(set(names))
 
 

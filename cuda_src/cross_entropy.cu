@@ -1,0 +1,487 @@
+// Fused softmax cross-entropy: per row, the loss and (optionally) the gradient
+// d(loss * grad_output)/d logits in one kernel, over rows of `cols` contiguous
+// logits (the launcher moves any other class axis last first).
+//
+// Per row, with xc the (optionally soft-capped) logits, (m, s) their max and
+// exp-sum, lse = m + log s and p = exp(xc - m) / s:
+//   hard labels:  q_c = (1-eps) w_t [c == t] + (eps/C) w_c     (0 for an ignored row)
+//   soft labels:  q_c = w_c (t_c (1-eps) + eps/C)
+//   ce   = sum_c q_c (lse - xc_c) = lse * sum(q) - sum_c q_c xc_c
+//   grad = (p * sum(q) - q) * gce + 2 z lse p * gzl            (times 1 - (xc/cap)^2 with a cap)
+// which is the seed's y * sum(t) - t with the weighted, smoothed target q.
+// For hard labels sum(q) = (1-eps) w_t + (eps/C) W, W = sum_c w_c; the only
+// per-row sums besides (m, s) are sum_c w_c xc_c (smoothing) and, for soft
+// labels, sum_c q_c xc_c and sum_c q_c.
+//
+// Regimes (table in gpu_softmax/_cuda/cross_entropy.py):
+//   warp   - short rows held in registers by `width` lanes; one read, one write.
+//   block  - a block per row, the row held in registers; one read, one write.
+//   stream - longer rows: an online (max, sum) read, then a second read that
+//            writes the gradient (no second read when only the loss is wanted).
+// Soft labels always take the stream kernel (its target is read alongside).
+//
+// Loss scaling and the gradient's scale come from `coef`, computed on the
+// device by gs_ce_prep_* from the targets and weights (mean's divisor: sum of
+// w[t] over non-ignored rows), so no host synchronisation is needed:
+//   coef[0], coef[1]: multipliers of ce and z-loss in the per-row loss
+//   coef[2], coef[3]: multipliers of ce and z-loss in the gradient (grad_output folded in)
+//   coef[4]: W = sum of the class weights (C without weights)
+// The per-row losses are summed afterwards by a fixed-order reduction: no float
+// atomics, so the same inputs give the same bits.
+#include "common.cuh"
+
+namespace gs {
+
+enum { CE_OK = 0, CE_IGNORED = 1, CE_BAD = 2 };
+
+template <class A>
+__device__ __forceinline__ A acc_tanh(A v);
+template <>
+__device__ __forceinline__ float acc_tanh<float>(float v) { return tanhf(v); }
+template <>
+__device__ __forceinline__ double acc_tanh<double>(double v) { return tanh(v); }
+
+// Soft cap of a logit; elements outside the row stay -inf (padding must not
+// become -cap and join the max or the sums).
+template <class A>
+__device__ __forceinline__ A capped(A v, A cap, bool in_row) {
+    if (!in_row) return -inf_of(A(0));
+    return cap > A(0) ? cap * acc_tanh(v / cap) : v;
+}
+
+struct CeRow {
+    long long t;  // target class (hard labels)
+    int status;   // CE_OK / CE_IGNORED / CE_BAD
+};
+
+__device__ __forceinline__ CeRow ce_target(const long long* tgt, long long row, long long cols, long long ignore) {
+    CeRow r;
+    r.t = tgt ? tgt[row] : 0;
+    if (!tgt) {
+        r.status = CE_OK;
+    } else if (r.t == ignore) {
+        r.status = CE_IGNORED;
+    } else if (r.t < 0 || r.t >= cols) {
+        r.status = CE_BAD;  // validate=False: NaN loss, never an out-of-bounds read
+    } else {
+        r.status = CE_OK;
+    }
+    return r;
+}
+
+template <class A>
+__device__ __forceinline__ A weight_at(const A* w, long long c) {
+    return w ? w[c] : A(1);
+}
+
+// Per-row scalars every thread of the group needs for the gradient.
+template <class A>
+struct CeScale {
+    A m, inv_s, lse, qsum, tw, gce, gzl2, eps_c, cap;
+};
+
+// The loss of one row from its statistics, written by one thread.
+template <class A>
+__device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long row, CeRow tr, A lse, A xt, A wt,
+                                              A s_wx, A s_q, A s_qx, bool soft, A eps, A z, A inv_cols,
+                                              const A* coef) {
+    A ce, zl = A(0);
+    if (tr.status == CE_IGNORED) {
+        ce = A(0);
+    } else if (tr.status == CE_BAD) {
+        ce = nan_of(A(0));
+    } else {
+        if (soft) {
+            ce = lse * s_q - s_qx;
+        } else {
+            ce = wt * (lse - xt);
+            if (eps > A(0)) ce = (A(1) - eps) * ce + eps * inv_cols * (lse * coef[4] - s_wx);
+        }
+        if (z > A(0)) zl = z * lse * lse;
+    }
+    row_loss[row] = ce * coef[0] + zl * coef[1];
+    if (row_lse) row_lse[row] = lse;
+}
+
+template <class A>
+__device__ __forceinline__ CeScale<A> ce_scale(MaxSum<A> r, CeRow tr, A wt, A s_q, bool soft, A eps, A z, A inv_cols,
+                                               A cap, const A* coef, const A* g_rows, long long row) {
+    CeScale<A> k;
+    const bool inf_m = is_inf(r.m);
+    k.m = r.m;
+    // The stored r is sum - 1 (see common.cuh): log1p keeps lse accurate when
+    // one logit dominates the row.
+    k.inv_s = inf_m ? nan_of(r.m) : A(1) / (A(1) + r.r);
+    k.lse = inf_m ? nan_of(r.m) : r.m + acc_log1p(r.r);
+    const A gr = g_rows ? g_rows[row] : A(1);
+    k.gce = coef[2] * gr;
+    k.gzl2 = A(2) * z * k.lse * coef[3] * gr;
+    k.tw = (A(1) - eps) * wt;
+    k.eps_c = eps * inv_cols;
+    k.qsum = soft ? s_q : k.tw + (eps > A(0) ? k.eps_c * coef[4] : A(0));
+    k.cap = cap;
+    (void)tr;
+    return k;
+}
+
+// Gradient of one element c with capped logit v and (for soft labels) q_c.
+template <class A>
+__device__ __forceinline__ A ce_grad(const CeScale<A>& k, A v, long long c, long long t, A wc, A qc, bool soft,
+                                     bool z_on) {
+    const A p = fast_exp(v - k.m) * k.inv_s;
+    A q;
+    if (soft) {
+        q = qc;
+    } else {
+        q = (c == t ? k.tw : A(0)) + k.eps_c * wc;
+    }
+    A g = (p * k.qsum - q) * k.gce;
+    if (z_on) g += k.gzl2 * p;
+    if (k.cap > A(0)) {
+        const A th = v / k.cap;
+        g *= A(1) - th * th;
+    }
+    return g;
+}
+
+// ---------------------------------------------------------------------------
+// held regimes (warp and block): the row is one tile, kept in registers between
+// the statistics and the gradient write. Group reductions are either over
+// `width` lanes (WARP) or over the block.
+
+template <class A, bool WARP>
+struct Group {
+    int width;
+    MaxSum<A>* ms_scratch;
+    A* scratch;
+    __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> v) const {
+        return WARP ? warp_merge(v, width) : block_merge(v, ms_scratch);
+    }
+    __device__ __forceinline__ A sum(A v) const { return WARP ? warp_sum(v, width) : block_sum(v, scratch); }
+};
+
+template <class S, int NV, bool WARP>
+__device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                            const typename S::A* w, const typename S::A* coef,
+                                            const typename S::A* g_rows, typename S::A* row_loss,
+                                            typename S::A* row_lse, long long row, bool row_valid, long long cols,
+                                            long long ignore, typename S::A eps, typename S::A z,
+                                            typename S::A cap, int lane, const Group<typename S::A, WARP>& grp) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const int width = WARP ? grp.width : (int)blockDim.x;
+    const int n = row_valid ? (int)cols : 0;  // the table keeps held rows short
+    const long long off = (row_valid ? row : 0) * cols;
+    const typename S::T* xr = x + off;
+    const int mis = misalign<S>(xr);
+    const A inv_cols = A(1) / A(cols);
+    const CeRow tr = row_valid ? ce_target(tgt, row, cols, ignore) : CeRow{0, CE_IGNORED};
+    const A wt = tr.status == CE_OK ? weight_at(w, tr.t) : A(0);
+    // The target logit is read before any thread of the group can write the
+    // gradient (the reductions below order them), so in-place is safe.
+    A xt = A(0);
+    if (lane == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
+    if (WARP) __syncwarp();  // orders that read before other lanes' in-place writes
+
+    A v[EPT];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int e0 = slot_start<S>(0, j, lane, width, mis);
+        load_slot<S>(xr, e0, n, true, v + j * VEC, A(0));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[j * VEC + i] = capped(v[j * VEC + i], cap, e0 + i >= 0 && e0 + i < n);
+    }
+    const MaxSum<A> t = values_stats<false, A, A, EPT>(v);
+    A s_wx = A(0);
+    if (eps > A(0)) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e0 = slot_start<S>(0, j, lane, width, mis);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const int e = e0 + i;
+                if (e >= 0 && e < n) s_wx += weight_at(w, e) * v[j * VEC + i];
+            }
+        }
+    }
+    const MaxSum<A> r = grp.merge(t);
+    if (eps > A(0)) s_wx = grp.sum(s_wx);
+    const CeScale<A> k = ce_scale(r, tr, wt, A(0), false, eps, z, inv_cols, cap, coef, g_rows, row);
+    if (row_valid && lane == 0)
+        ce_write_loss(row_loss, row_lse, row, tr, k.lse, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_cols, coef);
+    if (!grad) return;
+    typename S::T* gr = grad + off;
+    const bool vec_out = misalign<S>(gr) == mis;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int e0 = slot_start<S>(0, j, lane, width, mis);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int e = e0 + i;
+            A g;
+            if (tr.status == CE_OK) {
+                g = ce_grad(k, v[j * VEC + i], (long long)e, tr.t, (eps > A(0) && e >= 0 && e < n) ? weight_at(w, e) : A(0),
+                            A(0), false, z > A(0));
+            } else {
+                g = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+            }
+            v[j * VEC + i] = g;
+        }
+        store_slot<S>(gr, e0, n, vec_out, v + j * VEC);
+    }
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void ce_warp(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                        const typename S::A* w, const typename S::A* coef,
+                                        const typename S::A* g_rows, typename S::A* row_loss, typename S::A* row_lse,
+                                        long long rows, long long cols, long long ignore, typename S::A eps,
+                                        typename S::A z, typename S::A cap, int width) {
+    typedef typename S::A A;
+    Group<A, true> grp{width, nullptr, nullptr};
+    const int lane = threadIdx.x & (width - 1);
+    const int rpb = blockDim.x / width;
+    const long long nrb = (rows + rpb - 1) / rpb;
+    for (long long rb = blockIdx.x; rb < nrb; rb += gridDim.x) {
+        const long long row = rb * rpb + threadIdx.x / width;
+        ce_held_row<S, NV, true>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, row, row < rows, cols, ignore, eps,
+                                 z, cap, lane, grp);
+    }
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void ce_block(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                         const typename S::A* w, const typename S::A* coef,
+                                         const typename S::A* g_rows, typename S::A* row_loss, typename S::A* row_lse,
+                                         long long rows, long long cols, long long ignore, typename S::A eps,
+                                         typename S::A z, typename S::A cap) {
+    typedef typename S::A A;
+    __shared__ MaxSum<A> ms_scratch[33];
+    __shared__ A scratch[33];
+    Group<A, false> grp{0, ms_scratch, scratch};
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x)
+        ce_held_row<S, NV, false>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, row, true, cols, ignore, eps, z,
+                                  cap, (int)threadIdx.x, grp);
+}
+
+// ---------------------------------------------------------------------------
+// stream regime: a block per row, tiles of blockDim.x * NV * VEC elements, read
+// once for the statistics and once more for the gradient. Every element is
+// re-read and written by the thread that first read it, so in-place is safe.
+// SOFT: q_c comes from a target row of accumulation-type probabilities.
+
+template <class S, int NV, bool SOFT>
+__device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                          const typename S::A* soft_t, const typename S::A* w,
+                                          const typename S::A* coef, const typename S::A* g_rows,
+                                          typename S::A* row_loss, typename S::A* row_lse, long long rows,
+                                          long long cols, long long ignore, typename S::A eps, typename S::A z,
+                                          typename S::A cap) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    __shared__ MaxSum<A> ms_scratch[33];
+    __shared__ A scratch[33];
+    const long long tile = (long long)blockDim.x * EPT;
+    const A inv_cols = A(1) / A(cols);
+    const A one_m_eps = A(1) - eps;
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const long long off = row * cols;
+        const typename S::T* xr = x + off;
+        const A* tr_soft = SOFT ? soft_t + off : nullptr;
+        const int mis = misalign<S>(xr);
+        const CeRow tr = ce_target(SOFT ? nullptr : tgt, row, cols, ignore);
+        const A wt = (!SOFT && tr.status == CE_OK) ? weight_at(w, tr.t) : A(0);
+        A xt = A(0);
+        if (!SOFT && threadIdx.x == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
+
+        MaxSum<A> t = empty_maxsum<A>();
+        A s_wx = A(0), s_q = A(0), s_qx = A(0);
+        for (long long base = 0; base < cols + mis; base += tile) {
+            A v[EPT];
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+                load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const long long e = e0 + i;
+                    const bool in = e >= 0 && e < cols;
+                    v[j * VEC + i] = capped(v[j * VEC + i], cap, in);
+                    if (SOFT) {
+                        if (in) {
+                            const A q = weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols);
+                            s_q += q;
+                            s_qx += q * v[j * VEC + i];
+                        }
+                    } else if (eps > A(0) && in) {
+                        s_wx += weight_at(w, e) * v[j * VEC + i];
+                    }
+                }
+            }
+            t = merge(t, values_stats<false, A, A, EPT>(v));
+        }
+        const MaxSum<A> r = block_merge(t, ms_scratch);
+        if (SOFT) {
+            s_q = block_sum(s_q, scratch);
+            s_qx = block_sum(s_qx, scratch);
+        } else if (eps > A(0)) {
+            s_wx = block_sum(s_wx, scratch);
+        }
+        const CeScale<A> k = ce_scale(r, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
+        if (threadIdx.x == 0)
+            ce_write_loss(row_loss, row_lse, row, tr, k.lse, xt, wt, s_wx, s_q, s_qx, SOFT, eps, z, inv_cols, coef);
+        if (!grad) continue;
+        typename S::T* gr = grad + off;
+        const bool vec_out = misalign<S>(gr) == mis;
+        for (long long base = 0; base < cols + mis; base += tile) {
+            A v[EPT];
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+                if (tr.status == CE_OK) {
+                    load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        const bool in = e >= 0 && e < cols;
+                        const A xc = capped(v[j * VEC + i], cap, in);
+                        A qc = A(0), wc = A(0);
+                        if (in) {
+                            wc = (SOFT || eps > A(0)) ? weight_at(w, e) : A(0);
+                            if (SOFT) qc = wc * (tr_soft[e] * one_m_eps + eps * inv_cols);
+                        }
+                        v[j * VEC + i] = in ? ce_grad(k, xc, e, tr.t, wc, qc, SOFT, z > A(0)) : A(0);
+                    }
+                } else {
+                    const A fill = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) v[j * VEC + i] = fill;
+                }
+                store_slot<S>(gr, e0, cols, vec_out, v + j * VEC);
+            }
+        }
+        // The next row's block_merge starts with a barrier, so its scratch writes
+        // cannot race this row's reads.
+    }
+}
+
+// ---------------------------------------------------------------------------
+// prep: one block computes the mean's divisor, the valid-row count, W and the
+// scales from the targets and weights, in a fixed order (deterministic), and
+// counts out-of-range targets for validate=True (the one scalar the host reads).
+
+template <class A>
+__device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, long long cols, long long ignore,
+                                        const A* w, int reduction, const A* g_ptr, double g_val, A* coef,
+                                        unsigned long long* n_bad_out) {
+    __shared__ double dscratch[33];
+    double d = 0.0, n_valid = 0.0, n_bad = 0.0, wsum = 0.0;
+    if (tgt) {
+        for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
+            const long long t = tgt[r];
+            if (t == ignore) continue;
+            n_valid += 1.0;
+            if (t < 0 || t >= cols)
+                n_bad += 1.0;
+            else
+                d += w ? (double)w[t] : 1.0;
+        }
+    }
+    if (w) {
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) wsum += (double)w[c];
+    }
+    d = block_sum(d, dscratch);
+    n_valid = block_sum(n_valid, dscratch);
+    n_bad = block_sum(n_bad, dscratch);
+    wsum = block_sum(wsum, dscratch);
+    if (threadIdx.x == 0) {
+        if (!tgt) {
+            d = (double)rows;  // soft labels: mean over rows
+            n_valid = (double)rows;
+        }
+        if (n_bad > 0.0) d = nan_of(0.0);
+        if (!w) wsum = (double)cols;
+        const double g = g_ptr ? (double)g_ptr[0] : g_val;
+        double lce = 1.0, lzl = 1.0;
+        if (reduction == 1) {  // mean
+            lce = 1.0 / d;
+            lzl = 1.0 / n_valid;
+        }
+        coef[0] = (A)lce;
+        coef[1] = (A)lzl;
+        coef[2] = (A)(g * lce);
+        coef[3] = (A)(g * lzl);
+        coef[4] = (A)wsum;
+        *n_bad_out = (unsigned long long)n_bad;
+    }
+}
+
+}  // namespace gs
+
+// ---------------------------------------------------------------------------
+// entry points: gs_ce_<warp|block><NV>_<dtype>, gs_ce_stream<NV>_<hard|soft>_<dtype>,
+// gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
+// gpu_softmax/_cuda/cross_entropy.py (a CPU test checks it).
+
+#define GS_CE_ARGS(S)                                                                                              \
+    const S::T *x, S::T *grad, const long long *tgt, const S::A *soft_t, const S::A *w, const S::A *coef,          \
+        const S::A *g_rows, S::A *row_loss, S::A *row_lse, long long rows, long long cols, long long ignore,       \
+        double eps, double z, double cap
+
+#define GS_ENTRY_CE_WARP(name, S, NV)                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) name(GS_CE_ARGS(S), int width) {                            \
+        (void)soft_t;                                                                                              \
+        gs::ce_warp<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,        \
+                           (S::A)z, (S::A)cap, width);                                                             \
+    }
+#define GS_ENTRY_CE_BLOCK(name, S, NV, THREADS)                                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS) name(GS_CE_ARGS(S)) {                                   \
+        (void)soft_t;                                                                                              \
+        gs::ce_block<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,       \
+                            (S::A)z, (S::A)cap);                                                                   \
+    }
+#define GS_ENTRY_CE_STREAM(name, S, NV, SOFT)                                                                      \
+    extern "C" __global__ void __launch_bounds__(512) name(GS_CE_ARGS(S)) {                                       \
+        gs::ce_stream<S, NV, SOFT>(x, grad, tgt, soft_t, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore,   \
+                                   (S::A)eps, (S::A)z, (S::A)cap);                                                 \
+    }
+#define GS_ENTRY_CE_PREP(name, A)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) name(const long long* tgt, long long rows, long long cols,   \
+                                                           long long ignore, const A* w, int reduction,            \
+                                                           const A* g_ptr, double g_val, A* coef,                  \
+                                                           unsigned long long* n_bad) {                            \
+        gs::ce_prep<A>(tgt, rows, cols, ignore, w, reduction, g_ptr, g_val, coef, n_bad);                          \
+    }
+
+GS_ENTRY_CE_WARP(gs_ce_warp1_f32, gs::F32, 1)
+GS_ENTRY_CE_WARP(gs_ce_warp2_f32, gs::F32, 2)
+GS_ENTRY_CE_WARP(gs_ce_warp4_f32, gs::F32, 4)
+GS_ENTRY_CE_BLOCK(gs_ce_block4_f32, gs::F32, 4, 1024)
+GS_ENTRY_CE_BLOCK(gs_ce_block8_f32, gs::F32, 8, 1024)
+GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f32, gs::F32, 4, false)
+GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f32, gs::F32, 4, true)
+
+GS_ENTRY_CE_WARP(gs_ce_warp1_f16, gs::F16, 1)
+GS_ENTRY_CE_WARP(gs_ce_warp2_f16, gs::F16, 2)
+GS_ENTRY_CE_BLOCK(gs_ce_block2_f16, gs::F16, 2, 1024)
+GS_ENTRY_CE_BLOCK(gs_ce_block4_f16, gs::F16, 4, 1024)
+GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_f16, gs::F16, 2, false)
+GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_f16, gs::F16, 2, true)
+
+GS_ENTRY_CE_WARP(gs_ce_warp1_bf16, gs::BF16, 1)
+GS_ENTRY_CE_WARP(gs_ce_warp2_bf16, gs::BF16, 2)
+GS_ENTRY_CE_BLOCK(gs_ce_block2_bf16, gs::BF16, 2, 1024)
+GS_ENTRY_CE_BLOCK(gs_ce_block4_bf16, gs::BF16, 4, 1024)
+GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_bf16, gs::BF16, 2, false)
+GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_bf16, gs::BF16, 2, true)
+
+GS_ENTRY_CE_WARP(gs_ce_warp1_f64, gs::F64, 1)
+GS_ENTRY_CE_WARP(gs_ce_warp2_f64, gs::F64, 2)
+GS_ENTRY_CE_WARP(gs_ce_warp4_f64, gs::F64, 4)
+GS_ENTRY_CE_BLOCK(gs_ce_block4_f64, gs::F64, 4, 512)
+GS_ENTRY_CE_BLOCK(gs_ce_block8_f64, gs::F64, 8, 512)
+GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f64, gs::F64, 4, false)
+GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f64, gs::F64, 4, true)
+
+GS_ENTRY_CE_PREP(gs_ce_prep_f32, float)
+GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)

@@ -1,0 +1,201 @@
+"""Compile every kernel entry point with NVRTC, with no GPU, and read ptxas's report.
+
+Used by the CI tests (tests/test_compile.py) and by `gpu-softmax compile-check`.
+The source compiled is exactly what the loader hands CuPy (common.cuh pasted in),
+with the options CuPy adds, for a real architecture so that ptxas runs and reports
+registers and spills per entry function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from dataclasses import dataclass, field
+
+from . import loader
+
+ARCHS: tuple[int, ...] = (80, 90)
+
+# Launch modules, by op family. A family whose launch module is absent still gets
+# compiled (its source must build), but has no declared entry points to compare.
+LAUNCH_MODULES = {"softmax": "gpu_softmax._cuda.softmax", "cross_entropy": "gpu_softmax._cuda.cross_entropy"}
+
+
+@dataclass
+class EntryReport:
+    name: str
+    arch: int
+    registers: int
+    stack_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+
+    @property
+    def spills(self) -> int:
+        return self.spill_store_bytes + self.spill_load_bytes
+
+
+@dataclass
+class FamilyReport:
+    family: str
+    arch: int
+    seconds: float
+    log: str
+    entries: dict[str, EntryReport] = field(default_factory=dict)
+    declared: tuple[str, ...] | None = None  # the launch module's ENTRY_POINTS
+    in_source: tuple[str, ...] = ()  # extern "C" kernels found in the source text
+
+
+class NvrtcUnavailable(RuntimeError):
+    pass
+
+
+def _nvrtc_compile(source: str, name: str, options: list[str]) -> tuple[str, bool]:
+    """(log, ok). Tries CuPy's NVRTC binding, then cuda.bindings."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc as cnv
+    except Exception as exc_cupy:  # pragma: no cover - depends on the install
+        try:
+            from cuda.bindings import nvrtc as bnv
+        except Exception as exc_b:
+            raise NvrtcUnavailable(
+                "no NVRTC binding: install gpu-softmax[cuda12x] or [cuda13x] "
+                f"(cupy_backends: {exc_cupy}; cuda.bindings: {exc_b})"
+            ) from exc_b
+        err, prog = bnv.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
+        opts = [o.encode() for o in options]
+        (res,) = bnv.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = bnv.nvrtcGetProgramLogSize(prog)
+        buf = b" " * size
+        bnv.nvrtcGetProgramLog(prog, buf)
+        bnv.nvrtcDestroyProgram(prog)
+        return buf.decode(errors="replace").rstrip("\x00"), res == bnv.nvrtcResult.NVRTC_SUCCESS
+    try:
+        prog = cnv.createProgram(source, name, [], [])
+    except Exception as exc:  # libnvrtc itself missing
+        raise NvrtcUnavailable(f"NVRTC library could not be loaded: {exc}") from exc
+    try:
+        ok = True
+        try:
+            cnv.compileProgram(prog, options)
+        except cnv.NVRTCError:
+            ok = False
+        return cnv.getProgramLog(prog), ok
+    finally:
+        cnv.destroyProgram(prog)
+
+
+def nvrtc_version() -> tuple[int, int]:
+    from cupy_backends.cuda.libs import nvrtc as cnv
+
+    return tuple(cnv.getVersion())
+
+
+_ENTRY_RE = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
+_FRAME_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS_RE = re.compile(r"Used (\d+) registers")
+
+
+def parse_ptxas_log(log: str, arch: int) -> dict[str, EntryReport]:
+    """Per-entry registers/stack/spills from `-Xptxas=-v` output."""
+    reports: dict[str, EntryReport] = {}
+    current = None
+    frame = (0, 0, 0)
+    for line in log.splitlines():
+        m = _ENTRY_RE.search(line)
+        if m:
+            current = m.group(1)
+            frame = (0, 0, 0)
+            continue
+        if current is None:
+            continue
+        m = _FRAME_RE.search(line)
+        if m:
+            frame = tuple(int(v) for v in m.groups())
+            continue
+        m = _REGS_RE.search(line)
+        if m:
+            reports[current] = EntryReport(current, arch, int(m.group(1)), *frame)
+            current = None
+    return reports
+
+
+def compile_options(arch: int) -> list[str]:
+    return [
+        f"--gpu-architecture=sm_{arch}",
+        "-Xptxas=-v",
+        *loader.COMPILE_OPTIONS,
+        *loader.CUPY_IMPLIED_OPTIONS,
+    ]
+
+
+def declared_entry_points(family: str) -> tuple[str, ...] | None:
+    modname = LAUNCH_MODULES.get(family)
+    if modname is None:
+        return None
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name == modname:
+            return None
+        raise
+    return tuple(getattr(mod, "ENTRY_POINTS", ()))
+
+
+def header_probe_source() -> str:
+    """common.cuh on its own, so the header is compiled even before any kernel uses it."""
+    header = (loader.cuda_src_dir() / loader.HEADER).read_text()
+    return header + '\nextern "C" __global__ void gs_header_probe(float* p) { if (p) p[0] = 0.0f; }\n'
+
+
+def check_family(family: str, arch: int) -> FamilyReport:
+    source = header_probe_source() if family == "<header>" else loader.module_source(family)
+    t0 = time.perf_counter()
+    log, ok = _nvrtc_compile(source, f"{family}.cu", compile_options(arch))
+    seconds = time.perf_counter() - t0
+    if not ok:
+        raise RuntimeError(f"NVRTC failed to compile {family}.cu for sm_{arch}:\n{log}")
+    rep = FamilyReport(family=family, arch=arch, seconds=seconds, log=log)
+    rep.entries = parse_ptxas_log(log, arch)
+    rep.in_source = tuple(loader.extern_c_kernels(source)) if family != "<header>" else ()
+    rep.declared = declared_entry_points(family) if family != "<header>" else None
+    return rep
+
+
+def problems(rep: FamilyReport) -> list[str]:
+    """Everything wrong with one family's compile, as sentences (empty when clean)."""
+    out = []
+    where = f"{rep.family}.cu sm_{rep.arch}"
+    for e in rep.entries.values():
+        if e.spills:
+            out.append(f"{where}: {e.name} spills {e.spill_store_bytes} B stores / {e.spill_load_bytes} B loads")
+    if rep.declared is not None:
+        declared = set(rep.declared)
+        found = set(rep.in_source)
+        compiled = set(rep.entries)
+        for n in sorted(declared - found):
+            out.append(f"{where}: ENTRY_POINTS names {n}, which the source does not define")
+        for n in sorted(found - declared):
+            out.append(f"{where}: the source defines {n}, which ENTRY_POINTS does not list (dead or unlisted kernel)")
+        for n in sorted(declared - compiled):
+            out.append(f"{where}: {n} did not appear in ptxas's report")
+    return out
+
+
+def run_all(archs=ARCHS) -> list[FamilyReport]:
+    reports = []
+    for arch in archs:
+        reports.append(check_family("<header>", arch))
+        for fam in loader.families():
+            reports.append(check_family(fam, arch))
+    return reports
+
+
+def format_table(reports: list[FamilyReport]) -> str:
+    lines = [f"{'family':<16}{'arch':>6}{'entry point':>44}{'regs':>6}{'stack':>7}{'spill':>7}"]
+    for rep in reports:
+        lines.append(f"{rep.family:<16}{'sm_' + str(rep.arch):>6}{'(compile ' + format(rep.seconds, '.2f') + ' s)':>44}")
+        for e in sorted(rep.entries.values(), key=lambda e: e.name):
+            lines.append(f"{'':<16}{'':>6}{e.name:>44}{e.registers:>6}{e.stack_bytes:>7}{e.spills:>7}")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Launch helpers shared by the op families' launch modules: device facts cached
+per device, occupancy per kernel, storage dtypes, and the rows-last layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._checks import RowLayout
+from . import loader
+
+SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+# Elements per 16-byte vector access.
+VEC = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
+STORAGES = tuple(SUFFIX)
+
+_sm_count: dict[int, int] = {}
+_occ: dict[tuple[int, str, str, int], int] = {}
+_dummies: dict[tuple[int, str], Any] = {}
+
+
+def device_id() -> int:
+    import cupy
+
+    return cupy.cuda.Device().id
+
+
+def sm_count() -> int:
+    import cupy
+
+    dev = device_id()
+    n = _sm_count.get(dev)
+    if n is None:
+        n = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
+        _sm_count[dev] = n
+    return n
+
+
+def occupancy(family: str, name: str, threads: int) -> int:
+    """Resident blocks per SM of kernel `name` at `threads` threads (no dynamic smem)."""
+    dev = device_id()
+    key = (dev, family, name, threads)
+    n = _occ.get(key)
+    if n is None:
+        rk = loader.get_function(family, name)
+        try:
+            from cupy_backends.cuda.api import driver
+
+            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(rk.kernel.ptr, threads, 0))
+        except Exception:
+            # Conservative estimate from the register count: 64k registers per SM,
+            # allocated per warp in units of 256.
+            regs = max(int(rk.num_regs), 1)
+            per_warp = -(-regs * 32 // 256) * 256
+            n = max(1, min(65536 // (per_warp * (threads // 32)), 2048 // threads))
+        _occ[key] = n
+    return n
+
+
+def dummy(kind: str, dtype) -> Any:
+    """Tiny never-touched arrays for pointer arguments a regime does not use."""
+    import cupy
+
+    key = (device_id(), kind + np.dtype(dtype).name)
+    a = _dummies.get(key)
+    if a is None:
+        a = cupy.zeros(2, dtype=dtype)
+        _dummies[key] = a
+    return a
+
+
+def storage_of(dtype, storage: str | None) -> str:
+    """Kernel storage name of an array's dtype; `storage="bfloat16"` reads uint16 words as bf16."""
+    if storage is None:
+        name = np.dtype(dtype).name
+        if name not in ("float16", "float32", "float64"):
+            raise TypeError(f"no kernel for dtype {name}")
+        return name
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    want = np.dtype(np.uint16) if storage == "bfloat16" else np.dtype(storage)
+    if np.dtype(dtype) != want:
+        raise TypeError(f"storage={storage!r} needs {want} data, got {np.dtype(dtype)}")
+    return storage
+
+
+def acc_dtype(storage: str) -> np.dtype:
+    return np.dtype(np.float64) if storage == "float64" else np.dtype(np.float32)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def worst_misalignment(ptr: int, cols: int, itemsize: int) -> int:
+    """Largest misalignment (elements past a 16-byte boundary) of any row start."""
+    vec = 16 // itemsize
+    if cols % vec == 0:
+        return (ptr % 16) // itemsize
+    return vec - 1
+
+
+def rows_last(a, layout: RowLayout):
+    """C-contiguous array whose last axis is the reduced one (a copy only when needed)."""
+    import cupy
+
+    if layout.inner != 1:
+        a = cupy.moveaxis(a, layout.axis, -1)
+    if not a.flags.c_contiguous:
+        a = cupy.ascontiguousarray(a)
+    if a.data.ptr % a.itemsize:
+        a = a.copy()
+        if a.data.ptr % a.itemsize:  # pragma: no cover - CuPy allocations are 256-byte aligned
+            raise RuntimeError("could not make an element-aligned copy")
+    return a
+
+
+def overlaps(a, b) -> bool:
+    a0, b0 = a.data.ptr, b.data.ptr
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes

@@ -1,0 +1,64 @@
+"""The cross-entropy regime table and launch plans, checked on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_softmax._cuda import cross_entropy as ce
+
+STORAGES = tuple(ce.VARIANTS)
+COLS = sorted({1, 2, 3, 7, 8, 9, 31, 32, 33, 127, 128, 129, 255, 256, 257, 1000, 1023, 1024, 1025, 2047, 4096,
+               8191, 16384, 16385, 32000, 32768, 32769, 50257, 65536, 128256, 151936, 262144, 1 << 20, (1 << 21) + 3})
+ROWS = (1, 3, 7, 64, 4096, 10**7)
+
+
+def fake_occupancy(name: str, threads: int) -> int:
+    assert name in ce.ENTRY_POINTS, name
+    return max(1, 2048 // threads // 2)
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_every_plan_covers_its_row(storage, soft):
+    vec = ce.VEC[storage]
+    for cols in COLS:
+        for mis in range(vec):
+            for rows in ROWS:
+                p = ce.plan(storage, rows, cols, mis, soft, 132, fake_occupancy)
+                assert p.kernel in ce.ENTRY_POINTS
+                assert 1 <= p.grid <= 2**31 - 1 and p.grid <= rows * (128 if p.regime == "warp" else 1)
+                need = cols + mis
+                if p.regime == "warp":
+                    assert p.block == ce.WARP_BLOCK_THREADS
+                    assert p.width in (1, 2, 4, 8, 16, 32)
+                    nv = int(p.kernel.split("_")[2][len("warp"):])
+                    assert p.width * nv * vec >= need, (cols, mis, p)
+                elif p.regime == "block":
+                    nv = int(p.kernel.split("_")[2][len("block"):])
+                    bound = dict(ce.VARIANTS[storage]["block"])[nv]
+                    assert p.block % 32 == 0 and ce.BLOCK_MIN_THREADS <= p.block <= bound
+                    assert p.block * nv * vec >= need, (cols, mis, p)
+                else:
+                    assert p.block == ce.STREAM_THREADS
+                if soft:
+                    assert p.regime == "stream" and "_soft_" in p.kernel
+                else:
+                    assert "_soft_" not in p.kernel
+
+
+def test_regime_table_is_ordered_and_short_rows_stay_in_registers():
+    for storage in STORAGES:
+        limits = [lim for lim, _ in ce.REGIMES[storage]]
+        assert limits == sorted(limits)
+        assert ce.plan(storage, 4096, 200, 0, False, 132, fake_occupancy).regime == "warp"
+        assert ce.plan(storage, 4096, 4000, 0, False, 132, fake_occupancy).regime == "block"
+        assert ce.plan(storage, 4096, 1 << 20, 0, False, 132, fake_occupancy).regime == "stream"
+
+
+def test_entry_points_cover_every_name_the_planner_makes():
+    names = {ce.prep_name(s) for s in STORAGES}
+    for s in STORAGES:
+        for cols in COLS:
+            for soft in (False, True):
+                names.add(ce.plan(s, 64, cols, 0, soft, 132, fake_occupancy).kernel)
+    assert names <= set(ce.ENTRY_POINTS)
