@@ -315,6 +315,20 @@ def _is_scalar(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
+def hard_targets_int64(xp, target, classes: int, ignore_index: int):
+    """Flat int64 class indices, for either backend.
+
+    Unsigned targets beyond int64's range would wrap around (2**64 - 100 would read
+    as -100, an ignored row); they are mapped to an out-of-range index that is not
+    ignore_index instead, so validation and the NaN rule still see them.
+    """
+    t = target.reshape(-1)
+    if np.dtype(t.dtype).kind == "u" and np.dtype(t.dtype).itemsize == 8:
+        sentinel = classes if classes != ignore_index else classes + 1
+        t = xp.where(t > np.uint64(np.iinfo(np.int64).max), np.uint64(sentinel), t)
+    return xp.ascontiguousarray(t, dtype=np.int64)
+
+
 def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None) -> None:
     """The one error text for hard targets outside [0, C) (validate=True)."""
     if n_bad:

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 
 def _backend_banner() -> str:
@@ -163,7 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    np.set_printoptions(precision=4, suppress=True)
     return int(args.func(args) or 0)
 
 

@@ -40,9 +40,12 @@ def _require_numpy(kind: str) -> None:
 
 
 def _write(result: np.ndarray, out: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    if out is None:
-        return result.astype(dtype, copy=False)
-    out[...] = result
+    # Rounding to float16 may overflow to -inf (log-probabilities below -65504):
+    # that is the right answer, not a warning.
+    with np.errstate(over="ignore"):
+        if out is None:
+            return result.astype(dtype, copy=False)
+        out[...] = result
     return out
 
 
@@ -118,11 +121,12 @@ def hard_target_check(a: CrossEntropyArgs) -> None:
     """validate=True for NumPy input: every target in [0, C) or == ignore_index."""
     if a.soft or not a.validate:
         return
-    t = np.asarray(a.target).reshape(-1).astype(np.int64, copy=False)
+    t = _checks.hard_targets_int64(np, a.target, a.layout.cols, a.ignore_index)
     bad = (t != a.ignore_index) & ((t < 0) | (t >= a.layout.cols))
     n_bad = int(bad.sum())
     if n_bad:
-        _checks.raise_bad_targets(n_bad, a.layout.cols, a.ignore_index, int(t[bad][0]))
+        example = a.target.reshape(-1)[np.flatnonzero(bad)[0]]
+        _checks.raise_bad_targets(n_bad, a.layout.cols, a.ignore_index, int(example))
 
 
 def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
@@ -163,7 +167,7 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
             bad = np.zeros(R, dtype=bool)
             divisor = float(R)
         else:
-            t = np.asarray(a.target).reshape(-1).astype(np.int64)
+            t = _checks.hard_targets_int64(np, a.target, C, a.ignore_index)
             valid = t != a.ignore_index
             in_range = (t >= 0) & (t < C)
             bad = valid & ~in_range
@@ -236,12 +240,12 @@ def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool 
         grad = (p * qsum - q) * ce_scale
         if a.z_loss:
             grad = grad + (2.0 * a.z_loss) * (lse[:, None] * p) * zl_scale
+        if dcap is not None:
+            grad = grad * dcap
         # Ignored rows get an exact zero gradient (no read of their logits needed);
         # rows with an out-of-range target get NaN.
         grad = np.where(valid[:, None], grad, 0.0)
         grad = np.where(bad[:, None], np.nan, grad)
-        if dcap is not None:
-            grad = grad * dcap
     moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
     grad = np.moveaxis(grad.reshape(moved), -1, a.layout.axis)
     if a.inplace:

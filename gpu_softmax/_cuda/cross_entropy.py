@@ -173,7 +173,7 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
         tgt = NULL
     else:
         soft_t = NULL
-        tgt = cupy.ascontiguousarray(a.target.reshape(-1), dtype=np.int64)
+        tgt = _checks.hard_targets_int64(cupy, a.target, cols, a.ignore_index)
     w = NULL if a.weight is None else cupy.ascontiguousarray(a.weight, dtype=acc)
 
     g_ptr, g_val, g_rows = NULL, 1.0, NULL
@@ -196,9 +196,9 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
     if a.validate and not a.soft:
         bad_count = int(n_bad.get()[0])  # the one host read validate=True costs
         if bad_count:
-            t = tgt
-            bad = (t != a.ignore_index) & ((t < 0) | (t >= cols))
-            _checks.raise_bad_targets(bad_count, cols, a.ignore_index, int(t[bad][0]))
+            bad = (tgt != a.ignore_index) & ((tgt < 0) | (tgt >= cols))
+            example = a.target.reshape(-1)[int(cupy.flatnonzero(bad)[0])]
+            _checks.raise_bad_targets(bad_count, cols, a.ignore_index, int(example))
 
     row_loss = cupy.empty(rows, dtype=acc)
     row_lse = cupy.empty(rows, dtype=acc) if return_logsumexp else NULL
