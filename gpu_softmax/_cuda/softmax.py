@@ -1,6 +1,6 @@
 """CUDA launchers for softmax, log_softmax, logsumexp and their backward passes.
 
-Kernels live in ``cuda_src/softmax.cu`` (templates in three regimes, see there)
+Kernels live in ``cuda_src/softmax.cu`` (warp, block, stream and logsumexp templates)
 and compile lazily, once per process and device, through :mod:`.loader`. Every
 launch goes on CuPy's current stream; nothing here synchronises the host.
 
@@ -11,9 +11,9 @@ Layout handling (what it costs):
   moved last (``cupy.moveaxis`` + ``ascontiguousarray``: one extra read and write
   of the input) and moves the result back (another read and write), so a
   non-last axis costs about three times the memory traffic of a last-axis call.
-- Any other non-C-contiguous input (and one whose data pointer is not a whole
-  number of elements from a 16-byte boundary's grid, which CuPy never makes
-  itself) is copied to a contiguous array first: one extra read and write.
+- Any other non-C-contiguous input (and one whose data pointer is not a multiple
+  of its element size, which CuPy never makes itself) is copied to a contiguous
+  array first: one extra read and write.
 - A view that starts at any element offset is fine as it is: rows start at any
   alignment, and the kernels use 16-byte accesses for the aligned middle of each
   row and element accesses at its ends.
@@ -43,22 +43,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from .._checks import BackwardArgs, RowLayout, SoftmaxArgs, row_layout
-from . import loader
+from . import launch, loader
+from .launch import STORAGES, SUFFIX, VEC, worst_misalignment
 
 FAMILY = "softmax"
 
 # ----------------------------------------------------------------------------------
 # compiled variants (must mirror the GS_ENTRY_* lines of cuda_src/softmax.cu)
-
-SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
-# Elements per 16-byte vector access.
-VEC = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
-STORAGES = tuple(SUFFIX)
 
 # (storage, direction) -> regime -> NV values compiled (16-byte slots per thread
 # per tile). Caps keep every variant free of register spills: about 32
@@ -162,10 +158,6 @@ class Plan:
         return self.k > 1
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _block_shape(storage: str, direction: str, need: int) -> tuple[int, int] | None:
     """(NV, threads) of a block kernel holding `need` elements: the smallest NV for
     which at most BLOCK_MAX_THREADS threads do (more threads, fewer registers)."""
@@ -176,14 +168,6 @@ def _block_shape(storage: str, direction: str, need: int) -> tuple[int, int] | N
         if threads <= BLOCK_MAX_THREADS:
             return nv, threads
     return None
-
-
-def worst_misalignment(ptr: int, cols: int, itemsize: int) -> int:
-    """Largest misalignment (elements past a 16-byte boundary) of any row start."""
-    vec = 16 // itemsize
-    if cols % vec == 0:
-        return (ptr % 16) // itemsize
-    return vec - 1
 
 
 def plan(
@@ -212,7 +196,7 @@ def plan(
 
     if regime == "warp":
         for nv in VARIANTS[(storage, direction)]["warp"]:
-            width = _next_pow2(-(-need // (nv * vec)))
+            width = launch.next_pow2(-(-need // (nv * vec)))
             if width <= 32:
                 break
         rpb = WARP_BLOCK_THREADS // width
@@ -291,7 +275,7 @@ def _plan_lse(storage: str, rows: int, cols: int, need: int, n_sm: int, occupanc
     max_grid = 2**31 - 1
     if cols <= LSE_WARP_MAX_COLS:
         nv = VARIANTS[(storage, "lse")]["warp"][0]
-        width = min(32, _next_pow2(-(-need // (nv * vec))))
+        width = min(32, launch.next_pow2(-(-need // (nv * vec))))
         name = kernel_name("lse", "warp", nv, storage)
         rpb = WARP_BLOCK_THREADS // width
         cap = max(1, occupancy(name, WARP_BLOCK_THREADS)) * n_sm * 4
@@ -312,62 +296,15 @@ def _plan_lse(storage: str, rows: int, cols: int, need: int, n_sm: int, occupanc
 
 
 # ----------------------------------------------------------------------------------
-# device facts, cached per device
-
-
-_sm_count: dict[int, int] = {}
-_occ: dict[tuple[int, str, int], int] = {}
-_dummies: dict[tuple[int, str], Any] = {}
-
-
-def _device_id() -> int:
-    import cupy
-
-    return cupy.cuda.Device().id
+# device facts (cached per device in .launch)
 
 
 def sm_count() -> int:
-    import cupy
-
-    dev = _device_id()
-    n = _sm_count.get(dev)
-    if n is None:
-        n = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
-        _sm_count[dev] = n
-    return n
+    return launch.sm_count()
 
 
 def _occupancy(name: str, threads: int) -> int:
-    """Resident blocks per SM of kernel `name` at `threads` threads (no dynamic smem)."""
-    dev = _device_id()
-    key = (dev, name, threads)
-    n = _occ.get(key)
-    if n is None:
-        rk = loader.get_function(FAMILY, name)
-        try:
-            from cupy_backends.cuda.api import driver
-
-            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(rk.kernel.ptr, threads, 0))
-        except Exception:
-            # Conservative estimate from the register count: 64k registers per SM,
-            # allocated per warp in units of 256.
-            regs = max(int(rk.num_regs), 1)
-            per_warp = -(-regs * 32 // 256) * 256
-            n = max(1, min(65536 // (per_warp * (threads // 32)), 2048 // threads))
-        _occ[key] = n
-    return n
-
-
-def _dummy(kind: str, acc_dtype) -> Any:
-    """Tiny never-touched arrays for pointer arguments a regime does not use."""
-    import cupy
-
-    key = (_device_id(), kind + np.dtype(acc_dtype).name)
-    a = _dummies.get(key)
-    if a is None:
-        a = cupy.zeros(2, dtype=acc_dtype)
-        _dummies[key] = a
-    return a
+    return launch.occupancy(FAMILY, name, threads)
 
 
 def _launch(p: Plan, args: tuple) -> None:
@@ -394,50 +331,10 @@ def _workspace(p: Plan, part_dtype):
     import cupy
 
     if p.k <= 1:
-        return _dummy("part", part_dtype), _dummy("cnt", np.uint64)
+        return launch.dummy("part", part_dtype), launch.dummy("cnt", np.uint64)
     part = cupy.empty(p.groups * 2 * p.k * 2, dtype=part_dtype)
     cnt = cupy.zeros(p.groups, dtype=np.uint64)
     return part, cnt
-
-
-# ----------------------------------------------------------------------------------
-# layout helpers
-
-
-def _storage_of(dtype, storage: str | None) -> str:
-    if storage is None:
-        name = np.dtype(dtype).name
-        if name not in ("float16", "float32", "float64"):
-            raise TypeError(f"no softmax kernel for dtype {name}")
-        return name
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    want = np.dtype(np.uint16) if storage == "bfloat16" else np.dtype(storage)
-    if np.dtype(dtype) != want:
-        raise TypeError(f"storage={storage!r} needs {want} data, got {np.dtype(dtype)}")
-    return storage
-
-
-def _acc_dtype(storage: str):
-    return np.dtype(np.float64) if storage == "float64" else np.dtype(np.float32)
-
-
-def _rows_last(a, layout: RowLayout):
-    """C-contiguous array whose last axis is the reduced one, with 16-byte-grid-safe data."""
-    import cupy
-
-    if layout.inner != 1:
-        a = cupy.moveaxis(a, layout.axis, -1)
-    if not a.flags.c_contiguous or a.data.ptr % a.itemsize:
-        a = cupy.ascontiguousarray(a) if a.data.ptr % a.itemsize == 0 else a.copy()
-        if a.data.ptr % a.itemsize:  # pragma: no cover - CuPy allocations are 256-byte aligned
-            raise RuntimeError("could not make an element-aligned copy")
-    return a
-
-
-def _overlaps(a, b) -> bool:
-    a0, b0 = a.data.ptr, b.data.ptr
-    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
 
 
 # ----------------------------------------------------------------------------------
@@ -448,15 +345,15 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     """Shared body of softmax / log_softmax / logsumexp on a CuPy array."""
     import cupy
 
-    st = _storage_of(x.dtype, storage)
-    acc = _acc_dtype(st)
+    st = launch.storage_of(x.dtype, storage)
+    acc = launch.acc_dtype(st)
     rows, cols = layout.rows, layout.cols
 
     if op == OP_LOGSUMEXP:
         if rows == 0 or cols == 0:
             fill = -np.inf if cols == 0 else 0.0
             return cupy.full(layout.reduced_shape, fill, dtype=acc)
-        xc = _rows_last(x, layout)
+        xc = launch.rows_last(x, layout)
         lse = cupy.empty(rows, dtype=acc)
         p = plan(st, "lse", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), sm_count(), _occupancy)
         part, cnt = _workspace(p, np.float64)
@@ -470,13 +367,13 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     if rows == 0 or cols == 0:
         return cupy.empty(x.shape, dtype=x.dtype) if out is None else out
 
-    xc = _rows_last(x, layout)
+    xc = launch.rows_last(x, layout)
     direct = (
         out is not None
         and layout.inner == 1
         and out.flags.c_contiguous
         and out.data.ptr % out.itemsize == 0
-        and (out.data.ptr == xc.data.ptr or not _overlaps(out, xc))
+        and (out.data.ptr == xc.data.ptr or not launch.overlaps(out, xc))
     )
     y = out if direct else cupy.empty(xc.shape, dtype=xc.dtype)
     p = plan(st, "fwd", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), sm_count(), _occupancy)
@@ -517,13 +414,13 @@ def logsumexp(a: SoftmaxArgs, *, storage: str | None = None):
 def _backward(grad_y, y, layout: RowLayout, op: int, storage: str | None):
     import cupy
 
-    st = _storage_of(y.dtype, storage)
-    _storage_of(grad_y.dtype, storage)
+    st = launch.storage_of(y.dtype, storage)
+    launch.storage_of(grad_y.dtype, storage)
     rows, cols = layout.rows, layout.cols
     if rows == 0 or cols == 0:
         return cupy.empty(y.shape, dtype=y.dtype)
-    yc = _rows_last(y, layout)
-    gc = _rows_last(grad_y, layout)
+    yc = launch.rows_last(y, layout)
+    gc = launch.rows_last(grad_y, layout)
     gx = cupy.empty(yc.shape, dtype=yc.dtype)
     p = plan(st, "bwd", rows, cols, worst_misalignment(yc.data.ptr, cols, yc.itemsize), sm_count(), _occupancy)
     part, cnt = _workspace(p, np.float64)  # backward sums run in float64

@@ -1,0 +1,399 @@
+// Shared device helpers for every op family.
+//
+// No CUDA header is included: NVRTC's built-in headers differ between releases,
+// so half/bfloat16 conversions are inline PTX on raw 16-bit words, and the
+// vector types (uint4) and intrinsics used here are the ones NVRTC always has.
+
+
+namespace gs {
+
+// ---------------------------------------------------------------------------
+// constants (no math.h: INFINITY/NAN macros are not guaranteed under NVRTC)
+
+__device__ __forceinline__ float inf_of(float) { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ double inf_of(double) { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ float nan_of(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double nan_of(double) { return __longlong_as_double(0x7fffffffffffffffLL); }
+
+// ---------------------------------------------------------------------------
+// storage traits: T is what sits in memory, A is what we accumulate in.
+// Half and bfloat16 travel as 16-bit words; CuPy has no bfloat16 dtype, so the
+// launcher passes a uint16 view and names the storage explicitly.
+
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ unsigned short f32_to_f16(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float bf16_to_f32(unsigned short h) {
+    // bfloat16 is the top half of a float32: widening is exact, NaN stays NaN.
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    // No bf16 cvt before sm_80: round to nearest even by hand, NaN kept quiet NaN,
+    // so the module still builds (and float16/32/64 still run) on older GPUs.
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+#endif
+}
+
+struct F32 {
+    typedef float T;
+    typedef float A;
+    static constexpr int VEC = 4;  // elements per 16-byte access
+    static __device__ __forceinline__ A to_acc(T v) { return v; }
+    static __device__ __forceinline__ T from_acc(A v) { return v; }
+};
+struct F64 {
+    typedef double T;
+    typedef double A;  // float64 keeps float64 accuracy end to end
+    static constexpr int VEC = 2;
+    static __device__ __forceinline__ A to_acc(T v) { return v; }
+    static __device__ __forceinline__ T from_acc(A v) { return v; }
+};
+struct F16 {
+    typedef unsigned short T;
+    typedef float A;
+    static constexpr int VEC = 8;
+    static __device__ __forceinline__ A to_acc(T v) { return f16_to_f32(v); }
+    static __device__ __forceinline__ T from_acc(A v) { return f32_to_f16(v); }
+};
+struct BF16 {
+    typedef unsigned short T;
+    typedef float A;
+    static constexpr int VEC = 8;
+    static __device__ __forceinline__ A to_acc(T v) { return bf16_to_f32(v); }
+    static __device__ __forceinline__ T from_acc(A v) { return f32_to_bf16(v); }
+};
+
+// ---------------------------------------------------------------------------
+// math on the accumulation type
+
+// fmaxf drops NaN; the reference (np.max, torch.max) propagates it, and a NaN
+// max is what makes a NaN row come out all NaN.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+__device__ __forceinline__ double nan_max(double a, double b) { return (a > b || a != a) ? a : b; }
+
+// Memory-bound kernels can afford one MUFU ex2 per element but not the full
+// expf sequence on 16-bit data; __expf's error (2 ulp + |x|*2^-24 relative)
+// stays inside the float32 tolerance for the arguments softmax produces (<= 0).
+__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
+__device__ __forceinline__ double fast_exp(double x) { return exp(x); }
+__device__ __forceinline__ float acc_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double acc_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ bool is_inf(float x) { return fabsf(x) == inf_of(x); }
+__device__ __forceinline__ bool is_inf(double x) { return fabs(x) == inf_of(x); }
+
+// exp(a - b) for b = max(a, ...): equal arguments give exactly 1, so two
+// infinities of the same sign (an empty or all -inf partial meeting another)
+// never produce inf - inf = NaN. NaN still propagates (NaN != NaN).
+template <class A>
+__device__ __forceinline__ A rel_exp(A a, A b) {
+    return (a == b) ? A(1) : fast_exp(a - b);
+}
+
+// ---------------------------------------------------------------------------
+// online (max, sum) pair, Milakov & Gimelshein 2018, stored as (m, r) with
+// r = sum exp(x - m) - 1.
+// Why "sum - 1": the max element contributes exactly 1, so when one element
+// dominates a row the sum is 1 + tiny, and a float sum would keep only the
+// first ~7 digits of "tiny"; log_softmax's -log(sum) at the max element and
+// logsumexp then lose all relative accuracy. Keeping r and using log1p(r) keeps
+// it. When the final row max is infinite r is meaningless; the epilogues give
+// the reference's answer there (NaN for softmax / log_softmax, the max itself
+// for logsumexp). An empty partial is (-inf, -1) (sum 0).
+
+template <class A>
+struct MaxSum {
+    A m;
+    A r;  // sum - 1
+};
+
+template <class A>
+__device__ __forceinline__ MaxSum<A> empty_maxsum() {
+    MaxSum<A> e;
+    e.m = -inf_of(A(0));
+    e.r = A(-1);
+    return e;
+}
+
+// sum = (1 + r_a) exp(m_a - m) + (1 + r_b) exp(m_b - m); the side that holds the
+// max contributes its 1 exactly, so r = r_max_side + (1 + r_other) * factor.
+// With equal maxima (including two -inf or two +inf partials) rel_exp gives 1 and
+// no inf - inf appears; a NaN max matches neither side and yields NaN.
+template <class A>
+__device__ __forceinline__ MaxSum<A> merge(MaxSum<A> a, MaxSum<A> b) {
+    MaxSum<A> o;
+    o.m = nan_max(a.m, b.m);
+    if (a.m == o.m) {
+        o.r = a.r + (A(1) + b.r) * rel_exp(b.m, o.m);
+    } else {
+        o.r = b.r + (A(1) + a.r) * rel_exp(a.m, o.m);
+    }
+    return o;
+}
+
+// (m, r) of a thread's values, plus exp(v - m) in e[] when KEEP (softmax keeps the
+// exponentials so the write needs no second exp). Values exactly at the max are
+// counted, not summed, so r = (count - 1) + (sum of the others) loses nothing.
+template <bool KEEP, class V, class A, int EPT>
+__device__ __forceinline__ MaxSum<A> values_stats(V (&v)[EPT]) {
+    V mv = -inf_of(V(0));
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) mv = nan_max(mv, v[i]);
+    const A m = A(mv);
+    A c = A(0), t = A(0);
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        const A e = rel_exp(A(v[i]), m);
+        if (KEEP) v[i] = V(e);
+        const bool one = (e == A(1));
+        c += one ? A(1) : A(0);
+        t += one ? A(0) : e;
+    }
+    MaxSum<A> o;
+    o.m = m;
+    o.r = (c - A(1)) + t;
+    return o;
+}
+
+// ---------------------------------------------------------------------------
+// warp and block reductions. `width` is a power of two <= 32; every lane of the
+// warp must take part (full mask), so callers keep idle lanes in the loop with
+// empty data instead of branching them out.
+
+template <class A>
+__device__ __forceinline__ A warp_sum(A v, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off, width);
+    return v;
+}
+
+template <class A>
+__device__ __forceinline__ MaxSum<A> warp_merge(MaxSum<A> v, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1) {
+        MaxSum<A> o;
+        o.m = __shfl_xor_sync(0xffffffffu, v.m, off, width);
+        o.r = __shfl_xor_sync(0xffffffffu, v.r, off, width);
+        v = merge(v, o);
+    }
+    return v;
+}
+
+// Block-wide reductions: result in every thread. The leading barrier lets a
+// caller reduce again straight away without racing on the scratch slots.
+// blockDim.x must be a multiple of 32 and at most 1024.
+template <class A>
+__device__ __forceinline__ MaxSum<A> block_merge(MaxSum<A> v, MaxSum<A>* scratch /* [33] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_merge(v, 32);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        MaxSum<A> w = lane < nwarps ? scratch[lane] : empty_maxsum<A>();
+        w = warp_merge(w, 32);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+template <class A>
+__device__ __forceinline__ A block_sum(A v, A* scratch /* [33] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v, 32);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        A w = lane < nwarps ? scratch[lane] : A(0);
+        w = warp_sum(w, 32);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+// ---------------------------------------------------------------------------
+// 16-byte vector access. A row (or chunk) at pointer p is addressed from the
+// 16-byte boundary at or below p: slot i covers elements [i*VEC - mis, i*VEC -
+// mis + VEC), so every slot that lies wholly inside the row is one aligned
+// 16-byte access whatever the row's alignment, and only the first and last
+// slot of a row fall back to element accesses. A second array (out, grad_y)
+// whose misalignment differs from the first's uses element accesses throughout
+// but the same slot layout, so each element is still read and written by the
+// same thread (what makes out == x safe).
+
+template <class S>
+__device__ __forceinline__ int misalign(const typename S::T* p) {
+    return (int)(((unsigned long long)p & 15ull) / sizeof(typename S::T));
+}
+
+// I is int where a chunk is known to be short (held rows: fewer registers and
+// cheaper compares) and long long where it may not be (streamed rows).
+template <class S, class I>
+__device__ __forceinline__ void load_slot(const typename S::T* p, I e0, I n, bool vec_ok, typename S::A* dst,
+                                          typename S::A pad) {
+    typedef typename S::T T;
+    constexpr int VEC = S::VEC;
+    if (vec_ok && e0 >= 0 && e0 + VEC <= n) {
+        union {
+            uint4 u;
+            T t[VEC];
+        } buf;
+        buf.u = *reinterpret_cast<const uint4*>(p + e0);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const I e = e0 + i;
+            dst[i] = (e >= 0 && e < n) ? S::to_acc(p[e]) : pad;
+        }
+    }
+}
+
+template <class S, class I>
+__device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec_ok, const typename S::A* src) {
+    typedef typename S::T T;
+    constexpr int VEC = S::VEC;
+    if (vec_ok && e0 >= 0 && e0 + VEC <= n) {
+        union {
+            uint4 u;
+            T t[VEC];
+        } buf;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) buf.t[i] = S::from_acc(src[i]);
+        *reinterpret_cast<uint4*>(p + e0) = buf.u;
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const I e = e0 + i;
+            if (e >= 0 && e < n) p[e] = S::from_acc(src[i]);
+        }
+    }
+}
+
+// First element of slot j for thread `lane` of a `width`-thread group, tile at `base`.
+template <class S, class I>
+__device__ __forceinline__ I slot_start(I base, int j, int lane, int width, int mis) {
+    return base + ((I)j * width + lane) * S::VEC - mis;
+}
+
+// ---------------------------------------------------------------------------
+// cross-block exchange for rows split over k co-resident blocks.
+// Each block publishes its partial, then waits until all k blocks of its group
+// have published for this round. This is only deadlock-free when every block of
+// the grid is resident at once: the launcher sizes the grid from the occupancy
+// calculator and launches cooperatively where CuPy allows it.
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+__device__ __forceinline__ unsigned long long ld_acquire(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+// Partials written by other SMs: L1 is not coherent, so read them at gpu scope.
+__device__ __forceinline__ float ld_relaxed(const float* p) {
+    float v;
+    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ double ld_relaxed(const double* p) {
+    double v;
+    asm volatile("ld.relaxed.gpu.global.f64 %0, [%1];" : "=d"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void nanosleep_ns(unsigned int ns) { asm volatile("nanosleep.u32 %0;" ::"r"(ns)); }
+#else
+// Before sm_70 there are no scoped loads: volatile loads bypass L1 and a fence
+// after the spin gives the acquire.
+__device__ __forceinline__ unsigned long long ld_acquire(const unsigned long long* p) {
+    const unsigned long long v = *(const volatile unsigned long long*)p;
+    __threadfence();
+    return v;
+}
+__device__ __forceinline__ float ld_relaxed(const float* p) { return *(const volatile float*)p; }
+__device__ __forceinline__ double ld_relaxed(const double* p) { return *(const volatile double*)p; }
+__device__ __forceinline__ void nanosleep_ns(unsigned int) {}
+#endif
+
+// Thread 0 publishes `mine` into slot `p` of this round's (parity) buffer and
+// waits for the round to fill. Two buffers: a block can only reach round r+2's
+// write after every block of the group arrived at round r+1, i.e. after all of
+// them finished reading round r.
+// part layout: [group][2][k][2] accumulators; cnt: [group] counters, zeroed
+// before launch.
+template <class A>
+__device__ __forceinline__ void group_publish_wait(A m, A r, A* part, unsigned long long* cnt, long long g, int k,
+                                                   int p, unsigned long long round) {
+    if (threadIdx.x == 0) {
+        A* slot = part + (((g * 2 + (long long)(round & 1)) * k + p) * 2);
+        slot[0] = m;
+        slot[1] = r;
+        __threadfence();  // release: the partial is visible before the count says so
+        atomicAdd(cnt + g, 1ull);
+        const unsigned long long target = (round + 1) * (unsigned long long)k;
+        while (ld_acquire(cnt + g) < target) nanosleep_ns(64);
+    }
+    __syncthreads();
+}
+
+// Merge of the k published (max, sum) partials of this round, in a fixed order
+// so every block of the group gets bit-identical statistics.
+template <class A>
+__device__ __forceinline__ MaxSum<A> group_merge(MaxSum<A> mine, A* part, unsigned long long* cnt, long long g, int k,
+                                                 int p, unsigned long long round, MaxSum<A>* scratch) {
+    group_publish_wait(mine.m, mine.r, part, cnt, g, k, p, round);
+    if (threadIdx.x < 32) {
+        // Thread 0's acquire plus the barrier already order these reads after
+        // the other blocks' releases; the fence makes that explicit per lane.
+        __threadfence();
+        const A* base = part + ((g * 2 + (long long)(round & 1)) * k) * 2;
+        MaxSum<A> w = empty_maxsum<A>();
+        for (int i = threadIdx.x; i < k; i += 32) {
+            MaxSum<A> o;
+            o.m = ld_relaxed(base + 2 * i);
+            o.r = ld_relaxed(base + 2 * i + 1);
+            w = merge(w, o);
+        }
+        w = warp_merge(w, 32);
+        if (threadIdx.x == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    MaxSum<A> r = scratch[32];
+    __syncthreads();  // scratch[32] is reused by the next reduction
+    return r;
+}
+
+template <class A>
+__device__ __forceinline__ A group_sum(A mine, A* part, unsigned long long* cnt, long long g, int k, int p,
+                                       unsigned long long round, A* scratch) {
+    group_publish_wait(A(0), mine, part, cnt, g, k, p, round);
+    if (threadIdx.x < 32) {
+        __threadfence();
+        const A* base = part + ((g * 2 + (long long)(round & 1)) * k) * 2;
+        A w = A(0);
+        for (int i = threadIdx.x; i < k; i += 32) w += ld_relaxed(base + 2 * i + 1);
+        w = warp_sum(w, 32);
+        if (threadIdx.x == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    A r = scratch[32];
+    __syncthreads();
+    return r;
+}
+
+}  // namespace gs
