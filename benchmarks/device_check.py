@@ -6,9 +6,14 @@ From the source tree, with no install and no registry (PYTHONPATH=. is set here)
   2. runs the GPU tests (`pytest -m gpu`) and counts passed/failed/skipped;
   3. runs the correctness self-test (`gpu-softmax check --quick`);
   4. runs compute-sanitizer memcheck on the short `memcheck` test subset, if present;
-  5. benchmarks ours against the baselines present (PyTorch eager, cupyx; torch.compile
-     with --with-compile) on the goal shapes, with the copy bandwidth of the same run;
-  6. writes benchmarks/results/<gpu>-<date>.{json,md,png} and copies them to $OUT.
+  5. benchmarks ours against the baselines present (PyTorch eager, cupyx, Liger-Kernel,
+     QuACK; torch.compile with --with-compile) on the goal shapes, with the copy and read
+     bandwidth of the same run, peak memory for the fused cross-entropy rows, and bfloat16
+     rows through the torch bridge gpu_softmax.torch when it imports (skipped with a note
+     otherwise);
+  6. writes benchmarks/results/<gpu>-<date>.{json,md,png} (plus one <gpu>-<date>-<op>-<dtype>.png
+     per (op, dtype)), refreshes the table of benchmarks/README.md (benchmarks/summarize.py)
+     and copies all of them to $OUT.
 
 Budget: well under 6 minutes on an H100 with an empty CuPy kernel cache; each step has
 its own time limit so a hang in one still leaves the others' results.
@@ -39,6 +44,9 @@ BENCH_PLAN = [
     ("softmax_backward", ["float32"], [(4096, 32768)]),
     ("cross_entropy_with_grad", ["float32", "float16"], [(8192, 32000), (4096, 128256), (2048, 262144)]),
     ("cross_entropy", ["float32"], [(4096, 128256)]),
+    # torch-tensor rows: ours through gpu_softmax.torch; skipped with a note without torch or the bridge
+    ("softmax", ["bfloat16"], [(4096, 32768), (8, 262144)]),
+    ("cross_entropy_with_grad", ["bfloat16"], [(4096, 128256)]),
 ]
 QUICK_PLAN = [
     ("softmax", ["float32"], [(4096, 32768), (8, 262144)]),
@@ -164,6 +172,7 @@ def main() -> int:
     t = step("benchmark")
     plan = QUICK_PLAN if args.quick else BENCH_PLAN
     rows = []
+    notes: set[str] = set()
     copy = None
     for op, dtypes, shapes in plan:
         sub = bench.run([op], dtypes, shapes, quick=args.quick, backend="cuda", bandwidth=copy,
@@ -171,7 +180,11 @@ def main() -> int:
                         progress=lambda m: print("  bench", m, flush=True))
         copy = copy or {"copy_gbps": sub["copy_gbps"], "read_gbps": sub["read_gbps"]}
         rows += sub["rows"]
+        notes.update(sub.get("notes", []))
+        for k in ("l2_bytes", "timing", "versions"):
+            doc.setdefault(k, sub.get(k))
     doc.update(copy or {})
+    doc["notes"] = sorted(notes)
     doc["backend"] = "cuda"
     doc["rows"] = rows
     doc["bench_seconds"] = round(time.perf_counter() - t, 1)
@@ -181,9 +194,20 @@ def main() -> int:
     stem = f"{safe}-{doc['date']}"
     out_dir = ROOT / "benchmarks" / "results"
     paths = bench.write_results(doc, out_dir, stem)
+    try:  # the summary table of benchmarks/README.md, from every committed run plus this one
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import summarize
+
+        summarize.main([])
+        readme = ROOT / "benchmarks" / "README.md"
+    except BaseException as exc:  # never lose the results over the summary
+        print(f"summarize failed: {type(exc).__name__}: {exc}")
+        readme = None
     if os.environ.get("OUT"):
         for p in paths:
             shutil.copy(p, Path(os.environ["OUT"]) / p.name)
+        if readme is not None and readme.is_file():
+            shutil.copy(readme, Path(os.environ["OUT"]) / "benchmarks-README.md")
     print(bench.markdown_table(doc))
     print(f"tests: {doc['tests'].get('passed')} passed, {doc['tests'].get('failed')} failed, "
           f"{doc['tests'].get('skipped')} skipped; selfcheck: {doc['selfcheck']['passed']} passed, "

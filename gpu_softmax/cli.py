@@ -1,6 +1,7 @@
 """`gpu-softmax` command line (also `python -m gpu_softmax`).
 
     gpu-softmax bench [--op ...] [--dtype ...] [--shapes 4096x32768,...] [--quick] [--out DIR]
+                      [--reps N] [--skip torch.compile,...] [--no-compile] [--no-baselines]
     gpu-softmax check
     gpu-softmax info
     gpu-softmax compile-check [--arch 80,90]
@@ -44,68 +45,203 @@ def _parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
 
 def cmd_info(args) -> int:
     import gpu_softmax
+    from gpu_softmax import bench
 
     info = gpu_softmax.backend_info()
+    info["baseline_versions"] = bench.package_versions()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(_backend_banner())
     for k, v in info.items():
+        if k in ("baselines", "baseline_versions", "devices"):
+            continue
         print(f"  {k:<15} {v}")
+    for d in info.get("devices") or []:
+        print(f"  device {d['index']:<8} {d['name']}, sm_{d['compute_capability'].replace('.', '')}, "
+              f"{d['multiprocessors']} SMs, {d['memory_gib']} GiB")
+    print("  baselines and bench tools:")
+    for name, ver in info["baseline_versions"].items():
+        print(f"    {name:<18} {ver or ('not present' if name == 'gpu_softmax.torch' else 'not installed')}")
     return 0
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
 def cmd_bench(args) -> int:
     from gpu_softmax import bench
+    from gpu_softmax._cuda.info import INSTALL_HINT, gpu_status
 
-    print(_backend_banner(), flush=True)
-    ops = args.op.split(",") if args.op else (["softmax", "log_softmax", "cross_entropy_with_grad"])
+    ops = _split(args.op) or ["softmax", "log_softmax", "cross_entropy_with_grad"]
     unknown = [o for o in ops if o not in bench.OPS]
     if unknown:
         raise SystemExit(f"unknown --op {unknown}; choose from {', '.join(bench.OPS)}")
-    dtypes = args.dtype.split(",") if args.dtype else ["float32", "float16"]
+    dtypes = _split(args.dtype) or ["float32", "float16"]
     for d in dtypes:
-        if d not in ("float16", "float32", "float64"):
-            raise SystemExit(f"unknown --dtype {d!r}; choose from float16, float32, float64")
+        if d not in bench.DTYPES:
+            raise SystemExit(f"unknown --dtype {d!r}; choose from {', '.join(bench.DTYPES)}")
+    skip = _split(args.skip)
+    bad = [s for s in skip if s not in bench.BASELINE_IMPLS + ("gpu_softmax.torch",)]
+    if bad:
+        raise SystemExit(f"unknown --skip {bad}; choose from {', '.join(bench.BASELINE_IMPLS)}, gpu_softmax.torch")
+    if args.no_compile:
+        skip.append("torch.compile")
+    shapes = _parse_shapes(args.shapes)
+    if args.reps is not None and args.reps < 1:
+        raise SystemExit("--reps must be at least 1")
 
-    progress = _progress_printer()
-    doc = bench.run(ops, dtypes, _parse_shapes(args.shapes), quick=args.quick, progress=progress)
-    progress.close()
+    print(_backend_banner(), flush=True)
+    backend = "cuda" if gpu_status()[0] else "numpy"
+    if backend == "numpy":
+        print("No GPU found: timing the NumPy reference on small shapes instead (these are CPU numbers, "
+              "not GPU numbers).", flush=True)
+    progress = _progress()
+    try:
+        doc = bench.run(ops, dtypes, shapes, quick=args.quick, backend=backend, progress=progress,
+                        with_baselines=not args.no_baselines, skip_impls=tuple(skip), reps=args.reps)
+    finally:
+        progress.close()
     paths = bench.write_results(doc, Path(args.out))
-    print(bench.markdown_table(doc))
+    _print_table(doc)
+    for note in doc.get("notes", []):
+        print(f"skipped: {note}")
+    if not any(p.suffix == ".png" for p in paths):
+        print('no plot: matplotlib is not installed (pip install "gpu-softmax[bench]")')
     print("wrote " + ", ".join(str(p) for p in paths))
     if doc["backend"] == "numpy":
-        from gpu_softmax._cuda.info import INSTALL_HINT
-
         print(f"note: these are NumPy reference timings on the CPU, not GPU numbers; {INSTALL_HINT}")
-    bad = [r for r in doc["rows"] if r["matched"] is False]
-    return 1 if bad else 0
+    bad_rows = [r for r in doc["rows"] if r["matched"] is False]
+    for r in bad_rows:
+        print(f"MISMATCH: {r['op']} {r['impl']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}: "
+              f"max rel err {r['max_rel_err']}")
+    return 1 if bad_rows else 0
 
 
-def _progress_printer():
-    class P:
-        def __init__(self):
+def _print_table(doc: dict) -> None:
+    """The results on the terminal: a rich table when rich is installed, markdown otherwise."""
+    from gpu_softmax import bench
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except Exception:
+        print(bench.markdown_table(doc))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    t = Table(title=f"{doc.get('device')} ({doc.get('backend')} backend), copy {doc.get('copy_gbps', 0):.1f} GB/s, "
+                    f"read {doc.get('read_gbps', 0):.1f} GB/s")
+    cells_all = [bench._row_cells(r) for r in doc["rows"]]
+    # Columns no row fills (no baseline, no memory figure, no note) are left out.
+    keep = [i for i, h in enumerate(bench.TABLE_HEADER) if i < 4 or any(c[i] for c in cells_all)]
+    for i in keep:
+        t.add_column(bench.TABLE_HEADER[i], overflow="fold")
+    for r, cells in zip(doc["rows"], cells_all):
+        cells = [cells[i] for i in keep]
+        style = "red" if r["matched"] is False else ("bold" if r["impl"] == "gpu_softmax" else None)
+        t.add_row(*cells, style=style)
+    console.print(t)
+    goals = bench.evaluate_goals(doc) if doc.get("backend") == "cuda" else []
+    if goals:
+        g = Table(title="goals")
+        for h in ("goal", "op", "dtype", "shape", "ours", "target", "met"):
+            g.add_column(h)
+        for x in goals:
+            unit = "x" if x["metric"].startswith("speedup") else "%"
+            val = "" if x["value"] is None else f"{x['value']:.2f}{unit}"
+            met = "n/a" if x["met"] is None else ("yes" if x["met"] else "NO")
+            g.add_row(x["goal"], x["op"], x["dtype"], f"{x['shape'][0]}x{x['shape'][1]}", val,
+                      f"{x['target']:g}{unit}", met, style=None if x["met"] is not False else "red")
+        console.print(g)
+
+
+class _PlainProgress:
+    """Progress on stderr without rich or tqdm: one line per case."""
+
+    def __init__(self):
+        self.total = 0
+        self.i = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, msg: str) -> None:
+        self.i += 1
+        print(f"  [{self.i}/{self.total or '?'}] {msg}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _RichProgress(_PlainProgress):
+    def __init__(self):
+        super().__init__()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=Console(stderr=True), transient=True)
+        self.task = None
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.progress.start()
+        self.task = self.progress.add_task("", total=total)
+
+    def __call__(self, msg: str) -> None:
+        if self.task is None:
+            self.start(0)
+        if self.i:
+            self.progress.advance(self.task)
+        self.i += 1
+        self.progress.update(self.task, description=msg)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.total)
+            self.progress.stop()
+            self.task = None
+
+
+class _TqdmProgress(_PlainProgress):
+    def __init__(self):
+        super().__init__()
+        import tqdm  # noqa: F401
+
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.bar = tqdm(total=total, desc="bench", file=sys.stderr)
+
+    def __call__(self, msg: str) -> None:
+        if self.bar is None:
+            self.start(0)
+        if self.i:
+            self.bar.update(1)
+        self.i += 1
+        self.bar.set_postfix_str(msg)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.total - self.bar.n)
+            self.bar.close()
             self.bar = None
+
+
+def _progress():
+    """A progress bar: rich when installed, else tqdm, else one plain line per case
+    (also when stderr is not a terminal, so logs stay readable)."""
+    if sys.stderr.isatty():
+        for cls in (_RichProgress, _TqdmProgress):
             try:
-                from rich.console import Console
-
-                self.console = Console(stderr=True)
-                self.status = self.console.status("benchmarking")
-                self.status.start()
+                return cls()
             except Exception:
-                self.console = None
-
-        def __call__(self, msg: str):
-            if self.console is not None:
-                self.status.update(f"benchmarking {msg}")
-            else:
-                print(f"  ... {msg}", file=sys.stderr, flush=True)
-
-        def close(self):
-            if self.console is not None:
-                self.status.stop()
-
-    return P()
+                continue
+    return _PlainProgress()
 
 
 def cmd_check(args) -> int:
@@ -143,10 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bench", help="time our kernels against the baselines present")
     b.add_argument("--op", help="comma-separated ops (default softmax,log_softmax,cross_entropy_with_grad)")
-    b.add_argument("--dtype", help="comma-separated dtypes (default float32,float16)")
+    b.add_argument("--dtype", help="comma-separated dtypes: float32, float16, float64, bfloat16 (torch rows; "
+                                   "ours through gpu_softmax.torch) (default float32,float16)")
     b.add_argument("--shapes", help="comma-separated ROWSxCOLS (default: the issue's goal shapes)")
     b.add_argument("--quick", action="store_true", help="few shapes, few repetitions")
     b.add_argument("--out", default="bench-results", help="directory for results.json/.md/.png")
+    b.add_argument("--reps", type=int, help="timed calls per row (default 30 on the GPU, 10 with --quick)")
+    b.add_argument("--skip", help="comma-separated baselines not to time: torch, torch.compile, cupyx, liger, quack")
+    b.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
+    b.add_argument("--no-baselines", action="store_true", help="time ours only")
     b.set_defaults(func=cmd_bench)
     c = sub.add_parser("check", help="correctness self-test against the reference")
     c.add_argument("--quick", action="store_true")

@@ -60,6 +60,20 @@ def _row_max(xf: np.ndarray, axis: int) -> np.ndarray:
     return xf.max(axis=axis, keepdims=True)
 
 
+def _log_sum_exp_shifted(z: np.ndarray, axis: int) -> np.ndarray:
+    """log(sum(exp(z))) along `axis` for z = x - max(x), keepdims.
+
+    The max element contributes exactly 1 to the sum, so when it dominates the sum
+    is 1 + tiny, and log(1 + tiny) formed that way keeps only the digits of "tiny"
+    that survive the addition (relative error ~1e-16 / tiny). Summing the others
+    apart and taking log1p keeps them all: the oracle must be at least as exact as
+    the kernels, which do the same.
+    """
+    at_max = z == 0
+    rest = np.where(at_max, 0.0, np.exp(z)).sum(axis=axis, keepdims=True)
+    return np.log1p(rest + (at_max.sum(axis=axis, keepdims=True) - 1))
+
+
 def softmax_checked(a: SoftmaxArgs) -> np.ndarray:
     ax = a.layout.axis
     xf = a.x.astype(np.float64)
@@ -74,7 +88,7 @@ def log_softmax_checked(a: SoftmaxArgs) -> np.ndarray:
     xf = a.x.astype(np.float64)
     with np.errstate(all="ignore"):
         z = xf - _row_max(xf, ax)
-        y = z - np.log(np.exp(z).sum(axis=ax, keepdims=True))
+        y = z - _log_sum_exp_shifted(z, ax)
     return _write(y, a.out, a.x.dtype)
 
 
@@ -86,7 +100,7 @@ def logsumexp_checked(a: SoftmaxArgs) -> np.ndarray:
         # As torch.logsumexp and scipy: an infinite max shifts by 0, so a row of
         # -inf gives -inf and a row holding +inf gives +inf (not NaN).
         m = np.where(np.isinf(m), 0.0, m)
-        lse = np.log(np.exp(xf - m).sum(axis=ax, keepdims=True)) + m
+        lse = _log_sum_exp_shifted(xf - m, ax) + m
     return np.squeeze(lse, axis=ax).astype(_checks.result_dtype(a.x.dtype))
 
 
@@ -154,7 +168,7 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
             xc, dcap = x, None
         m = xc.max(axis=1, keepdims=True)
         z = xc - m
-        log_s = np.log(np.exp(z).sum(axis=1, keepdims=True))
+        log_s = _log_sum_exp_shifted(z, 1)
         lp = z - log_s  # log_softmax of the (capped) logits
         lse = (m + log_s)[:, 0]
         p = np.exp(lp)

@@ -28,20 +28,24 @@ def tolerance(dtype) -> tuple[float, float]:
     return TOLERANCES[name]
 
 
-def max_relative_error(actual, expected) -> float:
-    """max |actual - expected| / max(|expected|, tiny), NaN-aware.
-
-    NaN must sit where the reference has NaN (and nowhere else); matching NaNs and
-    equal infinities count as exact.
-    """
+def _as_pair(actual, expected, what: str):
+    """Both as float64, the same shape, and where each is NaN (which must agree)."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
-        raise AssertionError(f"shape {a.shape} != expected {e.shape}")
+        raise AssertionError(f"{what}: shape {a.shape} != expected {e.shape}")
     a_nan, e_nan = np.isnan(a), np.isnan(e)
-    if (a_nan != e_nan).any():
+    # Matching NaNs and equal infinities count as exact.
+    with np.errstate(invalid="ignore"):
+        same = (a == e) | (a_nan & e_nan)
+    return a, e, a_nan != e_nan, same
+
+
+def max_relative_error(actual, expected) -> float:
+    """max |actual - expected| / max(|expected|, tiny); inf when NaNs sit in different places."""
+    a, e, nan_mismatch, same = _as_pair(actual, expected, "max_relative_error")
+    if nan_mismatch.any():
         return float("inf")
-    same = (a == e) | (a_nan & e_nan)
     with np.errstate(all="ignore"):
         rel = np.abs(a - e) / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
     rel = np.where(same, 0.0, rel)
@@ -53,16 +57,11 @@ def assert_close(actual, expected, dtype, what: str = "result", rtol: float | No
     r, f = tolerance(dtype)
     rtol = r if rtol is None else rtol
     atol = f if atol is None else atol
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    if a.shape != e.shape:
-        raise AssertionError(f"{what}: shape {a.shape} != expected {e.shape}")
-    a_nan, e_nan = np.isnan(a), np.isnan(e)
-    if (a_nan != e_nan).any():
-        idx = np.argwhere(a_nan != e_nan)[0]
-        raise AssertionError(f"{what}: NaN mismatch at {tuple(idx)}: got {a[tuple(idx)]}, expected {e[tuple(idx)]}")
+    a, e, nan_mismatch, same = _as_pair(actual, expected, what)
+    if nan_mismatch.any():
+        idx = tuple(np.argwhere(nan_mismatch)[0])
+        raise AssertionError(f"{what}: NaN mismatch at {idx}: got {a[idx]}, expected {e[idx]}")
     with np.errstate(all="ignore"):
-        same = (a == e) | (a_nan & e_nan)
         ok = same | (np.abs(a - e) <= atol + rtol * np.abs(e))
     if not ok.all():
         idx = tuple(np.argwhere(~ok)[0])

@@ -791,3 +791,18 @@ def test_cross_entropy_no_rows(reduction):
         assert loss == 0
     else:
         assert np.isnan(loss)  # mean over no rows, as over all-ignored rows
+
+
+@pytest.mark.parametrize("gap", [5.0, 10.0, 20.0, 30.0])
+def test_dominant_element_keeps_full_relative_accuracy(rng, gap):
+    """log p of a dominating logit is -log1p(sum of the others' exp): formed as
+    log(1 + tiny) it would lose every digit of tiny below 1e-16."""
+    others = -gap - rng.uniform(0.0, 1.0, size=6)
+    x = np.concatenate([[0.0], others])
+    want = -np.log1p(np.exp(others).sum())  # log1p of a sum of positives: exact to a few ulp
+    got = ref.log_softmax(x)[0]
+    assert abs(got - want) <= 4 * np.spacing(abs(want)), (got, want)
+    lse = ref.logsumexp(x + 3.0)
+    assert abs(lse - (3.0 - want)) <= 4 * np.spacing(3.0)
+    loss = ref.cross_entropy(x[None, :], np.array([0]), reduction="sum")
+    assert abs(loss - (-want)) <= 4 * np.spacing(abs(want))

@@ -1,0 +1,236 @@
+"""Run the real kernel sources on the CPU: build an emulated module, fake CuPy with
+NumPy, and route the launch modules' launches into it.
+
+Import this module only in a process of its own (the runners in this folder are
+started as subprocesses by tests/test_kernels_emulated.py): it installs a fake
+`cupy` into sys.modules.
+
+The build reads exactly the text the loader gives CuPy (common.cuh pasted in),
+drops the few helpers written in inline PTX (prelude.h has host versions), turns
+each `__shared__` array into a slice of the emulated block's shared buffer, and
+adds one generic launcher: each entry point's parameter types are deduced by a
+template from its own signature, so the harness needs no list of signatures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpu_softmax._cuda import loader  # noqa: E402
+
+MAX_ARGS = 20
+
+LAUNCHER = r"""
+#include <string.h>
+#include <type_traits>
+#include <utility>
+template <class T> static T gs_emu_arg(unsigned long long bits) {
+    if constexpr (std::is_pointer_v<T>) {
+        return reinterpret_cast<T>(bits);
+    } else if constexpr (std::is_floating_point_v<T>) {
+        double d; memcpy(&d, &bits, 8); return (T)d;  // floats travel as float64 bits
+    } else {
+        return (T)bits;
+    }
+}
+template <class... P, size_t... I>
+static void gs_emu_call(void (*f)(P...), const unsigned long long* a, std::index_sequence<I...>) {
+    f(gs_emu_arg<P>(a[I])...);
+}
+template <class... P>
+static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa) {
+    std::vector<unsigned long long> a(aa, aa + %(max_args)d);
+    return emu_run(grid, block, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
+}
+extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a) {
+%(cases)s
+    return 1;
+}
+"""
+
+
+def _drop_asm_helpers(src: str) -> str:
+    out, i = [], 0
+    while True:
+        j = src.find("asm", i)
+        if j < 0:
+            out.append(src[i:])
+            return "".join(out)
+        if not re.match(r"asm\s*(volatile)?\s*\(", src[j:]):
+            out.append(src[i : j + 3])
+            i = j + 3
+            continue
+        start = src.rfind("__device__ __forceinline__", 0, j)
+        k = src.find("{", start)
+        depth, e = 0, k
+        while True:
+            if src[e] == "{":
+                depth += 1
+            elif src[e] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            e += 1
+        out.append(src[i:start])
+        i = e + 1
+
+
+def emulated_source(family: str, entry_points) -> str:
+    src = _drop_asm_helpers(loader.module_source(family))
+    offset = [0]
+
+    def shared(m):
+        o = offset[0]
+        offset[0] += 1024
+        return f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>((char*)gs_emu_shared() + {o});"
+
+    src = re.sub(r"__shared__ ([\w:<>, ]+?) (\w+)\[(\d+)\];", shared, src)
+    if offset[0] > 16384:
+        raise RuntimeError("emulated shared memory buffer too small")
+    src = re.sub(r'extern\s+"C"\s+__global__', 'extern "C"', src)
+    cases = "\n".join(
+        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a);' for n in entry_points
+    )
+    return (
+        '#include "prelude.h"\n' + src + LAUNCHER.replace("%(max_args)d", str(MAX_ARGS)).replace("%(cases)s", cases)
+    )
+
+
+def build(family: str, entry_points, out_dir: Path) -> Path:
+    """Compile the emulated module of `family` (cached by the text's hash)."""
+    text = emulated_source(family, entry_points)
+    prelude = (HERE / "prelude.h").read_text()
+    digest = hashlib.sha256((text + prelude).encode()).hexdigest()[:16]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    so = out_dir / f"emu_{family}_{digest}.so"
+    if not so.exists():
+        cpp = out_dir / f"emu_{family}_{digest}.cpp"
+        cpp.write_text(text)
+        r = subprocess.run(
+            ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-w", f"-I{HERE}", "-o", str(so), str(cpp), "-pthread"],
+            capture_output=True, text=True,
+        )
+        if r.returncode:
+            raise RuntimeError(f"emulated build of {family} failed:\n{r.stderr[-6000:]}")
+    return so
+
+
+# ----------------------------------------------------------------------------------
+# fake CuPy: NumPy arrays that report module "cupy" and carry .data.ptr
+
+
+class _Data:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class ndarray(np.ndarray):
+    @property
+    def data(self):
+        return _Data(self.ctypes.data if self.size else 0)
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(id=0)
+
+    def get(self):
+        return np.array(np.asarray(self).view(np.ndarray), copy=True)
+
+
+ndarray.__module__ = "cupy"
+
+
+def _wrap(r):
+    if isinstance(r, np.ndarray) and not isinstance(r, ndarray):
+        return r.view(ndarray)
+    return r
+
+
+class _FakeCupy(types.ModuleType):
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if callable(f) and not isinstance(f, type):
+            def call(*a, **k):
+                a = [np.asarray(x).view(np.ndarray) if isinstance(x, ndarray) else x for x in a]
+                return _wrap(f(*a, **k))
+            return call
+        return f
+
+
+def _poisoned_empty(shape, dtype=np.float32):
+    dt = np.dtype(dtype)
+    fill = np.nan if dt.kind == "f" else (0x7FC0 if dt == np.uint16 else 0x5A)
+    return _wrap(np.full(shape, fill, dtype=dt))
+
+
+def install_fake_cupy(sm_count: int = 3):
+    cp = _FakeCupy("cupy")
+    cp.ndarray = ndarray
+    cp.asarray = lambda a, dtype=None: _wrap(np.array(a, dtype=dtype, copy=True))
+    cp.asnumpy = lambda a: np.array(np.asarray(a).view(np.ndarray), copy=True)
+    cp.empty = _poisoned_empty  # every unwritten output element shows as NaN
+    cp.full = lambda shape, v, dtype=np.float32: _wrap(np.full(shape, v, dtype))
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.Device = lambda *a: types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": sm_count})
+    cuda.get_current_stream = lambda: None
+    cp.cuda = cuda
+    sys.modules["cupy"] = cp
+    sys.modules["cupy.cuda"] = cuda
+    return cp
+
+
+def _arg_bits(a) -> int:
+    if isinstance(a, np.ndarray):
+        return a.ctypes.data
+    if isinstance(a, (float, np.floating)):
+        return int(np.float64(a).view(np.uint64))
+    return int(a) & (2**64 - 1)
+
+
+class Emulator:
+    """Loads an emulated module and launches its entry points by name."""
+
+    def __init__(self, so: Path):
+        self.lib = ctypes.CDLL(str(so))
+        self.launches: list[tuple[str, int, int]] = []
+
+    def launch(self, name: str, grid: int, block: int, args) -> None:
+        vals = [_arg_bits(a) for a in args]
+        assert len(vals) <= MAX_ARGS
+        arr = (ctypes.c_ulonglong * MAX_ARGS)(*(vals + [0] * (MAX_ARGS - len(vals))))
+        rc = self.lib.emu_launch(name.encode(), grid, block, arr)
+        if rc:
+            raise RuntimeError(f"emulated launch of {name} failed ({rc})")
+        self.launches.append((name, grid, block))
+
+
+def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
+    """Fake CuPy in place, the family's module built, its launches routed to the emulator.
+
+    Returns (cupy stand-in, launch module, Emulator)."""
+    cp = install_fake_cupy(sm_count)
+    import importlib
+
+    from gpu_softmax._cuda import launch
+
+    mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
+    emu = Emulator(build(family, mod.ENTRY_POINTS, out_dir))
+    launch.occupancy = lambda fam, name, threads: occupancy
+    launch.sm_count = lambda: sm_count
+    if family == "softmax":
+        mod._launch = lambda p, args: emu.launch(p.kernel, p.grid, p.block, args)
+    else:
+        mod._launch = lambda name, grid, block, args: emu.launch(name, grid, block, args)
+    return cp, mod, emu

@@ -1,0 +1,290 @@
+"""Run one suite of emulated-kernel checks against the NumPy reference.
+
+    python tests/emulator/run.py softmax|cross_entropy SUITE [--seed N] [--build-dir DIR]
+
+Prints `OK <family> <suite> <n> checks` and exits 0 when every check passes.
+Started as a subprocess by tests/test_kernels_emulated.py (it fakes `cupy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
+
+import harness  # noqa: E402  (installs the fake cupy when set up)
+
+
+def softmax_suites(cp, SM, rng):
+    from gpu_softmax import _checks, reference
+    from gpu_softmax.testing import assert_close
+
+    import test_softmax_gpu as T  # the GPU tests' input helpers (float64 backward data)
+
+    def fargs(x, axis=-1, out=None):
+        a = _checks.check_softmax(x, axis, out)
+        return dataclasses.replace(a, kind="cupy")
+
+    def bargs(gy, y, axis=-1):
+        return dataclasses.replace(_checks.check_backward(gy, y, axis), kind="cupy")
+
+    def rand(shape, dt):
+        return T._rand(rng, shape, dt)
+
+    def check(x_np, axis=-1, what="", out_view=None, special=False):
+        dt = x_np.dtype
+        x = cp.asarray(x_np)
+        for name in ("softmax", "log_softmax"):
+            out = out_view if out_view is not None else cp.full(x.shape, np.nan, dt)
+            got = getattr(SM, name)(fargs(x, axis, out))
+            assert got is out
+            assert_close(cp.asnumpy(got), getattr(reference, name)(x_np, axis=axis), dt, f"{name} {what}")
+        lse = SM.logsumexp(fargs(x, axis))
+        ref = reference.logsumexp(x_np, axis=axis)
+        assert lse.dtype == ref.dtype and lse.shape == ref.shape
+        assert_close(cp.asnumpy(lse), ref, ref.dtype, f"logsumexp {what}")
+        if special:
+            return 3
+        for name, (gy, y) in T._backward_inputs(rng, x_np.shape, dt, axis=axis).items():
+            got = getattr(SM, name)(bargs(cp.asarray(gy), cp.asarray(y), axis))
+            assert_close(cp.asnumpy(got), getattr(reference, name)(gy, y, axis=axis), dt, f"{name} {what}")
+        return 5
+
+    def basic():
+        n = 0
+        for dt in (np.float32, np.float16, np.float64):
+            for rows, cols in [(1, 1), (5, 1), (3, 2), (7, 5), (4, 31), (3, 33), (2, 127), (3, 1000), (2, 1025), (2, 3000)]:
+                n += check(rand((rows, cols), dt), what=f"{rows}x{cols} {dt.__name__}")
+                buf = rand((rows * cols + 1,), dt)  # rows starting one element past alignment
+                n += check(buf[1:].reshape(rows, cols), what=f"unaligned {rows}x{cols} {dt.__name__}")
+            for shape, axis in [((4, 300, 5), 1), ((7, 3, 2), 0), ((3, 5), -2)]:
+                n += check(rand(shape, dt), axis=axis, what=f"{shape} axis {axis}")
+        return n
+
+    def special():
+        n = 0
+        for dt in (np.float32, np.float16, np.float64):
+            for cols in (1, 2, 5, 64, 1000, 3000):
+                x = rand((6, cols), dt)
+                j = cols // 2
+                x[1, j] = np.nan
+                x[2, j] = np.inf
+                x[3, :] = -np.inf
+                x[4, ::2] = -np.inf
+                x[5, :] = 3.0
+                n += check(x, what=f"special {cols} {dt.__name__}", special=True)
+        return n
+
+    def layouts():
+        n = 0
+        for dt in (np.float32, np.float16):
+            x_np = rand((5, 700), dt)
+            x = cp.asarray(x_np)
+            assert SM.softmax(fargs(x, -1, x)) is x  # in place
+            assert_close(cp.asnumpy(x), reference.softmax(x_np), dt, "in place")
+            x_np = rand((5, 700, 3), dt)
+            x = cp.asarray(x_np)
+            assert SM.log_softmax(fargs(x, 1, x)) is x
+            assert_close(cp.asnumpy(x), reference.log_softmax(x_np, axis=1), dt, "in place axis 1")
+            xb = rand((6, 3000), dt)
+            ob = cp.full((6, 3000), np.nan, dt)
+            o = ob[:, 1::2]
+            assert SM.softmax(fargs(cp.asarray(xb)[:, ::2], -1, o)) is o
+            assert_close(cp.asnumpy(o), reference.softmax(xb[:, ::2]), dt, "strided out")
+            assert np.isnan(cp.asnumpy(ob[:, ::2]).astype(np.float32)).all(), "write outside out"
+            buf_np = rand((450,), dt)
+            buf = cp.asarray(buf_np)
+            SM.softmax(fargs(buf[:400].reshape(4, 100), -1, buf[50:450].reshape(4, 100)))
+            assert_close(cp.asnumpy(buf[50:450]).reshape(4, 100), reference.softmax(buf_np[:400].reshape(4, 100)), dt, "overlap")
+            n += 4
+        for shape, axis in [((0, 5), -1), ((3, 0), -1), ((2, 0, 4), 1)]:
+            z = cp.zeros(shape, np.float32)
+            assert SM.softmax(fargs(z, axis)).shape == shape
+            lse = SM.logsumexp(fargs(z, axis))
+            assert_close(cp.asnumpy(lse), reference.logsumexp(np.zeros(shape, np.float32), axis=axis), np.float32, "empty")
+            n += 1
+        # bfloat16 words through the raw entry
+        bits = (rand((7, 1000), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        xf = (bits.astype(np.uint32) << 16).view(np.float32)
+        out = cp.full((7, 1000), 0x7FC0, np.uint16)
+        SM.forward_raw(cp.asarray(bits), -1, "softmax", out, storage="bfloat16")
+        got = (cp.asnumpy(out).astype(np.uint32) << 16).view(np.float32)
+        assert_close(got, reference.softmax(xf), "bfloat16", "bf16 softmax")
+        return n + 1
+
+    def long_rows():
+        n = 0
+        SM.SPLIT_MIN_COLS = 1
+        for force in ("split", "stream"):
+            SM.FORCE_REGIME = force
+            SM.STREAM_MIN_CHUNK = 1000
+            for dt in (np.float32, np.float16, np.float64):
+                for rows, cols in [(1, 5003), (2, 4099), (3, 9000)]:
+                    n += check(rand((rows, cols), dt), what=f"{force} {rows}x{cols} {dt.__name__}")
+                x = rand((6, 4500), dt)
+                x[1, 7] = np.nan
+                x[2, 9] = np.inf
+                x[3, :] = -np.inf
+                n += check(x, what=f"{force} special", special=True)
+        SM.FORCE_REGIME = None
+        return n
+
+    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows}
+
+
+def cross_entropy_suites(cp, CE, rng):
+    from gpu_softmax import _checks, reference
+    from gpu_softmax._checks import result_dtype
+    from gpu_softmax.testing import assert_close, tolerance
+
+    def run(x, t, want_grad=True, return_logsumexp=True, storage=None, **kw):
+        go = kw.pop("grad_output", 1.0) if want_grad else None
+        a = _checks.check_cross_entropy(x, t, grad_output=go, **kw)
+        a = dataclasses.replace(a, kind="cupy")
+        if want_grad:
+            return CE.cross_entropy_with_grad(a, return_logsumexp, storage=storage)
+        return CE.cross_entropy(a, return_logsumexp, storage=storage)
+
+    def check(x_np, t_np, what, **kw):
+        dt = x_np.dtype
+        kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        loss, grad, lse = run(cp.asarray(x_np), cp.asarray(t_np), validate=False, **kwd)
+        wl, wg, wlse = reference.cross_entropy_with_grad(x_np, t_np, return_logsumexp=True, validate=False, **kw)
+        rdt = result_dtype(dt)
+        lrtol = tolerance(rdt)[0]
+        # loss = lse - x_t: a float32 result is off by about rtol * |lse| whatever its size
+        lscale = lrtol * (1 + (float(np.nanmax(np.abs(wlse))) if np.isfinite(wlse).any() else 1.0))
+        assert_close(cp.asnumpy(loss), wl, rdt, f"loss {what}", atol=lscale)
+        assert_close(cp.asnumpy(lse), wlse, rdt, f"lse {what}", atol=lscale)
+        gscale = tolerance(dt)[0] * (float(np.nanmax(np.abs(wg))) if np.isfinite(wg).any() else 1.0)
+        assert_close(cp.asnumpy(grad), wg, dt, f"grad {what}", atol=gscale)
+        kw_loss = {k: v for k, v in kwd.items() if k != "grad_output"}
+        lo = run(cp.asarray(x_np), cp.asarray(t_np), want_grad=False, return_logsumexp=False, validate=False, **kw_loss)
+        wlo = reference.cross_entropy(x_np, t_np, validate=False, **{k: v for k, v in kw.items() if k != "grad_output"})
+        assert_close(cp.asnumpy(lo), wlo, rdt, f"loss only {what}", atol=lscale)
+        xi = cp.asarray(x_np)
+        _, gi = run(xi, cp.asarray(t_np), return_logsumexp=False, validate=False, inplace=True, **kwd)
+        assert gi is xi
+        np.testing.assert_array_equal(cp.asnumpy(gi), cp.asnumpy(grad), err_msg=f"in place {what}")
+        return 4
+
+    OPTS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
+            {"logit_softcap": 3.0}, {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"},
+            {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2, "logit_softcap": 4.0},
+            {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
+
+    def options_for(o, rows, cols, dt):
+        kw = dict(o)
+        if kw.get("weight") == "w":
+            kw["weight"] = rng.uniform(0.1, 2, cols).astype(dt)
+        if kw.get("grad_output") == "rows":
+            kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dt))
+        return kw
+
+    def hard():
+        n = 0
+        for dt in (np.float32, np.float16, np.float64):
+            for cols, rows in [(2, 5), (33, 4), (600, 2), (20000, 2), (40000, 2)]:
+                for o in OPTS:
+                    kw = options_for(o, rows, cols, dt)
+                    x = (rng.standard_normal((rows, cols)) * 3).astype(dt)
+                    t = rng.integers(0, cols, rows)
+                    t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
+                    n += check(x, t, f"{dt.__name__} {rows}x{cols} {o}", **kw)
+        return n
+
+    def soft():
+        n = 0
+        for dt in (np.float32, np.float16, np.float64):
+            for cols, rows in [(2, 3), (33, 2), (3000, 2), (40000, 1)]:
+                x = (rng.standard_normal((rows, cols)) * 3).astype(dt)
+                tt = rng.random((rows, cols))
+                tt = (tt / tt.sum(-1, keepdims=True)).astype(dt)
+                for o in ({}, {"label_smoothing": 0.1, "z_loss": 1e-3, "reduction": "none"},
+                          {"weight": "w", "logit_softcap": 5.0}):
+                    n += check(x, tt, f"soft {dt.__name__} {rows}x{cols} {o}", **options_for(o, rows, cols, dt))
+        return n
+
+    def special():
+        n = 0
+        for cols in (5, 400, 20000, 40000):
+            x = rng.standard_normal((5, cols)).astype(np.float32)
+            x[0, 1] = np.nan
+            x[1, 2] = np.inf
+            x[2, :] = -np.inf
+            x[3, 0] = -np.inf
+            t = np.array([0, 1, 2, 3, -100])
+            for o in ({"reduction": "none"}, {"reduction": "none", "label_smoothing": 0.1},
+                      {"reduction": "none", "logit_softcap": 3.0}):
+                n += check(x, t, f"special {cols} {o}", **o)
+            # out-of-range targets with validate=False: NaN rows, no bad access
+            x = rng.standard_normal((6, cols)).astype(np.float32)
+            t = np.array([0, cols, -5, 1, -100, 2**40])
+            loss, grad = run(cp.asarray(x), cp.asarray(t), return_logsumexp=False, validate=False, reduction="none")
+            loss, grad = cp.asnumpy(loss), cp.asnumpy(grad)
+            assert np.isnan(loss[[1, 2, 5]]).all() and np.isfinite(loss[[0, 3]]).all() and loss[4] == 0.0, loss
+            assert np.isnan(grad[[1, 2, 5]]).all() and np.isfinite(grad[[0, 3, 4]]).all()
+            try:
+                run(cp.asarray(x), cp.asarray(t), want_grad=False, return_logsumexp=False)
+            except ValueError as exc:
+                assert "outside" in str(exc)
+            else:
+                raise AssertionError("validate=True let an out-of-range target through")
+            n += 2
+        x = rng.standard_normal((3, 50)).astype(np.float32)
+        loss, grad = run(cp.asarray(x), cp.asarray(np.full(3, -100)), return_logsumexp=False)
+        assert np.isnan(float(loss)) and float(np.abs(cp.asnumpy(grad)).max()) == 0.0
+        return n + 1
+
+    def layouts():
+        n = 0
+        for dt in (np.float32, np.float16):
+            buf = rng.standard_normal(7 * 1001 + 1).astype(dt)
+            n += check(buf[1:].reshape(7, 1001), rng.integers(0, 1001, 7), f"unaligned {dt.__name__}")
+            x3 = rng.standard_normal((3, 300, 5)).astype(dt)
+            n += check(x3, rng.integers(0, 300, (3, 5)).astype(np.int32), f"axis 1 {dt.__name__}", axis=1)
+        bits = (rng.standard_normal((4, 3000)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        xf = (bits.astype(np.uint32) << 16).view(np.float32)
+        t = rng.integers(0, 3000, 4)
+        a = dataclasses.replace(_checks.check_cross_entropy(xf, t), kind="cupy", logits=cp.asarray(bits))
+        loss, grad = CE.cross_entropy_with_grad(a, False, storage="bfloat16")
+        wl, wg = reference.cross_entropy_with_grad(xf, t)
+        g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
+        assert_close(g, wg, "bfloat16", "bf16 grad", atol=8e-3 * np.abs(wg).max())
+        assert_close(cp.asnumpy(loss), wl, "float32", "bf16 loss", atol=1e-5)
+        return n + 1
+
+    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("family", choices=["softmax", "cross_entropy"])
+    ap.add_argument("suite")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
+    args = ap.parse_args(argv)
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}", flush=True)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    cp, mod, emu = harness.setup(args.family, Path(args.build_dir))
+    suites = softmax_suites(cp, mod, rng) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
+    n = suites[args.suite]()
+    kernels = sorted({name for name, _, _ in emu.launches})
+    print(f"kernels: {' '.join(kernels)}")
+    print(f"OK {args.family} {args.suite} {n} checks in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The benchmark runner and the results summary, on the CPU (NumPy backend).
+
+What needs a GPU (CUDA-event timing, the baselines themselves, peak memory) is
+exercised by benchmarks/device_check.py; here: byte accounting, the plan, that a
+missing or failing baseline never fails a run, the files written, the goals, and
+benchmarks/summarize.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpu_softmax import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import summarize  # noqa: E402
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def test_op_bytes_counts_inputs_once_and_outputs_once():
+    r, c = 4, 1000
+    n4 = r * c * 4
+    assert bench.op_bytes("softmax", r, c, 4) == 2 * n4
+    assert bench.op_bytes("log_softmax", r, c, 4) == 2 * n4
+    assert bench.op_bytes("logsumexp", r, c, 4) == n4 + 4 * r
+    assert bench.op_bytes("logsumexp", r, c, 8) == 2 * n4 + 8 * r
+    assert bench.op_bytes("softmax_backward", r, c, 2) == 3 * r * c * 2
+    assert bench.op_bytes("cross_entropy", r, c, 2) == r * c * 2 + 8 * r
+    assert bench.op_bytes("cross_entropy_with_grad", r, c, 4) == 2 * n4 + 8 * r
+    assert bench.itemsize("bfloat16") == 2 and bench.itemsize("float64") == 8
+
+
+def test_plan_uses_goal_shapes_on_gpu_and_small_ones_on_cpu():
+    gpu = bench.plan(["softmax", "cross_entropy_with_grad"], ["float32"], None, quick=False, backend="cuda")
+    assert (("softmax", "float32", (1, 1048576)) in gpu) and (("cross_entropy_with_grad", "float32", (4096, 128256)) in gpu)
+    cpu = bench.plan(["softmax"], ["float32", "float16"], None, quick=True, backend="numpy")
+    assert cpu == [("softmax", d, s) for d in ("float32", "float16") for s in bench.QUICK_CPU_SHAPES]
+    assert bench.plan(["logsumexp"], ["float64"], [(3, 5)], quick=False, backend="cuda") == [("logsumexp", "float64", (3, 5))]
+
+
+def test_rotating_buffers_cover_twice_l2():
+    l2 = 50 << 20
+    for set_bytes in (1 << 20, 4 << 20, 32 << 20, 1 << 30):
+        n = bench._n_arg_sets(l2, set_bytes)
+        assert n >= 2
+        assert n * set_bytes >= 2 * l2 or n == 64
+    assert bench._n_arg_sets(0, 100) == 1
+
+
+def _doc(**kw):
+    kw.setdefault("progress", None)
+    return bench.run(["softmax", "cross_entropy_with_grad"], ["float32"], [(8, 300)], backend="numpy",
+                     bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, **kw)
+
+
+def test_run_numpy_rows():
+    doc = _doc()
+    assert doc["backend"] == "numpy" and doc["copy_gbps"] == 10.0 and doc["read_gbps"] == 20.0
+    assert {"date", "time_utc", "device", "rows", "notes", "versions", "timing"} <= set(doc)
+    assert len(doc["rows"]) == 2
+    for r in doc["rows"]:
+        assert r["impl"] == "gpu_softmax" and r["backend"] == "numpy"
+        assert r["ms"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"]
+        assert r["bytes"] == bench.op_bytes(r["op"], 8, 300, 4)
+        assert math.isclose(r["gbps"], r["bytes"] / r["ms"] / 1e6)
+        assert math.isclose(r["pct_copy"], 10 * r["gbps"]) and math.isclose(r["pct_read"], 5 * r["gbps"])
+        assert r["peak_mem_bytes"] is None  # measured on the GPU only
+
+
+def test_progress_gets_total_then_each_case():
+    seen = []
+
+    class P:
+        def start(self, total):
+            seen.append(("start", total))
+
+        def __call__(self, msg):
+            seen.append(msg)
+
+    _doc(progress=P())
+    assert seen == [("start", 2), "softmax float32 8x300", "cross_entropy_with_grad float32 8x300"]
+
+
+def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
+    real = bench.implementations
+
+    def fake(op, dtype, backend, with_baselines=True, skip_impls=()):
+        impls, notes = real(op, dtype, backend, with_baselines, skip_impls)
+
+        def broken(*args):
+            raise RuntimeError("baseline exploded")
+
+        def slower(*args):
+            out = impls["gpu_softmax"](*args)
+            sum(range(20000))
+            return out
+
+        impls.update({"torch": broken, "cupyx": slower})
+        notes["quack"] = "QuACK not installed (ModuleNotFoundError)"
+        return impls, notes
+
+    monkeypatch.setattr(bench, "implementations", fake)
+    doc = _doc()
+    rows = {(r["op"], r["impl"]): r for r in doc["rows"]}
+    assert "RuntimeError: baseline exploded" in rows[("softmax", "torch")]["note"]
+    assert math.isnan(rows[("softmax", "torch")]["ms"])
+    ours = rows[("softmax", "gpu_softmax")]
+    assert set(ours["speedup"]) == {"cupyx"} and ours["speedup"]["cupyx"] > 0
+    assert "quack: QuACK not installed (ModuleNotFoundError)" in doc["notes"]
+    md = bench.markdown_table(doc)
+    assert "baseline exploded" in md and "| softmax | cupyx | float32 | 8x300 |" in md
+
+
+def test_implementation_factories_never_raise(monkeypatch):
+    # A Liger-Kernel that imports but whose functions need torch; a QuACK without its ops.
+    liger = types.ModuleType("liger_kernel")
+    transformers = types.ModuleType("liger_kernel.transformers")
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_cross_entropy = lambda x, t: 0.0
+    monkeypatch.setitem(sys.modules, "liger_kernel", liger)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+    monkeypatch.setitem(sys.modules, "quack", types.ModuleType("quack"))
+    for op in bench.OPS:
+        for dtype in bench.DTYPES:
+            impls, notes = bench.implementations(op, dtype, "cuda")
+            assert set(impls) | set(notes) <= set(bench.IMPLS)
+            assert all(isinstance(v, str) and v for v in notes.values())
+            if dtype not in bench.TORCH_ONLY_DTYPES:
+                assert "gpu_softmax" in impls
+            else:
+                assert "gpu_softmax" in impls or "gpu_softmax" in notes
+            assert "quack" in notes or "quack" in impls
+    if importlib.util.find_spec("torch") is None:
+        impls, notes = bench.implementations("cross_entropy", "float32", "cuda")
+        assert "torch" in notes and "liger" in notes  # liger needs torch tensors
+    impls, notes = bench.implementations("softmax", "float32", "cuda", skip_impls=("torch", "cupyx"))
+    assert "torch" not in impls and "torch" not in notes and "cupyx" not in impls
+
+
+def test_bfloat16_without_gpu_is_a_skipped_row():
+    doc = bench.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    (row,) = doc["rows"]
+    assert row["dtype"] == "bfloat16" and row["note"].startswith("skipped:") and math.isnan(row["ms"])
+    assert any("bfloat16" in n for n in doc["notes"])
+
+
+def test_peak_memory_without_gpu_is_none():
+    assert bench.peak_memory_bytes(lambda: None, ()) is None
+
+
+def test_package_versions_lists_every_baseline():
+    v = bench.package_versions()
+    assert {"torch", "triton", "cupyx", "liger_kernel", "quack", "gpu_softmax.torch", "matplotlib"} <= set(v)
+    assert v["cupyx"]  # CuPy is installed in the test environment
+
+
+def _gpu_doc(device="NVIDIA H100 80GB HBM3", date="2026-11-26", ms=1.0, torch_ms=3.0):
+    """A synthetic GPU results document: ours and torch at some goal shapes."""
+    copy_gbps, read_gbps = 3000.0, 3200.0
+    rows = []
+
+    def row(op, impl, dtype, shape, ms_, **kw):
+        nbytes = bench.op_bytes(op, *shape, bench.itemsize(dtype))
+        gbps = nbytes / ms_ / 1e6
+        r = bench.Row(op, impl, dtype, list(shape), ms_, ms_ * 0.99, ms_ * 1.01, gbps, 100 * gbps / copy_gbps,
+                      "cuda", pct_read=100 * gbps / read_gbps, bytes=nbytes, **kw)
+        return bench.asdict(r)
+
+    shape = (4096, 128256)
+    ours_ms = 2 * 4096 * 128256 * 4 / (0.9 * copy_gbps * 1e6) * ms  # 90% of copy when ms == 1
+    rows.append(row("cross_entropy_with_grad", "gpu_softmax", "float32", shape, ours_ms, matched=True,
+                    speedup={"torch": torch_ms}, peak_mem_bytes=2 << 30))
+    rows.append(row("cross_entropy_with_grad", "torch", "float32", shape, torch_ms * ours_ms, peak_mem_bytes=6 << 30))
+    slow = 2 * 4096 * 32768 * 2 / (0.5 * copy_gbps * 1e6)  # 50% of copy
+    rows.append(row("softmax", "gpu_softmax", "float16", (4096, 32768), slow, matched=True))
+    rows.append(row("softmax", "gpu_softmax", "float32", (64, 1000), 0.01, matched=True))  # not a goal shape
+    failed = bench.asdict(bench.Row("softmax", "gpu_softmax", "float32", [8, 262144], math.nan, math.nan, math.nan,
+                                    math.nan, None, "cuda", note="RuntimeError: boom"))
+    rows.append(failed)
+    return {"backend": "cuda", "device": device, "date": date, "time_utc": f"{date}T01:00:00Z", "commit": "abc123def456",
+            "copy_gbps": copy_gbps, "read_gbps": read_gbps, "rows": rows,
+            "tests": {"passed": 300, "failed": 0}, "selfcheck": {"passed": 90, "failed": 0}}
+
+
+def test_evaluate_goals():
+    goals = {(g["op"], g["dtype"], tuple(g["shape"]), g["metric"]): g for g in bench.evaluate_goals(_gpu_doc())}
+    ce = goals[("cross_entropy_with_grad", "float32", (4096, 128256), "pct_copy")]
+    assert ce["met"] is True and ce["target"] == 85.0 and abs(ce["value"] - 90.0) < 0.01
+    assert goals[("cross_entropy_with_grad", "float32", (4096, 128256), "speedup:torch")]["met"] is True
+    sm = goals[("softmax", "float16", (4096, 32768), "pct_copy")]
+    assert sm["met"] is False and abs(sm["value"] - 50.0) < 0.01
+    assert goals[("softmax", "float32", (8, 262144), "pct_copy")]["met"] is None  # no number: n/a
+    assert not any(k[2] == (64, 1000) for k in goals)
+    slow = {(g["op"], g["metric"]): g for g in bench.evaluate_goals(_gpu_doc(torch_ms=1.5))}
+    assert slow[("cross_entropy_with_grad", "speedup:torch")]["met"] is False
+
+
+def test_markdown_of_a_gpu_run_has_goals_and_memory():
+    md = bench.markdown_table(_gpu_doc())
+    assert "## Goals" in md and "**no**" in md and "| n/a |" in md
+    assert "2048 MiB" in md and "6144 MiB" in md  # peak memory of ours and of torch
+    assert "| cross_entropy_with_grad | gpu_softmax | float32 | 4096x128256 |" in md
+
+
+def test_write_results_files(tmp_path):
+    doc = _gpu_doc()
+    paths = bench.write_results(doc, tmp_path, "gpu-x")
+    names = {p.name for p in paths}
+    assert {"gpu-x.json", "gpu-x.md"} <= names
+    assert json.loads((tmp_path / "gpu-x.json").read_text())["rows"][0]["peak_mem_bytes"] == 2 << 30
+    if not HAVE_MPL:
+        pytest.skip("matplotlib not installed: no plots")
+    assert {"gpu-x.png", "gpu-x-cross_entropy_with_grad-float32.png", "gpu-x-softmax-float16.png",
+            "gpu-x-softmax-float32.png"} <= names
+    for n in names:
+        if n.endswith(".png"):
+            assert (tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nan_rows_survive_json(tmp_path):
+    bench.write_results(_gpu_doc(), tmp_path)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert any(r["note"] == "RuntimeError: boom" and r["ms"] != r["ms"] for r in rows)
+
+
+# ----------------------------------------------------------------------------------
+# benchmarks/summarize.py
+
+
+README_STUB = f"# B\n\ntext\n\n{summarize.BEGIN}\nold\n{summarize.END}\n\nafter\n"
+
+
+def test_summarize_without_runs(tmp_path):
+    (tmp_path / "results").mkdir()
+    assert summarize.section(tmp_path / "results") == summarize.NO_RUN + "\n"
+    # A CPU run of `gpu-softmax bench` is not a GPU run.
+    cpu = bench.run(["softmax"], ["float32"], [(4, 50)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    (tmp_path / "results" / "cpu.json").write_text(json.dumps(cpu, default=float))
+    (tmp_path / "results" / "junk.json").write_text("{not json")
+    assert summarize.section(tmp_path / "results") == summarize.NO_RUN + "\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(README_STUB)
+    assert summarize.main(["--results", str(tmp_path / "results"), "--readme", str(readme), "--check"]) == 1
+    assert summarize.main(["--results", str(tmp_path / "results"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "No GPU run committed yet." in text and "old" not in text and text.endswith("after\n")
+    assert summarize.main(["--results", str(tmp_path / "results"), "--readme", str(readme), "--check"]) == 0
+
+
+def test_summarize_latest_run_per_gpu(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    old = _gpu_doc(date="2026-10-01", ms=2.0)  # 45% of copy
+    new = _gpu_doc(date="2026-11-26")
+    other = _gpu_doc(device="NVIDIA A100-SXM4-80GB", date="2026-09-01")
+    for name, d in (("h100-old", old), ("h100-new", new), ("a100", other)):
+        (res / f"{name}.json").write_text(json.dumps(d, default=float))
+    body = summarize.section(res)
+    lines = body.splitlines()
+    table = [ln for ln in lines if ln.startswith("| NVIDIA")]
+    assert len(table) == 2  # one line per GPU
+    assert any("2026-11-26" in ln and "h100-new" in ln for ln in table)
+    assert not any("2026-10-01" in ln for ln in lines)
+    assert "#### NVIDIA H100 80GB HBM3, 2026-11-26" in body
+    assert "| fused CE loss+grad >= 85% of copy bandwidth | cross_entropy_with_grad | float32 | 4096x128256 | 90.0% | 85% | yes |" in body
+    assert "| 50.0% | 90% | **no** |" in body
+    assert "300 passed, 0 failed" in body
+
+
+def test_committed_benchmarks_readme_is_current():
+    assert summarize.main(["--check"]) == 0, "run python benchmarks/summarize.py"
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    for needle in ("device_check.sh", "gpu-softmax bench", "op_bytes", "summarize.py"):
+        assert needle in text
+    if not list((ROOT / "benchmarks" / "results").glob("*.json")):
+        assert "No GPU run committed yet." in text
+
+
+def test_results_docs_are_json_safe():
+    doc = copy.deepcopy(_gpu_doc())
+    doc["rows"][0]["peak_mem_bytes"] = np.int64(5)
+    json.loads(json.dumps(doc, default=bench._json_default))

@@ -1,0 +1,264 @@
+"""gpu_softmax.torch on CUDA tensors (our kernels) against PyTorch on CUDA.
+
+Marked gpu: needs torch with CUDA and CuPy. Covers float32/float16/bfloat16 forward
+and backward for every cross-entropy option and input shape, the softmax family,
+inplace_backward, no host sync (torch's sync debug mode), CUDA-graph capture and
+replay of a training step, a non-default stream, torch.compile, and a second device
+where present.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+if not torch.cuda.is_available():
+    pytest.skip("gpu test: torch has no CUDA device", allow_module_level=True)
+pytest.importorskip("cupy", reason="gpu test: CuPy is not importable")
+
+import gpu_softmax.torch as gst  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+DEV = torch.device("cuda")
+TOL = {torch.float32: (2e-5, 2e-6), torch.float16: (4e-3, 1e-3), torch.bfloat16: (2e-2, 4e-3)}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def class_dim(shape):
+    return 0 if len(shape) == 1 else 1
+
+
+def make(shape, kind, dtype, seed=0, device=DEV):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype).to(device)
+    cd = class_dim(shape)
+    reduced = shape[:cd] + shape[cd + 1:]
+    if kind == "soft":
+        t = torch.softmax(torch.randn(shape, generator=g), dim=cd).to(dtype).to(device)
+    else:
+        t = torch.randint(0, shape[cd], reduced, generator=g)
+        if kind == "hard_ignored" and t.numel() > 2:
+            t.view(-1)[1] = -100
+            t.view(-1)[-1] = -100
+        t = t.to(device)
+    return x, t
+
+
+def ref_and_ours(x, t, go, **kw):
+    """(torch loss, torch grad) computed in float32 from the same rounded inputs, and ours."""
+    xr = x.detach().float().requires_grad_()
+    kwr = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    tr = t.float() if t.is_floating_point() else t
+    e = F.cross_entropy(xr, tr, **kwr)
+    (e * go.float()).sum().backward()
+    xa = x.detach().clone().requires_grad_()
+    a = gst.cross_entropy(xa, t, **kw)
+    (a * go).sum().backward()
+    return (e.detach(), xr.grad), (a.detach(), xa.grad)
+
+
+def check(actual, expected, dtype, what):
+    rtol, atol = TOL[dtype]
+    assert actual.dtype == dtype, what
+    assert actual.device.type == "cuda", what
+    torch.testing.assert_close(actual.float(), expected.to(dtype).float(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+OPTIONS = [
+    ("plain", {}, "hard"),
+    ("weight_smoothing_ignore", {"weight": True, "label_smoothing": 0.1}, "hard_ignored"),
+    ("soft", {"label_smoothing": 0.2}, "soft"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(64, 1000), (1000,), (4, 33, 5, 3), (8, 32000)], ids=str)
+@pytest.mark.parametrize("name,kw,kind", OPTIONS, ids=[o[0] for o in OPTIONS])
+def test_cross_entropy_cuda_matches_torch(name, kw, kind, shape, reduction, dtype):
+    x, t = make(shape, kind, dtype)
+    kw = dict(kw)
+    C = shape[class_dim(shape)]
+    if kw.pop("weight", False):
+        kw["weight"] = torch.linspace(0.5, 2.0, C, device=DEV).to(dtype)
+    loss_shape = F.cross_entropy(x.float(), t.float() if kind == "soft" else t, reduction=reduction).shape
+    go = (torch.rand(loss_shape, device=DEV) + 0.5).to(dtype)
+    (e_loss, e_grad), (a_loss, a_grad) = ref_and_ours(x, t, go, reduction=reduction, **kw)
+    check(a_loss, e_loss, dtype, "loss")
+    check(a_grad, e_grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_z_loss_and_softcap_cuda(dtype):
+    x, t = make((16, 5000), "hard_ignored", dtype)
+    xr = x.detach().float().requires_grad_()
+    xc = 20.0 * torch.tanh(xr / 20.0)
+    lse = torch.logsumexp(xc, 1)
+    valid = t != -100
+    e = F.cross_entropy(xc, t) + (1e-3 * lse * lse * valid).sum() / valid.sum()
+    e.backward()
+    xa = x.detach().clone().requires_grad_()
+    a = gst.cross_entropy(xa, t, z_loss=1e-3, logit_softcap=20.0)
+    a.backward()
+    check(a.detach(), e.detach(), dtype, "loss")
+    check(xa.grad, xr.grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((64, 1000), -1), ((8, 50000), -1), ((3, 40, 7), 1), ((1000,), 0)], ids=str)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_softmax_family_cuda(op, shape, dim, dtype):
+    theirs = getattr(torch, op)
+    ours = getattr(gst, op)
+    x = (torch.randn(shape, device=DEV) * 2).to(dtype)
+    xr = x.float().requires_grad_()
+    xa = x.clone().requires_grad_()
+    e = theirs(xr, dim)
+    a = ours(xa, dim)
+    go = torch.randn(e.shape, device=DEV).to(dtype)
+    (e * go.float()).sum().backward()
+    (a * go).sum().backward()
+    check(a.detach(), e.detach(), dtype, "forward")
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(xa.grad.float(), xr.grad.to(dtype).float(), rtol=rtol * 2, atol=atol * 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inplace_backward_cuda(dtype):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(32, 64, generator=g).to(DEV, dtype).requires_grad_()
+    W = (torch.randn(64, 4096, generator=g) * 0.1).to(DEV, dtype).requires_grad_()
+    t = torch.randint(0, 4096, (32,), generator=g).to(DEV)
+    gst.cross_entropy(h @ W, t).backward()
+    expected = h.grad.clone(), W.grad.clone()
+    h.grad = W.grad = None
+    logits = (h @ W).view(32, 4096)
+    ptr = logits.data_ptr()
+    gst.cross_entropy(logits, t, inplace_backward=True).backward()
+    assert logits.data_ptr() == ptr
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(h.grad, expected[0], rtol=rtol, atol=atol)
+    torch.testing.assert_close(W.grad, expected[1], rtol=rtol, atol=atol)
+
+    logits = h @ W
+    other = (logits ** 2).sum()
+    loss = gst.cross_entropy(logits, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+
+
+def test_no_host_sync_in_forward_and_backward():
+    x, t = make((64, 32000), "hard_ignored", torch.bfloat16)
+    w = torch.rand(32000, device=DEV) + 0.5
+    x.requires_grad_()
+    gst.cross_entropy(x, t, weight=w).backward()  # warm-up: compile, occupancy queries
+    torch.cuda.synchronize()
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for kw in ({}, {"weight": w, "label_smoothing": 0.1}, {"reduction": "sum", "z_loss": 1e-4}):
+            gst.cross_entropy(x, t, **kw).backward()
+            gst.log_softmax(x.detach().requires_grad_(), -1).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
+
+
+def test_out_of_range_target_gives_nan_without_sync():
+    x, _ = make((4, 100), "hard", torch.float32)
+    t = torch.tensor([1, 2, 500, 3], device=DEV)
+    loss = gst.cross_entropy(x, t, reduction="none")
+    assert torch.isnan(loss[2]) and torch.isfinite(loss[[0, 1, 3]]).all()
+
+
+def _train_setup(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 8192)).to(DEV, dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(32, 64, device=DEV, dtype=dtype)
+    t = torch.randint(0, 8192, (32,), device=DEV)
+    t[3] = -100
+    return model, opt, x, t
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cuda_graph_capture_and_replay_of_a_training_step(inplace):
+    model, opt, x, t = _train_setup()
+    ref_model, ref_opt, _, _ = _train_setup()
+
+    def step(m, o):
+        o.zero_grad(set_to_none=False)
+        loss = gst.cross_entropy(m(x), t, label_smoothing=0.1, inplace_backward=inplace)
+        loss.backward()
+        o.step()
+        return loss
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on a side stream, as torch requires
+        for _ in range(3):
+            step(model, opt)
+            step(ref_model, ref_opt)
+    torch.cuda.current_stream().wait_stream(s)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(model, opt)
+    losses = []
+    for _ in range(5):
+        graph.replay()
+        losses.append(static_loss.item())
+    ref = [step(ref_model, ref_opt).item() for _ in range(5)]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+    assert losses[-1] < losses[0]
+
+
+def test_non_default_stream_is_used():
+    """Work queued on a side stream before our op must be seen by it: our kernels run
+    on torch's current stream, not CuPy's default."""
+    src, t = make((256, 32000), "hard", torch.float32)
+    expected = F.cross_entropy(src, t, reduction="none")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = torch.zeros_like(src)
+        torch.cuda._sleep(50_000_000)  # keep s busy so a launch on another stream would race
+        x.copy_(src)
+        loss = gst.cross_entropy(x, t, reduction="none")
+        y = gst.softmax(x, -1)
+    s.synchronize()
+    torch.testing.assert_close(loss, expected, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(y, torch.softmax(src, -1), rtol=2e-5, atol=1e-7)
+
+
+def test_torch_compile_cuda():
+    torch._dynamo.reset()
+    model, _, x, t = _train_setup()
+
+    def loss_fn(x, t):
+        return gst.cross_entropy(model(x), t, z_loss=1e-4) + gst.logsumexp(model(x)).mean()
+
+    eager = loss_fn(x, t)
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    out = compiled(x, t)
+    out.backward()
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_device():
+    x, t = make((64, 5000), "hard_ignored", torch.bfloat16, device=torch.device("cuda:1"))
+    with torch.cuda.device(0):  # the current device is not the tensors' device
+        (e_loss, e_grad), (a_loss, a_grad) = ref_and_ours(x, t, torch.ones((), device=x.device, dtype=x.dtype))
+        y = gst.softmax(x, -1)
+    assert a_loss.device == x.device and a_grad.device == x.device and y.device == x.device
+    check(a_loss, e_loss, torch.bfloat16, "loss")
+    check(a_grad, e_grad, torch.bfloat16, "grad")
+
+
+def test_mixed_devices_rejected():
+    x, t = make((4, 10), "hard", torch.float32)
+    with pytest.raises(ValueError, match="one device"):
+        gst.cross_entropy(x, t.cpu())
