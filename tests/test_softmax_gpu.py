@@ -154,6 +154,7 @@ def test_unaligned_views(cp, rng, dtype, cols, offset):
         assert_close(cp.asnumpy(got), getattr(reference, name)(gy_np, y_np), dtype, f"{name} unaligned")
 
 
+@pytest.mark.memcheck
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_no_writes_outside_out(cp, rng, dtype):
     """Guard elements around out= keep their sentinel value in every regime."""
@@ -225,6 +226,7 @@ def test_out_overlapping_input(cp, rng):
 # forced stream regime and split rows (small inputs reach the long-row code)
 
 
+@pytest.mark.memcheck
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("rows,cols", [(3, 1), (5, 777), (2, 5000), (1, 200003), (4, 70000)])
 def test_stream_regime(cp, rng, monkeypatch, dtype, rows, cols):
@@ -242,6 +244,7 @@ def test_stream_regime(cp, rng, monkeypatch, dtype, rows, cols):
     _check_forward(cp, buf_np[1:].reshape(rows, cols), cp.asarray(buf_np)[1:].reshape(rows, cols), what=" stream unaligned")
 
 
+@pytest.mark.memcheck
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("rows,cols", [(2, 5000), (7, 16384), (1, 9000)])
 def test_split_few_rows(cp, rng, monkeypatch, dtype, rows, cols):
@@ -284,6 +287,7 @@ def test_nan_inf_rows(cp, rng, dtype, cols):
     _check_forward(cp, x_np, cp.asarray(x_np), what=f" special cols={cols}")
 
 
+@pytest.mark.memcheck
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_nan_inf_rows_stream_and_split(cp, rng, monkeypatch, dtype):
     from gpu_softmax._cuda import softmax as mod
