@@ -77,12 +77,13 @@ __device__ __forceinline__ A weight_at(const A* w, long long c) {
 // Per-row scalars every thread of the group needs for the gradient.
 template <class A>
 struct CeScale {
-    A m, inv_s, lse, qsum, tw, gce, gzl2, eps_c, cap;
+    A m, l, inv_s, lse, qsum, tw, gce, gzl2, eps_c, cap;  // lse = m + l, l = log(sum exp(x - m))
 };
 
 // The loss of one row from its statistics, written by one thread.
 template <class A>
-__device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long row, CeRow tr, A lse, A xt, A wt,
+__device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long row, CeRow tr, const CeScale<A>& k,
+                                              A xt, A wt,
                                               A s_wx, A s_q, A s_qx, bool soft, A eps, A z, A inv_cols,
                                               const A* coef) {
     A ce, zl = A(0);
@@ -92,15 +93,17 @@ __device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long
         ce = nan_of(A(0));
     } else {
         if (soft) {
-            ce = lse * s_q - s_qx;
+            ce = k.lse * s_q - s_qx;
         } else {
-            ce = wt * (lse - xt);
-            if (eps > A(0)) ce = (A(1) - eps) * ce + eps * inv_cols * (lse * coef[4] - s_wx);
+            // (m - x_t) + l, not lse - x_t: when the target holds the max the loss
+            // is l alone, and forming m + l first would round away its low digits.
+            ce = wt * ((k.m - xt) + k.l);
+            if (eps > A(0)) ce = (A(1) - eps) * ce + eps * inv_cols * (k.lse * coef[4] - s_wx);
         }
-        if (z > A(0)) zl = z * lse * lse;
+        if (z > A(0)) zl = z * k.lse * k.lse;
     }
     row_loss[row] = ce * coef[0] + zl * coef[1];
-    if (row_lse) row_lse[row] = lse;
+    if (row_lse) row_lse[row] = k.lse;
 }
 
 template <class A>
@@ -112,7 +115,8 @@ __device__ __forceinline__ CeScale<A> ce_scale(MaxSum<A> r, CeRow tr, A wt, A s_
     // The stored r is sum - 1 (see common.cuh): log1p keeps lse accurate when
     // one logit dominates the row.
     k.inv_s = inf_m ? nan_of(r.m) : A(1) / (A(1) + r.r);
-    k.lse = inf_m ? nan_of(r.m) : r.m + acc_log1p(r.r);
+    k.l = inf_m ? nan_of(r.m) : acc_log1p(r.r);
+    k.lse = r.m + k.l;
     const A gr = g_rows ? g_rows[row] : A(1);
     k.gce = coef[2] * gr;
     k.gzl2 = A(2) * z * k.lse * coef[3] * gr;
@@ -208,7 +212,7 @@ __device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::
     if (eps > A(0)) s_wx = grp.sum(s_wx);
     const CeScale<A> k = ce_scale(r, tr, wt, A(0), false, eps, z, inv_cols, cap, coef, g_rows, row);
     if (row_valid && lane == 0)
-        ce_write_loss(row_loss, row_lse, row, tr, k.lse, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_cols, coef);
+        ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_cols, coef);
     if (!grad) return;
     typename S::T* gr = grad + off;
     const bool vec_out = misalign<S>(gr) == mis;
@@ -329,7 +333,7 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
         }
         const CeScale<A> k = ce_scale(r, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
         if (threadIdx.x == 0)
-            ce_write_loss(row_loss, row_lse, row, tr, k.lse, xt, wt, s_wx, s_q, s_qx, SOFT, eps, z, inv_cols, coef);
+            ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_wx, s_q, s_qx, SOFT, eps, z, inv_cols, coef);
         if (!grad) continue;
         typename S::T* gr = grad + off;
         const bool vec_out = misalign<S>(gr) == mis;
@@ -485,3 +489,160 @@ GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f64, gs::F64, 4, true)
 
 GS_ENTRY_CE_PREP(gs_ce_prep_f32, float)
 GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)
+
+// ---------------------------------------------------------------------------
+// vocabulary-parallel cross entropy (gpu_softmax.vocab_parallel): the classes are
+// split over P ranks; rank p holds columns [v0, v0 + cols) of the V classes.
+//
+// gs_vp_stats_*: per row, over the local shard, the record
+//     rec[row] = [m, r, x_t, s_wx]
+//   m, r   the shard's (max, sum - 1) pair (MaxSum; an empty shard is (-inf, -1))
+//   x_t    the target logit when the (global) target lies in this shard, else 0
+//   s_wx   sum_c w[v0 + c] x_c over the shard when smoothing is on, else 0
+// The P records of a row are then gathered (one collective, outside the kernels).
+// gs_vp_finish_*: per row, merges the P gathered records (rank order, the same on
+// every rank: bit-identical global statistics everywhere), writes the row's loss
+// (thread 0) and the local slice of the gradient, with the same formulas as the
+// fused kernels above (ce_write_loss / ce_scale / ce_grad) over the full
+// vocabulary: inv_cols = 1/V, coef from gs_ce_prep_* run with cols = V.
+// recs layout: [P][rows][4] in the accumulation type. Every element of the local
+// shard is read and written by one thread, so grad may alias x.
+
+namespace gs {
+
+template <class S, int NV>
+__device__ __forceinline__ void vp_stats(const typename S::T* x, const long long* tgt, const typename S::A* w,
+                                         typename S::A* rec, long long rows, long long cols, long long v0,
+                                         long long ignore, typename S::A eps) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    __shared__ MaxSum<A> ms_scratch[33];
+    __shared__ A scratch[33];
+    const long long tile = (long long)blockDim.x * EPT;
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const typename S::T* xr = x + row * cols;
+        const int mis = misalign<S>(xr);
+        const long long t = tgt[row];
+        const long long lt = t - v0;
+        A xt = A(0);
+        if (threadIdx.x == 0 && t != ignore && lt >= 0 && lt < cols) xt = S::to_acc(xr[lt]);
+        MaxSum<A> st = empty_maxsum<A>();
+        A s_wx = A(0);
+        for (long long base = 0; base < cols + mis; base += tile) {
+            A v[EPT];
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+                load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const long long e = e0 + i;
+                    const bool in = e >= 0 && e < cols;
+                    if (!in) v[j * VEC + i] = -inf_of(A(0));
+                    if (eps > A(0) && in) s_wx += weight_at(w, v0 + e) * v[j * VEC + i];
+                }
+            }
+            st = merge(st, values_stats<false, A, A, EPT>(v));
+        }
+        const MaxSum<A> r = block_merge(st, ms_scratch);
+        if (eps > A(0)) s_wx = block_sum(s_wx, scratch);
+        if (threadIdx.x == 0) {
+            A* o = rec + row * 4;
+            o[0] = r.m;
+            // An all -inf (or empty) shard: sum 0. Its r would otherwise count the
+            // -inf slots, harmless in a merge with a finite max but not tidy.
+            o[1] = is_inf(r.m) && r.m < A(0) ? A(-1) : r.r;
+            o[2] = xt;
+            o[3] = s_wx;
+        }
+    }
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                          const typename S::A* w, const typename S::A* coef,
+                                          const typename S::A* g_rows, const typename S::A* recs,
+                                          typename S::A* row_loss, int nranks, long long rows, long long cols,
+                                          long long v0, long long vocab, long long ignore, typename S::A eps,
+                                          typename S::A z) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const long long tile = (long long)blockDim.x * EPT;
+    const A inv_v = A(1) / A(vocab);
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        // Every thread merges the P records itself, in rank order: no shared
+        // memory, and the same bits on every rank.
+        MaxSum<A> g = empty_maxsum<A>();
+        A xt = A(0), s_wx = A(0);
+        for (int p = 0; p < nranks; ++p) {
+            const A* rp = recs + ((long long)p * rows + row) * 4;
+            MaxSum<A> o;
+            o.m = rp[0];
+            o.r = rp[1];
+            g = merge(g, o);
+            xt += rp[2];
+            s_wx += rp[3];
+        }
+        const CeRow tr = ce_target(tgt, row, vocab, ignore);
+        const A wt = tr.status == CE_OK ? weight_at(w, tr.t) : A(0);
+        const CeScale<A> k = ce_scale(g, tr, wt, A(0), false, eps, z, inv_v, A(0), coef, g_rows, row);
+        if (threadIdx.x == 0)
+            ce_write_loss(row_loss, (A*)nullptr, row, tr, k, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_v,
+                          coef);
+        if (!grad) continue;
+        const typename S::T* xr = x + row * cols;
+        typename S::T* gr = grad + row * cols;
+        const int mis = misalign<S>(xr);
+        const bool vec_out = misalign<S>(gr) == mis;
+        for (long long base = 0; base < cols + mis; base += tile) {
+            A v[EPT];
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+                if (tr.status == CE_OK) {
+                    load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        const bool in = e >= 0 && e < cols;
+                        const A wc = (in && eps > A(0)) ? weight_at(w, v0 + e) : A(0);
+                        v[j * VEC + i] = in ? ce_grad(k, v[j * VEC + i], v0 + e, tr.t, wc, A(0), false, z > A(0)) : A(0);
+                    }
+                } else {
+                    const A fill = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) v[j * VEC + i] = fill;
+                }
+                store_slot<S>(gr, e0, cols, vec_out, v + j * VEC);
+            }
+        }
+    }
+}
+
+}  // namespace gs
+
+// entry points: gs_vp_stats_<dtype>, gs_vp_finish_<dtype> (listed in ENTRY_POINTS of
+// gpu_softmax/_cuda/cross_entropy.py).
+#define GS_ENTRY_VP_STATS(name, S, NV)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) name(const S::T* x, const long long* tgt, const S::A* w,    \
+                                                           S::A* rec, long long rows, long long cols,             \
+                                                           long long v0, long long ignore, double eps) {          \
+        gs::vp_stats<S, NV>(x, tgt, w, rec, rows, cols, v0, ignore, (S::A)eps);                                    \
+    }
+#define GS_ENTRY_VP_FINISH(name, S, NV)                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        name(const S::T* x, S::T* grad, const long long* tgt, const S::A* w, const S::A* coef, const S::A* g_rows, \
+             const S::A* recs, S::A* row_loss, int nranks, long long rows, long long cols, long long v0,          \
+             long long vocab, long long ignore, double eps, double z) {                                            \
+        gs::vp_finish<S, NV>(x, grad, tgt, w, coef, g_rows, recs, row_loss, nranks, rows, cols, v0, vocab, ignore, \
+                             (S::A)eps, (S::A)z);                                                                  \
+    }
+
+GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 4)
+GS_ENTRY_VP_STATS(gs_vp_stats_f16, gs::F16, 2)
+GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 2)
+GS_ENTRY_VP_STATS(gs_vp_stats_f64, gs::F64, 4)
+GS_ENTRY_VP_FINISH(gs_vp_finish_f32, gs::F32, 4)
+GS_ENTRY_VP_FINISH(gs_vp_finish_f16, gs::F16, 2)
+GS_ENTRY_VP_FINISH(gs_vp_finish_bf16, gs::BF16, 2)
+GS_ENTRY_VP_FINISH(gs_vp_finish_f64, gs::F64, 4)

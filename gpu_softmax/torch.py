@@ -72,6 +72,7 @@ __all__ = [
     "softmax",
     "log_softmax",
     "logsumexp",
+    "vocab_parallel_cross_entropy",
 ]
 
 _NS = "gpu_softmax"
@@ -728,3 +729,8 @@ class CrossEntropyLoss(torch.nn.Module):
         if self.inplace_backward:
             parts.append("inplace_backward=True")
         return ", ".join(parts)
+
+
+# Defined in its own module (it needs torch.distributed); re-exported here, last,
+# because it uses this module's CUDA helpers.
+from .torch_parallel import vocab_parallel_cross_entropy  # noqa: E402,F401

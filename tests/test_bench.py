@@ -163,7 +163,10 @@ def test_peak_memory_without_gpu_is_none():
 def test_package_versions_lists_every_baseline():
     v = bench.package_versions()
     assert {"torch", "triton", "cupyx", "liger_kernel", "quack", "gpu_softmax.torch", "matplotlib"} <= set(v)
-    assert v["cupyx"]  # CuPy is installed in the test environment
+    import importlib.util
+
+    # Present packages report a version, absent ones nothing.
+    assert bool(v["cupyx"]) == (importlib.util.find_spec("cupy") is not None)
 
 
 def _gpu_doc(device="NVIDIA H100 80GB HBM3", date="2026-11-26", ms=1.0, torch_ms=3.0):

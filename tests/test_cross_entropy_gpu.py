@@ -244,3 +244,13 @@ def test_more_than_2_31_logits(cp, rng):
         want_loss, want_grad = reference.cross_entropy_with_grad(x_np, t_np, reduction="none")
         assert_close(cp.asnumpy(grad[r:r + 1]), want_grad, "float16", what=f"row {r}", atol=2e-3 * np.abs(want_grad).max())
         assert_close(cp.asnumpy(loss[r:r + 1]), want_loss, "float32", what=f"row {r}", atol=1e-4)
+
+
+@pytest.mark.parametrize("classes", [7, 3000, 128256])
+def test_dominating_target_keeps_relative_accuracy(cp, rng, classes):
+    """The loss of a confidently right row is log(1 + tiny): no absolute floor."""
+    x = (rng.standard_normal((5, classes)) - 20.0).astype(np.float32)
+    x[:, 1] = rng.uniform(-1.0, 1.0, 5)
+    t = np.ones(5, dtype=np.int64)
+    loss = gs.cross_entropy(cp.asarray(x), cp.asarray(t), reduction="none")
+    assert_close(cp.asnumpy(loss), reference.cross_entropy(x, t, reduction="none"), "float32")

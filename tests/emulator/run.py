@@ -240,6 +240,16 @@ def cross_entropy_suites(cp, CE, rng):
             else:
                 raise AssertionError("validate=True let an out-of-range target through")
             n += 2
+        # A dominating target: the loss is log(1 + tiny) and must keep its relative
+        # accuracy (no absolute floor here).
+        for cols in (7, 3000, 40000):
+            x = (rng.standard_normal((3, cols)) - 20.0).astype(np.float32)
+            x[:, 1] = rng.uniform(-1.0, 1.0, 3)
+            t = np.ones(3, dtype=np.int64)
+            loss = run(cp.asarray(x), cp.asarray(t), want_grad=False, return_logsumexp=False, reduction="none")
+            want = reference.cross_entropy(x, t, reduction="none")
+            assert_close(cp.asnumpy(loss), want, "float32", f"dominant target {cols}")
+            n += 1
         x = rng.standard_normal((3, 50)).astype(np.float32)
         loss, grad = run(cp.asarray(x), cp.asarray(np.full(3, -100)), return_logsumexp=False)
         assert np.isnan(float(loss)) and float(np.abs(cp.asnumpy(grad)).max()) == 0.0

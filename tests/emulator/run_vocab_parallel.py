@@ -1,0 +1,203 @@
+"""Emulated checks of the vocabulary-parallel kernels (gs_vp_stats_*, gs_vp_finish_*).
+
+    python tests/emulator/run_vocab_parallel.py SUITE [--seed N] [--build-dir DIR]
+
+Runs the real kernel sources on the CPU (tests/emulator/harness.py): the logits are
+split into uneven shards, every shard's statistics come from gs_vp_stats_*, the
+records are stacked in rank order (what the all-gather does), and every shard's
+loss and gradient come from gs_vp_finish_*; the concatenated gradient and the loss
+are compared with gpu_softmax.reference on the full logits. Prints
+`OK vocab_parallel <suite> <n> checks` and exits 0 when every check passes.
+Started as a subprocess by tests/test_vocab_parallel.py (it fakes `cupy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402  (installs the fake cupy when set up)
+
+
+def suites(cp, CE, rng):
+    from gpu_softmax import reference
+    from gpu_softmax import vocab_parallel as vp
+    from gpu_softmax._checks import result_dtype
+    from gpu_softmax.testing import assert_close, tolerance
+
+    # The fake CuPy arrays are NumPy subclasses, which _checks reports as NumPy (as
+    # tests/emulator/run.py does for the fused kernels, mark the arguments "cupy").
+    checked = vp.check_args
+    vp.check_args = lambda *a, **k: dataclasses.replace(checked(*a, **k), kind="cupy")
+
+    def check(x_np, t_np, widths, what, storage=None, x_dev=None, **kw):
+        dt = x_np.dtype
+        kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        x = cp.asarray(x_np) if x_dev is None else x_dev
+        loss, grad = vp.cross_entropy_sharded(x, cp.asarray(t_np), widths, validate=False, storage=storage, **kwd)
+        wl, wg = reference.cross_entropy_with_grad(x_np.astype(np.float32) if storage else x_np, t_np,
+                                                   validate=False, **kw)
+        wlse = reference.logsumexp(x_np.astype(np.float64), axis=-1)
+        rdt = result_dtype(np.float32 if storage else dt)
+        lrtol = tolerance(rdt)[0]
+        fin = np.isfinite(wlse)
+        lscale = lrtol * (1 + (float(np.abs(wlse[fin]).max()) if fin.any() else 1.0))
+        assert_close(cp.asnumpy(loss), wl, rdt, f"loss {what}", atol=lscale * max(1, np.size(wl) ** 0.5))
+        gdt = storage or dt
+        gscale = tolerance(gdt)[0] * (float(np.nanmax(np.abs(wg))) if np.isfinite(wg).any() else 1.0)
+        g = cp.asnumpy(grad)
+        if storage == "bfloat16":
+            g = (g.astype(np.uint32) << 16).view(np.float32)
+        assert_close(g, wg, gdt, f"grad {what}", atol=gscale)
+        if dt != np.float32 or storage:
+            return 1
+        # loss only: no gradient written
+        lo, go = vp.cross_entropy_sharded(x, cp.asarray(t_np), widths, validate=False, storage=storage,
+                                          want_grad=False, **kwd)
+        assert go is None
+        np.testing.assert_array_equal(cp.asnumpy(lo), cp.asnumpy(loss), err_msg=f"loss only {what}")
+        return 2
+
+    OPTS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
+            {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"},
+            {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2},
+            {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
+
+    def options_for(o, rows, cols, dt):
+        kw = dict(o)
+        if kw.get("weight") == "w":
+            kw["weight"] = rng.uniform(0.1, 2, cols).astype(dt)
+        if kw.get("grad_output") == "rows":
+            kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dt))
+        return kw
+
+    def hard():
+        n = 0
+        # every option in float32 on short shards; a few on long shards (several tiles)
+        # and in float16/float64 (the emulator starts a host thread per CUDA thread)
+        for dt in (np.float32, np.float16, np.float64):
+            for widths, rows in [([3, 2], 9), ([40, 0, 17, 5], 4), ([1500, 2600], 2), ([4500, 1, 700], 1)]:
+                V = sum(widths)
+                opts = OPTS if (dt == np.float32 and V < 1000) else [OPTS[0], OPTS[-1]]
+                if V > 5000 and dt != np.float32:
+                    continue
+                for o in opts:
+                    kw = options_for(o, rows, V, dt)
+                    x = (rng.standard_normal((rows, V)) * 3).astype(dt)
+                    t = rng.integers(0, V, rows)
+                    t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
+                    n += check(x, t, widths, f"{dt.__name__} {rows}x{widths} {o}", **kw)
+        return n
+
+    def special():
+        n = 0
+        widths = [300, 500, 211]
+        V = sum(widths)
+        x = rng.standard_normal((8, V)).astype(np.float32)
+        x[0, 10] = np.nan
+        x[1, 400] = np.inf
+        x[2, :] = -np.inf
+        x[3, 0] = -np.inf
+        x[4, :300] = -np.inf  # a whole shard masked (padded vocabulary)
+        x[5, 300:800] = -np.inf
+        t = np.array([0, 1, 2, 5, 900, 301, 299, -100])
+        n += check(x, t, widths, "special none", reduction="none")
+        n += check(x, t, widths, "special sum", reduction="sum")
+        # out-of-range targets with validate=False: NaN rows, no bad access
+        x = rng.standard_normal((6, V)).astype(np.float32)
+        t = np.array([0, V, -5, 1, -100, 2**40])
+        loss, grad = vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(t), widths, validate=False,
+                                              reduction="none")
+        loss, grad = cp.asnumpy(loss), cp.asnumpy(grad)
+        assert np.isnan(loss[[1, 2, 5]]).all() and np.isfinite(loss[[0, 3]]).all() and loss[4] == 0.0, loss
+        assert np.isnan(grad[[1, 2, 5]]).all() and np.isfinite(grad[[0, 3, 4]]).all()
+        assert (grad[4] == 0).all()
+        try:
+            vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(t), widths)
+        except ValueError as exc:
+            assert "outside" in str(exc)
+        else:
+            raise AssertionError("validate=True let an out-of-range target through")
+        # all ignored: NaN mean, zero gradient
+        loss, grad = vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(np.full(6, -100)), widths)
+        assert np.isnan(float(loss)) and float(np.abs(cp.asnumpy(grad)).max()) == 0.0
+        # no rows
+        loss, grad = vp.cross_entropy_sharded(cp.zeros((0, V), np.float32), cp.zeros(0, np.int64), widths,
+                                              reduction="sum")
+        assert float(loss) == 0.0 and grad.shape == (0, V)
+        return n + 3
+
+    def layouts():
+        n = 0
+        for dt in (np.float32, np.float16):
+            # shards whose rows start off the 16-byte grid (contiguous, odd widths)
+            widths = [1001, 999]
+            V = sum(widths)
+            rows = 5
+            x_np = rng.standard_normal((rows, V)).astype(dt)
+            t = rng.integers(0, V, rows)
+            recs, grads = [], []
+            start = 0
+            for w in widths:
+                buf = cp.asarray(np.concatenate([np.zeros(1, dt), x_np[:, start:start + w].reshape(-1)]))
+                shard = buf[1:].reshape(rows, w)
+                recs.append(vp.partial_stats(shard, cp.asarray(t), start, V, label_smoothing=0.1, validate=False))
+                start += w
+            stacked = cp.concatenate([r[None] for r in recs])
+            start = 0
+            for w in widths:
+                buf = cp.asarray(np.concatenate([np.zeros(1, dt), x_np[:, start:start + w].reshape(-1)]))
+                shard = buf[1:].reshape(rows, w)
+                loss, g = vp.finish(shard, cp.asarray(t), start, V, stacked, label_smoothing=0.1, validate=False,
+                                    inplace=True)
+                assert g is shard
+                grads.append(cp.asnumpy(g))
+                start += w
+            wl, wg = reference.cross_entropy_with_grad(x_np, t, label_smoothing=0.1)
+            assert_close(np.concatenate(grads, axis=-1), wg, dt, f"unaligned in place {dt.__name__}",
+                         atol=tolerance(dt)[0] * np.abs(wg).max())
+            assert_close(cp.asnumpy(loss), wl, "float32", f"unaligned loss {dt.__name__}", atol=1e-5 * 10)
+            n += 2
+            # leading dims: (2, 3, V) logits, (2, 3) targets
+            x3 = rng.standard_normal((2, 3, 700)).astype(dt)
+            n += check(x3, rng.integers(0, 700, (2, 3)).astype(np.int32), [350, 250, 100], f"3d {dt.__name__}",
+                       reduction="none")
+        bits = (rng.standard_normal((4, 3000)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        xf = (bits.astype(np.uint32) << 16).view(np.float32)
+        n += check(xf, rng.integers(0, 3000, 4), [1200, 1800], "bf16", storage="bfloat16",
+                   x_dev=cp.asarray(bits), label_smoothing=0.1)
+        return n
+
+    return {"hard": hard, "special": special, "layouts": layouts}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
+    args = ap.parse_args(argv)
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}", flush=True)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    cp, mod, emu = harness.setup("cross_entropy", Path(args.build_dir))
+    n = suites(cp, mod, rng)[args.suite]()
+    kernels = sorted({name for name, _, _ in emu.launches})
+    assert any(k.startswith("gs_vp_stats_") for k in kernels) and any(k.startswith("gs_vp_finish_") for k in kernels)
+    print(f"kernels: {' '.join(kernels)}")
+    print(f"OK vocab_parallel {args.suite} {n} checks in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
