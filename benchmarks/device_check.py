@@ -183,6 +183,12 @@ def main() -> int:
         notes.update(sub.get("notes", []))
         for k in ("l2_bytes", "timing", "versions"):
             doc.setdefault(k, sub.get(k))
+    if not args.quick:
+        try:  # issue 7's row: one rank's share of the vocabulary-parallel loss against the one-GPU loss
+            print("  bench vocab_parallel_cross_entropy", flush=True)
+            rows += bench.vocab_parallel_rows([(4096, 128256)], bandwidth=copy)
+        except Exception as exc:
+            notes.add(f"vocab_parallel_cross_entropy: {type(exc).__name__}: {str(exc)[:200]}")
     doc.update(copy or {})
     doc["notes"] = sorted(notes)
     doc["backend"] = "cuda"

@@ -295,3 +295,14 @@ def test_results_docs_are_json_safe():
     doc = copy.deepcopy(_gpu_doc())
     doc["rows"][0]["peak_mem_bytes"] = np.int64(5)
     json.loads(json.dumps(doc, default=bench._json_default))
+
+
+@pytest.mark.gpu
+def test_vocab_parallel_rows_time_one_rank_against_one_gpu(cp):
+    rows = bench.vocab_parallel_rows([(64, 1000)], ranks=(2, 4), reps=3)
+    assert [r["impl"] for r in rows] == ["gpu_softmax (1 GPU, full V)", "gpu_softmax (per rank, P=2)",
+                                          "gpu_softmax (per rank, P=4)"]
+    assert [r["shape"] for r in rows] == [[64, 1000], [64, 500], [64, 250]]
+    for r in rows:
+        assert r["op"] == "vocab_parallel_cross_entropy" and r["ms"] > 0 and r["gbps"] > 0
+    assert "1 GPU, full V" in rows[1]["speedup"]
