@@ -17,6 +17,8 @@ from gpu_softmax import reference
 from gpu_softmax._checks import result_dtype
 from gpu_softmax.testing import assert_close, tolerance
 
+from conftest import GPU_TEST_MAX_ELEMENTS
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = ["float32", "float16", "float64"]
@@ -77,8 +79,8 @@ def _compare(cp, x_np, t_np, dtype, what="", **kw):
 @pytest.mark.parametrize("classes", CLASSES)
 @pytest.mark.parametrize("rows", ROWS)
 def test_hard_labels_every_size(cp, rng, dtype, classes, rows):
-    if rows * classes > (1 << 24):
-        rows = max(8, (1 << 24) // classes)  # keep the float64 reference affordable
+    if rows * classes > GPU_TEST_MAX_ELEMENTS:
+        rows = max(8, GPU_TEST_MAX_ELEMENTS // classes)  # keep the float64 reference affordable
     x = _logits(rng, (rows, classes), dtype)
     t = _targets(rng, rows, classes)
     _compare(cp, x, t, dtype, what=f"{rows}x{classes}")

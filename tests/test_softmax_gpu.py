@@ -15,6 +15,8 @@ import gpu_softmax
 from gpu_softmax import reference
 from gpu_softmax.testing import assert_close
 
+from conftest import GPU_TEST_MAX_ELEMENTS
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = [np.float16, np.float32, np.float64]
@@ -23,7 +25,7 @@ ROW_COUNTS = [1, 3, 64, 4097]
 # The float64 reference runs on the CPU: larger cases are skipped (raise this to
 # 1 << 28 for a long soak), yet every row length appears with 1 and 3 rows and
 # every row count with lengths up to 2047.
-MAX_ELEMENTS = 1 << 24
+MAX_ELEMENTS = GPU_TEST_MAX_ELEMENTS
 
 SWEEP = [(n, r) for n in LENGTHS for r in ROW_COUNTS if n * r <= MAX_ELEMENTS]
 assert {n for n, _ in SWEEP} == set(LENGTHS) and {r for _, r in SWEEP} == set(ROW_COUNTS)
