@@ -162,6 +162,40 @@ def _launch(name: str, grid: int, block: int, args: tuple) -> None:
     loader.get_function(FAMILY, name)((grid, 1, 1), (block, 1, 1), args)
 
 
+def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, want_grad: bool):
+    """Launch the prep kernel; returns (coef, per-row grad_output or NULL).
+
+    `coef` holds the loss and gradient scales (the mean's divisor reduced on the
+    device). With validate=True and hard targets, reads the count of out-of-range
+    targets (the one host read that costs) and raises before any per-row kernel runs.
+    """
+    import cupy
+
+    g_ptr, g_val, g_rows = NULL, 1.0, NULL
+    go = a.grad_output
+    if want_grad:
+        if isinstance(go, cupy.ndarray):
+            if go.ndim == 0:
+                g_ptr = go.astype(acc).reshape(1)
+            else:
+                g_rows = cupy.ascontiguousarray(go.reshape(-1), dtype=acc)
+        else:
+            g_val = float(go)
+    coef = cupy.empty(5, dtype=acc)
+    n_bad = cupy.empty(1, dtype=np.uint64)
+    _launch(prep_name(st), 1, PREP_THREADS, (
+        tgt, np.int64(rows), np.int64(classes), np.int64(a.ignore_index), w,
+        np.int32(REDUCTION_CODE[a.reduction]), g_ptr, np.float64(g_val), coef, n_bad,
+    ))
+    if a.validate and not a.soft:
+        bad_count = int(n_bad.get()[0])
+        if bad_count:
+            bad = (tgt != a.ignore_index) & ((tgt < 0) | (tgt >= classes))
+            example = a.target.reshape(-1)[int(cupy.flatnonzero(bad)[0])]
+            _checks.raise_bad_targets(bad_count, classes, a.ignore_index, int(example))
+    return coef, g_rows
+
+
 def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None):
     import cupy
 
@@ -194,29 +228,7 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
         tgt = _checks.hard_targets_int64(cupy, a.target, cols, a.ignore_index)
     w = NULL if a.weight is None else cupy.ascontiguousarray(a.weight, dtype=acc)
 
-    g_ptr, g_val, g_rows = NULL, 1.0, NULL
-    go = a.grad_output
-    if want_grad:
-        if isinstance(go, cupy.ndarray):
-            if go.ndim == 0:
-                g_ptr = go.astype(acc).reshape(1)
-            else:
-                g_rows = cupy.ascontiguousarray(go.reshape(-1), dtype=acc)
-        else:
-            g_val = float(go)
-
-    coef = cupy.empty(5, dtype=acc)
-    n_bad = cupy.empty(1, dtype=np.uint64)
-    _launch(prep_name(st), 1, PREP_THREADS, (
-        tgt, np.int64(rows), np.int64(cols), np.int64(a.ignore_index), w,
-        np.int32(REDUCTION_CODE[a.reduction]), g_ptr, np.float64(g_val), coef, n_bad,
-    ))
-    if a.validate and not a.soft:
-        bad_count = int(n_bad.get()[0])  # the one host read validate=True costs
-        if bad_count:
-            bad = (tgt != a.ignore_index) & ((tgt < 0) | (tgt >= cols))
-            example = a.target.reshape(-1)[int(cupy.flatnonzero(bad)[0])]
-            _checks.raise_bad_targets(bad_count, cols, a.ignore_index, int(example))
+    coef, g_rows = _prep(a, st, acc, tgt, w, rows, cols, want_grad)
 
     row_loss = cupy.empty(rows, dtype=acc)
     row_lse = cupy.empty(rows, dtype=acc) if return_logsumexp else NULL
@@ -334,28 +346,7 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
     if recs.ndim != 3 or recs.shape[1:] != (rows, 4):
         raise ValueError(f"records has shape {tuple(records.shape)}, expected (ranks, {rows}, 4)")
 
-    g_ptr, g_val, g_rows = NULL, 1.0, NULL
-    go = a.grad_output
-    if want_grad:
-        if isinstance(go, cupy.ndarray):
-            if go.ndim == 0:
-                g_ptr = go.astype(acc).reshape(1)
-            else:
-                g_rows = cupy.ascontiguousarray(go.reshape(-1), dtype=acc)
-        else:
-            g_val = float(go)
-    coef = cupy.empty(5, dtype=acc)
-    n_bad = cupy.empty(1, dtype=np.uint64)
-    _launch(prep_name(st), 1, PREP_THREADS, (
-        tgt, np.int64(rows), np.int64(vocab), np.int64(a.ignore_index), w,
-        np.int32(REDUCTION_CODE[a.reduction]), g_ptr, np.float64(g_val), coef, n_bad,
-    ))
-    if a.validate:
-        bad_count = int(n_bad.get()[0])  # the one host read validate=True costs
-        if bad_count:
-            bad = (tgt != a.ignore_index) & ((tgt < 0) | (tgt >= vocab))
-            example = a.target.reshape(-1)[int(cupy.flatnonzero(bad)[0])]
-            _checks.raise_bad_targets(bad_count, vocab, a.ignore_index, int(example))
+    coef, g_rows = _prep(a, st, acc, tgt, w, rows, vocab, want_grad)
     row_loss = cupy.empty(rows, dtype=acc)
     grad = NULL
     if want_grad:
