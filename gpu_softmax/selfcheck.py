@@ -2,25 +2,32 @@
 
 Each case draws fresh random inputs, poisons the output buffer with NaN where the op
 takes `out=`, runs the kernel, and compares with the reference at the tolerances of
-gpu_softmax.testing. Without a GPU the CUDA cases are reported as skipped (with the
-reason) and the kernels are compile-checked with NVRTC instead, when NVRTC is present.
+gpu_softmax.testing (`compare`, which the benchmark's own check reuses). Without a GPU
+the CUDA cases are reported as skipped (with the reason) and the kernels are
+compile-checked with NVRTC instead, when NVRTC is present (`--quick`: for one
+architecture).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 import gpu_softmax as gs
 from gpu_softmax import reference
 from gpu_softmax._checks import result_dtype
-from gpu_softmax.testing import assert_close, max_relative_error, tolerance
+from gpu_softmax.testing import assert_close, backward_atol, max_relative_error, tolerance
 
+OPS = ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
+       "cross_entropy", "cross_entropy_with_grad")
 DTYPES = ("float32", "float16", "float64")
 COLS = (1, 2, 31, 33, 1000, 1025, 4096, 32000, 50257, 131072, 262144)
 QUICK_COLS = (1, 33, 1025, 50257, 262144)
 ROWS = (1, 3, 64)
+QUICK_ROWS = (3,)
+CE_KW = dict(label_smoothing=0.1, reduction="sum")
 
 
 @dataclass
@@ -30,82 +37,113 @@ class Result:
     detail: str = ""
 
 
-def _cases(quick: bool):
-    cols_list = QUICK_COLS if quick else COLS
-    for op in ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-               "cross_entropy", "cross_entropy_with_grad"):
+def cases(quick: bool) -> list[tuple[str, str, int, int]]:
+    out = []
+    for op in OPS:
         for dtype in DTYPES:
-            for cols in cols_list:
-                for rows in ROWS:
-                    if rows * cols > (1 << 22):
+            for cols in QUICK_COLS if quick else COLS:
+                for rows in QUICK_ROWS if quick else ROWS:
+                    if rows * cols > (1 << 22) or (op.startswith("cross_entropy") and cols < 2):
                         continue
-                    if op.startswith("cross_entropy") and cols < 2:
-                        continue
-                    yield op, dtype, rows, cols
+                    out.append((op, dtype, rows, cols))
+    return out
+
+
+def _stat_dtype(dtype: str) -> str:
+    """Per-row statistics (logsumexp, losses) come back in the accumulation dtype."""
+    return "float32" if dtype == "bfloat16" else result_dtype(dtype).name
+
+
+def compare(op: str, dtype: str, args_np: tuple, got, ce_kw: dict | None = None) -> float:
+    """Raise AssertionError unless `got` is the reference's result for `args_np`.
+
+    `got` is NumPy: the op's output, or (loss, grad) for cross_entropy_with_grad.
+    Tolerances are those of gpu_softmax.testing; the absolute floors are the size
+    of the terms each result is a difference of: rtol * (1 + |logsumexp|) for a loss
+    (lse - x_t), rtol * the largest gradient entry for p - q, `backward_atol` for the
+    softmax backward ops. Returns the max relative error.
+    """
+    rtol = tolerance(dtype)[0]
+    if op.startswith("cross_entropy"):
+        x, t = args_np
+        kw = dict(ce_kw or {}, validate=False)
+        stat_rtol = tolerance(_stat_dtype(dtype))[0]
+        lse = reference.logsumexp(x.astype(np.float64))
+        loss_atol = stat_rtol * float(np.sum(1.0 + np.abs(lse)))
+        if kw.get("reduction") == "none":
+            loss_atol = stat_rtol * (1.0 + np.abs(lse))
+        if op == "cross_entropy":
+            want = reference.cross_entropy(x, t, **kw)
+            assert_close(got, want, _stat_dtype(dtype), what=op, atol=loss_atol)
+            return max_relative_error(got, want)
+        want_loss, want = reference.cross_entropy_with_grad(x, t, **kw)
+        loss, grad = got
+        assert_close(loss, want_loss, _stat_dtype(dtype), what="loss", atol=loss_atol)
+        assert_close(grad, want, dtype, what="grad", atol=rtol * float(np.abs(want).max(initial=0.0)))
+        return max(max_relative_error(loss, want_loss), max_relative_error(grad, want))
+    want = getattr(reference, op)(*args_np)
+    if op.endswith("_backward"):
+        assert_close(got, want, dtype, what=op, atol=backward_atol(op, *args_np, rtol=rtol))
+    else:
+        assert_close(got, want, _stat_dtype(dtype) if op == "logsumexp" else dtype, what=op)
+    return max_relative_error(got, want)
+
+
+def _inputs(op: str, dtype: str, rows: int, cols: int, rng) -> tuple:
+    x = (rng.standard_normal((rows, cols)) * 4).astype(dtype)
+    if op.endswith("_backward"):
+        gy = rng.standard_normal((rows, cols)).astype(dtype)
+        fwd = reference.softmax if op == "softmax_backward" else reference.log_softmax
+        return gy, fwd(x)
+    if op.startswith("cross_entropy"):
+        t = rng.integers(0, cols, size=rows)
+        t[rng.random(rows) < 0.1] = -100
+        return x, t
+    return (x,)
 
 
 def _run_case(cp, op, dtype, rows, cols, rng) -> Result:
     name = f"{op} {dtype} {rows}x{cols}"
-    x_np = (rng.standard_normal((rows, cols)) * 4).astype(dtype)
-    x = cp.asarray(x_np)
+    args_np = _inputs(op, dtype, rows, cols, rng)
+    args = tuple(cp.asarray(a) for a in args_np)
     try:
         if op in ("softmax", "log_softmax"):
-            out = cp.full_like(x, cp.nan)
-            got = getattr(gs, op)(x, out=out)
-            want = getattr(reference, op)(x_np)
-        elif op == "logsumexp":
-            got, want = gs.logsumexp(x), reference.logsumexp(x_np)
-        elif op.endswith("_backward"):
-            gy_np = rng.standard_normal((rows, cols)).astype(dtype)
-            fwd = reference.softmax if op == "softmax_backward" else reference.log_softmax
-            y_np = fwd(x_np)
-            got = getattr(gs, op)(cp.asarray(gy_np), cp.asarray(y_np))
-            want = getattr(reference, op)(gy_np, y_np)
+            out = cp.full_like(args[0], cp.nan)
+            got = getattr(gs, op)(args[0], out=out)
+        elif op == "cross_entropy_with_grad":
+            got = gs.cross_entropy_with_grad(*args, **CE_KW)
+        elif op == "cross_entropy":
+            got = gs.cross_entropy(*args, **CE_KW)
         else:
-            t_np = rng.integers(0, cols, size=rows)
-            t_np[rng.random(rows) < 0.1] = -100
-            kw = dict(label_smoothing=0.1, reduction="sum")
-            # A row's loss is lse - x_t and a gradient entry p - q: float32 results
-            # carry an absolute error of rtol times |lse| (the loss) or times the
-            # largest entry (the gradient), however small the difference itself.
-            rtol = tolerance(result_dtype(dtype))[0]
-            loss_atol = rtol * float(np.sum(1.0 + np.abs(reference.logsumexp(x_np))))
-            if op == "cross_entropy":
-                got = gs.cross_entropy(x, cp.asarray(t_np), **kw)
-                want = reference.cross_entropy(x_np, t_np, **kw)
-                atol = loss_atol
-            else:
-                loss, got = gs.cross_entropy_with_grad(x, cp.asarray(t_np), **kw)
-                want_loss, want = reference.cross_entropy_with_grad(x_np, t_np, **kw)
-                assert_close(cp.asnumpy(loss), want_loss, result_dtype(dtype), what="loss", atol=loss_atol)
-                atol = tolerance(dtype)[0] * float(np.abs(want).max())
-        got_np = cp.asnumpy(got)
-        # Per-row statistics come back in the accumulation dtype, not the input's.
-        cmp_dtype = result_dtype(dtype) if op in ("logsumexp", "cross_entropy") else dtype
-        assert_close(got_np, want, cmp_dtype, what=name, atol=atol if op.startswith("cross_entropy") else None)
-        return Result(name, "pass", f"max rel err {max_relative_error(got_np, want):.2e}")
+            got = getattr(gs, op)(*args)
+        got_np = tuple(cp.asnumpy(g) for g in got) if isinstance(got, tuple) else cp.asnumpy(got)
+        err = compare(op, dtype, args_np, got_np, CE_KW)
+        return Result(name, "pass", f"max rel err {err:.2e}")
     except NotImplementedError as exc:
         return Result(name, "skip", str(exc).split(";")[0])
     except AssertionError as exc:
-        return Result(name, "FAIL", str(exc)[:300])
+        return Result(name, "FAIL", f"{name}: {str(exc)[:300]}")
     except Exception as exc:
         return Result(name, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
-def _compile_results() -> list[Result]:
+def _compile_results(archs: tuple[int, ...], progress: Callable[[str], None]) -> list[Result]:
     from gpu_softmax._cuda import compile_check as cc
+    from gpu_softmax._cuda import loader
 
+    out = []
     try:
-        reports = cc.run_all()
+        for arch in archs:
+            for fam in ["<header>"] + loader.families():
+                progress(f"compiling {fam if fam != '<header>' else 'common.cuh'} for sm_{arch} with NVRTC")
+                rep = cc.check_family(fam, arch)
+                probs = cc.problems(rep)
+                out.append(Result(f"compile {rep.family} sm_{rep.arch} ({len(rep.entries)} entry points)",
+                                  "FAIL" if probs else "pass", "; ".join(probs) or f"{rep.seconds:.1f} s, 0 spills"))
     except cc.NvrtcUnavailable as exc:
         return [Result("NVRTC compile of cuda_src", "skip", str(exc))]
     except (RuntimeError, FileNotFoundError) as exc:
-        return [Result("NVRTC compile of cuda_src", "FAIL", str(exc)[:500])]
-    out = []
-    for rep in reports:
-        probs = cc.problems(rep)
-        out.append(Result(f"compile {rep.family} sm_{rep.arch} ({len(rep.entries)} entry points)",
-                          "FAIL" if probs else "pass", "; ".join(probs) or f"{rep.seconds:.1f} s, 0 spills"))
+        out.append(Result("NVRTC compile of cuda_src", "FAIL", str(exc)[:500]))
     return out
 
 
@@ -126,19 +164,26 @@ def _reference_results(rng) -> list[Result]:
     return out
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Every check; `progress(msg)` hears about each step (NVRTC compiles, op groups)."""
+    from gpu_softmax._cuda import compile_check as cc
     from gpu_softmax._cuda.info import gpu_status
 
+    say = progress or (lambda msg: None)
     rng = np.random.default_rng()
     results = _reference_results(rng)
     ok, reason = gpu_status()
     if not ok:
-        results += _compile_results()
+        # The full check compiles for every supported architecture; --quick for the newest only.
+        results += _compile_results(cc.ARCHS[-1:] if quick else cc.ARCHS, say)
         results.append(Result("CUDA kernels against the reference", "skip", f"no GPU: {reason}"))
         return results
     import cupy as cp
 
-    for op, dtype, rows, cols in _cases(quick):
+    todo = cases(quick)
+    for i, (op, dtype, rows, cols) in enumerate(todo):
+        if i == 0 or todo[i - 1][:2] != (op, dtype):
+            say(f"{op} {dtype} ({sum(c[:2] == (op, dtype) for c in todo)} shapes; case {i + 1} of {len(todo)})")
         results.append(_run_case(cp, op, dtype, rows, cols, rng))
     return results
 

@@ -70,3 +70,38 @@ def assert_close(actual, expected, dtype, what: str = "result", rtol: float | No
             f"{what}: {n} of {ok.size} elements off (rtol={rtol}, atol={atol}); first at {idx}: "
             f"got {a[idx]!r}, expected {e[idx]!r}; max rel err {max_relative_error(a, e):.3e}"
         )
+
+
+def backward_atol(op: str, grad_y, y, rtol: float, axis: int = -1, acc_rtol: float | None = None) -> np.ndarray:
+    """Per-element absolute floor for a softmax_backward / log_softmax_backward result.
+
+    Both gradients are differences that cancel, y * (g - S) with S = sum(g * y), and
+    g - exp(y) * S with S = sum(g), so their error is relative to the terms that
+    cancel, not to the (possibly tiny) difference. Two sources, element by element:
+
+    - the row sum S, added in another order in the accumulation dtype (`acc_rtol`,
+      default `rtol`), moves by acc_rtol * sum_j |g_j y_j| (softmax) or
+      acc_rtol * sum_j |g_j| (log_softmax);
+    - y itself, rounded to the stored dtype (`rtol`, the dtype's tolerance): a
+      relative error rtol in y_i (softmax: y_i * rtol * sum_j |g_j y_j| through S,
+      the rest is rtol * |result|, which the comparison's own rtol covers), or an
+      absolute error up to rtol * max_j |y_j| in a log-probability (which also
+      bounds |logsumexp|, the forward's own error), which exp turns into that
+      relative error of exp(y_i) * S.
+
+    The row length enters through the row sums; `rtol` from the dtype's epsilon.
+    Returned as an array of x's shape, for assert_close(..., atol=...).
+    """
+    acc = rtol if acc_rtol is None else acc_rtol
+    g = np.asarray(grad_y, dtype=np.float64)
+    yy = np.asarray(y, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if op == "softmax_backward":
+            scale = np.abs(yy) * (acc + rtol) * np.sum(np.abs(g * yy), axis=axis, keepdims=True)
+        elif op == "log_softmax_backward":
+            big = np.max(np.abs(np.where(np.isfinite(yy), yy, 0.0)), axis=axis, keepdims=True)
+            scale = np.exp(yy) * (acc * np.sum(np.abs(g), axis=axis, keepdims=True)
+                                  + rtol * big * np.abs(np.sum(g, axis=axis, keepdims=True)))
+        else:
+            raise ValueError(f"backward_atol: {op!r} is not a backward op")
+    return np.where(np.isfinite(scale), scale, 0.0)
