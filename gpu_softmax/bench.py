@@ -1,27 +1,40 @@
 """Benchmark runner shared by `gpu-softmax bench` and benchmarks/device_check.py.
 
-GPU timing: CUDA events on the current stream, warm-up outside the timed region,
-median of many runs, inputs rotated among buffers that together exceed L2 (twice
-its size), fresh random data (never zeros). Bandwidth counts the fewest bytes each
-op must move (`op_bytes`: inputs read once, outputs written once) and is reported
-against the device-to-device copy bandwidth (bytes read + bytes written) and the
-read-only bandwidth measured in the same run.
+Two times per row, both from CUDA events on the current stream, inputs rotated among
+buffers that together exceed twice the L2 size, fresh random data (never zeros):
 
-Implementations timed per (op, dtype, shape): ours (`gpu_softmax`, on CuPy arrays),
-and every baseline present: PyTorch eager (`torch`), `torch.compile`, `cupyx`
-(cupyx.scipy.special), Liger-Kernel (`liger`) and QuACK (`quack`). A baseline that
-is missing, has no such op, or raises is skipped with a note in the results; it
-never fails the run. `bfloat16` rows are torch tensors: ours runs through the torch
-bridge `gpu_softmax.torch` when it imports (skipped with a note otherwise).
+- **call time** (`call_ms`): events between consecutive calls of a back-to-back loop,
+  so host work (argument checks, allocation, autograd, launch) counts whenever the GPU
+  waits for it: what a user's eager loop sees.
+- **kernel time** (`ms`): the same loop queued behind a spin kernel that keeps the GPU
+  busy until the host has queued every call, so the events time the device work alone.
+  `kernel_covered` says the spin outlasted the queuing (false: a call synchronised
+  with the host, and the kernel time may include host gaps).
 
-For `cross_entropy_with_grad` rows the peak device memory of each implementation is
-also recorded (`peak_mem_bytes`: the CuPy memory-pool high-water mark plus
-torch.cuda.max_memory_allocated above what was live before the call, result
-included).
+GB/s, % of copy bandwidth, speed-ups and the goals use kernel time. Bandwidth counts
+the fewest bytes each op must move (`op_bytes`) against the device-to-device copy
+(bytes read + written) and read-only bandwidths measured in the same run. A
+host-overhead row per op (`kind: "overhead"`, a tiny input) gives each
+implementation's call time minus that of an empty kernel launch.
 
-Without a GPU the same rows are produced for the NumPy reference on small shapes,
-timed with the host clock, so the command still says something true and writes its
-files; the rows say which backend ran.
+Our results are checked on a sample of rows (first, last and random ones) of the
+timed input against the float64 reference at the tolerances of the tests
+(`selfcheck.compare`); the check never reads the whole input back to the host.
+
+Implementations per (op, dtype, shape): ours (`gpu_softmax`, CuPy arrays), ours
+through the torch bridge (`gpu_softmax.torch`, for cross_entropy_with_grad: forward
+and `.backward()`, the training path), and every baseline present: PyTorch eager,
+`torch.compile` (compiled once per op with dynamic shapes), `cupyx`, Liger-Kernel
+and QuACK. One that is missing, lacks the op or raises is skipped with a note.
+`bfloat16` rows are torch tensors (ours through the bridge). Peak device memory is
+recorded for every implementation of the training rows.
+
+Time: our kernels are compiled with NVRTC in background threads while the rest
+starts; compile and first-call JIT times are reported apart (`compile_seconds`), and
+a time budget stops starting new cases once spent (their rows say so).
+
+Without a GPU the rows time the NumPy reference on small shapes (impl
+"NumPy reference"), with the host clock.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ import json
 import math
 import platform
 import statistics
+import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,16 +56,16 @@ from typing import Any, Callable
 import numpy as np
 
 import gpu_softmax as gs
-from gpu_softmax import reference
-from gpu_softmax.testing import assert_close, max_relative_error, tolerance
 
 OPS = ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
        "cross_entropy", "cross_entropy_with_grad")
 DTYPES = ("float32", "float16", "float64", "bfloat16")
 # Dtypes that exist only as torch tensors (CuPy and NumPy have no bfloat16).
 TORCH_ONLY_DTYPES = ("bfloat16",)
-IMPLS = ("gpu_softmax", "gpu_softmax.torch", "torch", "torch.compile", "cupyx", "liger", "quack")
+REFERENCE_IMPL = "NumPy reference"  # what the rows time without a GPU
+IMPLS = ("gpu_softmax", "gpu_softmax.torch", "torch", "torch.compile", "cupyx", "liger", "quack", REFERENCE_IMPL)
 BASELINE_IMPLS = ("torch", "torch.compile", "cupyx", "liger", "quack")
+OURS = ("gpu_softmax", REFERENCE_IMPL)  # the row each case's speed-ups are computed for
 
 # Shapes named in the kernel issues' performance goals.
 GPU_SHAPES = {
@@ -58,10 +73,32 @@ GPU_SHAPES = {
     "cross_entropy_with_grad": [(8192, 32000), (4096, 128256), (2048, 262144)],
     "cross_entropy": [(8192, 32000), (4096, 128256), (2048, 262144)],
 }
-QUICK_GPU_SHAPES = [(4096, 32768), (1024, 131072), (8, 262144)]
-QUICK_GPU_CE_SHAPES = [(8192, 32000), (4096, 128256)]
+QUICK_GPU_SHAPES = [(4096, 32768), (8, 262144)]
+QUICK_GPU_CE_SHAPES = [(4096, 128256)]
 CPU_SHAPES = [(64, 1000), (16, 32000), (4, 131072)]
 QUICK_CPU_SHAPES = [(64, 1000), (4, 32000)]
+OVERHEAD_SHAPE = (8, 128)  # the host-overhead rows: small enough that the launch is all there is
+# Left out of the host-overhead rows: they JIT-compile per row length, so a tiny row
+# would cost a compile of its own.
+OVERHEAD_SKIP = ("liger", "quack")
+
+# The default plans, as (op, dtype, shape) cases.
+# --quick: one goal shape of each kind, float32: many rows, few long rows, the training step.
+QUICK_PLAN = [("softmax", "float32", (4096, 32768)), ("softmax", "float32", (8, 262144)),
+              ("cross_entropy_with_grad", "float32", (4096, 128256))]
+_FULL = [
+    ("softmax", ["float32", "float16"], GPU_SHAPES["softmax"]),
+    ("log_softmax", ["float32"], [(4096, 32768), (1024, 131072), (8, 262144)]),
+    ("softmax_backward", ["float32"], [(4096, 32768)]),
+    ("cross_entropy_with_grad", ["float32", "float16"], GPU_SHAPES["cross_entropy_with_grad"]),
+    ("cross_entropy", ["float32"], [(4096, 128256)]),
+    ("softmax", ["bfloat16"], [(4096, 32768), (8, 262144)]),
+    ("cross_entropy_with_grad", ["bfloat16"], [(4096, 128256)]),
+]
+FULL_PLAN = [(op, dt, s) for op, dts, shapes in _FULL for dt in dts for s in shapes]
+# Seconds after which no new case starts (the runs' goals: 60 s and 5 minutes).
+BUDGET_S = {"quick": 50.0, "full": 280.0}
+SAMPLE_ROWS = 8  # rows of each timed input checked against the reference
 
 # The performance goals of the kernel issues: (name, ops, dtypes, shapes, metric, threshold).
 # metric: "pct_copy" / "pct_read" (percent of the bandwidth measured in the same run) or
@@ -88,20 +125,28 @@ class Row:
     impl: str
     dtype: str
     shape: list[int]
-    ms: float
+    ms: float  # kernel time, median (GPU); host-clock time of a call without a GPU
     ms_p10: float
     ms_p90: float
     gbps: float
     pct_copy: float | None
     backend: str  # "cuda" or "numpy"
-    matched: bool | None = None  # our result vs the reference (None: not checked)
+    matched: bool | None = None  # our result vs the reference on sampled rows (None: not checked)
     max_rel_err: float | None = None
     speedup: dict[str, float] = field(default_factory=dict)  # ours over each baseline (baseline ms / ours ms)
     note: str = ""
     pct_read: float | None = None  # percent of the read-only bandwidth
     bytes: int = 0  # op_bytes: the fewest bytes the op must move
     reps: int = 0
-    peak_mem_bytes: int | None = None  # cross_entropy_with_grad rows, where measurable
+    peak_mem_bytes: int | None = None  # training rows (cross_entropy_with_grad), where measurable
+    call_ms: float = math.nan  # call time, median: what an eager loop sees per call
+    call_p10: float = math.nan
+    call_p90: float = math.nan
+    kernel_covered: bool | None = None  # the spin outlasted the queuing (kernel time is device time alone)
+    first_call_ms: float | None = None  # the first call, compile / JIT included
+    kind: str = "timing"  # "timing" or "overhead" (tiny input: host overhead)
+    host_overhead_us: float | None = None  # overhead rows: call time minus an empty kernel launch's
+    plan: dict | None = None  # ours: the launch plan the kernels chose (regime, grid, ...)
 
 
 def itemsize(dtype: str) -> int:
@@ -134,6 +179,25 @@ def plan(ops, dtypes, shapes, quick: bool, backend: str) -> list[tuple[str, str,
     """Every (op, dtype, shape) case `run` goes through, in order."""
     return [(op, dtype, (r, c)) for op in ops for dtype in dtypes
             for r, c in (shapes or default_shapes(op, backend, quick))]
+
+
+DEFAULT_OPS = ("softmax", "log_softmax", "cross_entropy_with_grad")
+DEFAULT_DTYPES = ("float32", "float16")
+
+
+def default_cases(quick: bool, backend: str) -> list[tuple[str, str, tuple[int, int]]]:
+    """The plan when the user names no op, dtype or shape."""
+    if backend == "cuda":
+        return list(QUICK_PLAN if quick else FULL_PLAN)
+    return plan(DEFAULT_OPS, DEFAULT_DTYPES, None, quick, backend)
+
+
+def overhead_cases(cases) -> list[tuple[str, str, tuple[int, int]]]:
+    """One tiny case per (op, dtype) of the plan, first dtype of each op only."""
+    seen: dict[str, str] = {}
+    for op, dtype, _ in cases:
+        seen.setdefault(op, dtype)
+    return [(op, dtype, OVERHEAD_SHAPE) for op, dtype in seen.items()]
 
 
 # ----------------------------------------------------------------------------------
@@ -188,6 +252,19 @@ def _to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def _take_rows(a, idx: list[int]) -> np.ndarray:
+    """Rows `idx` of a NumPy, CuPy or torch array, as NumPy (only those rows cross to the host)."""
+    if isinstance(a, np.ndarray):
+        return a[idx]
+    if hasattr(a, "detach"):
+        import torch
+
+        return _to_numpy(a[torch.as_tensor(idx, device=a.device)])
+    import cupy
+
+    return _to_numpy(a[cupy.asarray(idx)])
+
+
 # ----------------------------------------------------------------------------------
 # implementations: each factory returns a callable on the row's arguments, or None
 # with the reason it is not there. Nothing here may raise.
@@ -221,19 +298,23 @@ def _torch_ops(op: str) -> tuple[Callable | None, str]:
     return fn, ("" if fn else f"torch has no {op}")
 
 
+_COMPILED: dict[str, Callable] = {}
+
+
 def _torch_compiled(op: str) -> tuple[Callable | None, str]:
+    """torch.compile of the eager op, once per op for every shape (dynamic shapes): the
+    plan's shapes do not each pay a compile. Its compile time is counted by `run`."""
     fn, why = _torch_ops(op)
     if fn is None:
         return None, why
-    try:
-        import torch
+    if op not in _COMPILED:
+        try:
+            import torch
 
-        # One compiled graph per shape and dtype; a reset keeps dynamo's recompile
-        # limit from silently sending later shapes back to eager.
-        torch._dynamo.reset()
-        return torch.compile(fn, dynamic=False), ""
-    except Exception as exc:
-        return None, f"torch.compile unavailable ({type(exc).__name__}: {str(exc)[:120]})"
+            _COMPILED[op] = torch.compile(fn, dynamic=True)
+        except Exception as exc:
+            return None, f"torch.compile unavailable ({type(exc).__name__}: {str(exc)[:120]})"
+    return _COMPILED[op], ""
 
 
 def _liger(op: str) -> tuple[Callable | None, str]:
@@ -328,8 +409,9 @@ def torch_bridge():
         return None, f"torch bridge gpu_softmax.torch unavailable ({type(exc).__name__}: {str(exc)[:120]})"
 
 
-def _bridge_op(op: str) -> tuple[Callable | None, str]:
-    """Ours on torch tensors, through the torch bridge."""
+def _bridge_op(op: str, reduction: str = "mean") -> tuple[Callable | None, str]:
+    """Ours on torch tensors, through the torch bridge (cross entropy: forward and
+    .backward(), the training path)."""
     mod, why = torch_bridge()
     if mod is None:
         return None, why
@@ -340,11 +422,14 @@ def _bridge_op(op: str) -> tuple[Callable | None, str]:
 
         def fwd_bwd(x, t):
             xt = x.detach().requires_grad_(True)
-            loss = ce(xt, t)
-            loss.backward()
+            loss = ce(xt, t, reduction=reduction)
+            (loss if loss.ndim == 0 else loss.sum()).backward()
             return loss, xt.grad
 
         return fwd_bwd, ""
+    if op == "cross_entropy":
+        ce = getattr(mod, "cross_entropy", None)
+        return ((lambda x, t: ce(x, t, reduction=reduction)), "") if ce else (None, "gpu_softmax.torch has no cross_entropy")
     fn = getattr(mod, op, None)
     if fn is None:
         return None, f"gpu_softmax.torch has no {op}"
@@ -363,6 +448,17 @@ def _ours(op: str) -> Callable:
     if op.startswith("cross_entropy"):
         return lambda x, t: fn(x, t, validate=False)
     return fn
+
+
+def _ours_for_check(op: str, dtype: str) -> Callable | None:
+    """Ours as the accuracy check calls it: cross entropy per row (reduction "none"),
+    so a sample of rows can be compared; the timed call's mean adds those rows up."""
+    if dtype in TORCH_ONLY_DTYPES:
+        return _bridge_op(op, reduction="none")[0]
+    if op.startswith("cross_entropy"):
+        fn = getattr(gs, op)
+        return lambda x, t: fn(x, t, reduction="none", validate=False)
+    return getattr(gs, op)
 
 
 def implementations(op: str, dtype: str, backend: str, with_baselines: bool = True,
@@ -389,15 +485,15 @@ def implementations(op: str, dtype: str, backend: str, with_baselines: bool = Tr
 
     if backend != "cuda":
         if torch_native:
-            notes["gpu_softmax"] = f"{dtype} needs PyTorch and a GPU (the torch bridge)"
+            notes[REFERENCE_IMPL] = f"{dtype} needs PyTorch and a GPU (the torch bridge)"
         else:
-            impls["gpu_softmax"] = _ours(op)
+            impls[REFERENCE_IMPL] = _ours(op)
         return impls, notes
     if torch_native:
         add("gpu_softmax", _bridge_op, False)
     else:
         impls["gpu_softmax"] = _ours(op)
-        if op == "cross_entropy_with_grad":  # the bridge's own overhead, fwd+bwd through autograd
+        if op == "cross_entropy_with_grad":  # the training path: forward and .backward() through autograd
             add("gpu_softmax.torch", _bridge_op, True)
     if not with_baselines:
         return impls, notes
@@ -458,7 +554,57 @@ def package_versions() -> dict[str, str | None]:
 
 
 # ----------------------------------------------------------------------------------
+# the run's identity: commit, kernel sources, device
+
+
+def _git(*args: str) -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return None
+
+
+def source_identity() -> dict:
+    """The commit and the git tree of cuda_src/ ("-dirty" when it has uncommitted edits);
+    None for both outside a git checkout (an installed wheel)."""
+    tree = _git("rev-parse", "HEAD:cuda_src")
+    dirty = _git("status", "--porcelain", "--", "cuda_src")
+    return {"commit": _git("rev-parse", "HEAD"), "cuda_src_tree": (tree + "-dirty") if tree and dirty else tree}
+
+
+def _device_info() -> dict:
+    from gpu_softmax._cuda.info import backend_info
+
+    info = backend_info()
+    out = {k: info.get(k) for k in ("cupy", "cuda_runtime", "cuda_driver", "nvrtc", "python", "numpy")}
+    out["devices"] = info.get("devices")
+    return out
+
+
+# ----------------------------------------------------------------------------------
 # timing
+
+_TIMER_SRC = r"""
+extern "C" __global__ void gs_bench_spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}
+extern "C" __global__ void gs_bench_empty() {}
+"""
+
+
+def _timer_kernel(name: str):
+    import cupy
+
+    return cupy.RawModule(code=_TIMER_SRC).get_function(name)
+
+
+def _spin(ms: float) -> None:
+    """Keep the GPU busy for `ms` on the current stream (one thread spinning on the clock)."""
+    _timer_kernel("gs_bench_spin")((1,), (1,), (np.uint64(int(ms * 1e6)),))
 
 
 def _sync() -> None:
@@ -479,27 +625,57 @@ def _torch_if_loaded():
     return sys.modules.get("torch")
 
 
-def time_gpu(fn: Callable, arg_sets: list[tuple], warmup: int = 3, reps: int = 20) -> list[float]:
-    """Milliseconds per call, CUDA events around each call, rotating argument sets.
+@dataclass
+class Timing:
+    call: list[float]  # ms between consecutive calls of a back-to-back loop
+    kernel: list[float]  # the same behind a spin kernel: device time alone
+    covered: bool  # the spin outlasted the host's queuing of the kernel-time loop
+    first_ms: float  # the first call, compile / JIT included
 
-    Torch work runs on torch's current stream; when torch is loaded the events are
-    recorded on that stream instead (both default to the legacy default stream).
+
+def _event_loop(fn: Callable, arg_sets: list[tuple], reps: int, spin_ms: float = 0.0):
+    """(ms per call, host seconds to queue them, whether a spin kernel outlasted the queuing).
+
+    Torch work runs on torch's current stream; both it and CuPy's default to the
+    legacy default stream, on which the events are recorded.
     """
     import cupy
 
-    for i in range(warmup):
+    stream = cupy.cuda.get_current_stream()
+    events = [cupy.cuda.Event() for _ in range(reps + 1)]
+    shield = None
+    if spin_ms:
+        _spin(spin_ms)
+        shield = cupy.cuda.Event()
+        shield.record(stream)
+    t0 = time.perf_counter()
+    events[0].record(stream)
+    for i in range(reps):
+        fn(*arg_sets[i % len(arg_sets)])
+        events[i + 1].record(stream)
+    host_s = time.perf_counter() - t0
+    covered = shield is not None and not shield.done
+    events[-1].synchronize()
+    return [cupy.cuda.get_elapsed_time(a, b) for a, b in zip(events, events[1:])], host_s, covered
+
+
+def time_gpu(fn: Callable, arg_sets: list[tuple], warmup: int = 3, reps: int = 20) -> Timing:
+    """Call time and kernel time of `fn`, rotating argument sets (see the module docstring)."""
+    t0 = time.perf_counter()
+    fn(*arg_sets[0])
+    _sync()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for i in range(1, warmup):
         fn(*arg_sets[i % len(arg_sets)])
     _sync()
-    stream = cupy.cuda.get_current_stream()
-    starts = [cupy.cuda.Event() for _ in range(reps)]
-    ends = [cupy.cuda.Event() for _ in range(reps)]
-    for i in range(reps):
-        args = arg_sets[i % len(arg_sets)]
-        starts[i].record(stream)
-        fn(*args)
-        ends[i].record(stream)
-    ends[-1].synchronize()
-    return [cupy.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)]
+    call, host_s, _ = _event_loop(fn, arg_sets, reps)
+    spin_ms = min(500.0, 2e3 * host_s + 1.0)
+    for _ in range(2):  # a second try with a longer spin if the first did not cover the queuing
+        kernel, _, covered = _event_loop(fn, arg_sets, reps, spin_ms)
+        if covered:
+            break
+        spin_ms = min(2000.0, spin_ms * 4)
+    return Timing(call, kernel, covered, first_ms)
 
 
 def time_cpu(fn: Callable, arg_sets: list[tuple], warmup: int = 1, reps: int = 5) -> list[float]:
@@ -512,6 +688,12 @@ def time_cpu(fn: Callable, arg_sets: list[tuple], warmup: int = 1, reps: int = 5
         fn(*args)
         out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def empty_launch_ms(reps: int = 50) -> float:
+    """Call time of launching an empty kernel: the floor the host-overhead rows subtract."""
+    kernel = _timer_kernel("gs_bench_empty")
+    return statistics.median(time_gpu(lambda: kernel((1,), (1,), ()), [()], 3, reps).call)
 
 
 def peak_memory_bytes(fn: Callable, args: tuple) -> int | None:
@@ -552,8 +734,8 @@ def copy_bandwidth_gbps(backend: str, nbytes: int | None = None) -> dict:
         nbytes = nbytes or 1 << 30
         src = cupy.random.random(nbytes // 4, dtype=cupy.float32)
         dst = cupy.empty_like(src)
-        copy_ms = statistics.median(time_gpu(lambda: dst.__setitem__(Ellipsis, src), [()], 3, 20))
-        read_ms = statistics.median(time_gpu(lambda: src.sum(), [()], 3, 20))
+        copy_ms = statistics.median(time_gpu(lambda: dst.__setitem__(Ellipsis, src), [()], 3, 20).kernel)
+        read_ms = statistics.median(time_gpu(lambda: src.sum(), [()], 3, 20).kernel)
         del src, dst
         return {"copy_gbps": 2 * nbytes / copy_ms / 1e6, "read_gbps": nbytes / read_ms / 1e6}
     nbytes = nbytes or 1 << 26
@@ -564,27 +746,96 @@ def copy_bandwidth_gbps(backend: str, nbytes: int | None = None) -> dict:
     return {"copy_gbps": 2 * nbytes / copy_ms / 1e6, "read_gbps": nbytes / read_ms / 1e6}
 
 
-def _check_against_reference(op: str, args_np: tuple, result, dtype) -> tuple[bool, float]:
-    """Our result against the reference at the tolerance of gpu_softmax.testing.
+# ----------------------------------------------------------------------------------
+# compiling: our kernels in the background, everything else counted on first call
 
-    The absolute floor is the relative tolerance times the largest reference value:
-    gradient entries like p - 1 cancel, and their error is relative to the row's
-    scale, not to the (possibly tiny) difference.
-    """
-    ref = getattr(reference, op)
-    expected = ref(*args_np, validate=False) if op.startswith("cross_entropy") else ref(*args_np)
-    if isinstance(expected, tuple):
-        expected, result = expected[-1], result[-1]  # the gradient
-    got = _to_numpy(result)
-    err = max_relative_error(got, expected)
-    rtol, _ = tolerance(dtype)
-    e = np.asarray(expected, dtype=np.float64)
-    scale = float(np.nanmax(np.abs(e))) if np.isfinite(e).any() else 1.0
+
+class KernelWarmup:
+    """NVRTC-compiles every op family in its own thread (NVRTC releases the GIL), into
+    CuPy's on-disk kernel cache, so the loader's own compile later is a cache load.
+    `seconds` is the wall time until all are done (a warm cache makes it short)."""
+
+    def __init__(self):
+        from gpu_softmax._cuda import loader
+
+        self.errors: dict[str, str] = {}
+        self.t0 = time.perf_counter()
+        self.seconds: float | None = None
+        self.families = loader.families()
+        self.threads = [threading.Thread(target=self._compile, args=(f,), daemon=True) for f in self.families]
+        for t in self.threads:
+            t.start()
+
+    def _compile(self, family: str) -> None:
+        import cupy
+
+        from gpu_softmax._cuda import loader
+
+        try:
+            src = loader.module_source(family)
+            mod = cupy.RawModule(code=src, options=loader.COMPILE_OPTIONS)
+            mod.get_function(loader.extern_c_kernels(src)[0])  # forces the compile
+        except Exception as exc:  # the timed calls will raise it again, in their rows
+            self.errors[family] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    def wait(self) -> float:
+        for t in self.threads:
+            t.join()
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self.t0
+        return self.seconds
+
+
+def _plan_info(op: str, dtype: str, rows: int, cols: int) -> dict | None:
+    """The launch plan our kernels choose for this case (never raises: None if unknown).
+    `bytes_in_flight_per_sm` is recorded where the plan states it."""
     try:
-        assert_close(got, expected, dtype, atol=rtol * scale)
-        return True, err
-    except AssertionError:
-        return False, err
+        from gpu_softmax._cuda import cross_entropy as ce_mod
+        from gpu_softmax._cuda import launch
+        from gpu_softmax._cuda import softmax as sm_mod
+
+        storage = "bfloat16" if dtype == "bfloat16" else dtype
+        if op.startswith("cross_entropy"):
+            p = ce_mod.plan(storage, rows, cols, 0, False, launch.sm_count(), ce_mod._occupancy)
+        else:
+            direction = {"logsumexp": "lse", "softmax_backward": "bwd", "log_softmax_backward": "bwd"}.get(op, "fwd")
+            p = sm_mod.plan(storage, direction, rows, cols, 0, launch.sm_count(), sm_mod._occupancy)
+        info = {k: getattr(p, k) for k in ("regime", "kernel", "grid", "block") if hasattr(p, k)}
+        info["bytes_in_flight_per_sm"] = getattr(p, "bytes_in_flight_per_sm", None)
+        return info
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------
+# accuracy: a sample of rows against the float64 reference
+
+
+def sample_rows(rows: int, rng, n: int = SAMPLE_ROWS) -> list[int]:
+    """The first and last rows and random others, sorted, at most n (all rows if fewer)."""
+    if rows <= n:
+        return list(range(rows))
+    picked = {0, rows - 1}
+    while len(picked) < n:
+        picked.add(int(rng.integers(0, rows)))
+    return sorted(picked)
+
+
+def check_sampled(op: str, dtype: str, fn: Callable, args: tuple, rng) -> tuple[bool, float, str]:
+    """(matched, max relative error, what failed): `fn(*args)` (ours, per-row results)
+    on sampled rows against the reference at the tests' tolerances."""
+    from gpu_softmax.selfcheck import compare
+
+    got = fn(*args)
+    idx = sample_rows(int(args[0].shape[0]), rng)
+    args_np = tuple(_take_rows(a, idx) for a in args)
+    got_np = tuple(_take_rows(g, idx) for g in got) if isinstance(got, tuple) else _take_rows(got, idx)
+    del got
+    try:
+        err = compare(op, dtype, args_np, got_np, {"reduction": "none"})
+        return True, err, ""
+    except AssertionError as exc:
+        return False, math.nan, str(exc)[:300]
 
 
 def _n_arg_sets(l2: int, set_bytes: int) -> int:
@@ -603,10 +854,16 @@ def _notify(progress, name: str, *args) -> None:
             pass
 
 
+def _summary(samples: list[float]) -> tuple[float, float, float]:
+    med = statistics.median(samples)
+    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) >= 2 else [med] * 9
+    return med, q[0], q[-1]
+
+
 def run(
-    ops: list[str],
-    dtypes: list[str],
-    shapes: list[tuple[int, int]] | None,
+    ops: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    shapes: list[tuple[int, int]] | None = None,
     quick: bool = False,
     backend: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -614,59 +871,97 @@ def run(
     bandwidth: dict | None = None,
     skip_impls: tuple[str, ...] = (),
     reps: int | None = None,
+    cases: list[tuple[str, str, tuple[int, int]]] | None = None,
+    budget_s: float | None = None,
 ) -> dict:
-    """Time every (op, dtype, shape); returns the results document (see write_results).
+    """Time every case; returns the results document (see write_results).
 
-    `progress(msg)` is called before each case; if it also has `start(total)` that is
-    called once with the number of cases first.
+    The cases are `cases`, else every (op, dtype, shape) of ops x dtypes x shapes, else
+    the default plan (`default_cases`). On the GPU, host-overhead rows (one tiny case
+    per op) come first. No case starts once `budget_s` seconds have passed (default
+    BUDGET_S); it gets a row saying so. `progress(msg)` is called before each case; if
+    it also has `start(total)` that is called once with the number of cases first.
     """
+    t_start = time.perf_counter()
     if backend is None:
         from gpu_softmax._cuda.info import gpu_status
 
         backend = "cuda" if gpu_status()[0] else "numpy"
+    if cases is None:
+        cases = (plan(ops or list(DEFAULT_OPS), dtypes or list(DEFAULT_DTYPES), shapes, quick, backend)
+                 if (ops or dtypes or shapes) else default_cases(quick, backend))
+    if budget_s is None:
+        budget_s = BUDGET_S["quick" if quick else "full"]
     rng = np.random.default_rng()
     doc: dict[str, Any] = {"backend": backend, "date": time.strftime("%Y-%m-%d"),
-                           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+                           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": [],
+                           **source_identity(), "budget_s": budget_s}
+    compile_s: dict[str, float] = {}
+    warm = None
     if backend == "cuda":
         import cupy
 
         from gpu_softmax._cuda.info import device_name
 
+        warm = KernelWarmup()  # NVRTC in the background while torch imports and bandwidth is measured
         xp = cupy
         doc["device"] = device_name(cupy.cuda.Device().id)
+        doc["device_info"] = _device_info()
         l2 = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id).get("l2CacheSize", 50 << 20)
-        timer, n_reps = time_gpu, reps or (10 if quick else 30)
+        n_reps = reps or (10 if quick else 30)
+        doc["timing"] = (f"CUDA events, 3 warm-up calls untimed, median of {n_reps} calls, inputs rotated over "
+                         ">= 2x L2; kernel ms: the calls queued behind a spin kernel (device time alone); "
+                         "call ms: back-to-back calls as an eager loop sees them")
+        if not with_baselines or "torch.compile" in skip_impls:
+            pass
+        else:
+            _COMPILED.clear()
+            try:
+                import torch
+
+                torch._dynamo.reset()
+            except Exception:
+                pass
     else:
         xp = np
         doc["device"] = f"CPU ({platform.processor() or platform.machine()}), NumPy reference"
         l2 = 0
-        timer, n_reps = time_cpu, reps or 3
+        n_reps = reps or 3
+        doc["timing"] = f"host clock, 1 warm-up call, median of {n_reps} calls"
     doc["l2_bytes"] = int(l2)
-    doc["timing"] = ("CUDA events per call, 3 warm-up calls untimed, median of "
-                     f"{n_reps} calls, inputs rotated over >= 2x L2" if backend == "cuda"
-                     else f"host clock, 1 warm-up call, median of {n_reps} calls")
     doc["versions"] = package_versions()
     doc.update(bandwidth or copy_bandwidth_gbps(backend))
     copy, read = doc["copy_gbps"], doc.get("read_gbps")
     notes: dict[str, str] = {}  # "impl: why" once per distinct reason
+    empty_ms = None
+    all_cases = [(c, "timing") for c in cases]
+    if backend == "cuda":
+        all_cases = [(c, "overhead") for c in overhead_cases(cases)] + all_cases
+        empty_ms = empty_launch_ms()
+        doc["empty_launch_ms"] = empty_ms
 
-    cases = plan(ops, dtypes, shapes, quick, backend)
-    _notify(progress, "start", len(cases))
-    for op, dtype, (rows, cols) in cases:
+    _notify(progress, "start", len(all_cases))
+    for (op, dtype, (rows, cols)), kind in all_cases:
         if progress:
-            progress(f"{op} {dtype} {rows}x{cols}")
+            progress(f"{op} {dtype} {rows}x{cols}" + (" (host overhead)" if kind == "overhead" else ""))
         nbytes = op_bytes(op, rows, cols, itemsize(dtype))
         torch_native = dtype in TORCH_ONLY_DTYPES
+        ours_name = "gpu_softmax" if backend == "cuda" else REFERENCE_IMPL
 
         def blank(impl: str, note: str = "") -> Row:
             return Row(op, impl, dtype, [rows, cols], math.nan, math.nan, math.nan, math.nan, None, backend,
-                       note=note, bytes=nbytes)
+                       note=note, bytes=nbytes, kind=kind)
 
-        impls, absent = implementations(op, dtype, backend, with_baselines, skip_impls)
+        elapsed = time.perf_counter() - t_start
+        if elapsed > budget_s:
+            doc["rows"].append(asdict(blank(ours_name, f"not run: the time budget ({budget_s:.0f} s) was spent")))
+            continue
+        skip = tuple(skip_impls) + (OVERHEAD_SKIP if kind == "overhead" else ())
+        impls, absent = implementations(op, dtype, backend, with_baselines, skip)
         for impl, why in absent.items():
             notes.setdefault(f"{impl}: {why}", f"{impl}: {why}")
-        if "gpu_softmax" not in impls:  # say why there is no row of ours
-            doc["rows"].append(asdict(blank("gpu_softmax", f"skipped: {absent.get('gpu_softmax', '')}")))
+        if ours_name not in impls:  # say why there is no row of ours
+            doc["rows"].append(asdict(blank(ours_name, f"skipped: {absent.get(ours_name, '')}")))
             if not impls:
                 continue
         # Enough argument sets that one pass over them overflows L2 (twice over).
@@ -678,23 +973,33 @@ def run(
             else:
                 arg_sets = [_make_inputs(xp, op, rows, cols, dtype, rng) for _ in range(n_sets)]
         except Exception as exc:  # out of device memory, say
-            doc["rows"].append(asdict(blank("gpu_softmax", f"inputs: {type(exc).__name__}: {str(exc)[:200]}")))
+            doc["rows"].append(asdict(blank(ours_name, f"inputs: {type(exc).__name__}: {str(exc)[:200]}")))
             continue
         timings: dict[str, float] = {}
         case_rows: list[Row] = []
         for impl, fn in impls.items():
             row = blank(impl)
             try:
-                # Ours is checked against the float64 reference once per row (on the host: the
-                # costly part of a large row); the bridge's own rows are timed only.
-                if impl == "gpu_softmax" and backend == "cuda":
-                    result = fn(*arg_sets[0])
-                    args_np = tuple(_to_numpy(a) for a in arg_sets[0])
-                    row.matched, row.max_rel_err = _check_against_reference(op, args_np, result, dtype)
-                    del result
-                ms = timer(fn, arg_sets, reps=n_reps)
-                if op == "cross_entropy_with_grad" and backend == "cuda":
-                    row.peak_mem_bytes = peak_memory_bytes(fn, arg_sets[0])
+                if impl == "gpu_softmax" and warm is not None:
+                    warm.wait()
+                if impl == "gpu_softmax" and kind == "timing":
+                    check = _ours_for_check(op, dtype)
+                    if check is not None:
+                        row.matched, row.max_rel_err, why = check_sampled(op, dtype, check, arg_sets[0], rng)
+                        if why:
+                            row.note = f"sampled rows: {why}"
+                    row.plan = _plan_info(op, dtype, rows, cols)
+                if backend == "cuda":
+                    t = time_gpu(fn, arg_sets, reps=n_reps)
+                    kernel, call = t.kernel, t.call
+                    row.kernel_covered, row.first_call_ms = t.covered, t.first_ms
+                    if not t.covered:
+                        row.note = (row.note + "; " if row.note else "") + \
+                            "kernel time may include host gaps (the call waited for the GPU)"
+                    if op == "cross_entropy_with_grad" and kind == "timing":
+                        row.peak_mem_bytes = peak_memory_bytes(fn, arg_sets[0])
+                else:
+                    kernel = call = time_cpu(fn, arg_sets, reps=n_reps)
             except NotImplementedError as exc:
                 row.note = f"not implemented: {str(exc)[:200]}"
                 case_rows.append(row)
@@ -703,29 +1008,122 @@ def run(
                 row.note = f"{type(exc).__name__}: {str(exc)[:200]}"
                 case_rows.append(row)
                 continue
-            row.reps = len(ms)
-            row.ms = statistics.median(ms)
-            q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) >= 2 else [row.ms] * 9
-            row.ms_p10, row.ms_p90 = q[0], q[-1]
+            row.reps = len(kernel)
+            row.ms, row.ms_p10, row.ms_p90 = _summary(kernel)
+            row.call_ms, row.call_p10, row.call_p90 = _summary(call)
             row.gbps = nbytes / row.ms / 1e6 if row.ms > 0 else math.nan
             row.pct_copy = 100.0 * row.gbps / copy if copy else None
             row.pct_read = 100.0 * row.gbps / read if read else None
+            if kind == "overhead" and empty_ms is not None:
+                row.host_overhead_us = 1e3 * (row.call_ms - empty_ms)
+            if row.first_call_ms is not None and impl not in ("gpu_softmax", "cupyx"):
+                # the first call's excess over a steady one: torch.compile / Triton / CuTe JIT
+                compile_s[impl] = compile_s.get(impl, 0.0) + max(0.0, row.first_call_ms - row.call_ms) / 1e3
             if torch_native and impl == "gpu_softmax":
-                row.note = "via the torch bridge gpu_softmax.torch"
+                row.note = (row.note + "; " if row.note else "") + "via the torch bridge gpu_softmax.torch"
             timings[impl] = row.ms
             case_rows.append(row)
-        ours = timings.get("gpu_softmax")
+        ours = timings.get(ours_name)
+        bridge = timings.get("gpu_softmax.torch")
         for row in case_rows:
-            if row.impl == "gpu_softmax" and ours:
-                row.speedup = {k: v / ours for k, v in timings.items() if k != "gpu_softmax"}
+            if row.impl == ours_name and ours:
+                row.speedup = {k: v / ours for k, v in timings.items() if k != ours_name}
+            elif row.impl == "gpu_softmax.torch" and bridge:  # the training path against the others'
+                row.speedup = {k: v / bridge for k, v in timings.items() if k not in OURS + ("gpu_softmax.torch",)}
             doc["rows"].append(asdict(row))
         del arg_sets
+    if warm is not None:
+        compile_s["nvrtc"] = warm.wait()
+        for fam, err in warm.errors.items():
+            notes.setdefault(fam, f"NVRTC compile of {fam}.cu failed: {err}")
     doc["notes"] = sorted(notes.values())
+    doc["compile_seconds"] = {k: round(v, 2) for k, v in compile_s.items()}
+    doc["elapsed_s"] = round(time.perf_counter() - t_start, 2)
     return doc
 
 
 # ----------------------------------------------------------------------------------
-# goals and output
+# dry run: what a plan costs, without a GPU
+
+# What the estimate assumes. NVRTC: measured on this project's 2-core CI-class machine
+# under heavy load (softmax.cu 15 s, cross_entropy.cu 35 s for one architecture); the
+# two compile in parallel threads. The rest are round upper values for a cold start
+# (empty Inductor/Triton/CuPy caches) on an H100 host, not measurements: the GPU run
+# reports the real ones in compile_seconds.
+ASSUMED = {
+    "gpu_gbps": 2000.0,  # device bandwidth for the timed calls (H100 PCIe ~2000, SXM ~3000, H200 ~4250)
+    "call_overhead_ms": 0.3,  # host time per call (autograd, checks), paid when the GPU is faster
+    "nvrtc_s": {"softmax": 15.0, "cross_entropy": 35.0},
+    "imports_s": 6.0,  # CuPy, torch, Triton, Liger
+    "bandwidth_probe_s": 1.5,
+    "case_fixed_s": 0.4,  # inputs, events, peak-memory sync, pool frees per case
+    "torch_compile_first_s": 20.0,  # Inductor's cold start and its first graph
+    "torch_compile_next_s": 8.0,  # each further (op, dtype) graph (dynamic shapes: not per shape)
+    "triton_jit_s": 3.0,  # each Liger kernel configuration (per dtype and block size)
+    "quack_jit_s": 3.0,  # each QuACK (CuTe) compile (per dtype and row length)
+}
+LIGER_MAX_COLS = 65536  # Liger's softmax refuses longer rows (seen on the H200)
+
+
+def estimate(cases, reps: int | None = None, quick: bool = True, baselines=BASELINE_IMPLS, assumed=None) -> dict:
+    """Estimated seconds of `run` on a GPU for these cases, every baseline in
+    `baselines` present, caches empty: counts of calls, bytes and compiles times the
+    ASSUMED costs. The GPU run's own elapsed_s and compile_seconds are the measurement."""
+    a = dict(ASSUMED, **(assumed or {}))
+    n_reps = reps or (10 if quick else 30)
+    all_cases = [(c, "overhead") for c in overhead_cases(cases)] + [(c, "timing") for c in cases]
+    calls = 0
+    device_s = 0.0
+    graphs: set[tuple[str, str, bool]] = set()
+    liger: set[tuple[str, str, int]] = set()
+    quack: set[tuple[str, str, int]] = set()
+    for (op, dtype, (rows, cols)), kind in all_cases:
+        impls = ["gpu_softmax"] + [b for b in baselines if (b != "cupyx" or op in ("softmax", "log_softmax", "logsumexp"))
+                                   and not (kind == "overhead" and b in OVERHEAD_SKIP)]
+        if op == "cross_entropy_with_grad":
+            impls.append("gpu_softmax.torch")
+        per_impl = 3 + 2 * n_reps + (2 if kind == "timing" else 0)  # warm-up, two loops, check / peak memory
+        nbytes = op_bytes(op, rows, cols, itemsize(dtype))
+        for impl in impls:
+            calls += per_impl
+            device_s += per_impl * max(nbytes / (a["gpu_gbps"] * 1e9), a["call_overhead_ms"] / 1e3)
+        if "torch.compile" in impls:
+            graphs.add((op, dtype, rows == 1))  # dynamo specialises a dimension of size 1
+        if "liger" in impls and op in ("softmax", "cross_entropy", "cross_entropy_with_grad"):
+            if op.startswith("cross_entropy"):
+                liger.add((op, dtype, min(1 << 15, 1 << max(0, (cols - 1).bit_length()))))
+            elif cols <= LIGER_MAX_COLS:
+                liger.add((op, dtype, 1 << max(0, (cols - 1).bit_length())))
+        if "quack" in impls and op in ("softmax", "cross_entropy", "cross_entropy_with_grad"):
+            quack.add((op, dtype, cols))
+    torch_compile_s = (a["torch_compile_first_s"] + a["torch_compile_next_s"] * (len(graphs) - 1)) if graphs else 0.0
+    nvrtc_s = max(a["nvrtc_s"].values())  # the families compile in parallel
+    seconds = {
+        # NVRTC runs in background threads while the main thread imports and compiles torch graphs
+        "compile (NVRTC || imports + torch.compile)": max(nvrtc_s, a["imports_s"] + torch_compile_s),
+        "triton JIT (Liger)": a["triton_jit_s"] * len(liger),
+        "CuTe JIT (QuACK)": a["quack_jit_s"] * len(quack),
+        "bandwidth probe": a["bandwidth_probe_s"],
+        "timed calls on the device": device_s,
+        "per-case fixed costs": a["case_fixed_s"] * len(all_cases),
+    }
+    return {"cases": len(all_cases), "timed_calls": calls, "torch_compile_graphs": len(graphs),
+            "liger_kernels": len(liger), "quack_kernels": len(quack), "nvrtc_s": nvrtc_s,
+            "torch_compile_s": torch_compile_s, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "total_s": round(sum(seconds.values()), 1), "assumed": a}
+
+
+def format_estimate(est: dict, cases) -> str:
+    lines = [f"dry run: {len(cases)} cases (+{est['cases'] - len(cases)} host-overhead rows), "
+             f"{est['timed_calls']} timed calls, {est['torch_compile_graphs']} torch.compile graphs, "
+             f"{est['liger_kernels']} Liger and {est['quack_kernels']} QuACK kernel compiles"]
+    for op, dtype, (r, c) in cases:
+        lines.append(f"  {op} {dtype} {r}x{c}")
+    lines.append("estimated seconds on a GPU with empty caches (every baseline present):")
+    lines += [f"  {k:<45} {v:7.1f}" for k, v in est["seconds"].items()]
+    lines.append(f"  {'total':<45} {est['total_s']:7.1f}")
+    lines.append("(assumed costs: gpu_softmax.bench.ASSUMED; a GPU run reports the measured ones)")
+    return "\n".join(lines)
 
 
 def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str = "float32",
@@ -759,7 +1157,7 @@ def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str 
     for n_rows, vocab in shapes:
         x = cupy.asarray(rng.standard_normal((n_rows, vocab), dtype=np.float32)).astype(dtype)
         t = cupy.asarray(rng.integers(0, vocab, size=n_rows))
-        full_ms = time_gpu(lambda: gs.cross_entropy_with_grad(x, t, validate=False), [()], 3, reps)
+        full_ms = time_gpu(lambda: gs.cross_entropy_with_grad(x, t, validate=False), [()], 3, reps).kernel
         full_bytes = op_bytes("cross_entropy_with_grad", n_rows, vocab, isz)
         out.append(row("gpu_softmax (1 GPU, full V)", (n_rows, vocab), full_ms, full_bytes))
         for p in ranks:
@@ -771,7 +1169,7 @@ def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str 
                 gathered = cupy.broadcast_to(rec, (p,) + rec.shape)
                 return vp.finish(shard, t, 0, vocab, cupy.ascontiguousarray(gathered), validate=False)
 
-            ms = time_gpu(one_rank, [()], 3, reps)
+            ms = time_gpu(one_rank, [()], 3, reps).kernel
             # the shard read twice (statistics, then the gradient pass), the gradient written once
             nbytes = 3 * n_rows * width * isz
             out.append(row(f"gpu_softmax (per rank, P={p})", (n_rows, width), ms, nbytes,
@@ -779,6 +1177,10 @@ def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str 
                            speedup={"1 GPU, full V": statistics.median(full_ms) / statistics.median(ms)}))
         del x, t
     return out
+
+
+# ----------------------------------------------------------------------------------
+# goals and output
 
 
 def _shape_key(shape) -> tuple[int, int]:
@@ -792,7 +1194,7 @@ def evaluate_goals(doc: dict) -> list[dict]:
     carries no number (failed, skipped) has met=None.
     """
     ours = {(r["op"], r["dtype"], _shape_key(r["shape"])): r for r in doc.get("rows", [])
-            if r["impl"] == "gpu_softmax"}
+            if r["impl"] == "gpu_softmax" and r.get("kind", "timing") == "timing"}
     out = []
     for name, ops, dtypes, shapes, metric, threshold in GOALS:
         for op in ops:
@@ -824,6 +1226,14 @@ def _fmt(v, spec: str) -> str:
     return format(v, spec)
 
 
+def _spread(lo, hi) -> str:
+    return "" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}"
+
+
+TABLE_HEADER = ["op", "impl", "dtype", "shape", "kernel ms", "p10-p90 ms", "call ms", "call p10-p90", "GB/s",
+                "% copy", "matched ref", "speed-up", "peak mem", "host overhead us", "note"]
+
+
 def _row_cells(r: dict) -> list[str]:
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in (r.get("speedup") or {}).items())
     if r["matched"] is None:
@@ -831,15 +1241,34 @@ def _row_cells(r: dict) -> list[str]:
     elif r["matched"]:
         matched = "yes"
     else:
-        matched = f"NO ({r['max_rel_err']:.2e})" if r.get("max_rel_err") is not None else "NO"
-    spread = "" if r["ms"] != r["ms"] else f"{r['ms_p10']:.4f}-{r['ms_p90']:.4f}"
-    return [r["op"], r["impl"], r["dtype"], f"{r['shape'][0]}x{r['shape'][1]}", _fmt(r["ms"], ".4f"), spread,
-            _fmt(r["gbps"], ".1f"), _fmt(r["pct_copy"], ".1f"), matched, sp,
-            _fmt_bytes(r.get("peak_mem_bytes")), str(r.get("note", "")).replace("|", "/").replace("\n", " ")]
+        err = r.get("max_rel_err")
+        matched = f"NO ({err:.2e})" if err is not None and err == err else "NO"
+    gpu = r.get("backend") == "cuda"  # without a GPU call and kernel time are one host-clock time
+    return [r["op"], r["impl"], r["dtype"], f"{r['shape'][0]}x{r['shape'][1]}", _fmt(r["ms"], ".4f"),
+            _spread(r["ms_p10"], r["ms_p90"]), _fmt(r.get("call_ms"), ".4f") if gpu else "",
+            _spread(r.get("call_p10"), r.get("call_p90")) if gpu else "", _fmt(r["gbps"], ".1f"),
+            _fmt(r["pct_copy"], ".1f"), matched, sp, _fmt_bytes(r.get("peak_mem_bytes")),
+            _fmt(r.get("host_overhead_us"), ".1f"), str(r.get("note", "")).replace("|", "/").replace("\n", " ")]
 
 
-TABLE_HEADER = ["op", "impl", "dtype", "shape", "median ms", "p10-p90 ms", "GB/s", "% copy", "matched ref",
-                "speed-up", "peak mem", "note"]
+def table(doc: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, cells) of the results table, without the columns no row fills."""
+    cells = [_row_cells(r) for r in doc["rows"]]
+    keep = [i for i, _ in enumerate(TABLE_HEADER) if i < 4 or any(c[i] for c in cells)]
+    header = [TABLE_HEADER[i] for i in keep]
+    if doc.get("backend") != "cuda":
+        header = ["median ms" if h == "kernel ms" else h for h in header]
+    return header, [[c[i] for i in keep] for c in cells]
+
+
+def compile_summary(doc: dict) -> str:
+    cs = doc.get("compile_seconds") or {}
+    if not cs:
+        return ""
+    names = {"nvrtc": "NVRTC (our kernels, background; a warm kernel cache makes it short)",
+             "torch.compile": "torch.compile"}
+    parts = [f"{names.get(k, k + ' first-call JIT')} {v:.1f} s" for k, v in cs.items()]
+    return "compile: " + "; ".join(parts)
 
 
 def markdown_table(doc: dict) -> str:
@@ -850,12 +1279,19 @@ def markdown_table(doc: dict) -> str:
         f"read-only: {doc.get('read_gbps', float('nan')):.1f} GB/s",
         "",
     ]
+    if doc.get("commit"):
+        lines += [f"Commit {doc['commit']}, cuda_src tree {doc.get('cuda_src_tree')}.", ""]
     if doc.get("timing"):
         lines += [f"Timing: {doc['timing']}. GB/s counts the fewest bytes each op must move (inputs read once, "
                   "outputs written once); speed-up is baseline time / our time.", ""]
-    lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    for r in doc["rows"]:
-        lines.append("| " + " | ".join(_row_cells(r)) + " |")
+    if doc.get("backend") != "cuda":
+        lines += [f"No GPU: every row times the NumPy reference on the CPU (impl \"{REFERENCE_IMPL}\"); "
+                  "these are not GPU numbers.", ""]
+    if doc.get("elapsed_s") is not None:
+        lines += [f"Elapsed {doc['elapsed_s']:.1f} s. {compile_summary(doc)}".rstrip(), ""]
+    header, cells = table(doc)
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
     goals = evaluate_goals(doc) if doc.get("backend") == "cuda" else []
     if goals:
         lines += ["", "## Goals", "", "| goal | op | dtype | shape | ours | target | met |", "|---|---|---|---|---|---|---|"]
@@ -878,10 +1314,11 @@ def write_results(doc: dict, out_dir: Path, stem: str = "results") -> list[Path]
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
     paths[0].write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
     paths[1].write_text(markdown_table(doc))
-    try:
-        paths += plot(doc, out_dir, stem)
-    except Exception as exc:  # a plotting problem must not lose the numbers
-        print(f"bench: plot failed ({type(exc).__name__}: {exc})")
+    if no_plot_reason(doc) is None:
+        try:
+            paths += plot(doc, out_dir, stem)
+        except Exception as exc:  # a plotting problem must not lose the numbers
+            print(f"bench: plot failed ({type(exc).__name__}: {exc})")
     return paths
 
 
@@ -894,8 +1331,20 @@ def _json_default(o):
 def _groups(doc: dict) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in doc["rows"]:
-        groups.setdefault((r["op"], r["dtype"]), []).append(r)
+        if r.get("kind", "timing") == "timing":
+            groups.setdefault((r["op"], r["dtype"]), []).append(r)
     return groups
+
+
+def no_plot_reason(doc: dict) -> str | None:
+    """Why there can be no plot (None: there can)."""
+    try:
+        import matplotlib  # noqa: F401
+    except Exception:
+        return 'matplotlib is not installed (pip install ".[bench]")'
+    if not any(r["gbps"] == r["gbps"] for rows in _groups(doc).values() for r in rows):
+        return "no row has a timing (every case was skipped or failed; see the notes)"
+    return None
 
 
 def _draw(ax, doc: dict, op: str, dtype: str, rows: list[dict]) -> None:
@@ -905,10 +1354,10 @@ def _draw(ax, doc: dict, op: str, dtype: str, rows: list[dict]) -> None:
             series.setdefault(r["impl"], []).append((r["shape"][1], r["gbps"]))
     for impl in sorted(series, key=lambda k: (IMPLS.index(k) if k in IMPLS else 99, k)):
         pts = sorted(series[impl])
-        style = dict(linewidth=2.5, color="C3") if impl == "gpu_softmax" else {}
+        style = dict(linewidth=2.5, color="C3") if impl in OURS else {}
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl, **style)
     for r in rows:  # shapes can share a row length: say how many rows each of ours had
-        if r["impl"] == "gpu_softmax" and r["gbps"] == r["gbps"]:
+        if r["impl"] in OURS and r["gbps"] == r["gbps"]:
             ax.annotate(f"{r['shape'][0]} rows", (r["shape"][1], r["gbps"]), fontsize=6,
                         textcoords="offset points", xytext=(3, 3))
     if doc.get("copy_gbps"):
@@ -917,7 +1366,7 @@ def _draw(ax, doc: dict, op: str, dtype: str, rows: list[dict]) -> None:
         ax.axhline(doc["read_gbps"], color="gray", linestyle=":", linewidth=1, label="read bandwidth")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("row length (elements)")
-    ax.set_ylabel("GB/s")
+    ax.set_ylabel("GB/s (kernel time)" if doc.get("backend") == "cuda" else "GB/s (host clock, CPU)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{op} {dtype}", fontsize=9)
     ax.legend(fontsize=6)
@@ -926,17 +1375,15 @@ def _draw(ax, doc: dict, op: str, dtype: str, rows: list[dict]) -> None:
 def plot(doc: dict, out_dir: Path, stem: str = "results") -> list[Path]:
     """GB/s against row length, one line per implementation, copy bandwidth as the ceiling;
     one file per (op, dtype) and an overview with every (op, dtype) as a panel.
-    Returns [] without matplotlib or without a timed row."""
-    try:
-        import matplotlib
+    Returns [] without matplotlib or without a timed row (no_plot_reason says which)."""
+    if no_plot_reason(doc) is not None:
+        return []
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     groups = {k: v for k, v in _groups(doc).items() if any(r["gbps"] == r["gbps"] for r in v)}
-    if not groups:
-        return []
     out_dir = Path(out_dir)
     title = f"{doc.get('device')} ({doc.get('backend')}), {doc.get('date')}"
     paths = []

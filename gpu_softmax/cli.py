@@ -74,11 +74,11 @@ def cmd_bench(args) -> int:
     from gpu_softmax import bench
     from gpu_softmax._cuda.info import INSTALL_HINT, gpu_status
 
-    ops = _split(args.op) or ["softmax", "log_softmax", "cross_entropy_with_grad"]
+    ops = _split(args.op)
     unknown = [o for o in ops if o not in bench.OPS]
     if unknown:
         raise SystemExit(f"unknown --op {unknown}; choose from {', '.join(bench.OPS)}")
-    dtypes = _split(args.dtype) or ["float32", "float16"]
+    dtypes = _split(args.dtype)
     for d in dtypes:
         if d not in bench.DTYPES:
             raise SystemExit(f"unknown --dtype {d!r}; choose from {', '.join(bench.DTYPES)}")
@@ -91,31 +91,39 @@ def cmd_bench(args) -> int:
     shapes = _parse_shapes(args.shapes)
     if args.reps is not None and args.reps < 1:
         raise SystemExit("--reps must be at least 1")
+    if args.dry_run:  # the GPU plan and what it should cost, whatever this machine has
+        cases = (bench.plan(ops or bench.DEFAULT_OPS, dtypes or bench.DEFAULT_DTYPES, shapes, args.quick, "cuda")
+                 if (ops or dtypes or shapes) else bench.default_cases(args.quick, "cuda"))
+        present = () if args.no_baselines else tuple(b for b in bench.BASELINE_IMPLS if b not in skip)
+        print(bench.format_estimate(bench.estimate(cases, args.reps, args.quick, present), cases))
+        return 0
 
     print(_backend_banner(), flush=True)
     backend = "cuda" if gpu_status()[0] else "numpy"
     if backend == "numpy":
-        print("No GPU found: timing the NumPy reference on small shapes instead (these are CPU numbers, "
-              "not GPU numbers).", flush=True)
+        print("No GPU: timing the NumPy reference on the CPU on small shapes instead (rows labelled "
+              f"{bench.REFERENCE_IMPL!r}; these are not GPU numbers).", flush=True)
     progress = _progress()
     try:
         doc = bench.run(ops, dtypes, shapes, quick=args.quick, backend=backend, progress=progress,
-                        with_baselines=not args.no_baselines, skip_impls=tuple(skip), reps=args.reps)
+                        with_baselines=not args.no_baselines, skip_impls=tuple(skip), reps=args.reps,
+                        budget_s=args.budget)
     finally:
         progress.close()
     paths = bench.write_results(doc, Path(args.out))
     _print_table(doc)
     for note in doc.get("notes", []):
         print(f"skipped: {note}")
-    if not any(p.suffix == ".png" for p in paths):
-        print('no plot: matplotlib is not installed (pip install "gpu-softmax[bench]")')
+    why = bench.no_plot_reason(doc)
+    if why:
+        print(f"no plot: {why}")
     print("wrote " + ", ".join(str(p) for p in paths))
+    print(f"elapsed {doc['elapsed_s']:.1f} s" + (f"; {bench.compile_summary(doc)}" if doc.get("compile_seconds") else ""))
     if doc["backend"] == "numpy":
-        print(f"note: these are NumPy reference timings on the CPU, not GPU numbers; {INSTALL_HINT}")
+        print(f"note: these rows timed the NumPy reference on the CPU, not GPU kernels; {INSTALL_HINT}")
     bad_rows = [r for r in doc["rows"] if r["matched"] is False]
     for r in bad_rows:
-        print(f"MISMATCH: {r['op']} {r['impl']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}: "
-              f"max rel err {r['max_rel_err']}")
+        print(f"MISMATCH: {r['op']} {r['impl']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}: {r['note']}")
     return 1 if bad_rows else 0
 
 
@@ -132,13 +140,10 @@ def _print_table(doc: dict) -> None:
     console = Console(width=None if sys.stdout.isatty() else 220)
     t = Table(title=f"{doc.get('device')} ({doc.get('backend')} backend), copy {doc.get('copy_gbps', 0):.1f} GB/s, "
                     f"read {doc.get('read_gbps', 0):.1f} GB/s")
-    cells_all = [bench._row_cells(r) for r in doc["rows"]]
-    # Columns no row fills (no baseline, no memory figure, no note) are left out.
-    keep = [i for i, h in enumerate(bench.TABLE_HEADER) if i < 4 or any(c[i] for c in cells_all)]
-    for i in keep:
-        t.add_column(bench.TABLE_HEADER[i], overflow="fold")
+    header, cells_all = bench.table(doc)  # without the columns no row fills
+    for h in header:
+        t.add_column(h, overflow="fold")
     for r, cells in zip(doc["rows"], cells_all):
-        cells = [cells[i] for i in keep]
         style = "red" if r["matched"] is False else ("bold" if r["impl"] == "gpu_softmax" else None)
         t.add_row(*cells, style=style)
     console.print(t)
@@ -249,7 +254,7 @@ def cmd_check(args) -> int:
     from gpu_softmax import selfcheck
 
     print(_backend_banner(), flush=True)
-    results = selfcheck.run(quick=args.quick)
+    results = selfcheck.run(quick=args.quick, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     print(selfcheck.format_table(results))
     failed = [r for r in results if r.status == "FAIL"]
     print(f"{sum(r.status == 'pass' for r in results)} passed, {len(failed)} failed, "
@@ -282,15 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", help="comma-separated dtypes: float32, float16, float64, bfloat16 (torch rows; "
                                    "ours through gpu_softmax.torch) (default float32,float16)")
     b.add_argument("--shapes", help="comma-separated ROWSxCOLS (default: the issue's goal shapes)")
-    b.add_argument("--quick", action="store_true", help="few shapes, few repetitions")
+    b.add_argument("--quick", action="store_true",
+                   help="three goal cases (softmax 4096x32768 and 8x262144, training-step cross entropy "
+                        "4096x128256, float32) and 10 repetitions: about a minute on a GPU")
     b.add_argument("--out", default="bench-results", help="directory for results.json/.md/.png")
-    b.add_argument("--reps", type=int, help="timed calls per row (default 30 on the GPU, 10 with --quick)")
+    b.add_argument("--reps", type=int, help="timed calls per row and loop (GPU: default 30, 10 with --quick; "
+                                           "without a GPU: 3 host-clock calls)")
     b.add_argument("--skip", help="comma-separated baselines not to time: torch, torch.compile, cupyx, liger, quack")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
     b.add_argument("--no-baselines", action="store_true", help="time ours only")
+    b.add_argument("--budget", type=float, help="seconds after which no new case starts (default 50 with "
+                                                "--quick, 280 without); later cases get a row saying so")
+    b.add_argument("--dry-run", action="store_true",
+                   help="print the GPU plan and its estimated time (counts of calls, bytes, compiles); run nothing")
     b.set_defaults(func=cmd_bench)
     c = sub.add_parser("check", help="correctness self-test against the reference")
-    c.add_argument("--quick", action="store_true")
+    c.add_argument("--quick", action="store_true",
+                   help="fewer cases (3-row inputs of 5 lengths); without a GPU, compile for one architecture only")
     c.set_defaults(func=cmd_check)
     i = sub.add_parser("info", help="device, CUDA, CuPy, NVRTC, cache, baselines")
     i.add_argument("--json", action="store_true")
