@@ -9,6 +9,7 @@ benchmarks/summarize.py.
 from __future__ import annotations
 
 import copy
+import time
 import importlib.util
 import json
 import math
@@ -70,7 +71,7 @@ def test_run_numpy_rows():
     assert {"date", "time_utc", "device", "rows", "notes", "versions", "timing"} <= set(doc)
     assert len(doc["rows"]) == 2
     for r in doc["rows"]:
-        assert r["impl"] == "gpu_softmax" and r["backend"] == "numpy"
+        assert r["impl"] == bench.REFERENCE_IMPL and r["backend"] == "numpy"
         assert r["ms"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"]
         assert r["bytes"] == bench.op_bytes(r["op"], 8, 300, 4)
         assert math.isclose(r["gbps"], r["bytes"] / r["ms"] / 1e6)
@@ -102,7 +103,7 @@ def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
             raise RuntimeError("baseline exploded")
 
         def slower(*args):
-            out = impls["gpu_softmax"](*args)
+            out = impls[bench.REFERENCE_IMPL](*args)
             sum(range(20000))
             return out
 
@@ -115,7 +116,7 @@ def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
     rows = {(r["op"], r["impl"]): r for r in doc["rows"]}
     assert "RuntimeError: baseline exploded" in rows[("softmax", "torch")]["note"]
     assert math.isnan(rows[("softmax", "torch")]["ms"])
-    ours = rows[("softmax", "gpu_softmax")]
+    ours = rows[("softmax", bench.REFERENCE_IMPL)]
     assert set(ours["speedup"]) == {"cupyx"} and ours["speedup"]["cupyx"] > 0
     assert "quack: QuACK not installed (ModuleNotFoundError)" in doc["notes"]
     md = bench.markdown_table(doc)
@@ -306,3 +307,194 @@ def test_vocab_parallel_rows_time_one_rank_against_one_gpu(cp):
     for r in rows:
         assert r["op"] == "vocab_parallel_cross_entropy" and r["ms"] > 0 and r["gbps"] > 0
     assert "1 GPU, full V" in rows[1]["speedup"]
+
+
+# ----------------------------------------------------------------------------------
+# no GPU: truthful labels, no empty columns, why there is no plot
+
+
+def test_cpu_rows_say_numpy_reference_and_empty_columns_are_dropped():
+    doc = _doc()
+    md = bench.markdown_table(doc)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| op |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols == ["op", "impl", "dtype", "shape", "median ms", "p10-p90 ms", "GB/s", "% copy"]
+    assert "gpu_softmax |" not in md and f"| {bench.REFERENCE_IMPL} |" in md and "not GPU numbers" in md
+    for line in md.splitlines():
+        if line.startswith("| softmax"):
+            assert all(cell.strip() for cell in line.strip("|").split("|")), line
+
+
+def test_gpu_tables_keep_call_and_kernel_time():
+    header, cells = bench.table(_gpu_doc())
+    assert {"kernel ms", "GB/s", "matched ref", "speed-up", "peak mem", "note"} <= set(header)
+    assert "host overhead us" not in header  # no row fills it
+
+
+def test_why_no_plot(monkeypatch):
+    skipped = bench.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    if HAVE_MPL:
+        assert bench.no_plot_reason(skipped).startswith("no row has a timing")
+        assert bench.no_plot_reason(_doc()) is None
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert bench.no_plot_reason(_doc()).startswith("matplotlib is not installed")
+
+
+def test_cli_without_gpu_says_why_no_plot(tmp_path, capsys):
+    from gpu_softmax import cli
+    from gpu_softmax._cuda.info import gpu_status
+
+    if gpu_status()[0]:
+        pytest.skip("checks the no-GPU behaviour")
+    assert cli.main(["bench", "--dtype", "bfloat16", "--shapes", "4x64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    expected = "no row has a timing" if HAVE_MPL else "matplotlib is not installed"
+    assert f"no plot: {expected}" in out and "NumPy reference" in out
+
+
+# ----------------------------------------------------------------------------------
+# the run's identity, its time budget, its estimate
+
+
+def test_doc_records_commit_and_cuda_src_tree():
+    import subprocess
+
+    doc = _doc()
+    try:
+        tree = subprocess.run(["git", "rev-parse", "HEAD:cuda_src"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        pytest.skip("not a git checkout")
+    assert doc["cuda_src_tree"] in (tree, tree + "-dirty") and len(doc["commit"]) == 40
+    assert doc["elapsed_s"] > 0 and "compile_seconds" in doc
+
+
+def test_time_budget_stops_new_cases():
+    doc = _doc(budget_s=0.0)
+    assert len(doc["rows"]) == 2
+    assert all(r["note"].startswith("not run: the time budget") and r["ms"] != r["ms"] for r in doc["rows"])
+
+
+def test_estimates_fit_the_goals():
+    quick = bench.estimate(bench.QUICK_PLAN, quick=True)
+    full = bench.estimate(bench.FULL_PLAN, quick=False)
+    assert quick["total_s"] <= 60, quick["seconds"]
+    assert full["total_s"] <= 300, full["seconds"]
+    # the plan's own budgets stop it within its goal even where the estimate is wrong
+    assert bench.BUDGET_S["quick"] <= 55 and bench.BUDGET_S["full"] <= 285
+    # counted, not assumed: more dtypes mean more torch.compile graphs, longer rows more Liger kernels
+    more = bench.estimate(bench.QUICK_PLAN + [("softmax", "float16", (4096, 32768))], quick=True)
+    assert more["torch_compile_graphs"] == quick["torch_compile_graphs"] + 1 and more["total_s"] > quick["total_s"]
+    assert quick["torch_compile_graphs"] == 2  # one per (op, dtype): shapes share a dynamic graph
+    assert bench.estimate(bench.QUICK_PLAN, baselines=())["total_s"] < quick["total_s"]
+
+
+def test_dry_run_prints_the_plan_and_estimate(capsys):
+    from gpu_softmax import cli
+
+    assert cli.main(["bench", "--quick", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "softmax float32 4096x32768" in out and "cross_entropy_with_grad float32 4096x128256" in out
+    assert "total" in out and "torch.compile" in out
+
+
+# ----------------------------------------------------------------------------------
+# accuracy on sampled rows
+
+
+def test_sample_rows():
+    rng = np.random.default_rng(0)
+    assert bench.sample_rows(5, rng) == [0, 1, 2, 3, 4]
+    s = bench.sample_rows(4096, rng)
+    assert s[0] == 0 and s[-1] == 4095 and len(s) == bench.SAMPLE_ROWS == len(set(s)) and s == sorted(s)
+
+
+@pytest.mark.parametrize("op", ["softmax", "logsumexp", "log_softmax_backward", "cross_entropy",
+                                "cross_entropy_with_grad"])
+def test_check_sampled_passes_ours_and_catches_a_bad_row(op):
+    from gpu_softmax import reference
+
+    rng = np.random.default_rng(1)
+    args = bench._make_inputs(np, op, 300, 257, "float32", rng)
+    fn = bench._ours_for_check(op, "float32")
+    ok, err, why = bench.check_sampled(op, "float32", fn, args, rng)
+    assert ok and err < 1e-5 and why == ""
+
+    def broken(*a):  # right everywhere but in the last row (always sampled)
+        out = fn(*a)
+        target = out[-1] if isinstance(out, tuple) else out
+        target[-1] = target[-1] * 1.01 + 0.01
+        return out
+
+    ok, err, why = bench.check_sampled(op, "float32", broken, args, rng)
+    assert not ok and "off" in why
+    assert reference  # the reference is what both sides were compared with
+
+
+# ----------------------------------------------------------------------------------
+# the GPU code path, with a stand-in for CuPy whose arrays are NumPy arrays (so ours is
+# the reference): every branch of run() for backend "cuda" executes on the CPU.
+
+
+class _Event:
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    done = False  # the spin shield "still running": kernel time covered
+
+    def synchronize(self):
+        pass
+
+
+def _fake_cupy():
+    cp = types.ModuleType("cupy")
+    cuda = types.SimpleNamespace(
+        Device=lambda *a: types.SimpleNamespace(id=0),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"l2CacheSize": 1 << 16, "name": b"Fake GPU"}),
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        Event=_Event,
+        get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
+    )
+    cp.cuda = cuda
+    cp.random = types.SimpleNamespace(standard_normal=lambda shape, dtype: np.random.standard_normal(shape).astype(dtype))
+    cp.float32 = np.float32
+    cp.asarray = np.asarray
+    cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None, total_bytes=lambda: 0)
+    return cp
+
+
+def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    monkeypatch.setattr(bench, "_timer_kernel", lambda name: (lambda grid, block, args: None))
+    monkeypatch.setattr(bench, "_device_info", lambda: {"devices": []})
+
+    class Warm:
+        errors = {}
+
+        def wait(self):
+            return 1.5
+
+    monkeypatch.setattr(bench, "KernelWarmup", Warm)
+    cases = [("softmax", "float32", (16, 300)), ("cross_entropy_with_grad", "float32", (16, 300))]
+    doc = bench.run(cases=cases, backend="cuda", bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, reps=4,
+                    skip_impls=("cupyx",))
+    assert doc["device"] == "Fake GPU" and doc["compile_seconds"]["nvrtc"] == 1.5 and doc["empty_launch_ms"] >= 0
+    kinds = [(r["op"], r["kind"]) for r in doc["rows"] if r["impl"] == "gpu_softmax"]
+    assert kinds == [("softmax", "overhead"), ("cross_entropy_with_grad", "overhead"),
+                     ("softmax", "timing"), ("cross_entropy_with_grad", "timing")]
+    for r in doc["rows"]:
+        if r["impl"] in ("gpu_softmax", "gpu_softmax.torch") and r["ms"] == r["ms"]:
+            assert r["call_ms"] > 0 and r["ms"] > 0 and r["kernel_covered"] is True and r["reps"] == 4
+            assert r["first_call_ms"] is not None and r["backend"] == "cuda"
+            assert (r["host_overhead_us"] is not None) == (r["kind"] == "overhead")
+    ours = {(r["op"], r["kind"]): r for r in doc["rows"] if r["impl"] == "gpu_softmax"}
+    assert ours[("softmax", "timing")]["matched"] is True and ours[("softmax", "overhead")]["matched"] is None
+    ce = ours[("cross_entropy_with_grad", "timing")]
+    assert ce["matched"] is True and ce["peak_mem_bytes"] is not None
+    if importlib.util.find_spec("torch") is not None:  # the training path through the bridge
+        bridge = [r for r in doc["rows"] if r["impl"] == "gpu_softmax.torch" and r["kind"] == "timing"]
+        assert bridge and bridge[0]["ms"] == bridge[0]["ms"], bridge
+        assert "gpu_softmax.torch" in ce["speedup"]
+    md = bench.markdown_table(doc)
+    assert "| kernel ms |" in md and "| call ms |" in md and "host overhead us" in md
+    assert not bench.evaluate_goals(doc)  # no goal shape here; overhead rows never count

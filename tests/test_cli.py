@@ -43,10 +43,10 @@ def test_bench_quick_on_numpy_writes_files(tmp_path):
     assert len(doc["rows"]) == 4  # two ops, one dtype, the two quick CPU shapes
     for r in doc["rows"]:
         assert ROW_KEYS <= set(r)
-        assert r["impl"] == "gpu_softmax" and r["ms"] > 0 and r["gbps"] > 0 and r["pct_copy"] > 0
+        assert r["impl"] == "NumPy reference" and r["ms"] > 0 and r["gbps"] > 0 and r["pct_copy"] > 0
         assert r["ms_p10"] <= r["ms"] <= r["ms_p90"] and r["backend"] == "numpy"
     md = (tmp_path / "results.md").read_text()
-    assert "| softmax | gpu_softmax | float32 |" in md
+    assert "| softmax | NumPy reference | float32 |" in md
     for r in doc["rows"]:  # one markdown row per JSON row
         assert f"| {r['op']} | {r['impl']} | {r['dtype']} | {r['shape'][0]}x{r['shape'][1]} |" in md
     assert "[1/4] softmax float32" in p.stderr  # progress (plain: stderr is not a terminal here)
