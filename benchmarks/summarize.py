@@ -64,6 +64,16 @@ def _counts(d) -> str:
     return f"{d.get('passed', 0)} passed, {d.get('failed', 0)} failed"
 
 
+def run_line(doc: dict) -> str:
+    """What the run was: its sources, and the verdicts of the device check's other steps."""
+    steps = doc.get("steps") or {}
+    verdicts = [f"{n} {steps[n]['verdict']}" for n in ("memcheck", "racecheck", "synccheck", "huge")
+                if n in steps and steps[n].get("verdict")]
+    return (f"Commit {str(doc.get('commit', '-'))[:10]}, cuda_src tree {str(doc.get('cuda_src_tree', '-'))[:10]}; "
+            f"copy {_num(doc.get('copy_gbps'), '.0f')} GB/s, read {_num(doc.get('read_gbps'), '.0f')} GB/s"
+            + (f"; {', '.join(verdicts)}" if verdicts else "") + ".")
+
+
 def section(results_dir: Path) -> str:
     latest = latest_per_gpu(load_runs(results_dir))
     if not latest:
@@ -80,13 +90,14 @@ def section(results_dir: Path) -> str:
                    f"{_num(doc.get('copy_gbps'), '.0f')} | {_num(doc.get('read_gbps'), '.0f')} | "
                    f"{_counts(doc.get('tests'))} | {_counts(doc.get('selfcheck'))} | {met} of {measured} | "
                    f"[{path.stem}]({rel.with_suffix('.md').as_posix()}) |")
-        details += ["", f"#### {dev}, {doc.get('date', '-')}", ""]
+        details += ["", f"#### {dev}, {doc.get('date', '-')}", "", run_line(doc), ""]
         if not goals:
             details.append("This run measured none of the goal shapes.")
             continue
-        details += ["| goal | op | dtype | shape | ours | target | met | matched ref | vs torch |",
-                    "|---|---|---|---|---|---|---|---|---|"]
-        ours = {(r["op"], r["dtype"], tuple(r["shape"])): r for r in doc["rows"] if r["impl"] == "gpu_softmax"}
+        details += ["| goal | op | dtype | shape | ours | target | met | matched ref | vs torch | kernel ms | call ms |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
+        ours = {(r["op"], r["dtype"], tuple(r["shape"])): r for r in doc["rows"]
+                if r["impl"] == "gpu_softmax" and r.get("kind", "timing") == "timing"}
         for g in goals:
             unit = "x" if g["metric"].startswith("speedup") else "%"
             r = ours.get((g["op"], g["dtype"], tuple(g["shape"])), {})
@@ -96,7 +107,7 @@ def section(results_dir: Path) -> str:
             details.append(
                 f"| {g['goal']} | {g['op']} | {g['dtype']} | {g['shape'][0]}x{g['shape'][1]} | "
                 f"{_num(g['value'], '.1f' if unit == '%' else '.2f', unit)} | {g['target']:g}{unit} | {met_s} | "
-                f"{matched} | {_num(vs_torch, '.2f', 'x')} |")
+                f"{matched} | {_num(vs_torch, '.2f', 'x')} | {_num(r.get('ms'), '.4f')} | {_num(r.get('call_ms'), '.4f')} |")
     return "\n".join(out + details) + "\n"
 
 

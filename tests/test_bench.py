@@ -281,6 +281,7 @@ def test_summarize_latest_run_per_gpu(tmp_path):
     assert "| fused CE loss+grad >= 85% of copy bandwidth | cross_entropy_with_grad | float32 | 4096x128256 | 90.0% | 85% | yes |" in body
     assert "| 50.0% | 90% | **no** |" in body
     assert "300 passed, 0 failed" in body
+    assert "Commit abc123def4, cuda_src tree -" in body and "| kernel ms | call ms |" in body  # one table per GPU
 
 
 def test_committed_benchmarks_readme_is_current():
