@@ -274,6 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-max-elements", type=int, default=1 << 22,
                     help="largest input a GPU test checks against the CPU reference (time box)")
     ap.add_argument("--quick", action="store_true", help="(the default plan; kept for old command lines)")
+    ap.add_argument("--with-compile", action="store_true", help="(the default: torch.compile is timed)")
     ap.add_argument("--test-timeout", type=int, help="the tests step's limit in seconds")
     args = ap.parse_args(argv)
     if args.test_timeout:

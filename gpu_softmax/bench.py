@@ -913,9 +913,7 @@ def run(
         doc["timing"] = (f"CUDA events, 3 warm-up calls untimed, median of {n_reps} calls, inputs rotated over "
                          ">= 2x L2; kernel ms: the calls queued behind a spin kernel (device time alone); "
                          "call ms: back-to-back calls as an eager loop sees them")
-        if not with_baselines or "torch.compile" in skip_impls:
-            pass
-        else:
+        if with_baselines and "torch.compile" not in skip_impls:  # this run's compiles are this run's to count
             _COMPILED.clear()
             try:
                 import torch

@@ -291,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="three goal cases (softmax 4096x32768 and 8x262144, training-step cross entropy "
                         "4096x128256, float32) and 10 repetitions: about a minute on a GPU")
     b.add_argument("--out", default="bench-results", help="directory for results.json/.md/.png")
-    b.add_argument("--reps", type=int, help="timed calls per row and loop (GPU: default 30, 10 with --quick; "
-                                           "without a GPU: 3 host-clock calls)")
+    b.add_argument("--reps", type=int, help="timed calls per row (default 30 on the GPU, 10 with --quick)")
     b.add_argument("--skip", help="comma-separated baselines not to time: torch, torch.compile, cupyx, liger, quack")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
     b.add_argument("--no-baselines", action="store_true", help="time ours only")

@@ -137,3 +137,25 @@ def test_check_quick_does_less_than_check():
     full, quick = selfcheck.cases(False), selfcheck.cases(True)
     assert set(quick) < set(full) and len(quick) <= len(full) // 3
     assert {c[0] for c in quick} == set(selfcheck.OPS) and {c[1] for c in quick} == set(selfcheck.DTYPES)
+
+
+def test_check_quick_without_gpu_compiles_one_architecture_with_progress(monkeypatch):
+    from gpu_softmax._cuda import compile_check as cc
+    from gpu_softmax._cuda import info
+
+    monkeypatch.setattr(info, "gpu_status", lambda: (False, "no GPU here (test)"))
+    compiled = []
+
+    def fake_check(family, arch):
+        compiled.append((family, arch))
+        return cc.FamilyReport(family=family, arch=arch, seconds=0.0, log="")
+
+    monkeypatch.setattr(cc, "check_family", fake_check)
+    said = []
+    results = selfcheck.run(quick=True, progress=said.append)
+    assert {a for _, a in compiled} == {cc.ARCHS[-1]} and len(said) == len(compiled) >= 3
+    assert all(m.startswith("compiling ") for m in said)
+    assert results[-1].status == "skip" and "no GPU" in results[-1].detail
+    compiled.clear()
+    selfcheck.run(quick=False)
+    assert {a for _, a in compiled} == set(cc.ARCHS)
