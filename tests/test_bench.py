@@ -413,8 +413,6 @@ def test_sample_rows():
 @pytest.mark.parametrize("op", ["softmax", "logsumexp", "log_softmax_backward", "cross_entropy",
                                 "cross_entropy_with_grad"])
 def test_check_sampled_passes_ours_and_catches_a_bad_row(op):
-    from gpu_softmax import reference
-
     rng = np.random.default_rng(1)
     args = bench._make_inputs(np, op, 300, 257, "float32", rng)
     fn = bench._ours_for_check(op, "float32")
@@ -429,7 +427,6 @@ def test_check_sampled_passes_ours_and_catches_a_bad_row(op):
 
     ok, err, why = bench.check_sampled(op, "float32", broken, args, rng)
     assert not ok and "off" in why
-    assert reference  # the reference is what both sides were compared with
 
 
 # ----------------------------------------------------------------------------------

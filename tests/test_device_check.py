@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import device_check as dc  # noqa: E402
@@ -132,18 +130,8 @@ def test_gpu_cases_cover_every_regime_and_the_huge_input():
     assert any("forced stream" in n for n in names) and any("forced split" in n for n in names)
     assert any(n.startswith("cross entropy soft") for n in names) and any("float16" in n for n in names)
     assert gpu_cases.HUGE[0] * gpu_cases.HUGE[1] > 2**31
-    huge = [n for n, _ in gpu_cases.huge_cases()] if "cupy" in sys.modules or _cupy_imports() else []
-    if huge:
-        assert len(huge) == 4 and any("in place" in n for n in huge)
-
-
-def _cupy_imports() -> bool:
-    try:
-        import cupy  # noqa: F401
-
-        return True
-    except Exception:
-        return False
+    huge = [n for n, _ in gpu_cases.huge_cases()]  # only builds the cases: nothing runs here
+    assert len(huge) == 4 and any("in place" in n for n in huge) and any("logsumexp" in n for n in huge)
 
 
 class _NumpyAsCupy:
