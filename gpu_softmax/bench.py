@@ -39,6 +39,7 @@ Without a GPU the rows time the NumPy reference on small shapes (impl
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -597,6 +598,7 @@ extern "C" __global__ void gs_bench_empty() {}
 """
 
 
+@functools.lru_cache(maxsize=None)
 def _timer_kernel(name: str):
     import cupy
 
