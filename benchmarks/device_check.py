@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **bench.source_identity(),
         "cupy": info["cupy"], "cuda": {"runtime": info["cuda_runtime"], "driver": info["cuda_driver"],
                                        "nvrtc": info["nvrtc"]},
-        "device_info": info["devices"], "baselines_present": info["baselines"], "steps": {}, "rows": [],
+        "device_info": bench.device_info(), "baselines_present": info["baselines"], "steps": {}, "rows": [],
     }
     stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-')}-{doc['date']}"
     log_path = RESULTS_DIR / f"{stem}-device_check.log"

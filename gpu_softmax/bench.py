@@ -576,7 +576,7 @@ def source_identity() -> dict:
     return {"commit": _git("rev-parse", "HEAD"), "cuda_src_tree": (tree + "-dirty") if tree and dirty else tree}
 
 
-def _device_info() -> dict:
+def device_info() -> dict:
     from gpu_softmax._cuda.info import backend_info
 
     info = backend_info()
@@ -909,7 +909,7 @@ def run(
         warm = KernelWarmup()  # NVRTC in the background while torch imports and bandwidth is measured
         xp = cupy
         doc["device"] = device_name(cupy.cuda.Device().id)
-        doc["device_info"] = _device_info()
+        doc["device_info"] = device_info()
         l2 = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id).get("l2CacheSize", 50 << 20)
         n_reps = reps or (10 if quick else 30)
         doc["timing"] = (f"CUDA events, 3 warm-up calls untimed, median of {n_reps} calls, inputs rotated over "

@@ -464,7 +464,7 @@ def _fake_cupy():
 def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
     monkeypatch.setattr(bench, "_timer_kernel", lambda name: (lambda grid, block, args: None))
-    monkeypatch.setattr(bench, "_device_info", lambda: {"devices": []})
+    monkeypatch.setattr(bench, "device_info", lambda: {"devices": []})
 
     class Warm:
         errors = {}
