@@ -474,8 +474,13 @@ def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
 
     monkeypatch.setattr(bench, "KernelWarmup", Warm)
     cases = [("softmax", "float32", (16, 300)), ("cross_entropy_with_grad", "float32", (16, 300))]
-    doc = bench.run(cases=cases, backend="cuda", bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, reps=4,
+    more = [("log_softmax_backward", "float16", (16, 300)), ("cross_entropy", "float32", (16, 300))]
+    doc = bench.run(cases=cases + more, backend="cuda", bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, reps=4,
                     skip_impls=("cupyx",))
+    extra = [r for r in doc["rows"] if r["impl"] == "gpu_softmax" and r["kind"] == "timing" and r["op"] in
+             ("log_softmax_backward", "cross_entropy")]
+    assert [r["matched"] for r in extra] == [True, True], extra
+    doc["rows"] = [r for r in doc["rows"] if r["op"] not in ("log_softmax_backward", "cross_entropy")]
     assert doc["device"] == "Fake GPU" and doc["compile_seconds"]["nvrtc"] == 1.5 and doc["empty_launch_ms"] >= 0
     kinds = [(r["op"], r["kind"]) for r in doc["rows"] if r["impl"] == "gpu_softmax"]
     assert kinds == [("softmax", "overhead"), ("cross_entropy_with_grad", "overhead"),
