@@ -501,3 +501,14 @@ def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
     md = bench.markdown_table(doc)
     assert "| kernel ms |" in md and "| call ms |" in md and "host overhead us" in md
     assert not bench.evaluate_goals(doc)  # no goal shape here; overhead rows never count
+
+
+@pytest.mark.parametrize("op", ["softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad"])
+def test_check_sampled_on_bfloat16_torch_rows(op):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = (torch.randn(40, 300) * 3).bfloat16()
+    args = (x,) if not op.startswith("cross_entropy") else (x, torch.randint(0, 300, (40,)))
+    fn = bench._ours_for_check(op, "bfloat16")  # the torch bridge: statistics come back in bfloat16
+    ok, err, why = bench.check_sampled(op, "bfloat16", fn, args, rng)
+    assert ok, why
