@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gpu_softmax as gs  # noqa: E402
 from gpu_softmax.selfcheck import compare  # noqa: E402
 
-SOFTMAX_SHAPES = [(64, 1000), (5, 33), (8, 16000), (2, 262144), (2, 1048576)]
-FORCED = [("stream", [(3, 1), (5, 777), (4, 70000)]), ("split", [(2, 5000), (7, 16384), (1, 9000)])]
-CE_SHAPES = [(64, 1000), (5, 33), (8, 16000), (4, 131072), (2, 262144)]
+SOFTMAX_SHAPES = [(64, 1000), (5, 33), (8, 16000), (2, 262144)]  # the regimes the planner picks on its own
+# Regimes forced on short rows (softmax.FORCE_REGIME; a value the planner does not know is a no-op).
+FORCED = [("stream", [(3, 1), (5, 777), (4, 70000)]), ("split", [(2, 5000), (7, 16384), (1, 9000)]),
+          ("stage", [(4, 3000), (8, 16000)])]
+CE_SHAPES = [(64, 1000), (5, 33), (8, 16000), (2, 262144)]
 HUGE = (16385, 131072)  # float16: 2**31 + 131072 elements
 
 

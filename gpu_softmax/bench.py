@@ -799,13 +799,16 @@ def _plan_info(op: str, dtype: str, rows: int, cols: int) -> dict | None:
         from gpu_softmax._cuda import softmax as sm_mod
 
         storage = "bfloat16" if dtype == "bfloat16" else dtype
+        direction = {"logsumexp": "lse", "softmax_backward": "bwd", "log_softmax_backward": "bwd"}.get(op, "fwd")
         if op.startswith("cross_entropy"):
             p = ce_mod.plan(storage, rows, cols, 0, False, launch.sm_count(), ce_mod._occupancy)
+        elif hasattr(sm_mod, "plan_for"):
+            p = sm_mod.plan_for(direction, storage, rows, cols)
         else:
-            direction = {"logsumexp": "lse", "softmax_backward": "bwd", "log_softmax_backward": "bwd"}.get(op, "fwd")
             p = sm_mod.plan(storage, direction, rows, cols, 0, launch.sm_count(), sm_mod._occupancy)
-        info = {k: getattr(p, k) for k in ("regime", "kernel", "grid", "block") if hasattr(p, k)}
-        info["bytes_in_flight_per_sm"] = getattr(p, "bytes_in_flight_per_sm", None)
+        info = {k: getattr(p, k) for k in ("regime", "kernel", "grid", "block", "k", "smem", "resident")
+                if hasattr(p, k)}
+        info["bytes_in_flight_per_sm"] = getattr(p, "bytes_in_flight_per_sm", getattr(p, "inflight_bytes_per_sm", None))
         return info
     except Exception:
         return None
