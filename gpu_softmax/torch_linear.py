@@ -188,10 +188,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hidden, weight, bias, target = ctx.saved_tensors
             _, gh, gw, gb = _compute(ctx.args, ctx.wants, hidden, weight, bias, target, grad_loss)
         else:
-            gh, gw, gb = ctx.saved_tensors
-            for g in (gh, gw, gb):
-                if g is not None:
-                    g.mul_(grad_loss)  # bumps the saved tensors' version: a second backward raises
+            # Out of place, so that a retained graph (gradcheck, retain_graph=True) can run
+            # backward again; the saved gradients are freed when this returns otherwise.
+            gh, gw, gb = (None if g is None else g * grad_loss for g in ctx.saved_tensors)
         return gh, gw, gb, None, None
 
 
@@ -231,15 +230,18 @@ def linear_cross_entropy(
     """
     B = _bridge()
     B._require_tensors(hidden=hidden, weight=weight, target=target, bias=bias, class_weight=class_weight)
+    floats = [t for t in (hidden, weight, bias) if t is not None and t.is_floating_point()]
+    if len({t.dtype for t in floats}) > 1:
+        # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there
+        raise TypeError("hidden, weight and bias must share one dtype, got "
+                        + ", ".join(str(t.dtype) for t in floats))
     a = _checks.check_linear_cross_entropy(
         B._standin(hidden), B._standin(weight), B._standin(target), B._standin(bias), ignore_index=ignore_index,
         label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss, logit_softcap=logit_softcap,
         chunk_size=chunk_size, class_weight=B._standin(class_weight),
     )
-    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
-        # bf16 and fp16 share a stand-in dtype: tell them apart here.
-        raise TypeError(f"hidden, weight and bias must share one dtype, got {hidden.dtype}, {weight.dtype}"
-                        + (f", {bias.dtype}" if bias is not None else ""))
+    if not torch.is_grad_enabled():  # eval: the loss only (apply would still see requires_grad)
+        return _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]
     return _LinearCrossEntropy.apply(hidden, weight, bias, target, a)
 
 
