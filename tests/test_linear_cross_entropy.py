@@ -643,3 +643,24 @@ def test_torch_errors():
         gst.linear_cross_entropy(hid, w.detach().numpy(), t)
     with pytest.raises(ValueError, match=r"target value\(s\)"):
         gst.linear_cross_entropy(hid, w, torch.tensor([0, 1, 9, 2]))
+
+
+# ----------------------------------------------------------------------------------
+# the example
+
+
+def test_lm_head_example_trains(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_lm_head_torch.py"
+    spec = importlib.util.spec_from_file_location("train_lm_head_torch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result = mod.main(["--steps", "12", "--batch", "256", "--chunk-size", "64"])
+    out = capsys.readouterr().out
+    assert "fused loss" in out and "MiB" in out
+    assert result["vocab"] > 1000 and len(result["losses"]) == 12
+    assert result["losses"][-1] < result["losses"][0] - 0.1
+    assert abs(result["fused"] - result["unfused"]) <= 1e-5 * abs(result["unfused"])
+    assert result["saved_bytes"] > 0
