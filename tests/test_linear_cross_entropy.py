@@ -664,3 +664,10 @@ def test_lm_head_example_trains(capsys):
     assert result["losses"][-1] < result["losses"][0] - 0.1
     assert abs(result["fused"] - result["unfused"]) <= 1e-5 * abs(result["unfused"])
     assert result["saved_bytes"] > 0
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(torch_linear, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 4 and result.failed == 0
