@@ -341,6 +341,53 @@ def test_launcher_allocates_nothing_of_size_n_by_v(emulated_launcher):
     assert all(c[0] <= chunk for c in emulated_launcher.chunks)
 
 
+class _FakeDeviceArray:
+    def __init__(self, dtype, ptr):
+        self.dtype = np.dtype(dtype)
+        self.data = types.SimpleNamespace(ptr=ptr)
+
+
+@pytest.mark.parametrize("storage,a_dtype,c_dtype,types_,compute,scalar", [
+    ("bfloat16", np.uint16, np.uint16, (14, 14, 14), lce.COMPUTE_32F, np.float32),
+    ("bfloat16", np.uint16, np.float32, (14, 14, 0), lce.COMPUTE_32F, np.float32),
+    ("float16", np.float16, np.float32, (2, 2, 0), lce.COMPUTE_32F, np.float32),
+    ("float16", np.float16, np.float16, (2, 2, 2), lce.COMPUTE_32F, np.float32),
+    ("float32", np.float32, np.float32, (0, 0, 0), lce.COMPUTE_32F, np.float32),
+    ("float64", np.float64, np.float64, (1, 1, 1), lce.COMPUTE_64F, np.float64),
+])
+def test_gemm_passes_cublas_the_right_types(monkeypatch, storage, a_dtype, c_dtype, types_, compute, scalar):
+    """The cublasGemmEx call itself (no GPU): data types, compute type, host scalars, pointer mode."""
+    import sys
+
+    import cupy.cuda.device
+
+    calls = []
+
+    def gemm_ex(handle, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, comp, algo):
+        import ctypes
+
+        ctype = ctypes.c_double if scalar == np.float64 else ctypes.c_float
+        calls.append(dict(args=(handle, ta, tb, m, n, k, A, lda, B, ldb, C, ldc), types=(at, bt, ct), comp=comp,
+                          algo=algo, alpha=ctype.from_address(alpha).value, beta=ctype.from_address(beta).value))
+
+    mode = {"value": 1}
+    fake = types.SimpleNamespace(gemmEx=gemm_ex, CUBLAS_POINTER_MODE_HOST=0,
+                                 getPointerMode=lambda h: mode["value"],
+                                 setPointerMode=lambda h, v: mode.update(value=v))
+    import cupy_backends.cuda.libs
+
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", fake)
+    monkeypatch.setitem(vars(cupy_backends.cuda.libs), "cublas", fake)  # skips the lazy library load
+    monkeypatch.setattr(cupy.cuda.device, "get_cublas_handle", lambda: 77)
+    a, b, c = _FakeDeviceArray(a_dtype, 1000), _FakeDeviceArray(a_dtype, 2000), _FakeDeviceArray(c_dtype, 3000)
+    lce._gemm(lce.OP_T, lce.OP_N, 5, 6, 7, a, 7, b, 7, c, 5, 0.5, storage)
+    assert mode["value"] == 0  # switched to host scalars
+    (call,) = calls
+    assert call["args"] == (77, lce.OP_T, lce.OP_N, 5, 6, 7, 1000, 7, 2000, 7, 3000, 5)
+    assert call["types"] == types_ and call["comp"] == compute and call["algo"] == lce.GEMM_DEFAULT
+    assert call["alpha"] == 1.0 and call["beta"] == 0.5
+
+
 # ----------------------------------------------------------------------------------
 # the torch CPU path
 

@@ -132,8 +132,8 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
         # The divisor of the mean over ALL rows, on the device; each chunk's gradient is
         # scaled by it through grad_output (chunks reduce with "sum"). 1/0 = inf for
         # all rows ignored: no row has a gradient to scale, and the loss is 0 * inf = NaN.
-        with np.errstate(divide="ignore"):
-            scale = 1.0 / (t != opts.ignore_index).sum(dtype=acc)
+        with np.errstate(divide="ignore"):  # counted in int64: exact past float32's 2**24
+            scale = xp.asarray(1.0 / (t != opts.ignore_index).sum()).astype(acc)
         go = scale * go
     loss = xp.empty(n_rows, dtype=acc) if none else xp.zeros((), dtype=acc)
 
