@@ -106,9 +106,12 @@ def formula(hid, w, t, b=None, *, ignore_index=-100, label_smoothing=0.0, z_loss
 
 
 def check_all(actual, expected, rtol, atol, what=""):
+    """Elementwise within rtol, plus an absolute floor of `atol` times the array's largest value
+    (gradient entries that cancel to near zero carry the error of their largest terms)."""
     for name, a, e in zip(("loss", "grad_hidden", "grad_weight", "grad_bias"), actual, expected):
-        np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(e, dtype=np.float64),
-                                   rtol=rtol, atol=atol, err_msg=f"{what} {name}")
+        a, e = np.asarray(a, dtype=np.float64), np.asarray(e, dtype=np.float64)
+        scale = np.nanmax(np.abs(e)) if e.size and not np.isnan(e).all() else 1.0
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol * scale + 1e-300, err_msg=f"{what} {name}")
 
 
 # ----------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def run_launcher(hid, w, t, b=None, wants=lce.Wants(), storage=None, **kw):
     return lce.run(a, wants, storage=storage)
 
 
-LAUNCH_TOL = {None: (1e-10, 1e-12), "float32": (2e-5, 1e-6), "float16": (2e-2, 2e-3), "bfloat16": (6e-2, 2e-2)}
+LAUNCH_TOL = {None: (1e-10, 1e-12), "float32": (2e-5, 1e-6), "float16": (1e-2, 5e-3), "bfloat16": (5e-2, 3e-2)}
 DTYPES = {None: np.float64, "float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
 
 
@@ -281,7 +284,7 @@ def test_launcher_loop_matches_reference(emulated_launcher, storage, reduction, 
     assert (gb is None) == (b is None)
     rtol, atol = LAUNCH_TOL[storage]
     got = (loss, gh, gw) + ((gb,) if bias else ())
-    check_all(got, want, rtol, atol * max(1.0, np.sqrt(n)), f"{storage} {reduction}")
+    check_all(got, want, rtol, atol, f"{storage} {reduction}")
     expected_chunk = min(chunk or n, n)
     assert emulated_launcher.chunks[0] == (expected_chunk, v)
     assert sum(c[0] for c in emulated_launcher.chunks) == n
@@ -418,8 +421,8 @@ def torch_expected(hid, w, t, b, reduction, grad_output, ignore_index=-100, labe
     return (loss.detach(),) + grads
 
 
-TORCH_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 2e-6), torch.float16: (2e-2, 2e-3),
-             torch.bfloat16: (5e-2, 2e-2)}
+TORCH_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-6), torch.float16: (1e-2, 5e-3),
+             torch.bfloat16: (5e-2, 3e-2)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -434,9 +437,7 @@ def test_torch_cpu_matches_unfused(name, kw, reduction, dtype):
     got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
     assert [g.dtype for g in got[1:]] == [dtype] * 3
     want = torch_expected(hid, w, t, b, reduction, go, **kw)
-    rtol, atol = TORCH_TOL[dtype]
-    for what, g, e in zip(("loss", "grad_hidden", "grad_weight", "grad_bias"), got, want):
-        torch.testing.assert_close(g.double(), e, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    check_all([g.double().numpy() for g in got], [e.numpy() for e in want], *TORCH_TOL[dtype], str(dtype))
 
 
 @pytest.mark.parametrize("n,v,chunk", [(1, 1, None), (33, 31, 4), (33, 1025, 32), (7, 5, 3)], ids=str)
@@ -551,9 +552,7 @@ def test_emulated_cuda_branch(emulated_torch_cuda, dtype, reduction):
     assert emulated_torch_cuda and all(c[:2] == (storage, False) for c in emulated_torch_cuda)
     assert loss.dtype == torch.float32 and [g.dtype for g in got[1:]] == [dtype] * 3
     want = torch_expected(hid, w, t, b, reduction, go, **kw)
-    rtol, atol = TORCH_TOL[dtype]
-    for what, g, e in zip(("loss", "grad_hidden", "grad_weight", "grad_bias"), got, want):
-        torch.testing.assert_close(g.double(), e, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    check_all([g.double().numpy() for g in got], [e.numpy() for e in want], *TORCH_TOL[dtype], str(dtype))
 
 
 def test_emulated_cuda_branch_picks_the_chunk_from_free_memory(emulated_torch_cuda, emulated_launcher):
