@@ -23,6 +23,7 @@ __all__ = [
     "log_softmax_backward",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy_with_grad",
     "reference",
     "backend_info",
 ]
@@ -242,6 +243,54 @@ def cross_entropy_with_grad(
     if a.kind == "numpy":
         return reference.cross_entropy_with_grad_checked(a, return_logsumexp)
     return _cuda_op("cross_entropy", "cross_entropy_with_grad")(a, return_logsumexp)
+
+
+def linear_cross_entropy_with_grad(
+    hidden: Any,
+    weight: Any,
+    target: Any,
+    bias: Any = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    chunk_size: int | None = None,
+    grad_output: Any = 1.0,
+) -> tuple:
+    """``cross_entropy(hidden @ weight.T + bias, target)`` and its gradients, without the logits.
+
+    The language-model head's loss: ``hidden`` is (..., H), ``weight`` (V, H) as in
+    ``torch.nn.Linear``, ``bias`` (V,) or None, ``target`` integer class indices of
+    hidden's shape without the last dimension. Returns ``(loss, grad_hidden,
+    grad_weight)``, plus ``grad_bias`` when a bias is given: the gradients of
+    ``loss * grad_output`` in each input's dtype. Options and semantics are those of
+    :func:`cross_entropy` (hard labels; no class weights yet).
+
+    On CuPy arrays the rows are processed ``chunk_size`` at a time (chosen from N, V
+    and the free memory when None): cuBLAS makes a chunk's logits, our fused kernel
+    overwrites them with their gradient, two more products give the chunk's share of
+    ``grad_hidden`` and ``grad_weight`` (accumulated in float32). Only one (chunk, V)
+    block of logits exists at a time. NumPy arrays go to the reference, which builds
+    the float64 logits in full (the tests' oracle). See docs/linear_cross_entropy.md.
+
+    Example:
+        >>> import numpy as np, gpu_softmax
+        >>> h = np.array([[1.0, 0.0], [0.0, 1.0]]); w = np.eye(2)
+        >>> loss, gh, gw = gpu_softmax.linear_cross_entropy_with_grad(h, w, np.array([0, 1]))
+        >>> round(float(loss), 4)
+        0.3133
+    """
+    a = _checks.check_linear_cross_entropy(
+        hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap,
+        chunk_size=chunk_size, grad_output=grad_output,
+    )
+    if a.kind == "numpy":
+        return reference.linear_cross_entropy_with_grad_checked(a)
+    return _cuda_op("linear_cross_entropy", "linear_cross_entropy_with_grad")(a)
 
 
 def backend_info() -> dict:

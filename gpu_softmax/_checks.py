@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -338,3 +338,125 @@ def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int 
             f"ignore_index={ignore_index}; pass validate=False to skip this check "
             "(such rows then get a NaN loss)"
         )
+
+
+# ----------------------------------------------------------------------------------
+# fused linear + cross entropy
+
+
+@dataclass(frozen=True)
+class LinearCrossEntropyArgs:
+    """hidden (..., H) @ weight (V, H).T (+ bias (V,)) then cross entropy against target (...).
+
+    `ce` holds the cross-entropy options, checked by `check_cross_entropy` against the
+    (rows, V) logits this op never builds in full (its `logits` is a shape stand-in);
+    backends replace it per chunk.
+    """
+
+    kind: str
+    hidden: Any
+    weight: Any
+    target: Any
+    bias: Any
+    rows: int  # N: hidden's rows (the product of its leading dimensions)
+    features: int  # H
+    classes: int  # V
+    ce: CrossEntropyArgs
+    chunk_size: int | None
+
+    @property
+    def loss_shape(self) -> tuple[int, ...]:
+        """Shape of the reduction='none' loss: hidden's shape without its last dimension."""
+        return tuple(self.hidden.shape[:-1])
+
+
+def shape_standin(a: Any) -> np.ndarray | None:
+    """A NumPy array with a's shape and dtype that owns one element (checks read only those)."""
+    if a is None:
+        return None
+    shape = tuple(int(s) for s in a.shape)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=a.dtype), shape, (0,) * len(shape))
+
+
+def refuse_class_weight(class_weight: Any) -> None:
+    if class_weight is not None:
+        raise NotImplementedError(
+            "linear cross entropy has no class weights yet; use cross_entropy(hidden @ weight.T, target, "
+            "weight=...) (which builds the logits) or leave class_weight out"
+        )
+
+
+def check_linear_cross_entropy(
+    hidden: Any,
+    weight: Any,
+    target: Any,
+    bias: Any = None,
+    *,
+    ignore_index: Any = -100,
+    label_smoothing: Any = 0.0,
+    reduction: Any = "mean",
+    validate: Any = True,
+    z_loss: Any = 0.0,
+    logit_softcap: Any = None,
+    chunk_size: Any = None,
+    grad_output: Any = None,
+    class_weight: Any = None,
+) -> LinearCrossEntropyArgs:
+    """Checks for linear_cross_entropy_with_grad (and the torch bridge, on stand-ins)."""
+    refuse_class_weight(class_weight)
+    named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
+    if grad_output is not None and not _is_scalar(grad_output):
+        named["grad_output"] = grad_output
+    kind = common_kind(named)
+    require_float(hidden, "hidden")
+    require_float(weight, "weight")
+    if hidden.ndim == 0:
+        raise ValueError("hidden is 0-dimensional: it must be (..., H), features along the last dimension")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-dimensional (V, H), as torch.nn.Linear's, got shape {weight.shape}")
+    classes, features = int(weight.shape[0]), int(weight.shape[1])
+    if hidden.shape[-1] != features:
+        raise ValueError(
+            f"hidden has {hidden.shape[-1]} features (shape {hidden.shape}) but weight has {features} "
+            f"(shape {weight.shape}); hidden must be (..., H) and weight (V, H)"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype} but hidden has dtype {hidden.dtype}; they must match")
+    if classes == 0:
+        raise ValueError("weight has 0 rows: cross entropy needs at least one class")
+    if bias is not None:
+        require_float(bias, "bias")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias has dtype {bias.dtype} but hidden has dtype {hidden.dtype}; they must match")
+        if bias.shape != (classes,):
+            raise ValueError(f"bias has shape {bias.shape}, expected ({classes},): one per row of weight")
+    if np.dtype(target.dtype).kind not in "iu":
+        raise TypeError(
+            f"target must hold integer class indices, got dtype {target.dtype} (soft labels would be a "
+            "(..., V) array, the size this op exists to avoid)"
+        )
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"target has shape {target.shape}; it must have hidden's shape without the feature "
+            f"dimension, {hidden.shape[:-1]}"
+        )
+    if chunk_size is not None:
+        if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral):
+            raise TypeError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    logits = np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=hidden.dtype), tuple(hidden.shape[:-1]) + (classes,), (0,) * hidden.ndim
+    )
+    go = grad_output if grad_output is None or _is_scalar(grad_output) else shape_standin(grad_output)
+    ce = check_cross_entropy(
+        logits, shape_standin(target), axis=-1, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap, grad_output=go,
+    )
+    if go is not None and not _is_scalar(go):
+        ce = replace(ce, grad_output=grad_output)
+    return LinearCrossEntropyArgs(
+        kind=kind, hidden=hidden, weight=weight, target=target, bias=bias, rows=math.prod(hidden.shape[:-1]),
+        features=features, classes=classes, ce=replace(ce, kind=kind, target=target),
+        chunk_size=None if chunk_size is None else int(chunk_size),
+    )

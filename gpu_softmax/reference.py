@@ -13,12 +13,13 @@ No C-by-C Jacobian is ever built: every temporary is at most the size of the inp
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from . import _checks
-from ._checks import BackwardArgs, CrossEntropyArgs, SoftmaxArgs
+from ._checks import BackwardArgs, CrossEntropyArgs, LinearCrossEntropyArgs, SoftmaxArgs
 
 __all__ = [
     "softmax",
@@ -28,6 +29,7 @@ __all__ = [
     "log_softmax_backward",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy_with_grad",
 ]
 
 
@@ -273,6 +275,40 @@ def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool 
 
 
 # ----------------------------------------------------------------------------------
+# fused linear + cross entropy (the oracle: unchunked, float64 logits)
+
+
+def linear_cross_entropy_with_grad_checked(a: LinearCrossEntropyArgs, want_grad: bool = True):
+    """(loss, grad_hidden, grad_weight[, grad_bias]) from float64 logits built in full.
+
+    The oracle of the chunked backends, not a memory saver: it holds the (N, V) logits
+    in float64. Gradients are d(loss * grad_output)/d input in each input's dtype;
+    with want_grad=False only the loss is returned.
+    """
+    n, v = a.rows, a.classes
+    h = a.hidden.reshape(n, a.features).astype(np.float64)
+    w = a.weight.astype(np.float64)
+    logits = h @ w.T
+    if a.bias is not None:
+        logits += a.bias.astype(np.float64)
+    go = a.ce.grad_output
+    rec = dataclasses.replace(
+        a.ce, kind="numpy", logits=logits, target=a.target.reshape(n), layout=_checks.row_layout((n, v), 1),
+        grad_output=go.reshape(n) if isinstance(go, np.ndarray) and go.ndim else go, inplace=True,
+    )
+    loss_dtype = _checks.result_dtype(a.hidden.dtype)
+    if not want_grad:
+        loss = cross_entropy_checked(rec)
+        return loss.reshape(a.loss_shape if a.ce.reduction == "none" else ()).astype(loss_dtype)
+    loss, g = cross_entropy_with_grad_checked(rec)
+    loss = loss.reshape(a.loss_shape if a.ce.reduction == "none" else ()).astype(loss_dtype)
+    out = [loss, (g @ w).reshape(a.hidden.shape).astype(a.hidden.dtype), (g.T @ h).astype(a.weight.dtype)]
+    if a.bias is not None:
+        out.append(g.sum(axis=0).astype(a.bias.dtype))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------
 # public NumPy API (same signatures as gpu_softmax.*)
 
 
@@ -352,3 +388,27 @@ def cross_entropy_with_grad(
     )
     _require_numpy(a.kind)
     return cross_entropy_with_grad_checked(a, return_logsumexp)
+
+
+def linear_cross_entropy_with_grad(
+    hidden: np.ndarray,
+    weight: np.ndarray,
+    target: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    chunk_size: int | None = None,
+    grad_output: Any = 1.0,
+) -> tuple:
+    a = _checks.check_linear_cross_entropy(
+        hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap,
+        chunk_size=chunk_size, grad_output=grad_output,
+    )
+    _require_numpy(a.kind)
+    return linear_cross_entropy_with_grad_checked(a)

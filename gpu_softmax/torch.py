@@ -734,3 +734,4 @@ class CrossEntropyLoss(torch.nn.Module):
 # Defined in its own module (it needs torch.distributed); re-exported here, last,
 # because it uses this module's CUDA helpers.
 from .torch_parallel import vocab_parallel_cross_entropy  # noqa: E402,F401
+from .torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402,F401

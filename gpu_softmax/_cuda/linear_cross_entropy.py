@@ -1,0 +1,204 @@
+"""CUDA launcher for the fused linear + cross-entropy: the LM-head loss and its three
+gradients without the (N, V) logits ever existing.
+
+Rows are processed in chunks (`gpu_softmax._chunking.chunk_rows`). Per chunk, on CuPy's
+current stream:
+
+1. ``logits = hidden_chunk @ weight.T (+ bias)`` into one reused (chunk, V) buffer, by
+   cuBLAS (``gemmEx``, float32 compute: tensor cores for 16-bit inputs);
+2. our fused cross-entropy kernel (`gpu_softmax._cuda.cross_entropy`) writes the chunk's
+   losses and overwrites the logits IN PLACE with their gradient, scaled by the mean's
+   divisor (reduced once over all rows, on the device) and ``grad_output``;
+3. ``grad_hidden[chunk] = grad_logits @ weight`` (written in place, in the input dtype);
+4. ``grad_weight += grad_logits.T @ hidden_chunk`` into a float32 (float64) accumulator;
+5. ``grad_bias += grad_logits.T @ ones`` (a cuBLAS product too: bfloat16 words have no
+   CuPy dtype to sum in).
+
+Fixed chunking and a fixed order of products: deterministic for a given chunk size. No
+host synchronisation with ``validate=False`` (``validate=True`` reads one scalar, the
+count of bad targets, before anything is computed).
+
+cuBLAS is column-major; a C-contiguous (r, c) array is the column-major (c, r) matrix
+with leading dimension c, so each row-major product ``C = A @ B`` is issued as
+``C^T = B^T A^T``. The leading-dimension arithmetic is checked on the CPU by
+tests/test_linear_cross_entropy.py, which runs this loop with NumPy standing in for
+CuPy and a column-major GEMM emulator standing in for cuBLAS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .. import _checks, _chunking
+from .._checks import LinearCrossEntropyArgs
+from . import cross_entropy as ce_launch
+from . import launch
+
+# cudaDataType / cublasComputeType_t / cublasOperation_t / cublasGemmAlgo_t values.
+CUDA_TYPE = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}
+COMPUTE_32F, COMPUTE_64F = 68, 70
+OP_N, OP_T = 0, 1
+GEMM_DEFAULT = -1
+BF16_ONE = 0x3F80  # 1.0 as a bfloat16 word
+
+
+def _xp():
+    import cupy
+
+    return cupy
+
+
+def _free_bytes() -> int:
+    import cupy
+
+    return int(cupy.cuda.runtime.memGetInfo()[0]) + int(cupy.get_default_memory_pool().free_bytes())
+
+
+def _gemm(trans_a: int, trans_b: int, m: int, n: int, k: int, a, lda: int, b, ldb: int, c, ldc: int,
+          beta: float, storage: str) -> None:
+    """Column-major ``C = op(A) op(B) + beta C`` by cublasGemmEx (alpha = 1).
+
+    A and B hold `storage` data; C holds `storage` data or the accumulation dtype.
+    With beta == 0, C is not read.
+    """
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+
+    acc = launch.acc_dtype(storage)
+    c_type = CUDA_TYPE[storage] if c.dtype == a.dtype else CUDA_TYPE[acc.name]
+    compute = COMPUTE_64F if storage == "float64" else COMPUTE_32F
+    alpha_h, beta_h = np.array(1.0, dtype=acc), np.array(beta, dtype=acc)
+    handle = device.get_cublas_handle()
+    host = getattr(cublas, "CUBLAS_POINTER_MODE_HOST", 0)
+    if cublas.getPointerMode(handle) != host:  # alpha and beta live on the host
+        cublas.setPointerMode(handle, host)
+    cublas.gemmEx(handle, trans_a, trans_b, m, n, k, alpha_h.ctypes.data,
+                  a.data.ptr, CUDA_TYPE[storage], lda, b.data.ptr, CUDA_TYPE[storage], ldb,
+                  beta_h.ctypes.data, c.data.ptr, c_type, ldc, compute, GEMM_DEFAULT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wants:
+    """Which gradients to compute (a frozen weight skips its product and accumulator)."""
+
+    hidden: bool = True
+    weight: bool = True
+    bias: bool = True
+
+    @property
+    def any(self) -> bool:
+        return self.hidden or self.weight or self.bias
+
+
+def _count_bad_targets(xp, t, classes: int, ignore_index: int) -> None:
+    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+    n_bad = int(xp.count_nonzero(bad))  # the one host read of validate=True
+    if n_bad:
+        _checks.raise_bad_targets(n_bad, classes, ignore_index, int(t[int(xp.flatnonzero(bad)[0])]))
+
+
+def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | None = None,
+        free_bytes: int | None = None):
+    """(loss, grad_hidden, grad_weight_acc, grad_bias_acc); gradients not wanted are None.
+
+    Gradients are d(loss * a.ce.grad_output)/d input. grad_hidden has hidden's shape and
+    dtype; the weight and bias gradients are the float32 (float64) accumulators: the
+    caller casts them (bfloat16 has no CuPy dtype). The loss is float32 (float64).
+    """
+    xp = _xp()
+    st = launch.storage_of(a.hidden.dtype, storage)
+    acc = launch.acc_dtype(st)
+    n_rows, feats, classes = a.rows, a.features, a.classes
+    opts = a.ce
+    wants = dataclasses.replace(wants, bias=wants.bias and a.bias is not None)
+    grad_on = wants.any
+
+    t = _checks.hard_targets_int64(xp, a.target, classes, opts.ignore_index)
+    if opts.validate:
+        _count_bad_targets(xp, t, classes, opts.ignore_index)
+    h = xp.ascontiguousarray(a.hidden).reshape(n_rows, feats)
+    w = xp.ascontiguousarray(a.weight)
+    b = None if a.bias is None else xp.ascontiguousarray(a.bias)
+
+    none = opts.reduction == "none"
+    go = opts.grad_output
+    per_row_go = none and getattr(go, "ndim", 0) > 0
+    if per_row_go:
+        go = xp.ascontiguousarray(go, dtype=acc).reshape(n_rows)
+    if opts.reduction == "mean":
+        # The divisor of the mean over ALL rows, on the device; each chunk's gradient is
+        # scaled by it through grad_output (chunks reduce with "sum"). 1/0 = inf for
+        # all rows ignored: no row has a gradient to scale, and the loss is 0 * inf = NaN.
+        with np.errstate(divide="ignore"):  # counted in int64: exact past float32's 2**24
+            scale = xp.asarray(1.0 / (t != opts.ignore_index).sum()).astype(acc)
+        go = scale * go
+    loss = xp.empty(n_rows, dtype=acc) if none else xp.zeros((), dtype=acc)
+
+    grad_h = xp.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None
+    grad_w = xp.empty((classes, feats), dtype=acc) if wants.weight else None
+    grad_b = xp.empty(classes, dtype=acc) if wants.bias else None
+    if n_rows == 0:
+        for g in (grad_w, grad_b):
+            if g is not None:
+                g[...] = 0
+    chunk = a.chunk_size or _chunking.chunk_rows(
+        n_rows, classes, h.itemsize, _free_bytes() if free_bytes is None else free_bytes)
+    buf = xp.empty((min(chunk, max(n_rows, 1)), classes), dtype=h.dtype)
+    ones = None
+    if wants.bias:
+        ones = xp.full(buf.shape[0], BF16_ONE if st == "bfloat16" else 1, dtype=h.dtype)
+
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        rows = stop - start
+        first = start == 0
+        hc, logits = h[start:stop], buf[:rows]
+        if b is not None:
+            logits[...] = b
+        # logits^T (V, rows) = W^T^T (W is col-major (H, V)) @ hc^T (col-major (H, rows))
+        _gemm(OP_T, OP_N, classes, rows, feats, w, feats, hc, feats, logits, classes,
+              1.0 if b is not None else 0.0, st)
+        rec = dataclasses.replace(
+            opts, kind="cupy", logits=logits, target=t[start:stop], layout=_checks.row_layout((rows, classes), 1),
+            reduction="none" if none else "sum", validate=False, inplace=grad_on,
+            grad_output=go[start:stop] if per_row_go else go,
+        )
+        if not grad_on:
+            part = ce_launch.cross_entropy(rec, storage=storage)
+        else:
+            part, grad = ce_launch.cross_entropy_with_grad(rec, storage=storage)
+        if none:
+            loss[start:stop] = part
+        else:
+            loss += part
+        if not grad_on:
+            continue
+        if wants.hidden:
+            # grad_h^T (H, rows) = W^T (col-major (H, V)) @ grad^T (col-major (V, rows))
+            _gemm(OP_N, OP_N, feats, rows, classes, w, feats, grad, classes, grad_h[start:stop], feats, 0.0, st)
+        if wants.weight:
+            # grad_w^T (H, V) += hc^T (col-major (H, rows)) @ grad (grad^T is col-major (V, rows))
+            _gemm(OP_N, OP_T, feats, classes, rows, hc, feats, grad, classes, grad_w, feats,
+                  0.0 if first else 1.0, st)
+        if wants.bias:
+            # grad_b (V, 1) += grad^T (col-major (V, rows)) @ ones (rows, 1)
+            _gemm(OP_N, OP_N, classes, 1, rows, grad, classes, ones, rows, grad_b, classes,
+                  0.0 if first else 1.0, st)
+
+    if opts.reduction == "mean":
+        with np.errstate(invalid="ignore"):
+            loss = loss * scale
+    return (loss.reshape(a.loss_shape) if none else loss,
+            None if grad_h is None else grad_h.reshape(a.hidden.shape), grad_w, grad_b)
+
+
+def linear_cross_entropy_with_grad(a: LinearCrossEntropyArgs, *, storage: str | None = None) -> tuple:
+    """The public CuPy form: (loss, grad_hidden, grad_weight[, grad_bias]) in the inputs' dtypes."""
+    loss, gh, gw, gb = run(a, storage=storage)
+    out = [loss, gh, gw.astype(a.weight.dtype, copy=False)]
+    if a.bias is not None:
+        out.append(gb.astype(a.bias.dtype, copy=False))
+    return tuple(out)

@@ -1,0 +1,287 @@
+"""Fused linear + cross-entropy for PyTorch: ``linear_cross_entropy`` and
+``LinearCrossEntropyLoss``, the LM-head loss without the (N, V) logits.
+
+``linear_cross_entropy(hidden, weight, target, bias)`` equals
+``F.cross_entropy(F.linear(hidden, weight, bias).float(), target, ...)`` (float64 in,
+float64 out) with autograd to ``hidden``, ``weight`` and ``bias``, but only a
+(chunk, V) block of logits exists at a time.
+
+- **CUDA tensors** go zero-copy to the CuPy launcher
+  (:mod:`gpu_softmax._cuda.linear_cross_entropy`: cuBLAS products and our fused
+  cross-entropy kernel, in place) through :mod:`gpu_softmax.torch`'s bridge: PyTorch's
+  current stream and caching allocator, bfloat16 as 16-bit words. No host sync: targets
+  are not range-checked (a bad target gives NaN), as in ``gst.cross_entropy``.
+- **CPU tensors** run the same chunked algorithm with torch matrix products and the
+  NumPy reference cross entropy on each chunk (float64 inside), so autograd, gradcheck
+  and the memory accounting are testable without a GPU.
+- **Autograd.** With ``reduction="mean"`` or ``"sum"`` the forward computes the loss
+  and all wanted gradients in one chunked pass (gradients for ``grad_output = 1``) and
+  saves them; the backward scales them in place by ``grad_output`` (one elementwise
+  pass, no matrix product). With ``reduction="none"`` the forward computes only the
+  losses and the backward runs the chunked pass with the per-row ``grad_output``
+  (the logits product is then done twice). Inputs that do not require grad skip their
+  product (a frozen head skips the grad_weight product and its accumulator).
+
+Not supported (raising): class weights (``class_weight``), soft labels, double backward.
+Not a ``torch.library.custom_op`` yet: ``torch.compile`` graph-breaks around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _checks, _chunking, reference
+from ._cuda.linear_cross_entropy import Wants
+
+__all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+
+def _bridge():
+    # gpu_softmax.torch re-exports this module's names: import it lazily.
+    from . import torch as bridge
+
+    return bridge
+
+
+NO_GRAD = Wants(False, False, False)
+
+
+def _loss_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------
+# CPU: torch products, the reference cross entropy per chunk
+
+
+def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+             bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int):
+    B = _bridge()
+    acc = _loss_dtype(hidden)
+    n_rows, feats, classes = a.rows, a.features, a.classes
+    h = hidden.detach().reshape(n_rows, feats)
+    w = weight.detach()
+    b = None if bias is None else bias.detach()
+    t = B._to_numpy(target.reshape(n_rows))
+    reference.hard_target_check(dataclasses.replace(a.ce, kind="numpy", target=t))
+    opts = a.ce
+    none = opts.reduction == "none"
+    go = grad_output.detach().double().numpy() if isinstance(grad_output, Tensor) else float(grad_output)
+    per_row_go = none and go.ndim > 0 if isinstance(go, np.ndarray) else False
+    if per_row_go:
+        go = go.reshape(n_rows)
+    if opts.reduction == "mean":
+        n_valid = int((t != opts.ignore_index).sum())
+        scale = 1.0 / n_valid if n_valid else float("inf")
+        go = go * scale
+    wants = dataclasses.replace(wants, bias=wants.bias and b is not None)
+    grad_on = wants.any
+
+    loss = torch.empty(n_rows, dtype=acc) if none else torch.zeros((), dtype=acc)
+    grad_h = torch.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None
+    grad_w = torch.zeros((classes, feats), dtype=acc) if wants.weight else None
+    grad_b = torch.zeros(classes, dtype=acc) if wants.bias else None
+    bf16 = h.dtype == torch.bfloat16
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        hc = h[start:stop]
+        logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
+        rec = dataclasses.replace(
+            opts, kind="numpy", logits=B._to_numpy(logits), target=t[start:stop],
+            layout=_checks.row_layout((stop - start, classes), 1), reduction="none" if none else "sum",
+            validate=False, inplace=grad_on, grad_output=go[start:stop] if per_row_go else go,
+        )
+        if not grad_on:
+            part = reference.cross_entropy_checked(rec)
+        else:
+            part, g = reference.cross_entropy_with_grad_checked(rec)
+            # In place: the chunk's logits now hold their gradient (a float32 copy for bf16).
+            grad = torch.from_numpy(g).to(h.dtype) if bf16 else logits
+        part = torch.from_numpy(np.asarray(part)).to(acc)
+        if none:
+            loss[start:stop] = part
+        else:
+            loss += part
+        if not grad_on:
+            continue
+        if wants.hidden:
+            torch.mm(grad, w, out=grad_h[start:stop])
+        if wants.weight:
+            grad_w.addmm_(grad.T.to(acc), hc.to(acc))
+        if wants.bias:
+            grad_b += grad.sum(dim=0, dtype=acc)
+    if opts.reduction == "mean":
+        loss = loss * scale
+    return loss, grad_h, grad_w, grad_b
+
+
+# ----------------------------------------------------------------------------------
+# CUDA: the CuPy launcher through gpu_softmax.torch's bridge
+
+
+def _free_device_bytes(device: torch.device) -> int:
+    """Free memory as PyTorch's allocator sees it: the driver's free plus torch's cached blocks."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+              bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int | None):
+    from ._cuda import linear_cross_entropy as launch
+
+    B = _bridge()
+    free = None if chunk is not None else _free_device_bytes(hidden.device)
+    with B._cupy_on(hidden.device):
+        go = B._to_cupy(grad_output.detach().to(_loss_dtype(hidden))) if isinstance(grad_output, Tensor) \
+            else float(grad_output)
+        rec = dataclasses.replace(
+            a, kind="cupy", hidden=B._to_cupy(hidden), weight=B._to_cupy(weight), bias=B._to_cupy(bias),
+            target=B._to_cupy(target), chunk_size=chunk,
+            ce=dataclasses.replace(a.ce, kind="cupy", validate=False, grad_output=go),
+        )
+        loss, gh, gw, gb = launch.run(rec, wants, storage=B._storage(hidden), free_bytes=free)
+        acc = _loss_dtype(hidden)
+        return (B._from_cupy(loss, acc), None if gh is None else B._from_cupy(gh, hidden.dtype),
+                None if gw is None else B._from_cupy(gw, acc), None if gb is None else B._from_cupy(gb, acc))
+
+
+def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+             bias: Tensor | None, target: Tensor, grad_output: Any):
+    """(loss, grad_hidden, grad_weight, grad_bias) in the inputs' dtypes; unwanted ones None."""
+    kind = _bridge()._device_kind(hidden)
+    if kind == "cpu":
+        chunk = a.chunk_size or _chunking.chunk_rows(a.rows, a.classes, hidden.element_size())
+        loss, gh, gw, gb = _cpu_run(a, wants, hidden, weight, bias, target, grad_output, chunk)
+    elif kind == "cuda":
+        loss, gh, gw, gb = _cuda_run(a, wants, hidden, weight, bias, target, grad_output, a.chunk_size)
+    else:
+        raise _bridge()._unsupported(hidden)
+    loss = loss.reshape(a.loss_shape) if a.ce.reduction == "none" else loss.reshape(())
+    return (loss, None if gh is None else gh.reshape(hidden.shape),
+            None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, a):
+        wants = Wants(*ctx.needs_input_grad[:3])
+        ctx.recompute = a.ce.reduction == "none" and wants.any
+        if ctx.recompute or not wants.any:
+            loss = _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]
+            if ctx.recompute:
+                ctx.save_for_backward(hidden, weight, bias, target)
+                ctx.args, ctx.wants = a, wants
+            return loss
+        loss, gh, gw, gb = _compute(a, wants, hidden, weight, bias, target, 1.0)
+        ctx.save_for_backward(gh, gw, gb)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        if ctx.recompute:
+            hidden, weight, bias, target = ctx.saved_tensors
+            _, gh, gw, gb = _compute(ctx.args, ctx.wants, hidden, weight, bias, target, grad_loss)
+        else:
+            # Out of place, so that a retained graph (gradcheck, retain_graph=True) can run
+            # backward again; the saved gradients are freed when this returns otherwise.
+            gh, gw, gb = (None if g is None else g * grad_loss for g in ctx.saved_tensors)
+        return gh, gw, gb, None, None
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    chunk_size: int | None = None,
+    class_weight: Tensor | None = None,
+) -> Tensor:
+    """``F.cross_entropy(F.linear(hidden, weight, bias).float(), target, ...)`` without the logits.
+
+    ``hidden`` is (..., H), ``weight`` (V, H) as ``torch.nn.Linear.weight``, ``bias`` (V,)
+    or None, ``target`` integer class indices of shape (...). Options as
+    :func:`gpu_softmax.torch.cross_entropy` (``ignore_index``, ``label_smoothing``,
+    ``reduction``, ``z_loss``, ``logit_softcap``); class weights are not supported yet
+    (passing ``class_weight`` raises). The loss is float32 (float64 for float64 inputs);
+    gradients reach ``hidden``, ``weight`` and ``bias`` in their dtypes, ``grad_weight``
+    accumulated over chunks in float32. ``chunk_size`` rows of logits exist at a time
+    (chosen from N, V and the free memory when None; fixed chunking is deterministic).
+
+    Example:
+        >>> import torch, gpu_softmax.torch as gst
+        >>> h = torch.eye(2, requires_grad=True); w = torch.eye(2, requires_grad=True)
+        >>> loss = gst.linear_cross_entropy(h, w, torch.tensor([0, 1]))
+        >>> round(loss.item(), 4)
+        0.3133
+        >>> loss.backward(); w.grad.shape
+        torch.Size([2, 2])
+    """
+    B = _bridge()
+    B._require_tensors(hidden=hidden, weight=weight, target=target, bias=bias, class_weight=class_weight)
+    floats = [t for t in (hidden, weight, bias) if t is not None and t.is_floating_point()]
+    if len({t.dtype for t in floats}) > 1:
+        # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there
+        raise TypeError("hidden, weight and bias must share one dtype, got "
+                        + ", ".join(str(t.dtype) for t in floats))
+    a = _checks.check_linear_cross_entropy(
+        B._standin(hidden), B._standin(weight), B._standin(target), B._standin(bias), ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss, logit_softcap=logit_softcap,
+        chunk_size=chunk_size, class_weight=B._standin(class_weight),
+    )
+    if not torch.is_grad_enabled():  # eval: the loss only (apply would still see requires_grad)
+        return _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]
+    return _LinearCrossEntropy.apply(hidden, weight, bias, target, a)
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
+
+    Example:
+        >>> import torch, gpu_softmax.torch as gst
+        >>> head = torch.nn.Linear(8, 100)
+        >>> loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1)
+        >>> loss = loss_fn(torch.randn(4, 8), head.weight, torch.tensor([1, 2, 3, 4]), head.bias)
+        >>> loss.backward(); head.weight.grad.shape
+        torch.Size([100, 8])
+    """
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                 z_loss: float = 0.0, logit_softcap: float | None = None, chunk_size: int | None = None,
+                 class_weight: Tensor | None = None) -> None:
+        super().__init__()
+        _checks.refuse_class_weight(class_weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.logit_softcap = logit_softcap
+        self.chunk_size = chunk_size
+
+    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None) -> Tensor:
+        return linear_cross_entropy(
+            hidden, weight, target, bias, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, z_loss=self.z_loss, logit_softcap=self.logit_softcap,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
+        for name in ("label_smoothing", "z_loss"):
+            if getattr(self, name):
+                parts.append(f"{name}={getattr(self, name)}")
+        for name in ("logit_softcap", "chunk_size"):
+            if getattr(self, name) is not None:
+                parts.append(f"{name}={getattr(self, name)}")
+        return ", ".join(parts)

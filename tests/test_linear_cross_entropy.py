@@ -1,0 +1,719 @@
+"""Fused linear + cross-entropy on the CPU.
+
+- the NumPy reference (the oracle) against an independent float64 formula and torch
+  autograd, every option;
+- the CuPy launcher's chunk loop run with NumPy standing in for CuPy (buffers poisoned
+  with NaN), a column-major GEMM emulator standing in for cuBLAS (so every transpose and
+  leading dimension is exercised) and the reference standing in for the cross-entropy
+  kernel (which tests/test_kernels_emulated.py covers): float64/float32/float16 and
+  bfloat16 words, chunk sizes that do not divide N, odd sizes, ignored rows;
+- the torch CPU path: parity with F.cross_entropy(F.linear(...)), gradcheck, dtypes,
+  reduction="none" with a per-row grad_output, frozen inputs, the module;
+- the torch CUDA branch with the bridge's CuPy hand-over emulated;
+- memory accounting: every array the launcher allocates, every tensor the torch path
+  allocates (a dispatch-mode tracker) and every NumPy allocation (tracemalloc) is
+  chunk-sized; none is N x V;
+- the chunk-size rule and error messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tracemalloc
+import types
+
+import numpy as np
+import pytest
+
+import gpu_softmax as gs
+from gpu_softmax import _checks, _chunking, reference
+from gpu_softmax._cuda import cross_entropy as ce_launch
+from gpu_softmax._cuda import linear_cross_entropy as lce
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import gpu_softmax.torch as gst  # noqa: E402
+from gpu_softmax import torch_linear  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # The CI machine's cores are shared: small products are far faster on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+OPTIONS = [
+    ("plain", {}),
+    ("ignore", {"ignore_index": 3}),
+    ("smoothing", {"label_smoothing": 0.2}),
+    ("z_loss", {"z_loss": 1e-2}),
+    ("softcap", {"logit_softcap": 4.0}),
+    ("everything", {"label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 6.0, "ignore_index": 5}),
+]
+
+
+def make(n, h, v, dtype=np.float64, seed=0, bias=False, ignore=(), lead=None, ignore_index=-100):
+    rng = np.random.default_rng(seed)
+    hid = (rng.standard_normal((n, h)) / np.sqrt(h) * 3).astype(dtype)
+    w = rng.standard_normal((v, h)).astype(dtype)
+    b = (rng.standard_normal(v) * 0.5).astype(dtype) if bias else None
+    t = rng.integers(0, v, n)
+    for i in ignore:
+        if i < n:
+            t[i] = ignore_index
+    if lead is not None:
+        hid, t = hid.reshape(lead + (h,)), t.reshape(lead)
+    return hid, w, t, b
+
+
+def formula(hid, w, t, b=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, logit_softcap=None,
+            reduction="mean", grad_output=1.0):
+    """The loss and gradients written out in float64, independently of gpu_softmax."""
+    h = hid.reshape(-1, w.shape[1]).astype(np.float64)
+    tt = t.reshape(-1)
+    x = h @ w.T.astype(np.float64) + (0.0 if b is None else b.astype(np.float64))
+    n, v = x.shape
+    if logit_softcap is not None:
+        xc = logit_softcap * np.tanh(x / logit_softcap)
+        dcap = 1 - np.tanh(x / logit_softcap) ** 2
+    else:
+        xc, dcap = x, np.ones_like(x)
+    m = xc.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(xc - m).sum(axis=1, keepdims=True)))[:, 0]
+    p = np.exp(xc - lse[:, None])
+    valid = tt != ignore_index
+    tv = np.where(valid, tt, 0)
+    onehot = np.zeros((n, v))
+    onehot[np.arange(n), tv] = 1.0
+    q = (1 - label_smoothing) * onehot + label_smoothing / v
+    row = np.where(valid, -(q * (xc - lse[:, None])).sum(axis=1) + z_loss * lse**2, 0.0)
+    drow = (p - q) + 2 * z_loss * lse[:, None] * p
+    go = np.broadcast_to(np.asarray(grad_output, dtype=np.float64), (n,)) if reduction == "none" else None
+    if reduction == "none":
+        loss, scale = row.reshape(t.shape), go
+    elif reduction == "sum":
+        loss, scale = row.sum(), np.full(n, float(grad_output))
+    else:
+        with np.errstate(all="ignore"):
+            loss, scale = row.sum() / valid.sum(), np.full(n, float(grad_output) / valid.sum())
+    g = np.where(valid[:, None], drow * dcap * scale[:, None], 0.0)
+    return loss, (g @ w.astype(np.float64)).reshape(hid.shape), g.T @ h, g.sum(axis=0)
+
+
+def check_all(actual, expected, rtol, atol, what=""):
+    """Elementwise within rtol, plus an absolute floor of `atol` times the array's largest value
+    (gradient entries that cancel to near zero carry the error of their largest terms)."""
+    for name, a, e in zip(("loss", "grad_hidden", "grad_weight", "grad_bias"), actual, expected):
+        a, e = np.asarray(a, dtype=np.float64), np.asarray(e, dtype=np.float64)
+        scale = np.nanmax(np.abs(e)) if e.size and not np.isnan(e).all() else 1.0
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol * scale + 1e-300, err_msg=f"{what} {name}")
+
+
+# ----------------------------------------------------------------------------------
+# the reference against the formula
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,kw", OPTIONS, ids=[o[0] for o in OPTIONS])
+@pytest.mark.parametrize("n,h,v", [(1, 3, 1), (33, 5, 31), (7, 4, 1025)], ids=str)
+def test_reference_matches_formula(name, kw, reduction, n, h, v):
+    hid, w, t, b = make(n, h, v, bias=True, ignore=(0, 5) if n > 1 else (), ignore_index=kw.get("ignore_index", -100))
+    go = np.linspace(0.5, 1.5, n) if reduction == "none" else 0.7
+    got = gs.linear_cross_entropy_with_grad(hid, w, t, b, reduction=reduction, grad_output=go, **kw)
+    want = formula(hid, w, t, b, reduction=reduction, grad_output=go, **kw)
+    assert got[0].dtype == np.float64 and got[1].dtype == got[2].dtype == got[3].dtype == np.float64
+    assert got[0].shape == (() if reduction != "none" else (n,))
+    check_all(got, want, 1e-10, 1e-12, f"{name} {reduction}")
+
+
+def test_reference_keeps_leading_dims_and_dtypes():
+    hid, w, t, _ = make(6, 4, 9, np.float32, lead=(2, 3))
+    loss, gh, gw = gs.linear_cross_entropy_with_grad(hid, w, t, reduction="none")
+    assert loss.shape == (2, 3) and loss.dtype == np.float32
+    assert gh.shape == (2, 3, 4) and gh.dtype == np.float32 and gw.dtype == np.float32
+    want = formula(hid, w, t, reduction="none")
+    check_all((loss, gh, gw), want[:3], 1e-6, 1e-7)
+
+
+def test_all_rows_ignored_mean_is_nan_with_zero_gradients():
+    hid, w, t, b = make(4, 3, 5, bias=True, ignore=range(4))
+    loss, gh, gw, gb = gs.linear_cross_entropy_with_grad(hid, w, t, b)
+    assert np.isnan(loss)
+    assert not gh.any() and not gw.any() and not gb.any()
+    ref = F.cross_entropy(F.linear(torch.from_numpy(hid), torch.from_numpy(w), torch.from_numpy(b)),
+                          torch.from_numpy(t))
+    assert torch.isnan(ref)
+
+
+# ----------------------------------------------------------------------------------
+# the CuPy launcher's loop, emulated on the CPU
+
+
+def _bf16_to_f64(words):
+    return torch.from_numpy(np.ascontiguousarray(words).view(np.int16)).view(torch.bfloat16).double().numpy()
+
+
+def _f64_to_bf16(x):
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(torch.bfloat16).view(torch.int16) \
+        .numpy().view(np.uint16)
+
+
+class PoisonedNumpy(types.SimpleNamespace):
+    """numpy for the launcher, with `empty` filled with NaN and every allocation recorded."""
+
+    def __init__(self, allocations):
+        super().__init__()
+        self.allocations = allocations
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def _note(self, a):
+        self.allocations.append(a.shape)
+        return a
+
+    def empty(self, shape, dtype=float):
+        dt = np.dtype(dtype)
+        fill = 0x7FC0 if dt == np.uint16 else (np.nan if dt.kind == "f" else -1)
+        return self._note(np.full(shape, fill, dtype=dt))
+
+    def zeros(self, shape, dtype=float):
+        return self._note(np.zeros(shape, dtype=dtype))
+
+    def full(self, shape, value, dtype=None):
+        return self._note(np.full(shape, value, dtype=dtype))
+
+
+def _colmajor(buf, rows, cols, ld):
+    flat = buf.reshape(-1)
+    assert np.shares_memory(flat, buf), "gemm operand must be contiguous memory"
+    assert ld >= max(1, rows), (ld, rows)
+    assert (cols - 1) * ld + rows <= flat.size, "gemm reads past its operand"
+    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (flat.itemsize, ld * flat.itemsize))
+
+
+@pytest.fixture
+def emulated_launcher(monkeypatch):
+    """The launcher's loop on NumPy: column-major GEMM emulator, reference CE in place."""
+    log = types.SimpleNamespace(allocations=[], chunks=[], gemms=0)
+
+    def to_f64(a, storage):
+        return _bf16_to_f64(a) if storage == "bfloat16" else np.asarray(a, dtype=np.float64)
+
+    def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, beta, storage):
+        log.gemms += 1
+        assert a.dtype == b.dtype
+        A = _colmajor(a, *((m, k) if trans_a == lce.OP_N else (k, m)), lda)
+        B = _colmajor(b, *((k, n) if trans_b == lce.OP_N else (n, k)), ldb)
+        C = _colmajor(c, m, n, ldc)
+        opa = to_f64(A, storage) if trans_a == lce.OP_N else to_f64(A, storage).T
+        opb = to_f64(B, storage) if trans_b == lce.OP_N else to_f64(B, storage).T
+        prod = opa @ opb
+        if beta != 0:  # cuBLAS does not read C when beta == 0: poisoned C must not leak in
+            prod = prod + beta * to_f64(C, storage if c.dtype == a.dtype else None)
+        C[...] = _f64_to_bf16(prod) if (storage == "bfloat16" and c.dtype == np.uint16) else prod
+
+    def ce(rec, want_grad, storage):
+        assert rec.kind == "cupy" and rec.validate is False and rec.reduction in ("sum", "none")
+        assert rec.inplace == want_grad
+        log.chunks.append(rec.logits.shape)
+        assert not np.isnan(to_f64(rec.logits, storage)).all() or rec.logits.size == 0
+        x = to_f64(rec.logits, storage) if storage == "bfloat16" else rec.logits
+        r = dataclasses.replace(rec, kind="numpy", logits=x, inplace=False)
+        if not want_grad:
+            return reference.cross_entropy_checked(r)
+        loss, grad = reference.cross_entropy_with_grad_checked(r)
+        rec.logits[...] = _f64_to_bf16(grad) if storage == "bfloat16" else grad
+        return loss, rec.logits
+
+    monkeypatch.setattr(lce, "_xp", lambda: PoisonedNumpy(log.allocations))
+    monkeypatch.setattr(lce, "_gemm", gemm)
+    monkeypatch.setattr(lce, "_free_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(ce_launch, "cross_entropy", lambda rec, storage=None: ce(rec, False, storage))
+    monkeypatch.setattr(ce_launch, "cross_entropy_with_grad",
+                        lambda rec, return_logsumexp=False, *, storage=None: ce(rec, True, storage))
+    return log
+
+
+def run_launcher(hid, w, t, b=None, wants=lce.Wants(), storage=None, **kw):
+    if storage == "bfloat16":
+        words = [None if a is None else _f64_to_bf16(a) for a in (hid, w, b)]
+        std = [None if a is None else _checks.shape_standin(a.astype(np.float16)) for a in (hid, w, b)]
+        a = _checks.check_linear_cross_entropy(std[0], std[1], t, std[2], **kw)
+        a = dataclasses.replace(a, kind="cupy", hidden=words[0], weight=words[1], bias=words[2],
+                                ce=dataclasses.replace(a.ce, kind="cupy"))
+    else:
+        a = _checks.check_linear_cross_entropy(hid, w, t, b, **kw)
+        a = dataclasses.replace(a, kind="cupy", ce=dataclasses.replace(a.ce, kind="cupy"))
+    return lce.run(a, wants, storage=storage)
+
+
+LAUNCH_TOL = {None: (1e-10, 1e-12), "float32": (2e-5, 1e-6), "float16": (1e-2, 5e-3), "bfloat16": (5e-2, 3e-2)}
+DTYPES = {None: np.float64, "float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+
+
+@pytest.mark.parametrize("storage", [None, "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n,h,v,chunk", [(1, 3, 1, None), (33, 5, 31, 8), (33, 8, 31, 32), (37, 4, 1025, 10),
+                                         (9, 6, 7, 100)], ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+def test_launcher_loop_matches_reference(emulated_launcher, storage, reduction, n, h, v, chunk, bias):
+    dtype = DTYPES[storage]
+    hid, w, t, b = make(n, h, v, dtype, bias=bias, ignore=(1, n - 1) if n > 2 else ())
+    # the expected values are the reference's on the same (rounded) inputs
+    round_ = (lambda a: None if a is None else _bf16_to_f64(_f64_to_bf16(a))) if storage == "bfloat16" \
+        else (lambda a: a)
+    kw = dict(reduction=reduction, chunk_size=chunk, label_smoothing=0.1, z_loss=1e-3)
+    go = np.linspace(0.5, 1.5, n).astype(np.float32) if reduction == "none" else 1.0
+    want = gs.linear_cross_entropy_with_grad(round_(hid).astype(np.float64), round_(w).astype(np.float64), t,
+                                             None if b is None else round_(b).astype(np.float64),
+                                             grad_output=go, **kw)
+    loss, gh, gw, gb = run_launcher(hid, w, t, b, storage=None if storage in (None, "float32", "float16")
+                                    else storage, grad_output=go, **kw)
+    if storage == "bfloat16":
+        assert gh.dtype == np.uint16 and gw.dtype == np.float32
+        gh = _bf16_to_f64(gh)
+    else:
+        assert gh.dtype == dtype and gw.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert loss.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert (gb is None) == (b is None)
+    rtol, atol = LAUNCH_TOL[storage]
+    got = (loss, gh, gw) + ((gb,) if bias else ())
+    check_all(got, want, rtol, atol, f"{storage} {reduction}")
+    expected_chunk = min(chunk or n, n)
+    assert emulated_launcher.chunks[0] == (expected_chunk, v)
+    assert sum(c[0] for c in emulated_launcher.chunks) == n
+
+
+def test_launcher_all_ignored_and_empty(emulated_launcher):
+    hid, w, t, b = make(5, 3, 4, bias=True, ignore=range(5))
+    loss, gh, gw, gb = run_launcher(hid, w, t, b, chunk_size=2)
+    assert np.isnan(loss) and not gh.any() and not gw.any() and not gb.any()
+    hid0, t0 = np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    for reduction, expect in (("mean", np.nan), ("sum", 0.0)):
+        loss, gh, gw, gb = run_launcher(hid0, w, t0, b, reduction=reduction)
+        np.testing.assert_equal(float(loss), expect)
+        assert gh.shape == (0, 3) and not gw.any() and not gb.any()
+
+
+def test_launcher_skips_unwanted_gradients(emulated_launcher):
+    hid, w, t, b = make(20, 4, 9, bias=True)
+    full = run_launcher(hid, w, t, b, chunk_size=6)
+    gemms_full = emulated_launcher.gemms
+    emulated_launcher.gemms = 0
+    loss, gh, gw, gb = run_launcher(hid, w, t, b, lce.Wants(hidden=True, weight=False, bias=False), chunk_size=6)
+    assert gw is None and gb is None
+    assert emulated_launcher.gemms == gemms_full // 2  # per chunk: logits and grad_hidden only
+    np.testing.assert_allclose(gh, full[1], rtol=1e-12)
+    emulated_launcher.gemms = 0
+    loss_only = run_launcher(hid, w, t, b, lce.Wants(False, False, False), chunk_size=6)
+    assert loss_only[1:] == (None, None, None) and emulated_launcher.gemms == 4
+    np.testing.assert_allclose(loss_only[0], full[0], rtol=1e-12)
+
+
+def test_launcher_validates_targets_once_before_computing(emulated_launcher):
+    hid, w, t, _ = make(10, 3, 4)
+    t[7] = 4
+    with pytest.raises(ValueError, match=r"1 target value\(s\) \(e.g. 4\) outside \[0, 4\)"):
+        run_launcher(hid, w, t, chunk_size=3)
+    assert emulated_launcher.gemms == 0
+    loss, *_ = run_launcher(hid, w, t, chunk_size=3, validate=False)  # NaN, never a bad access
+    assert np.isnan(loss)
+
+
+def test_launcher_is_deterministic_for_a_chunk_size(emulated_launcher):
+    hid, w, t, b = make(50, 6, 13, np.float32, bias=True)
+    a = run_launcher(hid, w, t, b, chunk_size=7)
+    c = run_launcher(hid, w, t, b, chunk_size=7)
+    for x, y in zip(a, c):
+        assert np.array_equal(x, y)
+
+
+def test_launcher_allocates_nothing_of_size_n_by_v(emulated_launcher):
+    n, h, v, chunk = 1000, 4, 300, 64
+    hid, w, t, b = make(n, h, v, np.float32, bias=True)
+    run_launcher(hid, w, t, b, chunk_size=chunk)
+    sizes = [int(np.prod(s)) for s in emulated_launcher.allocations]
+    assert max(sizes) == chunk * v  # the one logits buffer, reused by every chunk
+    assert sum(s for s in sizes if s >= v * h) <= chunk * v + 2 * v * h + n * h
+    assert all(c[0] <= chunk for c in emulated_launcher.chunks)
+
+
+class _FakeDeviceArray:
+    def __init__(self, dtype, ptr):
+        self.dtype = np.dtype(dtype)
+        self.data = types.SimpleNamespace(ptr=ptr)
+
+
+@pytest.mark.parametrize("storage,a_dtype,c_dtype,types_,compute,scalar", [
+    ("bfloat16", np.uint16, np.uint16, (14, 14, 14), lce.COMPUTE_32F, np.float32),
+    ("bfloat16", np.uint16, np.float32, (14, 14, 0), lce.COMPUTE_32F, np.float32),
+    ("float16", np.float16, np.float32, (2, 2, 0), lce.COMPUTE_32F, np.float32),
+    ("float16", np.float16, np.float16, (2, 2, 2), lce.COMPUTE_32F, np.float32),
+    ("float32", np.float32, np.float32, (0, 0, 0), lce.COMPUTE_32F, np.float32),
+    ("float64", np.float64, np.float64, (1, 1, 1), lce.COMPUTE_64F, np.float64),
+])
+def test_gemm_passes_cublas_the_right_types(monkeypatch, storage, a_dtype, c_dtype, types_, compute, scalar):
+    """The cublasGemmEx call itself (no GPU): data types, compute type, host scalars, pointer mode."""
+    import sys
+
+    import cupy.cuda.device
+
+    calls = []
+
+    def gemm_ex(handle, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, comp, algo):
+        import ctypes
+
+        ctype = ctypes.c_double if scalar == np.float64 else ctypes.c_float
+        calls.append(dict(args=(handle, ta, tb, m, n, k, A, lda, B, ldb, C, ldc), types=(at, bt, ct), comp=comp,
+                          algo=algo, alpha=ctype.from_address(alpha).value, beta=ctype.from_address(beta).value))
+
+    mode = {"value": 1}
+    fake = types.SimpleNamespace(gemmEx=gemm_ex, CUBLAS_POINTER_MODE_HOST=0,
+                                 getPointerMode=lambda h: mode["value"],
+                                 setPointerMode=lambda h, v: mode.update(value=v))
+    import cupy_backends.cuda.libs
+
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", fake)
+    monkeypatch.setitem(vars(cupy_backends.cuda.libs), "cublas", fake)  # skips the lazy library load
+    monkeypatch.setattr(cupy.cuda.device, "get_cublas_handle", lambda: 77)
+    a, b, c = _FakeDeviceArray(a_dtype, 1000), _FakeDeviceArray(a_dtype, 2000), _FakeDeviceArray(c_dtype, 3000)
+    lce._gemm(lce.OP_T, lce.OP_N, 5, 6, 7, a, 7, b, 7, c, 5, 0.5, storage)
+    assert mode["value"] == 0  # switched to host scalars
+    (call,) = calls
+    assert call["args"] == (77, lce.OP_T, lce.OP_N, 5, 6, 7, 1000, 7, 2000, 7, 3000, 5)
+    assert call["types"] == types_ and call["comp"] == compute and call["algo"] == lce.GEMM_DEFAULT
+    assert call["alpha"] == 1.0 and call["beta"] == 0.5
+
+
+# ----------------------------------------------------------------------------------
+# the torch CPU path
+
+
+def torch_inputs(n, h, v, dtype, seed=0, bias=True, ignore=(), lead=None, ignore_index=-100):
+    hid, w, t, b = make(n, h, v, np.float64, seed=seed, bias=bias, ignore=ignore, lead=lead,
+                        ignore_index=ignore_index)
+    conv = lambda a: None if a is None else torch.from_numpy(a).to(dtype).requires_grad_()  # noqa: E731
+    return conv(hid), conv(w), torch.from_numpy(t), conv(b)
+
+
+def torch_expected(hid, w, t, b, reduction, grad_output, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                   logit_softcap=None):
+    """F.cross_entropy(F.linear(...).float()) plus the z-loss/softcap formula, in float64."""
+    leaves = [x.detach().double().requires_grad_() for x in (hid, w) + ((b,) if b is not None else ())]
+    logits = F.linear(leaves[0], leaves[1], leaves[2] if b is not None else None)
+    if logit_softcap is not None:
+        logits = logit_softcap * torch.tanh(logits / logit_softcap)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+    if z_loss:
+        valid = t.reshape(-1) != ignore_index
+        zl = z_loss * torch.logsumexp(logits.reshape(-1, logits.shape[-1]), -1) ** 2 * valid
+        loss = loss + (zl if reduction == "none" else zl.sum() / (valid.sum() if reduction == "mean" else 1))
+    if reduction == "none":
+        loss = loss.reshape(t.shape)
+    grads = torch.autograd.grad((loss * grad_output.double()).sum(), leaves)
+    return (loss.detach(),) + grads
+
+
+TORCH_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-6), torch.float16: (1e-2, 5e-3),
+             torch.bfloat16: (5e-2, 3e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,kw", OPTIONS, ids=[o[0] for o in OPTIONS])
+def test_torch_cpu_matches_unfused(name, kw, reduction, dtype):
+    hid, w, t, b = torch_inputs(33, 8, 31, dtype, ignore=(2, 30), ignore_index=kw.get("ignore_index", -100))
+    go = (torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5) if reduction == "none" \
+        else torch.tensor(0.8)
+    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=10, **kw)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
+    assert [g.dtype for g in got[1:]] == [dtype] * 3
+    want = torch_expected(hid, w, t, b, reduction, go, **kw)
+    check_all([g.double().numpy() for g in got], [e.numpy() for e in want], *TORCH_TOL[dtype], str(dtype))
+
+
+@pytest.mark.parametrize("n,v,chunk", [(1, 1, None), (33, 31, 4), (33, 1025, 32), (7, 5, 3)], ids=str)
+def test_torch_cpu_odd_sizes_and_leading_dims(n, v, chunk):
+    hid, w, t, b = torch_inputs(n, 3, v, torch.float64, bias=True, ignore=(0,) if n > 1 else ())
+    loss = gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk)
+    got = torch.autograd.grad(loss, (hid, w, b))
+    want = torch_expected(hid, w, t, b, "mean", torch.tensor(1.0))
+    torch.testing.assert_close(loss.detach(), want[0])
+    for g, e in zip(got, want[1:]):
+        torch.testing.assert_close(g, e)
+    h3 = hid.detach().reshape(1, n, 3).requires_grad_()
+    loss3 = gst.linear_cross_entropy(h3, w, t.reshape(1, n), b, reduction="none", chunk_size=chunk)
+    assert loss3.shape == (1, n)
+    loss3.sum().backward()
+    assert h3.grad.shape == (1, n, 3)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.2, "z_loss": 0.05, "logit_softcap": 3.0}],
+                         ids=["plain", "extras"])
+def test_torch_cpu_gradcheck(reduction, kw):
+    hid, w, t, b = torch_inputs(5, 3, 4, torch.float64, ignore=(1,))
+    fn = lambda h_, w_, b_: gst.linear_cross_entropy(h_, w_, t, b_, reduction=reduction, chunk_size=2, **kw)  # noqa
+    assert torch.autograd.gradcheck(fn, (hid, w, b))
+
+
+def test_frozen_inputs_skip_their_gradients_and_products(monkeypatch):
+    hid, w, t, b = torch_inputs(12, 4, 9, torch.float64)
+    calls = []
+    real = torch_linear._cpu_run
+    monkeypatch.setattr(torch_linear, "_cpu_run", lambda a, wants, *rest: calls.append(wants) or real(a, wants, *rest))
+    w_frozen = w.detach()
+    loss = gst.linear_cross_entropy(hid, w_frozen, t, b)
+    loss.backward()
+    assert calls == [lce.Wants(hidden=True, weight=False, bias=True)]
+    assert hid.grad is not None and b.grad is not None
+    with torch.no_grad():
+        gst.linear_cross_entropy(hid, w, t, b)
+    assert calls[-1] == lce.Wants(False, False, False)
+
+
+def test_saved_gradients_scale_with_grad_output_and_survive_retain_graph():
+    hid, w, t, b = torch_inputs(6, 3, 5, torch.float64)
+    loss = gst.linear_cross_entropy(hid, w, t, b)
+    (3 * loss).backward(retain_graph=True)
+    want = torch_expected(hid, w, t, b, "mean", torch.tensor(3.0))
+    torch.testing.assert_close(w.grad, want[2])
+    loss.backward()
+    torch.testing.assert_close(w.grad, want[2] * 4 / 3)
+
+
+def test_module_form():
+    head = torch.nn.Linear(6, 11, dtype=torch.float64)
+    hid = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 11, (9,))
+    loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1, chunk_size=4)
+    assert "label_smoothing=0.1" in repr(loss_fn) and "chunk_size=4" in repr(loss_fn)
+    loss = loss_fn(hid, head.weight, t, head.bias)
+    loss.backward()
+    expected = F.cross_entropy(head(hid.detach()), t, label_smoothing=0.1)
+    torch.testing.assert_close(loss.detach(), expected)
+    assert head.weight.grad.shape == (11, 6) and head.bias.grad.shape == (11,)
+
+
+# ----------------------------------------------------------------------------------
+# the torch CUDA branch, with the bridge's CuPy hand-over emulated
+
+
+@pytest.fixture
+def emulated_torch_cuda(monkeypatch, emulated_launcher):
+    calls = []
+
+    def to_dev(t):
+        if t is None:
+            return None
+        t = t.detach()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def from_dev(a, dtype):
+        a = np.array(a, order="C")
+        if a.dtype == np.uint16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(dtype).contiguous()
+        return torch.from_numpy(a).to(dtype).contiguous()
+
+    real_run = lce.run
+
+    def run(a, wants, *, storage=None, free_bytes=None):
+        calls.append((storage, a.ce.validate, free_bytes))
+        return real_run(a, wants, storage=storage, free_bytes=free_bytes)
+
+    monkeypatch.setattr(lce, "run", run)
+    monkeypatch.setattr(gst, "_device_kind", lambda t: "cuda")
+    monkeypatch.setattr(gst, "_cupy_on", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(gst, "_to_cupy", to_dev)
+    monkeypatch.setattr(gst, "_from_cupy", from_dev)
+    monkeypatch.setattr(torch_linear, "_free_device_bytes", lambda device: 1 << 30)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_emulated_cuda_branch(emulated_torch_cuda, dtype, reduction):
+    hid, w, t, b = torch_inputs(21, 8, 17, dtype, ignore=(4,))
+    kw = dict(label_smoothing=0.1, z_loss=1e-3)
+    go = torch.linspace(0.5, 1.5, 21) if reduction == "none" else torch.tensor(1.0)
+    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=8, **kw)
+    got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
+    storage = "bfloat16" if dtype == torch.bfloat16 else None
+    assert emulated_torch_cuda and all(c[:2] == (storage, False) for c in emulated_torch_cuda)
+    assert loss.dtype == torch.float32 and [g.dtype for g in got[1:]] == [dtype] * 3
+    want = torch_expected(hid, w, t, b, reduction, go, **kw)
+    check_all([g.double().numpy() for g in got], [e.numpy() for e in want], *TORCH_TOL[dtype], str(dtype))
+
+
+def test_emulated_cuda_branch_picks_the_chunk_from_free_memory(emulated_torch_cuda, emulated_launcher):
+    hid, w, t, b = torch_inputs(40, 4, 7, torch.float32)
+    gst.linear_cross_entropy(hid, w, t, b)
+    assert emulated_torch_cuda[-1][2] == 1 << 30
+    assert emulated_launcher.chunks[0] == (40, 7)
+
+
+# ----------------------------------------------------------------------------------
+# memory accounting on the torch CPU path
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest storage any torch op produces (views report their base's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in torch.utils._pytree.tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor):
+                self.largest = max(self.largest, o.untyped_storage().nbytes())
+        return out
+
+
+def test_torch_cpu_path_never_holds_n_by_v_logits():
+    n, h, v, chunk = 4096, 8, 512, 64
+    hid, w, t, b = torch_inputs(n, h, v, torch.float32)
+    full_logits = n * v * 4
+
+    with _LargestTensor() as unfused:
+        F.cross_entropy(F.linear(hid, w, b), t).backward()
+    assert unfused.largest >= full_logits  # the tracker sees the logits when they exist
+
+    hid.grad = w.grad = b.grad = None
+    with _LargestTensor() as fused:
+        gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk).backward()
+    # the biggest torch tensor is an input-sized gradient or one chunk of logits
+    assert fused.largest <= max(n * h * 4, v * h * 4, chunk * v * 4)
+    assert fused.largest * 16 <= full_logits
+
+    # NumPy temporaries of the reference cross entropy: a few float64 chunks at most
+    tracemalloc.start()
+    try:
+        gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk).backward()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 12 * chunk * v * 8 and peak * 2 <= n * v * 8
+
+
+# ----------------------------------------------------------------------------------
+# the chunk-size rule
+
+
+def test_chunk_rule_at_the_goal_shape():
+    rows = _chunking.chunk_rows(16384, 128256, 2)
+    assert rows == 2048  # 8 chunks of 2048 rows: 525 MB of bf16 logits at a time
+    extra = _chunking.extra_bytes(16384, 128256, 4096, 2, 4, rows)
+    assert extra["logits_chunk"] == 2048 * 128256 * 2 <= _chunking.CHUNK_BUDGET_BYTES
+    assert extra["accumulator"] == 128256 * 4096 * 4
+    assert _chunking.unfused_bytes(16384, 128256, 2) > 12e9
+
+
+@pytest.mark.parametrize("rows", [1, 7, 255, 256, 1000, 16384, 100003])
+@pytest.mark.parametrize("classes,itemsize", [(1, 4), (31, 2), (32000, 2), (128256, 2), (128256, 4), (262144, 8)])
+@pytest.mark.parametrize("free", [None, 1 << 20, 80 << 30])
+def test_chunk_rule_respects_budget_and_covers_rows(rows, classes, itemsize, free):
+    c = _chunking.chunk_rows(rows, classes, itemsize, free)
+    assert 1 <= c <= max(rows, 1)
+    cap = _chunking.CHUNK_BUDGET_BYTES if free is None else min(_chunking.CHUNK_BUDGET_BYTES, free // 4)
+    assert c == 1 or c * classes * itemsize <= cap
+    most = max(1, cap // (classes * itemsize))
+    aligned = most - most % 256 if most >= 256 else most
+    if rows <= aligned:
+        assert c == rows
+    else:  # as few chunks as the budget allows, evened out
+        assert -(-rows // c) == -(-rows // aligned)
+
+
+# ----------------------------------------------------------------------------------
+# errors
+
+
+def test_errors():
+    hid, w, t, b = make(4, 3, 5, np.float32, bias=True)
+    lin = gs.linear_cross_entropy_with_grad
+    with pytest.raises(TypeError, match="hidden must be float16, float32 or float64"):
+        lin(hid.astype(np.int32), w, t)
+    with pytest.raises(TypeError, match="weight must be float16, float32 or float64"):
+        lin(hid, w.astype(np.int64), t)
+    with pytest.raises(TypeError, match="weight has dtype float64 but hidden has dtype float32"):
+        lin(hid, w.astype(np.float64), t)
+    with pytest.raises(ValueError, match=r"hidden has 3 features .* but weight has 2"):
+        lin(hid, w[:, :2], t)
+    with pytest.raises(ValueError, match="weight must be 2-dimensional"):
+        lin(hid, w[0], t)
+    with pytest.raises(ValueError, match=r"bias has shape \(4,\), expected \(5,\)"):
+        lin(hid, w, t, b[:4])
+    with pytest.raises(TypeError, match="target must hold integer class indices"):
+        lin(hid, w, t.astype(np.float32))
+    with pytest.raises(ValueError, match=r"target has shape \(3,\); it must have hidden's shape"):
+        lin(hid, w, t[:3])
+    with pytest.raises(ValueError, match="0 rows"):
+        lin(hid, w[:0], t)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        lin(hid, w, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        lin(hid, w, t, reduction="avg")
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        lin(hid, w, t, chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size must be a positive integer"):
+        lin(hid, w, t, chunk_size=2.5)
+    with pytest.raises(ValueError, match=r"target value\(s\)"):
+        lin(hid, w, np.array([0, 1, 5, 2]))
+    with pytest.raises(TypeError, match="NumPy or CuPy array"):
+        lin(hid.tolist(), w, t)
+
+
+def test_torch_errors():
+    hid, w, t, b = torch_inputs(4, 3, 5, torch.float32)
+    with pytest.raises(TypeError, match="must share one dtype"):
+        gst.linear_cross_entropy(hid, w.detach().to(torch.bfloat16), t)
+    with pytest.raises(TypeError, match="must share one dtype"):
+        gst.linear_cross_entropy(hid, w.detach().double(), t)
+    with pytest.raises(NotImplementedError, match="no class weights yet"):
+        gst.linear_cross_entropy(hid, w, t, class_weight=torch.ones(5))
+    with pytest.raises(NotImplementedError, match="no class weights yet"):
+        gst.LinearCrossEntropyLoss(class_weight=torch.ones(5))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        gst.linear_cross_entropy(hid, w.detach().numpy(), t)
+    with pytest.raises(ValueError, match=r"target value\(s\)"):
+        gst.linear_cross_entropy(hid, w, torch.tensor([0, 1, 9, 2]))
+
+
+# ----------------------------------------------------------------------------------
+# the example
+
+
+def test_lm_head_example_trains(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_lm_head_torch.py"
+    spec = importlib.util.spec_from_file_location("train_lm_head_torch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result = mod.main(["--steps", "12", "--batch", "256", "--chunk-size", "64"])
+    out = capsys.readouterr().out
+    assert "fused loss" in out and "MiB" in out
+    assert result["vocab"] > 1000 and len(result["losses"]) == 12
+    assert result["losses"][-1] < result["losses"][0] - 0.1
+    assert abs(result["fused"] - result["unfused"]) <= 1e-5 * abs(result["unfused"])
+    assert result["saved_bytes"] > 0
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(torch_linear, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 4 and result.failed == 0
