@@ -83,7 +83,7 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
         if rows:
             gathered = _all_gather_stacked(torch.from_numpy(stats), group, world).numpy()
         else:
-            gathered = np.zeros((world, 0, 4))
+            gathered = np.zeros((world, 0, vp.RECORD_WIDTH))
         loss, grad = vp._finish_checked(rec, vocab_start, gathered, want_grad)
         return T._from_numpy(loss, logits.dtype), (T._from_numpy(grad, logits.dtype) if want_grad else None)
     if kind != "cuda":
@@ -99,7 +99,7 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
     if rows:
         gathered = _all_gather_stacked(stats, group, world)
     else:
-        gathered = stats.new_zeros((world, 0, 4))
+        gathered = stats.new_zeros((world, 0, vp.RECORD_WIDTH))
     with T._cupy_on(logits.device):
         loss, grad = vp._finish_checked(rec, vocab_start, T._to_cupy(gathered), want_grad, storage)
         loss = T._from_cupy(loss, logits.dtype)

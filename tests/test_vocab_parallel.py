@@ -107,6 +107,26 @@ def test_numpy_blocks_special_values(rng):
         np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-14)
 
 
+def test_numpy_blocks_huge_logits_do_not_cancel(rng):
+    """Issue #15 items 1-2: (M + log1p(R)) - x_t and lse * W - sum w x cancel or overflow."""
+    loss = vp.cross_entropy_sharded(np.full((2, 8), 1e17), np.array([1, 5]), [3, 5])[0]
+    np.testing.assert_allclose(loss, np.log(8), rtol=1e-14)
+    for x in (np.full((3, 8), 1e36, np.float32), np.full((3, 8), 1e300), np.full((3, 8), 1e17)):
+        t = np.array([0, 4, 7])
+        for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": rng.uniform(0.1, 2, 8)}):
+            want = reference.cross_entropy(x, t, reduction="none", **kw)
+            loss, grad = vp.cross_entropy_sharded(x, t, [3, 5], reduction="none", **kw)
+            np.testing.assert_allclose(loss, want, rtol=1e-6 if x.dtype == np.float32 else 1e-13)
+            np.testing.assert_allclose(grad, reference.cross_entropy_with_grad(x, t, reduction="none", **kw)[1],
+                                       rtol=1e-6, atol=1e-12)
+    # three huge logits and a zero: sum w (M - x) fits, lse * W would not (float32 loss)
+    x = np.array([[1e38, 1e38, 1e38, 0.0]], np.float32)
+    want = reference.cross_entropy(x, np.array([0]), label_smoothing=0.1, reduction="none")
+    loss, _ = vp.cross_entropy_sharded(x, np.array([0]), [1, 3], label_smoothing=0.1, reduction="none")
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
 def test_all_ignored_bad_targets_and_no_rows(rng):
     x = rng.standard_normal((3, 10))
     loss, grad = vp.cross_entropy_sharded(x, np.full(3, -100), [4, 6])
@@ -191,7 +211,7 @@ def emu_build_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["hard", "special", "layouts"])
+@pytest.mark.parametrize("suite", ["hard", "special", "layouts", "overflow"])
 def test_emulated_vocab_parallel_kernels(suite, emu_build_dir):
     p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emu_build_dir)],
                        capture_output=True, text=True, timeout=1200)
