@@ -11,6 +11,7 @@ gpu_softmax.torch_parallel over real torch.distributed process groups.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -283,8 +284,9 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
     loss.backward()
     torch.testing.assert_close(loss.cpu(), ref.detach())
     torch.testing.assert_close(local.grad.cpu(), full.grad[:, start:start + width])
-    # collectives per call: one (the records) with vocab_start and vocab_size given,
-    # one more (the shard widths) without
+    # collectives per call: two whatever is given (the agreement table, then the
+    # records), so ranks that pass vocab_start/vocab_size and ranks that do not still
+    # make the same collectives
     import torch.distributed as dist
 
     calls = []
@@ -296,9 +298,9 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
     try:
         xl = torch.tensor(x[:, start:start + width].numpy(), device=dev, requires_grad=True)
         vpce(xl, t.to(dev), vocab_start=start, vocab_size=V).backward()
-        assert len(calls) == 1, calls
+        assert len(calls) == 2, calls
         vpce(xl, t.to(dev)).backward()
-        assert len(calls) == 3, calls
+        assert len(calls) == 4, calls
     finally:
         for name, f in saved.items():
             setattr(dist, name, f)
@@ -418,3 +420,142 @@ def test_needs_initialised_process_group():
         pytest.skip("a process group is already initialised in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------------
+# misuse across ranks (issue #15 items 6-7): the same clear error on every rank, never
+# a wrong loss or a hang. Every rank runs every scenario in one process group; a
+# watchdog kills the ranks when one waits too long, so a hang fails the test.
+
+MISUSE_WATCHDOG_S = 150
+
+
+def _misuse_scenarios(rank: int):
+    """name -> (kwargs builder for this rank); V = 8 split [3, 5] unless a scenario says otherwise."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = torch.tensor(rng.standard_normal((4, 8)) * 3)
+    t = torch.tensor([0, 3, 7, 5])
+    w = torch.tensor(rng.uniform(0.5, 2.0, 8))
+    lo, hi = (0, 3) if rank == 0 else (3, 8)
+
+    def local(a=lo, b=hi, rows=4, dtype=torch.float64):
+        return x[:rows, a:b].to(dtype).clone()
+
+    return {
+        "gap": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else 4, vocab_size=9),
+        "overlap": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else 2, vocab_size=8),
+        "dropped_column": lambda: dict(local_logits=local(lo, hi if rank == 0 else 7), target=t, vocab_start=lo,
+                                       vocab_size=8),
+        "sizes_differ": lambda: dict(local_logits=local(), target=t, vocab_start=lo, vocab_size=8 + rank),
+        "rows_differ": lambda: dict(local_logits=local(rows=4 if rank == 0 else 3),
+                                    target=t[: 4 if rank == 0 else 3]),
+        "rows_differ_given": lambda: dict(local_logits=local(rows=4 if rank == 0 else 3),
+                                          target=t[: 4 if rank == 0 else 3], vocab_start=lo, vocab_size=8),
+        "mixed_given_consistent": lambda: dict(local_logits=local(), target=t,
+                                               **({} if rank == 0 else {"vocab_start": 3, "vocab_size": 8})),
+        "mixed_given_wrong": lambda: dict(local_logits=local(), target=t,
+                                          **({} if rank == 0 else {"vocab_start": 4, "vocab_size": 9})),
+        "dtype_differs": lambda: dict(local_logits=local(dtype=torch.float64 if rank == 0 else torch.float32),
+                                      target=t),
+        "smoothing_differs": lambda: dict(local_logits=local(), target=t, label_smoothing=0.1 * (rank + 1)),
+        "weight_on_one_rank": lambda: dict(local_logits=local(), target=t, weight=w if rank == 0 else None),
+        "targets_differ_validate": lambda: dict(local_logits=local(), target=t if rank == 0 else t.flip(0),
+                                                validate=True),
+        "weights_differ_validate": lambda: dict(local_logits=local(), target=t, weight=w * (1 + rank),
+                                                validate=True),
+        "bad_target_on_one_rank": lambda: dict(local_logits=local(), target=t if rank == 0 else t * 3),
+        "bad_start_on_one_rank": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else -1,
+                                              vocab_size=8),
+        "fine_validate": lambda: dict(local_logits=local(), target=t, weight=w, label_smoothing=0.1, validate=True),
+    }
+
+
+def _misuse_worker(rank: int, world: int, port: int, outdir: str) -> None:
+    import datetime
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from gpu_softmax.torch_parallel import vocab_parallel_cross_entropy as vpce
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    results = {}
+    progress = Path(outdir) / f"progress{rank}"
+    try:
+        for name, build in _misuse_scenarios(rank).items():
+            progress.write_text(name)
+            try:
+                loss = vpce(**build())
+                results[name] = ["ok", float(loss)]
+            except Exception as exc:  # noqa: BLE001 (recorded and checked by the test)
+                results[name] = [type(exc).__name__, str(exc)]
+        (Path(outdir) / f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gloo_misuse_raises_on_every_rank_and_never_hangs(tmp_path):
+    """Layout gap / overlap / dropped column, row counts, mixed vocab_start, options, validate=True."""
+    import json
+    import time
+
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    ctx = mp.spawn(_misuse_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + MISUSE_WATCHDOG_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            where = {r: (tmp_path / f"progress{r}").read_text() if (tmp_path / f"progress{r}").exists() else "?"
+                     for r in (0, 1)}
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"ranks still waiting after {MISUSE_WATCHDOG_S} s (a hang), in scenario {where}")
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    def both_raise(name, pattern, kinds=("ValueError",)):
+        for r in (0, 1):
+            kind, msg = res[r][name]
+            assert kind in kinds and re.search(pattern, msg), (name, r, kind, msg)
+
+    both_raise("gap", r"columns \[3, 4\) are held by no rank")
+    both_raise("overlap", r"columns \[2, 3\) are held by two ranks")
+    both_raise("dropped_column", r"columns \[7, 8\) are held by no rank")
+    both_raise("sizes_differ", r"vocab_size must be the same on every rank; got rank 0: 8 \(given\), rank 1: 9")
+    both_raise("rows_differ", r"number of loss rows .* must be the same on every rank; got rank 0: 4, rank 1: 3")
+    both_raise("rows_differ_given", r"number of loss rows")
+    both_raise("mixed_given_wrong", r"vocab_size must be the same on every rank")
+    both_raise("dtype_differs", r"logits' dtype must be the same on every rank; got rank 0: float64, "
+                                r"rank 1: float32")
+    both_raise("smoothing_differs", r"label_smoothing must be the same on every rank; got rank 0: 0\.1, "
+                                    r"rank 1: 0\.2")
+    both_raise("weight_on_one_rank", r"weight \(given or not, and its length\) must be the same")
+    both_raise("targets_differ_validate", r"target must be the same on every rank \(validate=True")
+    both_raise("weights_differ_validate", r"weight must be the same on every rank \(validate=True")
+    both_raise("bad_target_on_one_rank", r"target holds values outside \[0, 8\) .*\(e\.g\. 21 on rank 1\)")
+    # a rank refusing its own arguments raises its error; the other stops with a pointer to it
+    assert res[1]["bad_start_on_one_rank"][0] == "ValueError", res[1]["bad_start_on_one_rank"]
+    assert "do not lie inside the vocabulary" in res[1]["bad_start_on_one_rank"][1]
+    assert res[0]["bad_start_on_one_rank"][0] == "RuntimeError"
+    assert "rank(s) [1] refused their arguments" in res[0]["bad_start_on_one_rank"][1]
+    # consistent calls give the unsharded loss on both ranks
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 8)) * 3
+    t = np.array([0, 3, 7, 5])
+    w = rng.uniform(0.5, 2.0, 8)
+    want = float(reference.cross_entropy(x, t))
+    want_w = float(reference.cross_entropy(x, t, weight=w, label_smoothing=0.1))
+    for r in (0, 1):
+        assert res[r]["mixed_given_consistent"][0] == "ok", res[r]["mixed_given_consistent"]
+        np.testing.assert_allclose(res[r]["mixed_given_consistent"][1], want, rtol=1e-12)
+        assert res[r]["fine_validate"][0] == "ok", res[r]["fine_validate"]
+        np.testing.assert_allclose(res[r]["fine_validate"][1], want_w, rtol=1e-12)
