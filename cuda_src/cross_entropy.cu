@@ -96,15 +96,6 @@ __device__ __forceinline__ A gap_shift(A from, A to, A wsum) {
     return (wsum == A(0) || from == to) ? A(0) : (to - from) * wsum;
 }
 
-// Adds w * (m - x) to d, keeping d against m = the running max of the added x.
-template <class A>
-__device__ __forceinline__ void gap_add(A& m, A& d, A& wsum, A x, A w) {
-    const A mn = nan_max(m, x);
-    d += gap_shift(m, mn, wsum) + w * gap(mn, x);
-    wsum += w;
-    m = mn;
-}
-
 // The loss of one row from its statistics, written by one thread.
 template <class A>
 __device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long row, CeRow tr, const CeScale<A>& k,
@@ -323,8 +314,8 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
         if (!SOFT && threadIdx.x == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
 
         MaxSum<A> t = empty_maxsum<A>();
-        // gaps of this thread's elements against gm, their running max; s_q: sum of weights
-        A gm = -inf_of(A(0)), s_gap = A(0), s_q = A(0);
+        // s_gap: this thread's gaps against its running max t.m; s_q: their weights' sum
+        A s_gap = A(0), s_q = A(0);
         for (long long base = 0; base < cols + mis; base += tile) {
             A v[EPT];
 #pragma unroll
@@ -336,19 +327,31 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
                     const long long e = e0 + i;
                     const bool in = e >= 0 && e < cols;
                     v[j * VEC + i] = capped(v[j * VEC + i], cap, in);
-                    if (SOFT) {
-                        if (in)
-                            gap_add(gm, s_gap, s_q, v[j * VEC + i],
-                                    weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols));
-                    } else if (eps > A(0) && in) {
-                        gap_add(gm, s_gap, s_q, v[j * VEC + i], weight_at(w, e));
+                }
+            }
+            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
+            if (SOFT || eps > A(0)) {
+                const A mn = nan_max(t.m, ts.m);  // t.m after the merge below
+                s_gap += gap_shift(t.m, mn, s_q);
+#pragma unroll
+                for (int j = 0; j < NV; ++j) {
+                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        if (e >= 0 && e < cols) {
+                            const A q = SOFT ? weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols)
+                                             : weight_at(w, e);
+                            s_gap += q * gap(mn, v[j * VEC + i]);
+                            s_q += q;
+                        }
                     }
                 }
             }
-            t = merge(t, values_stats<false, A, A, EPT>(v));
+            t = merge(t, ts);
         }
         const MaxSum<A> r = block_merge(t, ms_scratch);
-        if (SOFT || eps > A(0)) s_gap = block_sum(s_gap + gap_shift(gm, r.m, s_q), scratch);
+        if (SOFT || eps > A(0)) s_gap = block_sum(s_gap + gap_shift(t.m, r.m, s_q), scratch);
         if (SOFT) s_q = block_sum(s_q, scratch);
         const CeScale<A> k = ce_scale(r, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
         if (threadIdx.x == 0)
@@ -549,7 +552,7 @@ __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long
         A xt = A(0);
         if (threadIdx.x == 0 && t != ignore && lt >= 0 && lt < cols) xt = S::to_acc(xr[lt]);
         MaxSum<A> st = empty_maxsum<A>();
-        A gm = -inf_of(A(0)), s_gap = A(0), s_w = A(0);
+        A s_gap = A(0), s_w = A(0);  // gaps against the running max st.m, and their weights' sum
         for (long long base = 0; base < cols + mis; base += tile) {
             A v[EPT];
 #pragma unroll
@@ -561,14 +564,31 @@ __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long
                     const long long e = e0 + i;
                     const bool in = e >= 0 && e < cols;
                     if (!in) v[j * VEC + i] = -inf_of(A(0));
-                    if (eps > A(0) && in) gap_add(gm, s_gap, s_w, v[j * VEC + i], weight_at(w, v0 + e));
                 }
             }
-            st = merge(st, values_stats<false, A, A, EPT>(v));
+            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
+            if (eps > A(0)) {
+                const A mn = nan_max(st.m, ts.m);
+                s_gap += gap_shift(st.m, mn, s_w);
+#pragma unroll
+                for (int j = 0; j < NV; ++j) {
+                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        if (e >= 0 && e < cols) {
+                            const A wc = weight_at(w, v0 + e);
+                            s_gap += wc * gap(mn, v[j * VEC + i]);
+                            s_w += wc;
+                        }
+                    }
+                }
+            }
+            st = merge(st, ts);
         }
         const MaxSum<A> r = block_merge(st, ms_scratch);
         if (eps > A(0)) {
-            s_gap = block_sum(s_gap + gap_shift(gm, r.m, s_w), scratch);
+            s_gap = block_sum(s_gap + gap_shift(st.m, r.m, s_w), scratch);
             s_w = block_sum(s_w, scratch);
         }
         if (threadIdx.x == 0) {
@@ -668,9 +688,9 @@ __device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T*
                              (S::A)eps, (S::A)z);                                                                  \
     }
 
-GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 4)
+GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 2)
 GS_ENTRY_VP_STATS(gs_vp_stats_f16, gs::F16, 2)
-GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 2)
+GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 1)
 GS_ENTRY_VP_STATS(gs_vp_stats_f64, gs::F64, 4)
 GS_ENTRY_VP_FINISH(gs_vp_finish_f32, gs::F32, 4)
 GS_ENTRY_VP_FINISH(gs_vp_finish_f16, gs::F16, 2)

@@ -40,8 +40,12 @@ How it works:
   ``autograd.Function`` that marks the logits dirty (not possible for views, where
   the version counter alone guards) and scales the gradient in place in backward.
   A leaf that requires grad is refused by autograd. Using the overwritten tensor
-  afterwards in a differentiable way raises in eager mode (not detected under
-  ``torch.compile``).
+  afterwards in a differentiable way raises in eager mode. Under ``torch.compile``
+  such a use cannot be detected, so there ``inplace_backward=True`` takes the
+  out-of-place path (same loss and gradient, without the memory saving). Logits
+  whose elements share memory (``expand()``, ``as_strided()``) are refused.
+- **torch.func**: ``vmap`` works (torch's per-sample fallback); ``grad``/``vjp``/
+  ``jacrev``/``jvp``/``jacfwd`` raise ``NotImplementedError`` naming the transform.
 - **Argument checks** are those of :mod:`gpu_softmax._checks` (same error texts as the
   NumPy/CuPy API), run on lightweight NumPy stand-ins that carry only the tensors'
   shapes and dtypes (bfloat16 is described as float16). Only checks that are about
@@ -675,6 +679,8 @@ def cross_entropy(
     vocabulary halves): ``input`` must be an intermediate result (not a leaf that
     requires grad) that nothing else in the graph needs, or autograd raises "modified by
     an inplace operation" at backward time; ``input`` holds the gradient afterwards.
+    Logits whose elements share memory are refused (ValueError); under
+    ``torch.compile`` the option is ignored (the out-of-place path runs).
 
     On CUDA, targets are not range-checked (that would sync the host): a target outside
     ``[0, C)`` other than ``ignore_index`` gives a NaN loss. On CPU it raises ValueError.

@@ -469,6 +469,10 @@ def _misuse_scenarios(rank: int):
         "bad_start_on_one_rank": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else -1,
                                               vocab_size=8),
         "fine_validate": lambda: dict(local_logits=local(), target=t, weight=w, label_smoothing=0.1, validate=True),
+        # item 2: (M + log1p(R)) - x_t and lse * W - sum w x cancelled to 0 here
+        "huge_logits_smoothing": lambda: dict(local_logits=torch.full((4, 3 if rank == 0 else 5), 1e36,
+                                                                      dtype=torch.float32),
+                                              target=t, label_smoothing=0.1),
     }
 
 
@@ -559,3 +563,5 @@ def test_gloo_misuse_raises_on_every_rank_and_never_hangs(tmp_path):
         np.testing.assert_allclose(res[r]["mixed_given_consistent"][1], want, rtol=1e-12)
         assert res[r]["fine_validate"][0] == "ok", res[r]["fine_validate"]
         np.testing.assert_allclose(res[r]["fine_validate"][1], want_w, rtol=1e-12)
+        assert res[r]["huge_logits_smoothing"][0] == "ok", res[r]["huge_logits_smoothing"]
+        np.testing.assert_allclose(res[r]["huge_logits_smoothing"][1], np.log(8), rtol=1e-6)
