@@ -136,6 +136,28 @@ def test_self_overlap_rule():
 
 
 # ----------------------------------------------------------------------------------
+# item 1 on a GPU (the emulator runs the same cases on the CPU: "overflow" suites)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cols", [5, 300, 4099, 40000], ids=lambda c: f"C{c}")  # warp, warp, block, stream
+@pytest.mark.parametrize("dtype,big", [(np.float32, 1e36), (np.float64, 1e305), (np.float16, 6e4)])
+def test_gpu_label_smoothing_at_huge_logits(cp, cols, dtype, big, rng):
+    x = np.full((3, cols), big, dtype)
+    t = rng.integers(0, cols, 3)
+    w = rng.uniform(0.1, 2, cols).astype(dtype)
+    tt = rng.random((3, cols))
+    tt = (tt / tt.sum(-1, keepdims=True)).astype(dtype)
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    for target, kw in ((t, {"label_smoothing": 0.1}), (t, {"label_smoothing": 0.3, "weight": w}),
+                       (tt, {"label_smoothing": 0.1})):
+        want = reference.cross_entropy(x, target, reduction="none", **kw)
+        kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        got = gs.cross_entropy(cp.asarray(x), cp.asarray(target), reduction="none", validate=False, **kwd)
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=rtol, err_msg=f"{dtype.__name__} {cols} {kw}")
+
+
+# ----------------------------------------------------------------------------------
 # the torch bridge: items 4, 5, 9, 10
 
 torch = pytest.importorskip("torch")

@@ -191,7 +191,8 @@ def suites(cp, CE, rng):
                 else:
                     x = np.full((rows, V), big, dt)
                 t = rng.integers(0, V, rows)
-                for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": rng.uniform(0.1, 2, V).astype(dt)}):
+                w = rng.uniform(0.1, 2, V).astype(dt)
+                for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": w}):
                     what = f"{np.dtype(dt).name} {storage} {big} {widths} {sorted(kw)}"
                     xs = x
                     if storage == "bfloat16":
