@@ -192,6 +192,7 @@ def vocab_parallel_cross_entropy(
     reduction: str = "mean",
     z_loss: float = 0.0,
     validate: bool = False,
+    check_ranks: bool = True,
 ) -> Tensor:
     """Cross entropy over a vocabulary split across the ranks of ``group``.
 
@@ -211,6 +212,9 @@ def vocab_parallel_cross_entropy(
     ``vocab_size`` are given or not), the row count, the dtype and the options; a
     mismatch raises the same error on every rank instead of hanging.
     ``validate=True`` also compares checksums of ``target`` and ``weight``.
+    ``check_ranks=False`` skips that step (one collective, no host sync: for CUDA-graph
+    capture of a step whose layout was checked before); it needs ``vocab_start`` and
+    ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error.
 
     Cost per call: one all-gather of a 16-int64 row per rank (the checks above; on CUDA
     it is read on the host, one sync), then one all-gather of a (rows, 5) float32
@@ -237,6 +241,11 @@ def vocab_parallel_cross_entropy(
         )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
+    if check_ranks is False:
+        return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
+                          label_smoothing, reduction, z_loss, validate)
+    if check_ranks is not True:
+        raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
     dev = local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
     # Every rank joins the one table gather, even with arguments it refuses itself:
     # the others would otherwise wait for it forever.
@@ -253,10 +262,31 @@ def vocab_parallel_cross_entropy(
     if local_error is not None:
         raise local_error
     vocab_start, vocab_size = pc.agree(table, rank)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
+                label_smoothing, reduction, z_loss)
+
+
+def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+               reduction, z_loss, validate) -> Tensor:
+    """check_ranks=False: the caller vouches for the layout; no agreement gather."""
+    if vocab_start is None or vocab_size is None:
+        raise ValueError("check_ranks=False needs vocab_start and vocab_size (finding them takes a collective)")
+    if validate:
+        raise ValueError("validate=True compares the ranks' arguments, which check_ranks=False skips")
+    _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
+                   z_loss, False)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+                reduction, z_loss)
+
+
+def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+         reduction, z_loss) -> Tensor:
+    T = _bridge()
     a = vp.check_args(
         T._standin(local_logits), T._standin(target), vocab_start, vocab_size, weight=T._standin(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
     )
+    vocab_start = int(vocab_start)
     if torch.is_grad_enabled() and local_logits.requires_grad:
         return _VocabParallelCrossEntropy.apply(local_logits, target, weight, a, group, world, vocab_start)
     loss, _ = _compute(local_logits, target, weight, a, group, world, vocab_start, want_grad=False)

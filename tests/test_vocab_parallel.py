@@ -301,9 +301,22 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
         assert len(calls) == 2, calls
         vpce(xl, t.to(dev)).backward()
         assert len(calls) == 4, calls
+        # check_ranks=False (CUDA-graph capture): the records' collective only
+        xu = torch.tensor(x[:, start:start + width].numpy(), device=dev, requires_grad=True)
+        loss_u = vpce(xu, t.to(dev), vocab_start=start, vocab_size=V, check_ranks=False)
+        loss_u.backward()
+        assert len(calls) == 5, calls
+        torch.testing.assert_close(xu.grad, xl.grad / 2)  # xl's grad was accumulated twice above
     finally:
         for name, f in saved.items():
             setattr(dist, name, f)
+    for bad in ({}, {"vocab_start": start}, {"vocab_start": start, "vocab_size": V, "validate": True}):
+        try:
+            vpce(xl, t.to(dev), check_ranks=False, **bad)
+        except ValueError as exc:
+            assert "check_ranks=False" in str(exc)
+        else:
+            raise AssertionError(f"check_ranks=False accepted {bad}")
     # leading dims (2, 3, V) with (2, 3) targets, no gradient wanted
     x3 = rng.standard_normal((2, 3, V))
     t3 = rng.integers(0, V, (2, 3))
