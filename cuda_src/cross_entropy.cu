@@ -6,12 +6,14 @@
 // exp-sum, lse = m + log s and p = exp(xc - m) / s:
 //   hard labels:  q_c = (1-eps) w_t [c == t] + (eps/C) w_c     (0 for an ignored row)
 //   soft labels:  q_c = w_c (t_c (1-eps) + eps/C)
-//   ce   = sum_c q_c (lse - xc_c) = lse * sum(q) - sum_c q_c xc_c
+//   ce   = sum_c q_c (lse - xc_c) = sum_c q_c ((m - xc_c) + l),  l = log s
 //   grad = (p * sum(q) - q) * gce + 2 z lse p * gzl            (times 1 - (xc/cap)^2 with a cap)
 // which is the seed's y * sum(t) - t with the weighted, smoothed target q.
 // For hard labels sum(q) = (1-eps) w_t + (eps/C) W, W = sum_c w_c; the only
-// per-row sums besides (m, s) are sum_c w_c xc_c (smoothing) and, for soft
-// labels, sum_c q_c xc_c and sum_c q_c.
+// per-row sums besides (m, s) are the "gaps" sum_c w_c (m - xc_c) (smoothing) or
+// sum_c q_c (m - xc_c) (soft labels) and, for soft labels, sum_c q_c. The loss is
+// built from those non-negative pieces, never as lse * W - sum_c w_c xc_c: that
+// overflows (1e36 * C) or cancels (rows offset by 1e5) where the loss is modest.
 //
 // Regimes (table in gpu_softmax/_cuda/cross_entropy.py):
 //   warp   - short rows held in registers by `width` lanes; one read, one write.
@@ -80,11 +82,24 @@ struct CeScale {
     A m, l, inv_s, lse, qsum, tw, gce, gzl2, eps_c, cap;  // lse = m + l, l = log(sum exp(x - m))
 };
 
+// Gaps m - x >= 0 of the smoothing / soft-label term, and their weighted sum kept
+// against a running max (see the header). Equal arguments give 0, so two -inf (or
+// two +inf) make no NaN; a -inf logit with a positive weight gives +inf, as it must.
+template <class A>
+__device__ __forceinline__ A gap(A m, A x) {
+    return m == x ? A(0) : m - x;
+}
+
+// A sum of weighted gaps against `from` moved to the larger max `to`.
+template <class A>
+__device__ __forceinline__ A gap_shift(A from, A to, A wsum) {
+    return (wsum == A(0) || from == to) ? A(0) : (to - from) * wsum;
+}
+
 // The loss of one row from its statistics, written by one thread.
 template <class A>
 __device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long row, CeRow tr, const CeScale<A>& k,
-                                              A xt, A wt,
-                                              A s_wx, A s_q, A s_qx, bool soft, A eps, A z, A inv_cols,
+                                              A xt, A wt, A s_gap, A s_q, bool soft, A eps, A z, A inv_cols,
                                               const A* coef) {
     A ce, zl = A(0);
     if (tr.status == CE_IGNORED) {
@@ -93,12 +108,12 @@ __device__ __forceinline__ void ce_write_loss(A* row_loss, A* row_lse, long long
         ce = nan_of(A(0));
     } else {
         if (soft) {
-            ce = k.lse * s_q - s_qx;
+            ce = s_gap + k.l * s_q;
         } else {
             // (m - x_t) + l, not lse - x_t: when the target holds the max the loss
             // is l alone, and forming m + l first would round away its low digits.
             ce = wt * ((k.m - xt) + k.l);
-            if (eps > A(0)) ce = (A(1) - eps) * ce + eps * inv_cols * (k.lse * coef[4] - s_wx);
+            if (eps > A(0)) ce = (A(1) - eps) * ce + eps * inv_cols * (s_gap + k.l * coef[4]);
         }
         if (z > A(0)) zl = z * k.lse * k.lse;
     }
@@ -196,23 +211,23 @@ __device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::
         for (int i = 0; i < VEC; ++i) v[j * VEC + i] = capped(v[j * VEC + i], cap, e0 + i >= 0 && e0 + i < n);
     }
     const MaxSum<A> t = values_stats<false, A, A, EPT>(v);
-    A s_wx = A(0);
-    if (eps > A(0)) {
+    const MaxSum<A> r = grp.merge(t);
+    A s_gap = A(0);
+    if (eps > A(0)) {  // the row is in registers: gaps against the row max directly
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int e0 = slot_start<S>(0, j, lane, width, mis);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const int e = e0 + i;
-                if (e >= 0 && e < n) s_wx += weight_at(w, e) * v[j * VEC + i];
+                if (e >= 0 && e < n) s_gap += weight_at(w, e) * gap(r.m, v[j * VEC + i]);
             }
         }
+        s_gap = grp.sum(s_gap);
     }
-    const MaxSum<A> r = grp.merge(t);
-    if (eps > A(0)) s_wx = grp.sum(s_wx);
     const CeScale<A> k = ce_scale(r, tr, wt, A(0), false, eps, z, inv_cols, cap, coef, g_rows, row);
     if (row_valid && lane == 0)
-        ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_cols, coef);
+        ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_gap, A(0), false, eps, z, inv_cols, coef);
     if (!grad) return;
     typename S::T* gr = grad + off;
     const bool vec_out = misalign<S>(gr) == mis;
@@ -299,7 +314,8 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
         if (!SOFT && threadIdx.x == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
 
         MaxSum<A> t = empty_maxsum<A>();
-        A s_wx = A(0), s_q = A(0), s_qx = A(0);
+        // s_gap: this thread's gaps against its running max t.m; s_q: their weights' sum
+        A s_gap = A(0), s_q = A(0);
         for (long long base = 0; base < cols + mis; base += tile) {
             A v[EPT];
 #pragma unroll
@@ -311,29 +327,35 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
                     const long long e = e0 + i;
                     const bool in = e >= 0 && e < cols;
                     v[j * VEC + i] = capped(v[j * VEC + i], cap, in);
-                    if (SOFT) {
-                        if (in) {
-                            const A q = weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols);
+                }
+            }
+            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
+            if (SOFT || eps > A(0)) {
+                const A mn = nan_max(t.m, ts.m);  // t.m after the merge below
+                s_gap += gap_shift(t.m, mn, s_q);
+#pragma unroll
+                for (int j = 0; j < NV; ++j) {
+                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        if (e >= 0 && e < cols) {
+                            const A q = SOFT ? weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols)
+                                             : weight_at(w, e);
+                            s_gap += q * gap(mn, v[j * VEC + i]);
                             s_q += q;
-                            s_qx += q * v[j * VEC + i];
                         }
-                    } else if (eps > A(0) && in) {
-                        s_wx += weight_at(w, e) * v[j * VEC + i];
                     }
                 }
             }
-            t = merge(t, values_stats<false, A, A, EPT>(v));
+            t = merge(t, ts);
         }
         const MaxSum<A> r = block_merge(t, ms_scratch);
-        if (SOFT) {
-            s_q = block_sum(s_q, scratch);
-            s_qx = block_sum(s_qx, scratch);
-        } else if (eps > A(0)) {
-            s_wx = block_sum(s_wx, scratch);
-        }
+        if (SOFT || eps > A(0)) s_gap = block_sum(s_gap + gap_shift(t.m, r.m, s_q), scratch);
+        if (SOFT) s_q = block_sum(s_q, scratch);
         const CeScale<A> k = ce_scale(r, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
         if (threadIdx.x == 0)
-            ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_wx, s_q, s_qx, SOFT, eps, z, inv_cols, coef);
+            ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_gap, s_q, SOFT, eps, z, inv_cols, coef);
         if (!grad) continue;
         typename S::T* gr = grad + off;
         const bool vec_out = misalign<S>(gr) == mis;
@@ -495,20 +517,23 @@ GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)
 // split over P ranks; rank p holds columns [v0, v0 + cols) of the V classes.
 //
 // gs_vp_stats_*: per row, over the local shard, the record
-//     rec[row] = [m, r, x_t, s_wx]
+//     rec[row] = [m, r, x_t, d, W]
 //   m, r   the shard's (max, sum - 1) pair (MaxSum; an empty shard is (-inf, -1))
 //   x_t    the target logit when the (global) target lies in this shard, else 0
-//   s_wx   sum_c w[v0 + c] x_c over the shard when smoothing is on, else 0
+//   d, W   sum_c w[v0 + c] (m - x_c) and sum_c w[v0 + c] over the shard when
+//          smoothing is on, else 0 (the finish moves d to the global max: + (M - m) W)
 // The P records of a row are then gathered (one collective, outside the kernels).
 // gs_vp_finish_*: per row, merges the P gathered records (rank order, the same on
 // every rank: bit-identical global statistics everywhere), writes the row's loss
 // (thread 0) and the local slice of the gradient, with the same formulas as the
 // fused kernels above (ce_write_loss / ce_scale / ce_grad) over the full
 // vocabulary: inv_cols = 1/V, coef from gs_ce_prep_* run with cols = V.
-// recs layout: [P][rows][4] in the accumulation type. Every element of the local
+// recs layout: [P][rows][VP_REC] in the accumulation type. Every element of the local
 // shard is read and written by one thread, so grad may alias x.
 
 namespace gs {
+
+constexpr int VP_REC = 5;  // record width; RECORD_FIELDS in gpu_softmax/vocab_parallel.py
 
 template <class S, int NV>
 __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long* tgt, const typename S::A* w,
@@ -527,7 +552,7 @@ __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long
         A xt = A(0);
         if (threadIdx.x == 0 && t != ignore && lt >= 0 && lt < cols) xt = S::to_acc(xr[lt]);
         MaxSum<A> st = empty_maxsum<A>();
-        A s_wx = A(0);
+        A s_gap = A(0), s_w = A(0);  // gaps against the running max st.m, and their weights' sum
         for (long long base = 0; base < cols + mis; base += tile) {
             A v[EPT];
 #pragma unroll
@@ -539,21 +564,42 @@ __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long
                     const long long e = e0 + i;
                     const bool in = e >= 0 && e < cols;
                     if (!in) v[j * VEC + i] = -inf_of(A(0));
-                    if (eps > A(0) && in) s_wx += weight_at(w, v0 + e) * v[j * VEC + i];
                 }
             }
-            st = merge(st, values_stats<false, A, A, EPT>(v));
+            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
+            if (eps > A(0)) {
+                const A mn = nan_max(st.m, ts.m);
+                s_gap += gap_shift(st.m, mn, s_w);
+#pragma unroll
+                for (int j = 0; j < NV; ++j) {
+                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        const long long e = e0 + i;
+                        if (e >= 0 && e < cols) {
+                            const A wc = weight_at(w, v0 + e);
+                            s_gap += wc * gap(mn, v[j * VEC + i]);
+                            s_w += wc;
+                        }
+                    }
+                }
+            }
+            st = merge(st, ts);
         }
         const MaxSum<A> r = block_merge(st, ms_scratch);
-        if (eps > A(0)) s_wx = block_sum(s_wx, scratch);
+        if (eps > A(0)) {
+            s_gap = block_sum(s_gap + gap_shift(st.m, r.m, s_w), scratch);
+            s_w = block_sum(s_w, scratch);
+        }
         if (threadIdx.x == 0) {
-            A* o = rec + row * 4;
+            A* o = rec + row * VP_REC;
             o[0] = r.m;
             // An all -inf (or empty) shard: sum 0. Its r would otherwise count the
             // -inf slots, harmless in a merge with a finite max but not tidy.
             o[1] = is_inf(r.m) && r.m < A(0) ? A(-1) : r.r;
             o[2] = xt;
-            o[3] = s_wx;
+            o[3] = s_gap;
+            o[4] = s_w;
         }
     }
 }
@@ -573,22 +619,26 @@ __device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T*
         // Every thread merges the P records itself, in rank order: no shared
         // memory, and the same bits on every rank.
         MaxSum<A> g = empty_maxsum<A>();
-        A xt = A(0), s_wx = A(0);
+        A xt = A(0), s_gap = A(0);
         for (int p = 0; p < nranks; ++p) {
-            const A* rp = recs + ((long long)p * rows + row) * 4;
+            const A* rp = recs + ((long long)p * rows + row) * VP_REC;
             MaxSum<A> o;
             o.m = rp[0];
             o.r = rp[1];
             g = merge(g, o);
             xt += rp[2];
-            s_wx += rp[3];
+        }
+        if (eps > A(0)) {  // second sweep: every shard's gaps moved to the global max
+            for (int p = 0; p < nranks; ++p) {
+                const A* rp = recs + ((long long)p * rows + row) * VP_REC;
+                s_gap += rp[3] + gap_shift(rp[0], g.m, rp[4]);
+            }
         }
         const CeRow tr = ce_target(tgt, row, vocab, ignore);
         const A wt = tr.status == CE_OK ? weight_at(w, tr.t) : A(0);
         const CeScale<A> k = ce_scale(g, tr, wt, A(0), false, eps, z, inv_v, A(0), coef, g_rows, row);
         if (threadIdx.x == 0)
-            ce_write_loss(row_loss, (A*)nullptr, row, tr, k, xt, wt, s_wx, A(0), A(0), false, eps, z, inv_v,
-                          coef);
+            ce_write_loss(row_loss, (A*)nullptr, row, tr, k, xt, wt, s_gap, A(0), false, eps, z, inv_v, coef);
         if (!grad) continue;
         const typename S::T* xr = x + row * cols;
         typename S::T* gr = grad + row * cols;
@@ -638,9 +688,9 @@ __device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T*
                              (S::A)eps, (S::A)z);                                                                  \
     }
 
-GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 4)
+GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 2)
 GS_ENTRY_VP_STATS(gs_vp_stats_f16, gs::F16, 2)
-GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 2)
+GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 1)
 GS_ENTRY_VP_STATS(gs_vp_stats_f64, gs::F64, 4)
 GS_ENTRY_VP_FINISH(gs_vp_finish_f32, gs::F32, 4)
 GS_ENTRY_VP_FINISH(gs_vp_finish_f16, gs::F16, 2)

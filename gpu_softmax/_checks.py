@@ -35,9 +35,28 @@ def _is_cupy_array(a: Any) -> bool:
     return type(a).__name__ == "ndarray" and mod.split(".")[0] == "cupy"
 
 
+# NumPy subclasses whose data mean what a plain ndarray's would. Others (masked
+# arrays, np.matrix, ...) carry meaning the kernels would silently drop: a mask, or
+# 2-D-only results that break keepdims.
+_PLAIN_SUBCLASSES = (np.memmap,)
+
+
 def array_kind(a: Any, name: str) -> str:
-    """'numpy' or 'cupy'; TypeError for anything else."""
+    """'numpy' or 'cupy'; TypeError for anything else, NumPy subclasses included."""
     if isinstance(a, np.ndarray):
+        # (the test emulator's stand-in for cupy.ndarray is a NumPy subclass: let it by)
+        if type(a) is not np.ndarray and not isinstance(a, _PLAIN_SUBCLASSES) and not _is_cupy_array(a):
+            cls = f"{type(a).__module__}.{type(a).__qualname__}"
+            if isinstance(a, np.ma.MaskedArray):
+                why, fix = "its mask would be ignored", f"{name}.filled(value) or np.asarray({name})"
+            elif isinstance(a, np.matrix):
+                why, fix = "it stays 2-D, so results cannot drop an axis", f"np.asarray({name})"
+            else:
+                why, fix = "what it adds to the data would be ignored", f"np.asarray({name})"
+            raise TypeError(
+                f"{name} is a {cls}, a NumPy array subclass gpu_softmax does not support ({why}); "
+                f"pass a plain ndarray: {fix}"
+            )
         return "numpy"
     if _is_cupy_array(a):
         return "cupy"
@@ -67,10 +86,30 @@ def common_kind(named_arrays: dict[str, Any]) -> str:
     return "numpy"
 
 
+def dtype_name(dtype: Any) -> str:
+    """How an error names a dtype: a bridge's stand-in for a dtype NumPy lacks (torch's
+    float8 types, ...) carries the real name in its metadata."""
+    meta = getattr(dtype, "metadata", None) or {}
+    return meta.get("name", str(dtype))
+
+
+def require_native(dtype: Any, name: str) -> None:
+    """TypeError for floats in a non-native byte order (the kernels read native floats; a
+    byte-swapped array would otherwise be rejected as "got dtype >f4" with no way out)."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f" and not dt.isnative:
+        order = "big" if dt.byteorder == ">" else "little"
+        raise TypeError(
+            f"{name} has dtype {dt.str}: {order}-endian {dt.newbyteorder('=').name} is not supported; "
+            f"use {name}.astype('={dt.kind}{dt.itemsize}')"
+        )
+
+
 def require_float(a: Any, name: str) -> None:
+    require_native(a.dtype, name)
     if np.dtype(a.dtype) not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must be float16, float32 or float64, got dtype {a.dtype}"
+            f"{name} must be float16, float32 or float64, got dtype {dtype_name(a.dtype)}"
         )
 
 
@@ -219,8 +258,12 @@ def check_cross_entropy(
     logit_softcap: Any = None,
     grad_output: Any = None,
     inplace: Any = False,
+    logits_strides: tuple[int, ...] | None = None,
 ) -> CrossEntropyArgs:
     """Checks for cross_entropy (grad_output=None) and cross_entropy_with_grad.
+
+    ``logits_strides``: the real logits' strides in elements when ``logits`` is a
+    bridge's stand-in (which has none); used by the in-place overlap check.
 
     The range check of hard targets against [0, C) is not done here: it needs the
     target values (a device reduction on the GPU); each backend calls
@@ -236,6 +279,7 @@ def check_cross_entropy(
     if layout.cols == 0:
         raise ValueError("logits has an empty class axis: cross entropy needs at least one class")
 
+    require_native(target.dtype, "target")
     tdt = np.dtype(target.dtype)
     if tdt.kind in "iu":
         soft = False
@@ -253,7 +297,8 @@ def check_cross_entropy(
             )
     else:
         raise TypeError(
-            f"target must hold integer class indices or float class probabilities, got dtype {target.dtype}"
+            "target must hold integer class indices or float class probabilities, got dtype "
+            f"{dtype_name(target.dtype)}"
         )
 
     if weight is not None:
@@ -273,14 +318,21 @@ def check_cross_entropy(
     zl = _check_number(z_loss, "z_loss", 0.0, math.inf, closed_high=False)
     cap = None
     if logit_softcap is not None:
-        cap = _check_number(logit_softcap, "logit_softcap", 0.0, math.inf, closed_high=False)
-        if cap == 0.0:
-            raise ValueError("logit_softcap must be positive (or None to turn it off), got 0")
+        if isinstance(logit_softcap, (bool, np.bool_)) or not isinstance(logit_softcap, numbers.Real):
+            raise TypeError(f"logit_softcap must be a real number or None, got {logit_softcap!r}")
+        cap = float(logit_softcap)
+        if not 0.0 < cap < math.inf:  # one rule, one message (NaN fails it too)
+            raise ValueError(
+                f"logit_softcap must be a positive finite number (or None to turn it off), got {logit_softcap!r}"
+            )
 
     if grad_output is not None:
         if not _is_scalar(grad_output):
+            require_native(grad_output.dtype, "grad_output")
             if np.dtype(grad_output.dtype).kind != "f":
-                raise TypeError(f"grad_output must be a float scalar or array, got dtype {grad_output.dtype}")
+                raise TypeError(
+                    f"grad_output must be a float scalar or array, got dtype {dtype_name(grad_output.dtype)}"
+                )
             if grad_output.ndim != 0:
                 if reduction != "none":
                     raise ValueError(
@@ -292,6 +344,11 @@ def check_cross_entropy(
                     )
     if inplace and kind == "numpy" and not logits.flags.writeable:
         raise ValueError("inplace=True needs writable logits")
+    if inplace:
+        if logits_strides is None:
+            require_no_self_overlap(logits.shape, logits.strides, logits.itemsize, _INPLACE)
+        else:
+            require_no_self_overlap(logits.shape, logits_strides, 1, _INPLACE)
 
     return CrossEntropyArgs(
         kind=kind,
@@ -309,6 +366,37 @@ def check_cross_entropy(
         grad_output=1.0 if grad_output is None else grad_output,
         inplace=bool(inplace),
     )
+
+
+def may_self_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int = 1) -> bool:
+    """Whether two elements of an array with these strides may share memory.
+
+    Strides and itemsize in one unit (bytes for NumPy/CuPy, elements with itemsize 1
+    for torch). Sufficient test for no overlap: sorted by |stride|, each stride steps
+    past everything the smaller ones reach. It can flag an exotic interleaved layout
+    that does not overlap; it never misses one that does."""
+    if any(int(n) == 0 for n in shape):
+        return False
+    reach = 0  # the largest byte offset the dimensions seen so far reach
+    for st, n in sorted((abs(int(st)), int(n)) for n, st in zip(shape, strides) if int(n) > 1):
+        if st < reach + itemsize:
+            return True
+        reach += st * (n - 1)
+    return False
+
+
+_INPLACE = "inplace=True (inplace_backward=True in gpu_softmax.torch)"
+
+
+def require_no_self_overlap(shape, strides, itemsize: int, what: str) -> None:
+    """The one error for writing a gradient over logits whose elements share memory."""
+    if may_self_overlap(shape, strides, itemsize):
+        raise ValueError(
+            f"{what} needs logits whose elements do not share memory, but these overlap (or may: "
+            f"shape {tuple(shape)}, strides {tuple(strides)}; e.g. from expand() or as_strided()); "
+            "the gradient written over them would be wrong. Pass a .copy()/.contiguous() of them or turn "
+            "the in-place option off"
+        )
 
 
 def _is_scalar(v: Any) -> bool:

@@ -1160,7 +1160,7 @@ def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str 
     GPU: the statistics kernel, then the finishing kernel fed the records of all P
     ranks (this rank's, repeated: the same bytes the all-gather would deliver). The
     collective itself is not included, since one GPU cannot time it; its payload is
-    16 bytes per row and rank (the note says so). The one-GPU row is
+    20 bytes per row and rank (the note says so). The one-GPU row is
     ``cross_entropy_with_grad`` on the full (N, V) logits, in the same run.
     """
     import cupy
@@ -1199,7 +1199,7 @@ def vocab_parallel_rows(shapes: list[tuple[int, int]], ranks=(2, 4), dtype: str 
             # the shard read twice (statistics, then the gradient pass), the gradient written once
             nbytes = 3 * n_rows * width * isz
             out.append(row(f"gpu_softmax (per rank, P={p})", (n_rows, width), ms, nbytes,
-                           note="per-rank kernels only; the all-gather of 16 B/row/rank is not timed",
+                           note="per-rank kernels only; the all-gather of 20 B/row/rank is not timed",
                            speedup={"1 GPU, full V": statistics.median(full_ms) / statistics.median(ms)}))
         del x, t
     return out

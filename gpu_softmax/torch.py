@@ -40,8 +40,12 @@ How it works:
   ``autograd.Function`` that marks the logits dirty (not possible for views, where
   the version counter alone guards) and scales the gradient in place in backward.
   A leaf that requires grad is refused by autograd. Using the overwritten tensor
-  afterwards in a differentiable way raises in eager mode (not detected under
-  ``torch.compile``).
+  afterwards in a differentiable way raises in eager mode. Under ``torch.compile``
+  such a use cannot be detected, so there ``inplace_backward=True`` takes the
+  out-of-place path (same loss and gradient, without the memory saving). Logits
+  whose elements share memory (``expand()``, ``as_strided()``) are refused.
+- **torch.func**: ``vmap`` works (torch's per-sample fallback); ``grad``/``vjp``/
+  ``jacrev``/``jvp``/``jacfwd`` raise ``NotImplementedError`` naming the transform.
 - **Argument checks** are those of :mod:`gpu_softmax._checks` (same error texts as the
   NumPy/CuPy API), run on lightweight NumPy stand-ins that carry only the tensors'
   shapes and dtypes (bfloat16 is described as float16). Only checks that are about
@@ -104,6 +108,15 @@ _STANDIN_DTYPE = {
 }
 
 
+# ints, bool, complex: a table, not tensor.numpy(), which fails inside torch.func transforms
+_OTHER_DTYPES = {
+    getattr(torch, name): np.dtype(name)
+    for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+                 "complex64", "complex128")
+    if hasattr(torch, name)
+}
+
+
 def _standin(t: Tensor | None) -> np.ndarray | None:
     """A NumPy array with t's shape and (float16 for bf16) dtype that owns one element.
 
@@ -112,12 +125,10 @@ def _standin(t: Tensor | None) -> np.ndarray | None:
     """
     if t is None:
         return None
-    dt = _STANDIN_DTYPE.get(t.dtype)
+    dt = _STANDIN_DTYPE.get(t.dtype) or _OTHER_DTYPES.get(t.dtype)
     if dt is None:
-        try:
-            dt = torch.empty((), dtype=t.dtype).numpy().dtype  # ints, bool, complex, ...
-        except (TypeError, RuntimeError):
-            dt = np.dtype(object)  # no NumPy equivalent: the checks' type error fires
+        # no NumPy equivalent (float8, ...): the checks' type error names the torch dtype
+        dt = np.dtype(object, metadata={"name": str(t.dtype)})
     shape = tuple(int(s) for s in t.shape)
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=dt), shape, (0,) * len(shape))
 
@@ -132,7 +143,7 @@ def _ce_args(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     return _checks.check_cross_entropy(
         _standin(logits), _standin(target), axis=_class_dim(logits.ndim), weight=_standin(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-        z_loss=z_loss, logit_softcap=logit_softcap, inplace=inplace,
+        z_loss=z_loss, logit_softcap=logit_softcap, inplace=inplace, logits_strides=tuple(logits.stride()),
     )
 
 
@@ -142,6 +153,25 @@ def _softmax_args(x: Tensor, dim: Any) -> _checks.SoftmaxArgs:
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _refuse_func_transforms(fn: str) -> None:
+    """NotImplementedError naming an active torch.func differentiating transform.
+
+    Our autograd formulas are plain autograd (custom ops, autograd.Function without
+    functorch rules): under torch.func.grad they would fail deep inside with an
+    unrelated message. torch.func.vmap works (torch's per-sample fallback)."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    names = {torch._C._functorch.TransformType.Grad: "torch.func.grad (or vjp, jacrev, hessian)",
+             torch._C._functorch.TransformType.Jvp: "torch.func.jvp (or jacfwd)"}
+    for interp in stack:
+        name = names.get(interp.key())
+        if name is not None:
+            raise NotImplementedError(
+                f"gpu_softmax.torch.{fn} does not support {name}: its gradient is plain autograd. "
+                "Differentiate with .backward() or torch.autograd.grad, or use the torch function under "
+                "torch.func; torch.func.vmap is supported"
+            )
 
 
 # ----------------------------------------------------------------------------------
@@ -574,6 +604,7 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """
     _require_tensors(input=input)
     if not _compiling():
+        _refuse_func_transforms("softmax")
         _softmax_args(input, dim)
     return _softmax_op(input, int(dim) if not isinstance(dim, bool) else dim)
 
@@ -590,6 +621,7 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
     """
     _require_tensors(input=input)
     if not _compiling():
+        _refuse_func_transforms("log_softmax")
         _softmax_args(input, dim)
     return _log_softmax_op(input, int(dim) if not isinstance(dim, bool) else dim)
 
@@ -606,6 +638,7 @@ def logsumexp(input: Tensor, dim: int = -1) -> Tensor:
     """
     _require_tensors(input=input)
     if not _compiling():
+        _refuse_func_transforms("logsumexp")
         _softmax_args(input, dim)
     return _logsumexp_op(input, int(dim) if not isinstance(dim, bool) else dim)
 
@@ -646,6 +679,8 @@ def cross_entropy(
     vocabulary halves): ``input`` must be an intermediate result (not a leaf that
     requires grad) that nothing else in the graph needs, or autograd raises "modified by
     an inplace operation" at backward time; ``input`` holds the gradient afterwards.
+    Logits whose elements share memory are refused (ValueError); under
+    ``torch.compile`` the option is ignored (the out-of-place path runs).
 
     On CUDA, targets are not range-checked (that would sync the host): a target outside
     ``[0, C)`` other than ``ignore_index`` gives a NaN loss. On CPU it raises ValueError.
@@ -662,6 +697,7 @@ def cross_entropy(
     """
     _require_tensors(input=input, target=target, weight=weight)
     if not _compiling():
+        _refuse_func_transforms("cross_entropy")
         a = _ce_args(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap,
                      inplace_backward)
         ignore_index, label_smoothing, z_loss = a.ignore_index, a.label_smoothing, a.z_loss
@@ -676,6 +712,10 @@ def cross_entropy(
             "gpu_softmax.torch.cross_entropy gives no gradient with respect to weight; pass weight.detach()"
         )
     want_grad = grad_on and input.requires_grad
+    if inplace_backward and _compiling():
+        # A compiled graph cannot tell whether the overwritten logits are used later
+        # (it materialises their gradient as zeros): out of place there, same results.
+        inplace_backward = False
     if inplace_backward and want_grad:
         args = (input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
         if input._base is not None:

@@ -8,11 +8,14 @@ rank, exactly the loss ``cross_entropy`` gives on the gathered full-vocabulary l
 the three reductions), and the gradient of that loss with respect to the LOCAL
 logits, without ever gathering the logits:
 
+0. one tiny all-gather of a 16-int64 row per rank that checks the ranks agree (shard
+   layout, row count, dtype, options; ``gpu_softmax._parallel_checks``), read on the
+   host, so a misuse raises the same error on every rank instead of hanging;
 1. per row, the local statistics ``[max, sum exp(x - max) - 1, target logit if the
-   target is in this shard else 0, sum_c w_c x_c (smoothing only)]``
+   target is in this shard else 0, sum_c w_c (max - x_c), sum_c w_c (smoothing only)]``
    (``gpu_softmax.vocab_parallel.partial_stats``; CUDA: the ``gs_vp_stats_*`` kernel);
-2. ONE collective: ``all_gather_single`` (``all_gather_into_tensor`` before torch 2.13) of those (rows, 4) records (16 bytes a
-   row in float32, 32 in float64), no host synchronisation;
+2. one all-gather (``all_gather_single``; ``all_gather_into_tensor`` before torch 2.13)
+   of those (rows, 5) records (20 bytes a row in float32, 40 in float64);
 3. every rank merges the P records in rank order (the same numbers on every rank)
    and writes the loss and its local gradient slice
    (``gpu_softmax.vocab_parallel.finish``; CUDA: the ``gs_vp_finish_*`` kernel).
@@ -24,13 +27,14 @@ CUDA tensors (NCCL) run the kernels on PyTorch's current stream through the same
 zero-copy bridge as :mod:`gpu_softmax.torch`; CPU tensors (gloo) run the NumPy
 building blocks in float64. As in :mod:`gpu_softmax.torch`, CUDA targets are not
 range-checked (an out-of-range target gives a NaN loss) and CPU targets are
-(``ValueError``, raised on every rank before the collective, since targets are
-replicated).
+(``ValueError``, raised on every rank before the records' collective, since targets
+are replicated; ``validate=True`` checks that they are).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import _checks
+from . import _parallel_checks as pc
 from . import vocab_parallel as vp
 
 __all__ = ["vocab_parallel_cross_entropy"]
@@ -63,13 +69,6 @@ def _all_gather_stacked(t: Tensor, group, world: int) -> Tensor:
     return out.view((world,) + tuple(t.shape))
 
 
-def _shard_widths(width: int, device: torch.device, group, world: int) -> list[int]:
-    """Every rank's shard width (one tiny all-gather; on CUDA a host sync)."""
-    dev = device if device.type == "cuda" else torch.device("cpu")
-    return [int(w) for w in _all_gather_stacked(torch.tensor([width], dtype=torch.int64, device=dev), group,
-                                                world).reshape(-1).tolist()]
-
-
 def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, world: int, vocab_start: int,
              want_grad: bool) -> tuple[Tensor, Tensor | None]:
     """(loss in logits' dtype, d loss / d local logits or None): stats, one all-gather, finish."""
@@ -83,7 +82,7 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
         if rows:
             gathered = _all_gather_stacked(torch.from_numpy(stats), group, world).numpy()
         else:
-            gathered = np.zeros((world, 0, 4))
+            gathered = np.zeros((world, 0, vp.RECORD_WIDTH))
         loss, grad = vp._finish_checked(rec, vocab_start, gathered, want_grad)
         return T._from_numpy(loss, logits.dtype), (T._from_numpy(grad, logits.dtype) if want_grad else None)
     if kind != "cuda":
@@ -99,7 +98,7 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
     if rows:
         gathered = _all_gather_stacked(stats, group, world)
     else:
-        gathered = stats.new_zeros((world, 0, 4))
+        gathered = stats.new_zeros((world, 0, vp.RECORD_WIDTH))
     with T._cupy_on(logits.device):
         loss, grad = vp._finish_checked(rec, vocab_start, T._to_cupy(gathered), want_grad, storage)
         loss = T._from_cupy(loss, logits.dtype)
@@ -124,6 +123,62 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return (grad * g).to(grad.dtype), None, None, None, None, None, None
 
 
+def _checksums(target: Tensor, weight: Tensor | None) -> Tensor:
+    """validate=True: (sum t, sum i t) of the targets and the same of weight's float64 bits,
+    on the device (wrapping int64 sums: a checksum, compared exactly)."""
+    t = target.detach().reshape(-1).to(torch.int64)
+    sums = [t.sum(), (t * torch.arange(1, t.numel() + 1, device=t.device)).sum()]
+    if weight is None:
+        sums += [torch.zeros((), dtype=torch.int64, device=t.device)] * 2
+    else:
+        b = weight.detach().reshape(-1).to(torch.float64).view(torch.int64)
+        sums += [b.sum(), (b * torch.arange(1, b.numel() + 1, device=b.device)).sum()]
+    return torch.stack(sums)
+
+
+def _int_or_0(v: Any) -> int:
+    try:
+        return operator.index(v)
+    except TypeError:
+        return 0  # check_args names the type
+
+
+def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
+                   z_loss, validate) -> list[int]:
+    """This rank's row of the agreement table, after every check that needs only its own
+    arguments (vocab_start/vocab_size as given, or provisional ones that cannot fail)."""
+    T = _bridge()
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be True or False, got {validate!r}")
+    if local_logits.dim() == 0:
+        vp.check_args(T._standin(local_logits), T._standin(target), 0, 1)  # raises the 0-d error
+    width = int(local_logits.shape[-1])
+    start = 0 if vocab_start is None else vocab_start
+    if vocab_size is not None:
+        size = vocab_size
+    else:  # provisional (the real default comes from every rank's width): one that cannot fail
+        size = int(weight.shape[0]) if weight is not None else max(width + _int_or_0(start), 1)
+    a = vp.check_args(
+        T._standin(local_logits), T._standin(target), start, size, weight=T._standin(weight),
+        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+    )
+    if torch.is_grad_enabled() and weight is not None and weight.requires_grad:
+        raise NotImplementedError(
+            "vocab_parallel_cross_entropy gives no gradient with respect to weight; pass weight.detach()"
+        )
+    dtype = "bfloat16" if local_logits.dtype == torch.bfloat16 else str(local_logits.dtype).split(".")[-1]
+    target_range = None
+    if T._device_kind(target) == "cpu":  # CPU targets are range-checked (CUDA: NaN, no host sync)
+        t = _checks.hard_targets_int64(np, T._to_numpy(target), 2**62, a.ignore_index)
+        t = t[t != a.ignore_index]
+        target_range = (int(t.min()), int(t.max())) if t.size else (0, 0)
+    return pc.describe(rows=a.layout.rows, width=width, vocab_start=vocab_start, vocab_size=vocab_size,
+                       dtype=dtype, ignore_index=a.ignore_index, reduction=a.reduction,
+                       label_smoothing=a.label_smoothing, z_loss=a.z_loss,
+                       weight_len=None if weight is None else int(weight.shape[0]), validate=validate,
+                       target_range=target_range)
+
+
 def vocab_parallel_cross_entropy(
     local_logits: Tensor,
     target: Tensor,
@@ -136,6 +191,8 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     z_loss: float = 0.0,
+    validate: bool = False,
+    check_ranks: bool = True,
 ) -> Tensor:
     """Cross entropy over a vocabulary split across the ranks of ``group``.
 
@@ -144,18 +201,27 @@ def vocab_parallel_cross_entropy(
     for (N, width) that is ``F.cross_entropy``'s layout). ``target`` (...): global class
     ids, the same on every rank. ``weight``: the full (V,) class weight, the same on
     every rank. ``vocab_start`` defaults to the sum of the lower ranks' widths and
-    ``vocab_size`` to the sum of all widths (``weight.shape[0]`` when ``weight`` is
-    given and ``vocab_start`` is passed): finding them costs one tiny all-gather of
-    the widths (and a host sync on CUDA), so pass both to avoid it. Every rank returns
+    ``vocab_size`` to the sum of all widths. Every rank returns
     the same loss, that of ``torch.nn.functional.cross_entropy(full_logits, target,
     weight, ignore_index=..., reduction=..., label_smoothing=...)`` (plus ``z_loss *
     logsumexp**2`` per non-ignored row, averaged over them under ``mean``), and
     backpropagates into its own shard only.
 
-    Cost per call: one all-gather of a (rows, 4) float32 (float64 for float64 logits)
-    buffer per rank; two passes over the local logits in the forward (statistics,
-    then loss + gradient), none in the backward. ``torch.distributed`` must be
-    initialised (NCCL for CUDA tensors, gloo for CPU tensors).
+    Checked across ranks on every call (docs/vocab_parallel_checks.md): the shard
+    layout (the shards must cover [0, V) exactly once, whether ``vocab_start`` /
+    ``vocab_size`` are given or not), the row count, the dtype and the options; a
+    mismatch raises the same error on every rank instead of hanging.
+    ``validate=True`` also compares checksums of ``target`` and ``weight``.
+    ``check_ranks=False`` skips that step (one collective, no host sync: for CUDA-graph
+    capture of a step whose layout was checked before); it needs ``vocab_start`` and
+    ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error.
+
+    Cost per call: one all-gather of a 16-int64 row per rank (the checks above; on CUDA
+    it is read on the host, one sync), then one all-gather of a (rows, 5) float32
+    (float64 for float64 logits) buffer per rank; two passes over the local logits in
+    the forward (statistics, then loss + gradient), none in the backward.
+    ``torch.distributed`` must be initialised (NCCL for CUDA tensors, gloo for CPU
+    tensors).
 
     Example (``torchrun --nproc-per-node 2 script.py``)::
 
@@ -175,28 +241,53 @@ def vocab_parallel_cross_entropy(
         )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    if local_logits.dim() == 0:
-        vp.check_args(T._standin(local_logits), T._standin(target), 0, 1)  # raises the 0-d error
-    width = int(local_logits.shape[-1])
-    if vocab_start is None or (vocab_size is None and weight is None):
-        widths = _shard_widths(width, local_logits.device, group, world)
-        if vocab_start is None:
-            vocab_start = sum(widths[:rank])
-        if vocab_size is None:
-            vocab_size = sum(widths)
-    elif vocab_size is None:
-        vocab_size = int(weight.shape[0])
+    if check_ranks is False:
+        return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
+                          label_smoothing, reduction, z_loss, validate)
+    if check_ranks is not True:
+        raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
+    dev = local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
+    # Every rank joins the one table gather, even with arguments it refuses itself:
+    # the others would otherwise wait for it forever.
+    local_error = None
+    try:
+        row = _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index,
+                             label_smoothing, reduction, z_loss, validate)
+    except (TypeError, ValueError, NotImplementedError, OverflowError) as exc:
+        local_error, row = exc, pc.error_row()
+    meta = torch.tensor(row, dtype=torch.int64, device=dev)
+    if validate is True and local_error is None:
+        meta[pc.INDEX["target_sum"]:] = _checksums(target.to(dev), None if weight is None else weight.to(dev))
+    table = _all_gather_stacked(meta, group, world).tolist()
+    if local_error is not None:
+        raise local_error
+    vocab_start, vocab_size = pc.agree(table, rank)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
+                label_smoothing, reduction, z_loss)
+
+
+def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+               reduction, z_loss, validate) -> Tensor:
+    """check_ranks=False: the caller vouches for the layout; no agreement gather."""
+    if vocab_start is None or vocab_size is None:
+        raise ValueError("check_ranks=False needs vocab_start and vocab_size (finding them takes a collective)")
+    if validate:
+        raise ValueError("validate=True compares the ranks' arguments, which check_ranks=False skips")
+    _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
+                   z_loss, False)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+                reduction, z_loss)
+
+
+def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
+         reduction, z_loss) -> Tensor:
+    T = _bridge()
     a = vp.check_args(
         T._standin(local_logits), T._standin(target), vocab_start, vocab_size, weight=T._standin(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
     )
-    grad_on = torch.is_grad_enabled()
-    if grad_on and weight is not None and weight.requires_grad:
-        raise NotImplementedError(
-            "vocab_parallel_cross_entropy gives no gradient with respect to weight; pass weight.detach()"
-        )
     vocab_start = int(vocab_start)
-    if grad_on and local_logits.requires_grad:
+    if torch.is_grad_enabled() and local_logits.requires_grad:
         return _VocabParallelCrossEntropy.apply(local_logits, target, weight, a, group, world, vocab_start)
     loss, _ = _compute(local_logits, target, weight, a, group, world, vocab_start, want_grad=False)
     return loss

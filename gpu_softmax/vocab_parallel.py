@@ -5,16 +5,19 @@ columns ``[vocab_start, vocab_start + width)`` of the full V, the loss of the
 gathered logits is computed without ever gathering them:
 
 1. ``partial_stats`` - per row, over the local shard, one record
-   ``[m, r, x_t, s_wx]``: the shard's max ``m`` and ``r = sum exp(x - m) - 1`` (the
+   ``[m, r, x_t, d, W]``: the shard's max ``m`` and ``r = sum exp(x - m) - 1`` (the
    (max, sum - 1) pair of ``cuda_src/common.cuh``; an empty or all -inf shard is
    ``(-inf, -1)``), the target logit when the (global) target lies in this shard
-   (else 0), and ``sum_c w_c x_c`` over the shard when label smoothing is on (else 0).
+   (else 0), and, when label smoothing is on (else 0), ``d = sum_c w_c (m - x_c)``
+   and ``W = sum_c w_c`` over the shard.
 2. One collective: every rank gathers the P records of every row, shape
-   ``(P, rows, 4)`` in rank order (``torch.distributed.all_gather_into_tensor``).
+   ``(P, rows, 5)`` in rank order (``torch.distributed.all_gather_into_tensor``).
 3. ``finish`` - merges the P records in rank order (``merge_stats``; the same order,
-   hence the same numbers, on every rank) into the global ``(M, R)``, so
-   ``lse = M + log1p(R)``, ``x_t`` and ``sum_wx`` are sums over ranks, and writes
-   the loss and the gradient of the LOCAL shard:
+   hence the same numbers, on every rank) into the global ``(M, R)``, ``x_t`` and
+   ``D = sum_c w_c (M - x_c) = sum_p d_p + (M - m_p) W_p``, so with
+   ``l = log1p(R)`` the loss is ``(1-e) w_t ((M - x_t) + l) + (e/V) (D + l W)``:
+   non-negative pieces, never ``lse * W - sum w x``, which overflows or cancels when
+   the logits are large. It writes the loss and the gradient of the LOCAL shard:
    ``p_c = exp(x_c - M) / (1 + R)``, ``q_c = (1-e) w_t [c == t] + (e/V) w_c``,
    ``grad = (p sum(q) - q) * scale_ce + 2 z lse p * scale_z``, ignored rows 0.
 
@@ -46,7 +49,8 @@ from ._checks import CrossEntropyArgs
 
 __all__ = ["check_args", "partial_stats", "merge_stats", "finish", "RECORD_FIELDS"]
 
-RECORD_FIELDS = ("max", "sum_minus_1", "target_logit", "sum_weighted_logits")
+RECORD_FIELDS = ("max", "sum_minus_1", "target_logit", "sum_weighted_gaps", "weight_sum")
+RECORD_WIDTH = len(RECORD_FIELDS)
 
 
 # ----------------------------------------------------------------------------------
@@ -122,9 +126,13 @@ def check_args(
         _standin(np.empty(0, logits_dtype), full_shape), _standin(target), axis=-1, weight=_standin(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, validate=validate,
         z_loss=z_loss, grad_output=go_standin, inplace=inplace,
+        logits_strides=tuple(int(np.prod(full_shape[i + 1:])) for i in range(len(full_shape))),
     )
     if a.inplace and kind == "numpy" and not local_logits.flags.writeable:
         raise ValueError("inplace=True needs writable logits")
+    if a.inplace:  # the stand-in above is contiguous: check the real shard
+        _checks.require_no_self_overlap(local_logits.shape, local_logits.strides, local_logits.itemsize,
+                                        "inplace=True")
     return dataclasses.replace(
         a, kind=kind, logits=local_logits, target=target, weight=weight,
         grad_output=1.0 if go is None else go,
@@ -157,7 +165,7 @@ def _stats_numpy(a: CrossEntropyArgs, vocab_start: int) -> np.ndarray:
     width = a.logits.shape[-1]
     x = np.asarray(a.logits, dtype=np.float64).reshape(a.layout.rows, width)
     rows = x.shape[0]
-    rec = np.zeros((rows, 4))
+    rec = np.zeros((rows, RECORD_WIDTH))
     with np.errstate(all="ignore"):
         if width == 0:
             m = np.full(rows, -np.inf)
@@ -174,8 +182,10 @@ def _stats_numpy(a: CrossEntropyArgs, vocab_start: int) -> np.ndarray:
         lt = t - vocab_start
         hit = np.flatnonzero((t != a.ignore_index) & (lt >= 0) & (lt < width))
         rec[hit, 2] = x[hit, lt[hit]]
-        if a.label_smoothing > 0.0:
-            rec[:, 3] = (x * _local_weight(a, vocab_start, width)).sum(axis=1)
+        if a.label_smoothing > 0.0 and width:
+            w = _local_weight(a, vocab_start, width)
+            rec[:, 3] = (w * _gap(m[:, None], x)).sum(axis=1)
+            rec[:, 4] = w.sum()
     return rec
 
 
@@ -191,7 +201,9 @@ def partial_stats(
     validate: bool = True,
     storage: str | None = None,
 ) -> Any:
-    """(rows, 4) records [max, sum - 1, target logit or 0, sum_c w_c x_c or 0] of this shard.
+    """(rows, 5) records [max, sum - 1, target logit or 0, sum_c w_c (max - x_c), sum_c w_c] of this shard.
+
+    The last two are 0 without label smoothing.
 
     ``local_logits`` (..., width) with the classes last, ``target`` (...) of global
     class ids, ``weight`` the full (V,) class weight. NumPy: float64 records; CuPy:
@@ -221,16 +233,27 @@ def _rel_exp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(a == b, 1.0, np.exp(a - b))
 
 
+def _gap(m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    # m - x >= 0, with 0 where they are equal (two -inf: no inf - inf)
+    return np.where(m == x, 0.0, m - x)
+
+
+def _shift(m: np.ndarray, w: np.ndarray, M: np.ndarray) -> np.ndarray:
+    # (M - m) * w: a shard's gaps moved from its max m to the global max M (0 for no weight)
+    return np.where((w == 0) | (m == M), 0.0, (M - m) * w)
+
+
 def merge_stats(records: np.ndarray) -> np.ndarray:
-    """(rows, 4) global [M, R, x_t, sum_wx] from the gathered (P, rows, 4) records.
+    """(rows, 5) global [M, R, x_t, D, W] from the gathered (P, rows, 5) records.
 
     Merged in rank order with the (max, sum - 1) merge of common.cuh, so every rank
-    gets the same numbers; x_t and sum_wx are plain sums over ranks. NumPy only (the
-    CUDA finishing kernel merges the records itself, in the same order).
+    gets the same numbers; x_t and W are plain sums over ranks, D = sum_c w_c (M - x_c)
+    the shards' gaps moved to the global max M. NumPy only (the CUDA finishing kernel
+    merges the records itself, in the same order).
     """
     rec = np.asarray(records, dtype=np.float64)
-    if rec.ndim != 3 or rec.shape[-1] != 4 or rec.shape[0] < 1:
-        raise ValueError(f"records must have shape (ranks, rows, 4), got {rec.shape}")
+    if rec.ndim != 3 or rec.shape[-1] != RECORD_WIDTH or rec.shape[0] < 1:
+        raise ValueError(f"records must have shape (ranks, rows, {RECORD_WIDTH}), got {rec.shape}")
     M, R = rec[0, :, 0].copy(), rec[0, :, 1].copy()
     with np.errstate(all="ignore"):
         for p in range(1, rec.shape[0]):
@@ -241,7 +264,9 @@ def merge_stats(records: np.ndarray) -> np.ndarray:
     out = np.empty(rec.shape[1:])
     out[:, 0], out[:, 1] = M, R
     out[:, 2] = rec[:, :, 2].sum(axis=0)
-    out[:, 3] = rec[:, :, 3].sum(axis=0)
+    with np.errstate(all="ignore"):
+        out[:, 3] = sum(rec[p, :, 3] + _shift(rec[p, :, 0], rec[p, :, 4], M) for p in range(rec.shape[0]))
+    out[:, 4] = rec[:, :, 4].sum(axis=0)
     return out
 
 
@@ -252,7 +277,7 @@ def _finish_numpy(a: CrossEntropyArgs, vocab_start: int, records: np.ndarray, wa
     g = merge_stats(records)
     if g.shape[0] != a.layout.rows:
         raise ValueError(f"records hold {g.shape[0]} rows, the logits {a.layout.rows}")
-    M, R, xt, swx = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
+    M, R, xt, gaps = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
     w = np.ones(V) if a.weight is None else np.asarray(a.weight, dtype=np.float64)
     W = float(w.sum())
     t = _checks.hard_targets_int64(np, a.target, V, a.ignore_index)
@@ -263,11 +288,13 @@ def _finish_numpy(a: CrossEntropyArgs, vocab_start: int, records: np.ndarray, wa
     w_t = np.where(ok, w[tt], 0.0)
     with np.errstate(all="ignore"):
         finite = np.isfinite(M)
-        lse = np.where(finite, M + np.log1p(R), np.nan)  # an infinite or NaN max: a NaN row
+        l = np.where(finite, np.log1p(R), np.nan)  # an infinite or NaN max: a NaN row
+        lse = M + l
         inv_s = np.where(finite, 1.0 / (1.0 + R), np.nan)
-        ce = np.where(ok, w_t * (lse - xt), 0.0)
+        # (M - x_t) + l, not lse - x_t: M + l rounds l away when |M| is large
+        ce = np.where(ok, w_t * ((M - xt) + l), 0.0)
         if eps > 0.0:
-            ce = (1.0 - eps) * ce + (eps / V) * np.where(ok, lse * W - swx, 0.0)
+            ce = (1.0 - eps) * ce + (eps / V) * np.where(ok, gaps + l * W, 0.0)
         ce = np.where(bad, np.nan, ce)
         zl = np.where(valid, zc * lse * lse, 0.0) if zc else np.zeros(len(t))
         divisor = np.nan if bad.any() else float(w_t.sum())
@@ -323,7 +350,7 @@ def finish(
     inplace: bool = False,
     storage: str | None = None,
 ):
-    """(loss, local gradient) from the gathered (P, rows, 4) records of every rank.
+    """(loss, local gradient) from the gathered (P, rows, 5) records of every rank.
 
     The loss is that of ``cross_entropy`` on the full logits (every rank computes the
     same); the gradient is d(loss * grad_output)/d local_logits (None when

@@ -401,10 +401,13 @@ def test_z_loss_out_of_range(mod, fn, z, x, target):
 @MODULES
 @pytest.mark.parametrize("fn", CE_FNS)
 @pytest.mark.parametrize("cap,msg", [
-    (0.0, r"logit_softcap must be positive \(or None to turn it off\), got 0"),
-    (0, r"logit_softcap must be positive \(or None to turn it off\), got 0"),
-    (-1.0, r"logit_softcap must be in \[0\.0, inf\)"),
-    (-30, r"logit_softcap must be in \[0\.0, inf\)"),
+    # one rule, one message (issue #15 item 11): 0, negatives, inf and NaN alike
+    (0.0, r"logit_softcap must be a positive finite number \(or None to turn it off\), got 0\.0"),
+    (0, r"logit_softcap must be a positive finite number \(or None to turn it off\), got 0"),
+    (-1.0, r"logit_softcap must be a positive finite number \(or None to turn it off\), got -1\.0"),
+    (-30, r"logit_softcap must be a positive finite number \(or None to turn it off\), got -30"),
+    (float("inf"), r"logit_softcap must be a positive finite number \(or None to turn it off\), got inf"),
+    (float("nan"), r"logit_softcap must be a positive finite number \(or None to turn it off\), got nan"),
 ])
 def test_logit_softcap_not_positive(mod, fn, cap, msg, x, target):
     with pytest.raises(ValueError, match=msg):

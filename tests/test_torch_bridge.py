@@ -412,7 +412,7 @@ def test_errors_use_the_shared_check_texts():
         gst.cross_entropy(x, t, weight=torch.ones(C + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="class indices must have logits' shape"):
         gst.cross_entropy(x, t[:3])
-    with pytest.raises(ValueError, match="logit_softcap must be positive"):
+    with pytest.raises(ValueError, match="logit_softcap must be a positive finite number"):
         gst.cross_entropy(x, t, logit_softcap=0.0)
     with pytest.raises(TypeError, match="logits must be float16, float32 or float64"):
         gst.cross_entropy(x.long(), t)

@@ -11,6 +11,7 @@ gpu_softmax.torch_parallel over real torch.distributed process groups.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -107,6 +108,26 @@ def test_numpy_blocks_special_values(rng):
         np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-14)
 
 
+def test_numpy_blocks_huge_logits_do_not_cancel(rng):
+    """Issue #15 items 1-2: (M + log1p(R)) - x_t and lse * W - sum w x cancel or overflow."""
+    loss = vp.cross_entropy_sharded(np.full((2, 8), 1e17), np.array([1, 5]), [3, 5])[0]
+    np.testing.assert_allclose(loss, np.log(8), rtol=1e-14)
+    for x in (np.full((3, 8), 1e36, np.float32), np.full((3, 8), 1e300), np.full((3, 8), 1e17)):
+        t = np.array([0, 4, 7])
+        for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": rng.uniform(0.1, 2, 8)}):
+            want = reference.cross_entropy(x, t, reduction="none", **kw)
+            loss, grad = vp.cross_entropy_sharded(x, t, [3, 5], reduction="none", **kw)
+            np.testing.assert_allclose(loss, want, rtol=1e-6 if x.dtype == np.float32 else 1e-13)
+            np.testing.assert_allclose(grad, reference.cross_entropy_with_grad(x, t, reduction="none", **kw)[1],
+                                       rtol=1e-6, atol=1e-12)
+    # three huge logits and a zero: sum w (M - x) fits, lse * W would not (float32 loss)
+    x = np.array([[1e38, 1e38, 1e38, 0.0]], np.float32)
+    want = reference.cross_entropy(x, np.array([0]), label_smoothing=0.1, reduction="none")
+    loss, _ = vp.cross_entropy_sharded(x, np.array([0]), [1, 3], label_smoothing=0.1, reduction="none")
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
 def test_all_ignored_bad_targets_and_no_rows(rng):
     x = rng.standard_normal((3, 10))
     loss, grad = vp.cross_entropy_sharded(x, np.full(3, -100), [4, 6])
@@ -191,7 +212,7 @@ def emu_build_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["hard", "special", "layouts"])
+@pytest.mark.parametrize("suite", ["hard", "special", "layouts", "overflow"])
 def test_emulated_vocab_parallel_kernels(suite, emu_build_dir):
     p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emu_build_dir)],
                        capture_output=True, text=True, timeout=1200)
@@ -263,8 +284,9 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
     loss.backward()
     torch.testing.assert_close(loss.cpu(), ref.detach())
     torch.testing.assert_close(local.grad.cpu(), full.grad[:, start:start + width])
-    # collectives per call: one (the records) with vocab_start and vocab_size given,
-    # one more (the shard widths) without
+    # collectives per call: two whatever is given (the agreement table, then the
+    # records), so ranks that pass vocab_start/vocab_size and ranks that do not still
+    # make the same collectives
     import torch.distributed as dist
 
     calls = []
@@ -276,12 +298,25 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
     try:
         xl = torch.tensor(x[:, start:start + width].numpy(), device=dev, requires_grad=True)
         vpce(xl, t.to(dev), vocab_start=start, vocab_size=V).backward()
-        assert len(calls) == 1, calls
+        assert len(calls) == 2, calls
         vpce(xl, t.to(dev)).backward()
-        assert len(calls) == 3, calls
+        assert len(calls) == 4, calls
+        # check_ranks=False (CUDA-graph capture): the records' collective only
+        xu = torch.tensor(x[:, start:start + width].numpy(), device=dev, requires_grad=True)
+        loss_u = vpce(xu, t.to(dev), vocab_start=start, vocab_size=V, check_ranks=False)
+        loss_u.backward()
+        assert len(calls) == 5, calls
+        torch.testing.assert_close(xu.grad, xl.grad / 2)  # xl's grad was accumulated twice above
     finally:
         for name, f in saved.items():
             setattr(dist, name, f)
+    for bad in ({}, {"vocab_start": start}, {"vocab_start": start, "vocab_size": V, "validate": True}):
+        try:
+            vpce(xl, t.to(dev), check_ranks=False, **bad)
+        except ValueError as exc:
+            assert "check_ranks=False" in str(exc)
+        else:
+            raise AssertionError(f"check_ranks=False accepted {bad}")
     # leading dims (2, 3, V) with (2, 3) targets, no gradient wanted
     x3 = rng.standard_normal((2, 3, V))
     t3 = rng.integers(0, V, (2, 3))
@@ -398,3 +433,148 @@ def test_needs_initialised_process_group():
         pytest.skip("a process group is already initialised in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------------
+# misuse across ranks (issue #15 items 6-7): the same clear error on every rank, never
+# a wrong loss or a hang. Every rank runs every scenario in one process group; a
+# watchdog kills the ranks when one waits too long, so a hang fails the test.
+
+MISUSE_WATCHDOG_S = 150
+
+
+def _misuse_scenarios(rank: int):
+    """name -> (kwargs builder for this rank); V = 8 split [3, 5] unless a scenario says otherwise."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = torch.tensor(rng.standard_normal((4, 8)) * 3)
+    t = torch.tensor([0, 3, 7, 5])
+    w = torch.tensor(rng.uniform(0.5, 2.0, 8))
+    lo, hi = (0, 3) if rank == 0 else (3, 8)
+
+    def local(a=lo, b=hi, rows=4, dtype=torch.float64):
+        return x[:rows, a:b].to(dtype).clone()
+
+    return {
+        "gap": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else 4, vocab_size=9),
+        "overlap": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else 2, vocab_size=8),
+        "dropped_column": lambda: dict(local_logits=local(lo, hi if rank == 0 else 7), target=t, vocab_start=lo,
+                                       vocab_size=8),
+        "sizes_differ": lambda: dict(local_logits=local(), target=t, vocab_start=lo, vocab_size=8 + rank),
+        "rows_differ": lambda: dict(local_logits=local(rows=4 if rank == 0 else 3),
+                                    target=t[: 4 if rank == 0 else 3]),
+        "rows_differ_given": lambda: dict(local_logits=local(rows=4 if rank == 0 else 3),
+                                          target=t[: 4 if rank == 0 else 3], vocab_start=lo, vocab_size=8),
+        "mixed_given_consistent": lambda: dict(local_logits=local(), target=t,
+                                               **({} if rank == 0 else {"vocab_start": 3, "vocab_size": 8})),
+        "mixed_given_wrong": lambda: dict(local_logits=local(), target=t,
+                                          **({} if rank == 0 else {"vocab_start": 4, "vocab_size": 9})),
+        "dtype_differs": lambda: dict(local_logits=local(dtype=torch.float64 if rank == 0 else torch.float32),
+                                      target=t),
+        "smoothing_differs": lambda: dict(local_logits=local(), target=t, label_smoothing=0.1 * (rank + 1)),
+        "weight_on_one_rank": lambda: dict(local_logits=local(), target=t, weight=w if rank == 0 else None),
+        "targets_differ_validate": lambda: dict(local_logits=local(), target=t if rank == 0 else t.flip(0),
+                                                validate=True),
+        "weights_differ_validate": lambda: dict(local_logits=local(), target=t, weight=w * (1 + rank),
+                                                validate=True),
+        "bad_target_on_one_rank": lambda: dict(local_logits=local(), target=t if rank == 0 else t * 3),
+        "bad_start_on_one_rank": lambda: dict(local_logits=local(), target=t, vocab_start=lo if rank == 0 else -1,
+                                              vocab_size=8),
+        "fine_validate": lambda: dict(local_logits=local(), target=t, weight=w, label_smoothing=0.1, validate=True),
+        # item 2: (M + log1p(R)) - x_t and lse * W - sum w x cancelled to 0 here
+        "huge_logits_smoothing": lambda: dict(local_logits=torch.full((4, 3 if rank == 0 else 5), 1e36,
+                                                                      dtype=torch.float32),
+                                              target=t, label_smoothing=0.1),
+    }
+
+
+def _misuse_worker(rank: int, world: int, port: int, outdir: str) -> None:
+    import datetime
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from gpu_softmax.torch_parallel import vocab_parallel_cross_entropy as vpce
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+    results = {}
+    progress = Path(outdir) / f"progress{rank}"
+    try:
+        for name, build in _misuse_scenarios(rank).items():
+            progress.write_text(name)
+            try:
+                loss = vpce(**build())
+                results[name] = ["ok", float(loss)]
+            except Exception as exc:  # noqa: BLE001 (recorded and checked by the test)
+                results[name] = [type(exc).__name__, str(exc)]
+        (Path(outdir) / f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gloo_misuse_raises_on_every_rank_and_never_hangs(tmp_path):
+    """Layout gap / overlap / dropped column, row counts, mixed vocab_start, options, validate=True."""
+    import json
+    import time
+
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    ctx = mp.spawn(_misuse_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + MISUSE_WATCHDOG_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            where = {r: (tmp_path / f"progress{r}").read_text() if (tmp_path / f"progress{r}").exists() else "?"
+                     for r in (0, 1)}
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"ranks still waiting after {MISUSE_WATCHDOG_S} s (a hang), in scenario {where}")
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    def both_raise(name, pattern, kinds=("ValueError",)):
+        for r in (0, 1):
+            kind, msg = res[r][name]
+            assert kind in kinds and re.search(pattern, msg), (name, r, kind, msg)
+
+    both_raise("gap", r"columns \[3, 4\) are held by no rank")
+    both_raise("overlap", r"columns \[2, 3\) are held by two ranks")
+    both_raise("dropped_column", r"columns \[7, 8\) are held by no rank")
+    both_raise("sizes_differ", r"vocab_size must be the same on every rank; got rank 0: 8 \(given\), rank 1: 9")
+    both_raise("rows_differ", r"number of loss rows .* must be the same on every rank; got rank 0: 4, rank 1: 3")
+    both_raise("rows_differ_given", r"number of loss rows")
+    both_raise("mixed_given_wrong", r"vocab_size must be the same on every rank")
+    both_raise("dtype_differs", r"logits' dtype must be the same on every rank; got rank 0: float64, "
+                                r"rank 1: float32")
+    both_raise("smoothing_differs", r"label_smoothing must be the same on every rank; got rank 0: 0\.1, "
+                                    r"rank 1: 0\.2")
+    both_raise("weight_on_one_rank", r"weight \(given or not, and its length\) must be the same")
+    both_raise("targets_differ_validate", r"target must be the same on every rank \(validate=True")
+    both_raise("weights_differ_validate", r"weight must be the same on every rank \(validate=True")
+    both_raise("bad_target_on_one_rank", r"target holds values outside \[0, 8\) .*\(e\.g\. 21 on rank 1\)")
+    # a rank refusing its own arguments raises its error; the other stops with a pointer to it
+    assert res[1]["bad_start_on_one_rank"][0] == "ValueError", res[1]["bad_start_on_one_rank"]
+    assert "do not lie inside the vocabulary" in res[1]["bad_start_on_one_rank"][1]
+    assert res[0]["bad_start_on_one_rank"][0] == "RuntimeError"
+    assert "rank(s) [1] refused their arguments" in res[0]["bad_start_on_one_rank"][1]
+    # consistent calls give the unsharded loss on both ranks
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 8)) * 3
+    t = np.array([0, 3, 7, 5])
+    w = rng.uniform(0.5, 2.0, 8)
+    want = float(reference.cross_entropy(x, t))
+    want_w = float(reference.cross_entropy(x, t, weight=w, label_smoothing=0.1))
+    for r in (0, 1):
+        assert res[r]["mixed_given_consistent"][0] == "ok", res[r]["mixed_given_consistent"]
+        np.testing.assert_allclose(res[r]["mixed_given_consistent"][1], want, rtol=1e-12)
+        assert res[r]["fine_validate"][0] == "ok", res[r]["fine_validate"]
+        np.testing.assert_allclose(res[r]["fine_validate"][1], want_w, rtol=1e-12)
+        assert res[r]["huge_logits_smoothing"][0] == "ok", res[r]["huge_logits_smoothing"]
+        np.testing.assert_allclose(res[r]["huge_logits_smoothing"][1], np.log(8), rtol=1e-6)

@@ -307,12 +307,14 @@ def _vp_inputs(a: CrossEntropyArgs, storage: str | None):
 
 
 def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = None):
-    """(rows, 4) records [max, sum - 1, target logit or 0, sum w x or 0] of the local shard."""
+    """(rows, RECORD_WIDTH) records of the local shard (gpu_softmax.vocab_parallel.RECORD_FIELDS)."""
     import cupy
+
+    from ..vocab_parallel import RECORD_WIDTH
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
-    rec = cupy.empty((rows, 4), dtype=acc)
+    rec = cupy.empty((rows, RECORD_WIDTH), dtype=acc)
     if rows == 0:
         return rec
     name = vp_stats_name(st)
@@ -324,11 +326,13 @@ def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = Non
 
 
 def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *, storage: str | None = None):
-    """(loss, local grad or None) from the gathered (P, rows, 4) records.
+    """(loss, local grad or None) from the gathered (P, rows, RECORD_WIDTH) records.
 
     The gradient is d(loss * a.grad_output)/d local logits, in the logits' dtype and
     shape; with a.inplace it overwrites the local logits (returned as the gradient)."""
     import cupy
+
+    from ..vocab_parallel import RECORD_WIDTH
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
@@ -343,8 +347,8 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
             return loss, None
         return loss, (a.logits if a.inplace else cupy.empty(a.logits.shape, dtype=a.logits.dtype))
     recs = cupy.ascontiguousarray(records, dtype=acc)
-    if recs.ndim != 3 or recs.shape[1:] != (rows, 4):
-        raise ValueError(f"records has shape {tuple(records.shape)}, expected (ranks, {rows}, 4)")
+    if recs.ndim != 3 or recs.shape[1:] != (rows, RECORD_WIDTH):
+        raise ValueError(f"records has shape {tuple(records.shape)}, expected (ranks, {rows}, {RECORD_WIDTH})")
 
     coef, g_rows = _prep(a, st, acc, tgt, w, rows, vocab, want_grad)
     row_loss = cupy.empty(rows, dtype=acc)

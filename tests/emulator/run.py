@@ -273,7 +273,76 @@ def cross_entropy_suites(cp, CE, rng):
         assert_close(cp.asnumpy(loss), wl, "float32", "bf16 loss", atol=1e-5)
         return n + 1
 
-    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts}
+    def overflow():
+        """Label smoothing at huge magnitudes (issue #15 item 1), every regime, hard and soft.
+
+        The smoothing term must come from non-negative pieces sum w ((m - x) + l):
+        forming lse * W - sum w x overflows (1e36 * C) or cancels (offset rows)."""
+        n = 0
+        failures = []
+        to_bf16 = lambda a: (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # noqa: E731
+        from_bf16 = lambda b: (b.astype(np.uint32) << 16).view(np.float32)  # noqa: E731
+
+        def one(x, t, storage, what, **kw):
+            try:
+                return one_checked(x, t, storage, what, **kw)
+            except AssertionError as exc:  # keep going: report every regime that fails
+                failures.append(str(exc)[:300])
+                return 0
+
+        def one_checked(x, t, storage, what, **kw):
+            # strict relative bounds: no absolute floor scaled by |lse| here
+            xs = cp.asarray(to_bf16(x)) if storage == "bfloat16" else cp.asarray(x)
+            xr = from_bf16(to_bf16(x)) if storage == "bfloat16" else x
+            a = dataclasses.replace(_checks.check_cross_entropy(xr, t, reduction="none", validate=False, **kw),
+                                    kind="cupy", logits=xs, target=cp.asarray(t),
+                                    weight=cp.asarray(kw["weight"]) if kw.get("weight") is not None else None)
+            loss, grad = CE.cross_entropy_with_grad(a, False, storage=storage)
+            lo = CE.cross_entropy(a, False, storage=storage)
+            wl, wg = reference.cross_entropy_with_grad(xr, t, reduction="none", validate=False, **kw)
+            rdt = result_dtype(xr.dtype)
+            rtol = {"float16": 1e-5, "bfloat16": 1e-5}.get(storage, 2e-6 if rdt == np.float32 else 1e-12)
+            for got, label in ((loss, "loss"), (lo, "loss only")):
+                assert_close(cp.asnumpy(got), wl, rdt, f"{label} {what}", rtol=rtol, atol=0.0)
+            g = from_bf16(cp.asnumpy(grad)) if storage == "bfloat16" else cp.asnumpy(grad)
+            gdt = storage or xr.dtype
+            assert_close(g, wg, gdt, f"grad {what}", atol=tolerance(gdt)[0] * float(np.abs(wg).max()))
+            return 2
+
+        # cols per regime: warp, block, stream (the held regimes' limits in _cuda/cross_entropy.py)
+        regimes = {np.float32: (5, 300, 4099, 40000), np.float64: (5, 200, 4099, 40000),
+                   np.float16: (300, 4099, 40000)}
+        for storage, dt, big in (("float32", np.float32, 1e36), ("float64", np.float64, 1e305),
+                                 ("bfloat16", np.float32, 1e36), ("float16", np.float16, 6e4)):
+            for cols in regimes[dt if storage != "bfloat16" else np.float16]:
+                rows = 3
+                t = rng.integers(0, cols, rows)
+                w = rng.uniform(0.1, 2, cols).astype(dt)
+                x = np.full((rows, cols), big, dt)
+                for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": w}):
+                    n += one(x, t, "bfloat16" if storage == "bfloat16" else None,
+                             f"all {big} {storage} {cols} hard {kw.keys()}", **kw)
+                tt = rng.random((rows, cols))
+                tt = (tt / tt.sum(-1, keepdims=True)).astype(dt)
+                n += one(x, tt, "bfloat16" if storage == "bfloat16" else None,
+                         f"all {big} {storage} {cols} soft", label_smoothing=0.1)
+            if storage == "float32":
+                # three huge logits and a zero: D = 1e38 fits, lse * W does not
+                x = np.zeros((2, 4), dt)
+                x[:, :3] = 1e38
+                n += one(x, np.array([0, 3]), None, "1e38 x3", label_smoothing=0.1)
+                # rows offset by 1e4..1e5: lse * W - sum w x cancels to ~1e-5 relative
+                for cols in regimes[dt]:
+                    x = (rng.uniform(1e4, 1e5, (3, 1)) + rng.standard_normal((3, cols)) * 3).astype(dt)
+                    n += one(x, rng.integers(0, cols, 3), None, f"offset {cols}", label_smoothing=0.1)
+                    tt = rng.random((3, cols)).astype(dt)
+                    tt /= tt.sum(-1, keepdims=True)
+                    n += one(x, tt, None, f"offset soft {cols}", label_smoothing=0.1)
+        if failures:
+            raise AssertionError(f"{len(failures)} overflow case(s) failed:\n" + "\n".join(failures))
+        return n
+
+    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow}
 
 
 def main(argv=None) -> int:

@@ -177,7 +177,42 @@ def suites(cp, CE, rng):
                    x_dev=cp.asarray(bits), label_smoothing=0.1)
         return n
 
-    return {"hard": hard, "special": special, "layouts": layouts}
+    def overflow():
+        """Label smoothing at huge magnitudes (issue #15 item 1): the records must carry
+        non-negative pieces (sum w (m - x) per shard), not sum w x."""
+        n = 0
+        failures = []
+        for dt, big, storage in ((np.float32, 1e36, None), (np.float64, 1e305, None), (np.float32, 1e36, "bfloat16"),
+                                 (np.float16, 6e4, None), (np.float32, None, None)):
+            for widths in ([3, 5], [700, 0, 1300]):
+                V, rows = sum(widths), 3
+                if big is None:  # rows offset by 1e4..1e5
+                    x = (rng.uniform(1e4, 1e5, (rows, 1)) + rng.standard_normal((rows, V)) * 3).astype(dt)
+                else:
+                    x = np.full((rows, V), big, dt)
+                t = rng.integers(0, V, rows)
+                w = rng.uniform(0.1, 2, V).astype(dt)
+                for kw in ({"label_smoothing": 0.1}, {"label_smoothing": 0.3, "weight": w}):
+                    what = f"{np.dtype(dt).name} {storage} {big} {widths} {sorted(kw)}"
+                    xs = x
+                    if storage == "bfloat16":
+                        xs = (x.view(np.uint32) >> 16).astype(np.uint16)
+                    kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+                    loss, _ = vp.cross_entropy_sharded(cp.asarray(xs), cp.asarray(t), widths, validate=False,
+                                                       storage=storage, reduction="none", **kwd)
+                    xr = (xs.astype(np.uint32) << 16).view(np.float32) if storage else x
+                    wl = reference.cross_entropy(xr, t, reduction="none", **kw)
+                    rtol = 1e-12 if dt == np.float64 else 2e-6
+                    try:
+                        assert_close(cp.asnumpy(loss), wl, result_dtype(dt), what, rtol=rtol, atol=0.0)
+                        n += 1
+                    except AssertionError as exc:
+                        failures.append(str(exc)[:300])
+        if failures:
+            raise AssertionError(f"{len(failures)} overflow case(s) failed:\n" + "\n".join(failures))
+        return n
+
+    return {"hard": hard, "special": special, "layouts": layouts, "overflow": overflow}
 
 
 def main(argv=None) -> int:
