@@ -138,7 +138,78 @@ def softmax_suites(cp, SM, rng):
         SM.FORCE_REGIME = None
         return n
 
-    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows}
+    def bf16_check(bits, what):
+        """softmax / log_softmax / logsumexp / both backward passes on bfloat16 words."""
+        xf = (bits.astype(np.uint32) << 16).view(np.float32)
+        for name in ("softmax", "log_softmax"):
+            out = cp.full(bits.shape, 0x7FC0, np.uint16)
+            got = SM.forward_raw(cp.asarray(bits), -1, name, out, storage="bfloat16")
+            assert got is out
+            assert_close((cp.asnumpy(out).astype(np.uint32) << 16).view(np.float32),
+                         getattr(reference, name)(xf), "bfloat16", f"bf16 {name} {what}")
+        lse = SM.forward_raw(cp.asarray(bits), -1, "logsumexp", storage="bfloat16")
+        assert_close(cp.asnumpy(lse), reference.logsumexp(xf), np.float32, f"bf16 logsumexp {what}")
+        if not np.isfinite(xf).all():
+            return 3
+        y = reference.softmax(xf.astype(np.float64)).astype(np.float32)
+        yb = (y.view(np.uint32) >> 16).astype(np.uint16)
+        gb = (rand(bits.shape, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        for name, yin in (("softmax_backward", yb), ("log_softmax_backward", None)):
+            if yin is None:
+                ly = reference.log_softmax(xf.astype(np.float64)).astype(np.float32)
+                yin = (ly.view(np.uint32) >> 16).astype(np.uint16)
+            got = SM.backward_raw(cp.asarray(gb), cp.asarray(yin), -1, name, storage="bfloat16")
+            f = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # noqa: E731
+            assert_close(f(cp.asnumpy(got)), getattr(reference, name)(f(gb), f(yin)), "bfloat16", f"bf16 {name} {what}")
+        return 5
+
+    plans = []
+    plan = SM.plan
+
+    def recording_plan(*a):
+        p = plan(*a)
+        plans.append(p)
+        return p
+
+    SM.plan = recording_plan
+
+    def regimes():
+        """Every regime (row in registers, row staged in shared memory, split, stream)
+        at sizes that reach it on the emulated 3-SM GPU: both alignments, a tail,
+        NaN / inf rows, float16, bfloat16, float32, float64."""
+        n = 0
+        SM.SPLIT_MIN_COLS = 1
+        for force in (None, "stage", "split", "stream"):
+            SM.FORCE_REGIME = force
+            SM.STREAM_MIN_CHUNK = 1000
+            for dt in (np.float32, np.float16, np.float64):
+                for rows, cols in [(5, 1031), (4, 2053), (2, 4103)]:
+                    x = rand((rows, cols), dt)
+                    n += check(x, what=f"{force} {rows}x{cols} {dt.__name__}")
+                    buf = rand((rows * cols + 1,), dt)
+                    n += check(buf[1:].reshape(rows, cols), what=f"{force} unaligned {rows}x{cols} {dt.__name__}")
+                x = rand((6, 3001), dt)
+                x[1, 7] = np.nan
+                x[2, 9] = np.inf
+                x[3, :] = -np.inf
+                x[4, ::2] = -np.inf
+                x[5, :] = 2.0
+                n += check(x, what=f"{force} special {dt.__name__}", special=True)
+            bits = (rand((5, 2055), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            n += bf16_check(bits, f"{force}")
+            flat = (rand((5 * 2055 + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            n += bf16_check(flat[1:].reshape(5, 2055), f"{force} unaligned")
+        SM.FORCE_REGIME = None
+        # split kernels leave their cached workspace's counters at zero for the next call
+        assert SM._workspaces and all(not cnt.any() for _, cnt in SM._workspaces.values())
+        # every regime and variant of a regime was reached
+        seen = {(p.regime, p.ss > 0, p.k > 1, p.smem > 0) for p in plans}
+        for want in [("row", False, False, False), ("row", True, False, True), ("split", False, True, False),
+                     ("stream", False, False, True), ("stream", False, True, False)]:
+            assert want in seen, (want, seen)
+        return n
+
+    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows, "regimes": regimes}
 
 
 def cross_entropy_suites(cp, CE, rng):
