@@ -75,14 +75,14 @@ for _s in ("float32", "float64"):
 for _s in ("float16", "bfloat16"):
     VARIANTS[(_s, "fwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (1, 2), "stream": (2,)}
     VARIANTS[(_s, "bwd")] = {"warp": (1, 2), "row": (1, 2), "split": (1, 2), "stream": (1,)}
-    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (1,)}
+    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (2,)}
 VARIANTS[("bfloat16", "bwd")]["split"] = (1,)  # split2 spills for bfloat16 under 64 registers
 del _s
 
 # kernel template -> __launch_bounds__(max threads, min blocks per SM). The
 # occupancy model (blocks_per_sm) reads the register cap from these.
 BOUNDS: dict[str, tuple[int, int]] = {
-    "warp": (128, 8),
+    "warp": (128, 6),  # (128, 8) spills on sm_80
     "row": (1024, 1),
     "split": (512, 2),
     "stream": (512, 2),
@@ -162,9 +162,14 @@ def blocks_per_sm(dev: Device, template: str, threads: int, smem: int = 0) -> in
     `smem` dynamic shared bytes: the CUDA occupancy calculation with the register
     count at its launch-bound cap (ptxas uses at most that; fewer only raises it)."""
     maxt, minb = BOUNDS[template]
-    regs = min(255, dev.regs_per_sm // (maxt * minb)) // 8 * 8
+    # Registers are allocated per warp in units of 256 (8 per thread): round the
+    # cap up, which can only under-count; the bounds themselves promise `minb`
+    # blocks of `maxt` threads, hence of fewer threads too.
+    regs = -(-min(255, dev.regs_per_sm // (maxt * minb)) // 8) * 8
     warps = -(-threads // 32)
     by_regs = dev.regs_per_sm // (regs * 32 * warps)
+    if threads <= maxt:
+        by_regs = max(by_regs, minb)
     by_threads = dev.threads_per_sm // (warps * 32)
     by_smem = dev.smem_per_sm // (smem + STATIC_SMEM_MAX + SMEM_RESERVED_PER_BLOCK)
     return max(0, min(by_regs, by_threads, by_smem, dev.max_blocks_per_sm))
@@ -308,8 +313,10 @@ def _row_shapes(storage: str, direction: str, need: int, dev: Device):
 
 def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev: Device) -> Plan | None:
     """One block per row, the row on chip (registers, then shared memory). Among
-    the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then no
-    shared memory, then the most bytes in flight, then the most threads."""
+    the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then two
+    resident blocks rather than one (one loads while the other reduces), then no
+    shared memory, then the least shared memory, the most bytes in flight, the
+    most threads."""
     row_bytes = cols * _itemsize(storage) * _arrays(direction)
     best = None
     for nv, threads, ss, smem in _row_shapes(storage, direction, need, dev):
@@ -319,11 +326,23 @@ def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev
         grid = int(min(rows, occ * dev.n_sm * ROW_GRID_WAVES, MAX_GRID))
         res = min(occ, -(-grid // dev.n_sm))
         inflight = res * row_bytes
-        key = (min(inflight, INFLIGHT_GOOD), ss == 0, inflight, threads)
+        key = (min(inflight, INFLIGHT_GOOD), min(res, 2), ss == 0, -smem, inflight, threads)
         if best is None or key > best[0]:
             best = (key, Plan("row", kernel_name(direction, "row", nv, storage), grid, threads, k=1, chunk=cols,
                               ss=ss, smem=smem, resident=res, inflight_bytes_per_sm=inflight))
     return None if best is None else best[1]
+
+
+def row_capacity(storage: str, direction: str, dev: Device) -> int:
+    """Largest `need` (row length plus misalignment) the row regime holds on `dev`:
+    1024 threads, the largest NV in registers, the rest of the opt-in shared memory
+    staged (the planner's row-regime edge; longer rows stream)."""
+    nv = max(VARIANTS[(storage, direction)]["row"])
+    per_slot_column = ROW_MAX_THREADS * SLOT_BYTES * _arrays(direction)
+    ss = (dev.smem_per_block - STATIC_SMEM_MAX) // per_slot_column
+    while ss > 0 and blocks_per_sm(dev, "row", ROW_MAX_THREADS, ss * per_slot_column) < 1:
+        ss -= 1
+    return ROW_MAX_THREADS * (nv + ss) * VEC[storage]
 
 
 def _split_shape(storage: str, direction: str, need: int) -> tuple[int, int] | None:
@@ -473,20 +492,25 @@ def plan_for(direction: str, storage: str, rows: int, cols: int, mis: int = 0, d
     return plan(storage, direction, rows, cols, mis, current_device() if dev is None else dev)
 
 
-_smem_set: dict[tuple[int, str], int] = {}
+# (device, kernel) -> [RawKernel, its driver Function, dynamic smem opted in]: the
+# per-call path skips RawModule.get_function and RawKernel's own dispatch.
+_kernels: dict[tuple[int, str], list] = {}
 
 
 def _launch(p: Plan, args: tuple) -> None:
-    rk = loader.get_function(FAMILY, p.kernel)
-    if p.smem > 48 * 1024:
-        # Above 48 KiB a kernel must opt in to its dynamic shared memory, once per device.
-        key = (launch.device_id(), p.kernel)
-        if _smem_set.get(key, 0) < p.smem:
-            rk.max_dynamic_shared_size_bytes = p.smem
-            _smem_set[key] = p.smem
+    key = (launch.device_id(), p.kernel)
+    entry = _kernels.get(key)
+    if entry is None:
+        rk = loader.get_function(FAMILY, p.kernel)
+        entry = _kernels[key] = [rk, rk.kernel, 0]
+    if p.smem > 48 * 1024 and entry[2] < p.smem:
+        # Above 48 KiB a kernel must opt in to its dynamic shared memory (once per device).
+        entry[0].max_dynamic_shared_size_bytes = p.smem
+        entry[2] = p.smem
     # Blocks of a split row wait for each other: the driver must guarantee the
-    # grid is co-resident (it refuses the launch otherwise).
-    rk.kernel((p.grid, 1, 1), (p.block, 1, 1), args, p.smem, None, p.cooperative)
+    # grid is co-resident, and a cooperative launch refuses rather than hangs.
+    # (grid, block, args, shared_mem, stream=None: CuPy's current stream, cooperative)
+    entry[1]((p.grid, 1, 1), (p.block, 1, 1), args, p.smem, None, p.cooperative)
 
 
 _workspaces: dict[tuple[int, int, str], tuple] = {}
@@ -564,7 +588,7 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     if layout.inner != 1:
         y = cupy.moveaxis(y, -1, layout.axis)
     if out is None:
-        return cupy.ascontiguousarray(y)
+        return y if layout.inner == 1 else cupy.ascontiguousarray(y)
     out[...] = y
     return out
 
