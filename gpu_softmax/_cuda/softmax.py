@@ -147,6 +147,13 @@ class Device:
     l2_bytes: int = 50 << 20
     max_blocks_per_sm: int = 32
 
+    def __hash__(self) -> int:  # part of every plan-cache key: hash the fields once
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 H100 = Device("H100 SXM", 132, l2_bytes=50 << 20)
 H200 = Device("H200", 132, l2_bytes=60 << 20)
@@ -203,6 +210,23 @@ class Plan:
     @property
     def cooperative(self) -> bool:
         return self.k > 1
+
+    def scalars(self, rows: int, cols: int, op: int | None) -> tuple:
+        """The kernel's scalar arguments after its pointers, typed for the kernel
+        signature; built once per (plan, op) since a plan is cached per shape."""
+        cache = self.__dict__.setdefault("_scalars", {})
+        key = (rows, cols, op)
+        t = cache.get(key)
+        if t is None:
+            opa = () if op is None else (np.int32(op),)
+            if self.regime == "warp":
+                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.width))
+            elif self.regime == "row":
+                t = (np.int64(rows), np.int32(cols), *opa, np.int32(self.ss))
+            else:
+                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.k), np.int64(self.chunk))
+            cache[key] = t
+        return t
 
 
 MAX_GRID = 2**31 - 1
@@ -554,11 +578,9 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
         xc = launch.rows_last(x, layout)
         lse = cupy.empty(rows, dtype=acc)
         p = plan(st, "lse", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-        if p.regime == "warp":
-            args = (xc, lse, np.int64(rows), np.int64(cols), np.int32(p.width))
-        else:
-            part, cnt = _workspace(p, np.float64)
-            args = (xc, lse, np.int64(rows), np.int64(cols), np.int32(p.k), np.int64(p.chunk), part, cnt)
+        args = (xc, lse, *p.scalars(rows, cols, None))
+        if p.regime != "warp":
+            args += _workspace(p, np.float64)
         _launch(p, args)
         return lse.reshape(layout.reduced_shape)
 
@@ -575,13 +597,9 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     )
     y = out if direct else cupy.empty(xc.shape, dtype=xc.dtype)
     p = plan(st, "fwd", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-    if p.regime == "warp":
-        args = (xc, y, np.int64(rows), np.int64(cols), np.int32(op), np.int32(p.width))
-    elif p.regime == "row":
-        args = (xc, y, np.int64(rows), np.int32(cols), np.int32(op), np.int32(p.ss))
-    else:
-        part, cnt = _workspace(p, acc)
-        args = (xc, y, np.int64(rows), np.int64(cols), np.int32(op), np.int32(p.k), np.int64(p.chunk), part, cnt)
+    args = (xc, y, *p.scalars(rows, cols, op))
+    if p.regime not in ("warp", "row"):
+        args += _workspace(p, acc)
     _launch(p, args)
     if direct:
         return out
@@ -623,13 +641,9 @@ def _backward(grad_y, y, layout: RowLayout, op: int, storage: str | None):
     gc = launch.rows_last(grad_y, layout)
     gx = cupy.empty(yc.shape, dtype=yc.dtype)
     p = plan(st, "bwd", rows, cols, worst_misalignment(yc.data.ptr, cols, yc.itemsize), current_device())
-    if p.regime == "warp":
-        args = (gc, yc, gx, np.int64(rows), np.int64(cols), np.int32(op), np.int32(p.width))
-    elif p.regime == "row":
-        args = (gc, yc, gx, np.int64(rows), np.int32(cols), np.int32(op), np.int32(p.ss))
-    else:
-        part, cnt = _workspace(p, np.float64)  # backward sums run in float64
-        args = (gc, yc, gx, np.int64(rows), np.int64(cols), np.int32(op), np.int32(p.k), np.int64(p.chunk), part, cnt)
+    args = (gc, yc, gx, *p.scalars(rows, cols, op))
+    if p.regime not in ("warp", "row"):
+        args += _workspace(p, np.float64)  # backward sums run in float64
     _launch(p, args)
     if layout.inner != 1:
         gx = cupy.ascontiguousarray(cupy.moveaxis(gx, -1, layout.axis))
