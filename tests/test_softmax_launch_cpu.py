@@ -275,6 +275,7 @@ class _FakeKernel:
 
 def test_launch_flags_and_no_cooperative_fallback(monkeypatch):
     fake = _FakeKernel()
+    monkeypatch.setattr(sm, "_kernels", {})
     monkeypatch.setattr(sm.loader, "get_function", lambda fam, name: fake)
     monkeypatch.setattr(sm.launch, "device_id", lambda: 0)
     split = sm.plan("float32", "fwd", 8, 262144, 0, sm.H100)
@@ -286,6 +287,7 @@ def test_launch_flags_and_no_cooperative_fallback(monkeypatch):
     assert fake.max_dynamic_shared_size_bytes == row.smem  # opted in above 48 KiB
     # A CuPy that cannot launch cooperatively fails loudly instead of launching a
     # grid whose blocks might wait for blocks that never run.
+    monkeypatch.setattr(sm, "_kernels", {})
     monkeypatch.setattr(sm.loader, "get_function", lambda fam, name: _FakeKernel(TypeError("no keyword")))
     with pytest.raises(TypeError):
         sm._launch(split, ())

@@ -188,6 +188,11 @@ def softmax_suites(cp, SM, rng):
                     n += check(x, what=f"{force} {rows}x{cols} {dt.__name__}")
                     buf = rand((rows * cols + 1,), dt)
                     n += check(buf[1:].reshape(rows, cols), what=f"{force} unaligned {rows}x{cols} {dt.__name__}")
+                x_np = rand((3, 2053), dt)  # in place: every element read and written by one thread
+                x = cp.asarray(x_np)
+                assert SM.log_softmax(fargs(x, -1, x)) is x
+                assert_close(cp.asnumpy(x), reference.log_softmax(x_np), dt, f"{force} in place {dt.__name__}")
+                n += 1
                 x = rand((6, 3001), dt)
                 x[1, 7] = np.nan
                 x[2, 9] = np.inf
