@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 import harness  # noqa: E402  (installs the fake cupy when set up)
 
 
-def softmax_suites(cp, SM, rng):
+def softmax_suites(cp, SM, rng, emu):
     from gpu_softmax import _checks, reference
     from gpu_softmax.testing import assert_close
 
@@ -165,9 +165,10 @@ def softmax_suites(cp, SM, rng):
 
     plans = []
     plan = SM.plan
+    forced = []  # a Plan here replaces the planner's choice (the variants suite)
 
     def recording_plan(*a):
-        p = plan(*a)
+        p = forced[0] if forced else plan(*a)
         plans.append(p)
         return p
 
@@ -214,7 +215,78 @@ def softmax_suites(cp, SM, rng):
             assert want in seen, (want, seen)
         return n
 
-    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows, "regimes": regimes}
+    def variants():
+        """Every compiled entry point, launched with a hand-made plan on an unaligned
+        row that uses every slot kind (full, partial, past the end; staged ones for
+        the row template), against the reference."""
+        n = 0
+        threads = 64
+        for storage, direction, template, nv in sorted(SM._variants()):
+            vec = SM.VEC[storage]
+            name = SM.kernel_name(direction, template, nv, storage)
+            arrays = 2 if direction == "bwd" else 1
+            rows = 3
+            if template == "warp":
+                cols = 32 * nv * vec - vec + 1  # + its worst misalignment (vec - 1): exactly full
+                p = SM.Plan("warp", name, 2, SM.WARP_BLOCK_THREADS, width=32)
+            elif template == "row":
+                cols = threads * (nv + 2) * vec - vec - 1
+                p = SM.Plan("row", name, 2, threads, chunk=cols, ss=3, smem=3 * threads * 16 * arrays)
+            elif template == "split":
+                chunk = threads * nv * vec - vec
+                cols = 2 * chunk - 3
+                p = SM.Plan("split", name, 2 * 2, threads, k=2, chunk=chunk, groups=2)
+            elif template == "stream":
+                cols = threads * nv * vec * 3 + 5
+                p = SM.Plan("stream", name, 2, threads, chunk=cols)
+            else:  # logsumexp block
+                cols = threads * nv * vec * 3 + 5
+                p = SM.Plan("stream", name, 2, threads, chunk=cols)
+            forced[:] = [p]
+            dt = np.uint16 if storage == "bfloat16" else np.dtype(storage)
+            if storage == "bfloat16":
+                bits = (rand((rows * cols + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                xf = (bits.astype(np.uint32) << 16).view(np.float32)[1:].reshape(rows, cols)
+                x = cp.asarray(bits)[1:].reshape(rows, cols)
+                if direction == "lse":
+                    got = SM.forward_raw(x, -1, "logsumexp", storage="bfloat16")
+                    assert_close(cp.asnumpy(got), reference.logsumexp(xf), np.float32, name)
+                elif direction == "fwd":
+                    out = cp.full((rows, cols), 0x7FC0, np.uint16)
+                    SM.forward_raw(x, -1, "softmax", out, storage="bfloat16")
+                    f = (cp.asnumpy(out).astype(np.uint32) << 16).view(np.float32)
+                    assert_close(f, reference.softmax(xf), "bfloat16", name)
+                else:
+                    gb = (rand((rows, cols), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                    y = reference.softmax(xf.astype(np.float64)).astype(np.float32)
+                    yb = (y.view(np.uint32) >> 16).astype(np.uint16)
+                    got = SM.backward_raw(cp.asarray(gb), cp.asarray(yb), -1, "softmax_backward", storage="bfloat16")
+                    f = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # noqa: E731
+                    assert_close(f(cp.asnumpy(got)), reference.softmax_backward(f(gb), f(yb)), "bfloat16", name)
+            else:
+                buf = rand((rows * cols + 1,), dt)
+                x_np = buf[1:].reshape(rows, cols)
+                x = cp.asarray(buf)[1:].reshape(rows, cols)
+                if direction == "lse":
+                    got = SM.logsumexp(fargs(x))
+                    assert_close(cp.asnumpy(got), reference.logsumexp(x_np), reference.logsumexp(x_np).dtype, name)
+                elif direction == "fwd":
+                    for op in ("softmax", "log_softmax"):
+                        out = cp.full((rows, cols), np.nan, dt)
+                        getattr(SM, op)(fargs(x, -1, out))
+                        assert_close(cp.asnumpy(out), getattr(reference, op)(x_np), dt, f"{op} {name}")
+                else:
+                    for op, (gy, y) in T._backward_inputs(rng, (rows, cols), dt).items():
+                        got = getattr(SM, op)(bargs(cp.asarray(gy), cp.asarray(y)))
+                        assert_close(cp.asnumpy(got), getattr(reference, op)(gy, y), dt, f"{op} {name}")
+            assert plans[-1] is p
+            n += 1
+        forced.clear()
+        assert {name for name, _, _ in emu.launches} >= set(SM.ENTRY_POINTS)
+        return n
+
+    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows, "regimes": regimes,
+            "variants": variants}
 
 
 def cross_entropy_suites(cp, CE, rng):
@@ -364,7 +436,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(seed)
     t0 = time.time()
     cp, mod, emu = harness.setup(args.family, Path(args.build_dir))
-    suites = softmax_suites(cp, mod, rng) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
+    suites = softmax_suites(cp, mod, rng, emu) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
     n = suites[args.suite]()
     kernels = sorted({name for name, _, _ in emu.launches})
     print(f"kernels: {' '.join(kernels)}")
