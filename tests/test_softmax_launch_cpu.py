@@ -196,6 +196,8 @@ def test_stream_limits_rows_in_flight_when_they_overflow_l2():
     p = sm.plan("float32", "fwd", 1024, 131072, 0, sm.H100)
     assert p.regime == "stream" and p.smem > 0 and p.resident == 1, p
     assert sm.blocks_per_sm(sm.H100, "stream", p.block, p.smem) == 1
+    # the padding holds whatever the kernel's real static shared memory is
+    assert 2 * (p.smem + sm.SMEM_RESERVED_PER_BLOCK) > sm.H100.smem_per_sm
     assert p.inflight_bytes_per_sm >= sm.INFLIGHT_TARGET
     big_l2 = sm.Device("big L2", 132, l2_bytes=1 << 30)
     p = sm.plan("float32", "fwd", 1024, 131072, 0, big_l2)

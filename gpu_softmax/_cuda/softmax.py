@@ -430,8 +430,9 @@ def _plan_stream(storage: str, direction: str, rows: int, cols: int, dev: Device
             want = min(occ, max(1, -(-INFLIGHT_TARGET // tile_bytes)))
         smem = 0
         if want < occ:
-            # Pad the dynamic shared memory so that only `want` blocks fit on an SM.
-            smem = dev.smem_per_sm // (want + 1) - STATIC_SMEM_MAX - SMEM_RESERVED_PER_BLOCK + 1
+            # Pad the dynamic shared memory so that `want` + 1 blocks do not fit on
+            # an SM even if the kernel had no static shared memory at all.
+            smem = dev.smem_per_sm // (want + 1) - SMEM_RESERVED_PER_BLOCK + 1
             smem = min(smem, dev.smem_per_block - STATIC_SMEM_MAX)
             if blocks_per_sm(dev, "stream", STREAM_THREADS, smem) != want:
                 smem = 0
