@@ -550,7 +550,7 @@ def _workspace(p: Plan, part_dtype):
 
     if p.k <= 1:
         return launch.dummy("part", part_dtype), launch.dummy("cnt", np.uint64)
-    key = (launch.device_id(), cupy.cuda.get_current_stream().ptr, np.dtype(part_dtype).name)
+    key = (launch.device_id(), cupy.cuda.get_current_stream().ptr, part_dtype)
     ws = _workspaces.get(key)
     if ws is None or ws[0].size < p.groups * 4 * p.k or ws[1].size < 2 * p.groups:
         n_part = max(p.groups * 4 * p.k, 0 if ws is None else ws[0].size)
