@@ -49,7 +49,6 @@ fallback to a plain launch.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +118,8 @@ def generated_entries() -> str:
     for storage, direction, regime, nv in sorted(_variants()):
         maxt, minb = BOUNDS[regime]
         macro = f"GS_ENTRY_{direction.upper()}_{regime.upper()}"
-        lines.append(f"{macro}({kernel_name(direction, regime, nv, storage)}, {_CUDA_STORAGE[storage]}, {nv}, {maxt}, {minb})")
+        name = kernel_name(direction, regime, nv, storage)
+        lines.append(f"{macro}({name}, {_CUDA_STORAGE[storage]}, {nv}, {maxt}, {minb})")
     return "\n".join(lines) + "\n"
 
 
