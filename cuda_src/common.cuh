@@ -226,6 +226,38 @@ __device__ __forceinline__ A block_sum(A v, A* scratch /* [33] */) {
     return scratch[32];
 }
 
+// Single-barrier block reductions (one __syncthreads per reduction instead of
+// three): every warp reduces its lanes, lane 0 posts the warp's partial, and
+// after the one barrier every warp reduces all posted partials itself. `slots`
+// is one of two 32-entry buffers the caller alternates between consecutive
+// reductions: a warp can only post into a buffer again after passing the next
+// reduction's barrier, which every thread reaches only after reading this one.
+template <class A>
+__device__ __forceinline__ MaxSum<A> block_merge_1b(MaxSum<A> v, MaxSum<A>* slots /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_merge(v, 32);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    MaxSum<A> w = lane < nwarps ? slots[lane] : empty_maxsum<A>();
+    w = warp_merge(w, 32);
+    // merge() is not bitwise symmetric, so lanes can differ in the last bit:
+    // lane 0's result (the same in every warp) is the one the whole block uses.
+    w.m = __shfl_sync(0xffffffffu, w.m, 0);
+    w.r = __shfl_sync(0xffffffffu, w.r, 0);
+    return w;
+}
+
+// Sums are bitwise symmetric under the xor butterfly, so every lane already
+// holds the same total.
+template <class A>
+__device__ __forceinline__ A block_sum_1b(A v, A* slots /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v, 32);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nwarps ? slots[lane] : A(0), 32);
+}
+
 // ---------------------------------------------------------------------------
 // 16-byte vector access. A row (or chunk) at pointer p is addressed from the
 // 16-byte boundary at or below p: slot i covers elements [i*VEC - mis, i*VEC -
@@ -290,6 +322,64 @@ __device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec
 template <class S, class I>
 __device__ __forceinline__ I slot_start(I base, int j, int lane, int width, int mis) {
     return base + ((I)j * width + lane) * S::VEC - mis;
+}
+
+// ---------------------------------------------------------------------------
+// Shared-memory staging of 16-byte slots (rows longer than the registers hold).
+// A staged slot keeps the raw storage words; the element bounds are applied
+// when it is read back, so a partial slot at a row end needs no padding value.
+// On sm_80+ a full slot is copied with cp.async: the copy needs no register and
+// no dependent instruction, so all of a row's loads are in flight together.
+
+__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+#else
+    *smem = *reinterpret_cast<const uint4*>(gmem);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+template <class S>
+__device__ __forceinline__ void stage_slot(const typename S::T* p, int e0, int n, bool vec_ok, uint4* dst) {
+    typedef typename S::T T;
+    constexpr int VEC = S::VEC;
+    if (vec_ok && e0 >= 0 && e0 + VEC <= n) {
+        cp_async16(dst, p + e0);
+    } else {
+        union {
+            uint4 u;
+            T t[VEC];
+        } buf;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int e = e0 + i;
+            buf.t[i] = (e >= 0 && e < n) ? p[e] : T(0);
+        }
+        *dst = buf.u;
+    }
+}
+
+template <class S>
+__device__ __forceinline__ void unstage_slot(const uint4* src, int e0, int n, typename S::A* dst,
+                                             typename S::A pad) {
+    typedef typename S::T T;
+    constexpr int VEC = S::VEC;
+    union {
+        uint4 u;
+        T t[VEC];
+    } buf;
+    buf.u = *src;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        const int e = e0 + i;
+        dst[i] = (e >= 0 && e < n) ? S::to_acc(buf.t[i]) : pad;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -376,6 +466,20 @@ __device__ __forceinline__ MaxSum<A> group_merge(MaxSum<A> mine, A* part, unsign
     MaxSum<A> r = scratch[32];
     __syncthreads();  // scratch[32] is reused by the next reduction
     return r;
+}
+
+// After a group's last round: the last of its k blocks to arrive puts the
+// group's arrival counter (cnt[g]) and this done counter back to zero, so the
+// launcher can keep one zeroed workspace per stream instead of allocating and
+// zeroing one per call. Every block of the group is past its last read of
+// cnt and of the partials when it counts itself done.
+__device__ __forceinline__ void group_release(unsigned long long* cnt, unsigned long long* done, long long g, int k) {
+    if (threadIdx.x == 0 && k > 1) {
+        if (atomicAdd(done + g, 1ull) == (unsigned long long)(k - 1)) {
+            cnt[g] = 0ull;
+            done[g] = 0ull;
+        }
+    }
 }
 
 template <class A>

@@ -1,23 +1,28 @@
 // softmax, log_softmax, logsumexp and their backward passes, over rows of `cols`
 // contiguous elements (the launcher moves any other axis last first).
 //
-// Kernel templates, picked per call by the regime table in
-// gpu_softmax/_cuda/softmax.py:
-//   warp   - rows up to ~1k: `width` lanes (1..32) own one row, held in
-//            registers; several rows per warp when rows are tiny.
-//   block  - rows up to what fits in one or several blocks' registers: each
-//            block holds a chunk of a row in registers; with k > 1 blocks per
-//            row they exchange (max, sum) partials through a small workspace
-//            (rows split across co-resident blocks), so the row is read from
-//            memory once and written once whatever its length.
-//   stream - rows too long to hold on chip: online (max, sum) over the chunk,
-//            then a second read for the write; chunks split across k blocks
-//            the same way, so no row is read more than twice.
+// Kernel templates, picked per call by the planner in gpu_softmax/_cuda/softmax.py
+// (docs/softmax_kernels.md has the regime table and the bytes-in-flight rule):
+//   warp   - short rows: `width` lanes (1..32) own one row, held in registers;
+//            several rows per warp when rows are tiny.
+//   row    - one block per row (k = 1, no workspace): the row is loaded whole
+//            before the first reduction, NV slots per thread in registers and
+//            `ss` more per thread staged in dynamic shared memory (cp.async),
+//            then one single-barrier (max, sum) reduction and one write.
+//   split  - few rows (fewer than SMs): k co-resident blocks per row, each
+//            holding a chunk in registers, exchanging (max, sum) partials
+//            through a small workspace; launched cooperatively.
+//   stream - rows longer than one SM holds: online (max, sum) read, then a
+//            second read for the write, walked backwards so that the most
+//            recently read tiles (still in L2) are read first; k blocks per
+//            row only when rows are few.
 //   lse    - logsumexp writes one value per row and holds nothing: a single
 //            online read, `width` lanes per row or k blocks per row.
 // softmax vs log_softmax (and the two backward passes) is a runtime argument:
 // it only changes the epilogue, and keeping it out of the template list halves
-// the number of compiled variants.
+// the number of compiled variants. The extern "C" entry points are not in this
+// file: the launch module generates them from its variant table (one source of
+// truth for names, NV and launch bounds) and the loader appends them.
 #include "common.cuh"
 
 namespace gs {
@@ -81,10 +86,21 @@ __device__ __forceinline__ double held_dot(const A (&yv)[EPT], const A (&gv)[EPT
 }
 
 // grad_x into gv: y * (gy - dot) for softmax, gy - exp(y) * sum(gy) for
-// log_softmax (exp in double for the same cancellation reason).
-template <class A, int EPT>
+// log_softmax (exp in double for the same cancellation reason). 16-bit storage
+// finishes in float: the result is rounded to 11 (8) significant bits, far above
+// float's error on these terms, and double math there costs registers (spills).
+template <class S, class A, int EPT>
 __device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, double s) {
-    if (op == OP_SOFTMAX_BWD) {
+    if (sizeof(typename S::T) == 2) {
+        const float sf = float(s);
+        if (op == OP_SOFTMAX_BWD) {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) gv[i] = yv[i] * (gv[i] - sf);
+        } else {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) gv[i] = gv[i] - expf(yv[i]) * sf;
+        }
+    } else if (op == OP_SOFTMAX_BWD) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) gv[i] = A(double(yv[i]) * (double(gv[i]) - s));
     } else {
@@ -150,7 +166,7 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
             load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
         }
         const double s = warp_sum(held_dot(yv, gv, op), width);
-        held_bwd_finish(yv, gv, op, s);
+        held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, lane, width, mis), n, vec_o, gv + j * VEC);
@@ -158,7 +174,123 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
 }
 
 // ---------------------------------------------------------------------------
-// block regime: k blocks per row (k = 1: a block per row); block p of group g
+// row regime: block b owns rows b, b + gridDim.x, ...; the row is slots
+// [0, NV + ss) of the block's slot grid: the first NV per thread in registers,
+// the other ss per thread in dynamic shared memory at stage[(j - NV) *
+// blockDim.x + threadIdx.x]. All of a row's loads are issued before the first
+// value is used. Every element is read and written by one thread (the staged
+// ones from its own shared slots), so y == x is safe and no barrier is needed
+// around the staging buffer. Rows fit in int here (the planner holds at most
+// what one SM can).
+
+template <class S, int NV>
+__device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
+                                        int ss) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    extern __shared__ uint4 gs_stage[];
+    __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
+    const int tid = threadIdx.x, nt = blockDim.x;
+    int parity = 0;
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
+        const typename S::T* xr = x + row * cols;
+        typename S::T* yr = y + row * cols;
+        const int mis = misalign<S>(xr);
+        for (int j = 0; j < ss; ++j)
+            stage_slot<S>(xr, slot_start<S>(0, NV + j, tid, nt, mis), cols, true, gs_stage + j * nt + tid);
+        A v[EPT];
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            load_slot<S>(xr, slot_start<S>(0, j, tid, nt, mis), cols, true, v + j * VEC, -inf_of(A(0)));
+        cp_async_wait_all();
+        const MaxSum<A> own = held_stats(v, op);
+        MaxSum<A> t = own;
+        for (int j = 0; j < ss; ++j) {
+            A w[VEC];
+            unstage_slot<S>(gs_stage + j * nt + tid, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
+                            -inf_of(A(0)));
+            t = merge(t, values_stats<false, A, A>(w));
+        }
+        const MaxSum<A> r = block_merge_1b(t, slots + 32 * parity);
+        held_finish(v, op, own.m, r);
+        const bool vec_out = misalign<S>(yr) == mis;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            store_slot<S>(yr, slot_start<S>(0, j, tid, nt, mis), cols, vec_out, v + j * VEC);
+        const A inv = inv_sum_of(r);
+        const A ls = log_sum_of(r);
+        for (int j = 0; j < ss; ++j) {
+            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+            A w[VEC];
+            unstage_slot<S>(gs_stage + j * nt + tid, e0, cols, w, A(0));
+            if (op == OP_SOFTMAX) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) w[i] = fast_exp(w[i] - r.m) * inv;
+            } else {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) w[i] = (w[i] - r.m) - ls;
+            }
+            store_slot<S>(yr, e0, cols, vec_out, w);
+        }
+    }
+}
+
+// Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's.
+template <class S, int NV>
+__device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
+                                        long long rows, int cols, int op, int ss) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    extern __shared__ uint4 gs_stage[];
+    __shared__ double slots[64];
+    const int tid = threadIdx.x, nt = blockDim.x;
+    uint4* sy = gs_stage;
+    uint4* sg = gs_stage + ss * nt;
+    int parity = 0;
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
+        const long long off = row * cols;
+        const int mis = misalign<S>(y + off);
+        const bool vec_g = misalign<S>(gy + off) == mis;
+        const bool vec_o = misalign<S>(gx + off) == mis;
+        for (int j = 0; j < ss; ++j) {
+            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+            stage_slot<S>(y + off, e0, cols, true, sy + j * nt + tid);
+            stage_slot<S>(gy + off, e0, cols, vec_g, sg + j * nt + tid);
+        }
+        A yv[EPT], gv[EPT];
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e0 = slot_start<S>(0, j, tid, nt, mis);
+            load_slot<S>(y + off, e0, cols, true, yv + j * VEC, A(0));
+            load_slot<S>(gy + off, e0, cols, vec_g, gv + j * VEC, A(0));
+        }
+        cp_async_wait_all();
+        double s = held_dot(yv, gv, op);
+        for (int j = 0; j < ss; ++j) {
+            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+            A a[VEC], b[VEC];
+            unstage_slot<S>(sy + j * nt + tid, e0, cols, a, A(0));
+            unstage_slot<S>(sg + j * nt + tid, e0, cols, b, A(0));
+            s += held_dot(a, b, op);
+        }
+        s = block_sum_1b(s, slots + 32 * parity);
+        held_bwd_finish<S>(yv, gv, op, s);
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            store_slot<S>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
+        for (int j = 0; j < ss; ++j) {
+            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+            A a[VEC], b[VEC];
+            unstage_slot<S>(sy + j * nt + tid, e0, cols, a, A(0));
+            unstage_slot<S>(sg + j * nt + tid, e0, cols, b, A(0));
+            held_bwd_finish<S>(a, b, op, s);
+            store_slot<S>(gx + off, e0, cols, vec_o, b);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// split regime (few rows): k co-resident blocks per row; block p of group g
 // owns elements [p*chunk, min((p+1)*chunk, cols)) of rows g, g+groups, ...
 // The chunk stays in registers between the read and the write, so in-place
 // (y == x) is safe: every element is read and written by the same thread, and
@@ -166,12 +298,13 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
 // chunk of a row has the row's misalignment.
 
 template <class S, int NV>
-__device__ __forceinline__ void fwd_block(const typename S::T* x, typename S::T* y, long long rows, long long cols,
+__device__ __forceinline__ void fwd_split(const typename S::T* x, typename S::T* y, long long rows, long long cols,
                                           int op, int k, long long chunk, typename S::A* part,
                                           unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
+    __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
     const long long groups = gridDim.x / k;
     const long long g = blockIdx.x / k;
     const int p = (int)(blockIdx.x % k);
@@ -188,7 +321,7 @@ __device__ __forceinline__ void fwd_block(const typename S::T* x, typename S::T*
             load_slot<S>(x + off, slot_start<S>(0, j, threadIdx.x, blockDim.x, mis), n, true, v + j * VEC,
                          -inf_of(A(0)));
         const MaxSum<A> t = held_stats(v, op);
-        MaxSum<A> r = block_merge(t, scratch);
+        MaxSum<A> r = block_merge_1b(t, slots + 32 * (round & 1));
         if (k > 1) r = group_merge(r, part, cnt, g, k, p, round, scratch);
         held_finish(v, op, t.m, r);
         const bool vec_out = misalign<S>(y + off) == mis;
@@ -196,15 +329,17 @@ __device__ __forceinline__ void fwd_block(const typename S::T* x, typename S::T*
         for (int j = 0; j < NV; ++j)
             store_slot<S>(y + off, slot_start<S>(0, j, threadIdx.x, blockDim.x, mis), n, vec_out, v + j * VEC);
     }
+    group_release(cnt, cnt + groups, g, k);
 }
 
 template <class S, int NV>
-__device__ __forceinline__ void bwd_block(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
+__device__ __forceinline__ void bwd_split(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
                                           long long rows, long long cols, int op, int k, long long chunk,
                                           double* part, unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ double scratch[33];
+    __shared__ double slots[64];
     const long long groups = gridDim.x / k;
     const long long g = blockIdx.x / k;
     const int p = (int)(blockIdx.x % k);
@@ -224,19 +359,21 @@ __device__ __forceinline__ void bwd_block(const typename S::T* gy, const typenam
             load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
             load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
         }
-        double s = block_sum(held_dot(yv, gv, op), scratch);
+        double s = block_sum_1b(held_dot(yv, gv, op), slots + 32 * (round & 1));
         if (k > 1) s = group_sum(s, part, cnt, g, k, p, round, scratch);
-        held_bwd_finish(yv, gv, op, s);
+        held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, threadIdx.x, blockDim.x, mis), n, vec_o, gv + j * VEC);
     }
+    group_release(cnt, cnt + groups, g, k);
 }
 
 // ---------------------------------------------------------------------------
 // stream regime: as the block regime, but the chunk is walked in tiles of
 // blockDim.x * NV * VEC elements twice: first for the running (max, sum) (one
-// exp per element, one merge per tile), then to write. The second read of an
+// exp per element, one merge per tile), then, last tile first, to write: the
+// tiles read last are the likeliest still in L2. The second read of an
 // element is by the thread that read it first and writes it, so in-place is safe.
 
 template <class S, int NV>
@@ -246,6 +383,7 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
+    __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
     const long long groups = gridDim.x / k;
     const long long g = blockIdx.x / k;
     const int p = (int)(blockIdx.x % k);
@@ -266,12 +404,12 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
                              -inf_of(A(0)));
             t = merge(t, values_stats<false, A, A>(v));
         }
-        const MaxSum<A> r0 = block_merge(t, scratch);
+        const MaxSum<A> r0 = block_merge_1b(t, slots + 32 * (round & 1));
         const MaxSum<A> r = k > 1 ? group_merge(r0, part, cnt, g, k, p, round, scratch) : r0;
         const bool vec_out = misalign<S>(y + off) == mis;
         const A inv = inv_sum_of(r);
         const A ls = log_sum_of(r);
-        for (long long base = 0; base < n + mis; base += tile) {
+        for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
             A v[EPT];
 #pragma unroll
             for (int j = 0; j < NV; ++j)
@@ -290,6 +428,7 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
                               v + j * VEC);
         }
     }
+    group_release(cnt, cnt + groups, g, k);
 }
 
 template <class S, int NV>
@@ -299,6 +438,7 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ double scratch[33];
+    __shared__ double slots[64];
     const long long groups = gridDim.x / k;
     const long long g = blockIdx.x / k;
     const int p = (int)(blockIdx.x % k);
@@ -323,9 +463,9 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
             }
             acc += held_dot(yv, gv, op);
         }
-        double s = block_sum(acc, scratch);
+        double s = block_sum_1b(acc, slots + 32 * (round & 1));
         if (k > 1) s = group_sum(s, part, cnt, g, k, p, round, scratch);
-        for (long long base = 0; base < n + mis; base += tile) {
+        for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
             A yv[EPT], gv[EPT];
 #pragma unroll
             for (int j = 0; j < NV; ++j) {
@@ -333,13 +473,14 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
                 load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
                 load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
             }
-            held_bwd_finish(yv, gv, op, s);
+            held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
             for (int j = 0; j < NV; ++j)
                 store_slot<S>(gx + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, vec_o,
                               gv + j * VEC);
         }
     }
+    group_release(cnt, cnt + groups, g, k);
 }
 
 // ---------------------------------------------------------------------------
@@ -389,6 +530,7 @@ template <class S, int NV>
 __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A* lse, long long rows, long long cols,
                                           int k, long long chunk, double* part, unsigned long long* cnt) {
     __shared__ MaxSum<double> scratch[33];
+    __shared__ MaxSum<double> slots[64];
     const long long groups = gridDim.x / k;
     const long long g = blockIdx.x / k;
     const int p = (int)(blockIdx.x % k);
@@ -398,132 +540,79 @@ __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A*
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
         MaxSum<double> t = lse_chunk<S, NV>(x + row * cols + c0, n, threadIdx.x, blockDim.x);
-        t = block_merge(t, scratch);
+        t = block_merge_1b(t, slots + 32 * (round & 1));
         if (k > 1) t = group_merge(t, part, cnt, g, k, p, round, scratch);
         if (p == 0 && threadIdx.x == 0) lse[row] = typename S::A(lse_of(t));
     }
+    group_release(cnt, cnt + groups, g, k);
 }
 
 }  // namespace gs
 
 // ---------------------------------------------------------------------------
-// entry points. Names: gs_<fwd|bwd>_<warp|block|stream><NV>_<f16|bf16|f32|f64>,
-// NV = 16-byte slots per thread per tile. The list must match ENTRY_POINTS in
-// gpu_softmax/_cuda/softmax.py (a CPU test checks it). Launch bounds: warp
-// kernels run 128 threads, block kernels up to 1024, stream kernels 512.
+// entry-point templates. The instantiations (one line per compiled variant,
+// `GS_ENTRY_<DIR>_<REGIME>(name, storage, NV, max threads, min blocks per SM)`)
+// are generated by gpu_softmax/_cuda/softmax.py from its variant table and
+// appended to this text by the loader. The launch bounds are what the planner's
+// occupancy model relies on: they cap registers so that `min blocks` blocks of
+// `max threads` fit on an SM (ptxas must then not spill: the compile check).
 
 #define GS_KERNEL extern "C" __global__
 
-#define GS_ENTRY_FWD_WARP(name, S, NV)                                                                       \
-    GS_KERNEL void __launch_bounds__(128)                                                                    \
+#define GS_ENTRY_FWD_WARP(name, S, NV, MAXT, MINB)                                                           \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB)                                                             \
         name(const S::T* x, S::T* y, long long rows, long long cols, int op, int width) {                    \
         gs::fwd_warp<S, NV>(x, y, rows, cols, op, width);                                                    \
     }
-#define GS_ENTRY_BWD_WARP(name, S, NV)                                                                       \
-    GS_KERNEL void __launch_bounds__(128)                                                                    \
+#define GS_ENTRY_BWD_WARP(name, S, NV, MAXT, MINB)                                                           \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB)                                                             \
         name(const S::T* gy, const S::T* y, S::T* gx, long long rows, long long cols, int op, int width) {   \
         gs::bwd_warp<S, NV>(gy, y, gx, rows, cols, op, width);                                               \
     }
-#define GS_ENTRY_FWD_BLOCK(name, S, NV)                                                                      \
-    GS_KERNEL void __launch_bounds__(512) name(const S::T* x, S::T* y, long long rows, long long cols,      \
-                                               int op, int k, long long chunk, S::A* part,                   \
-                                               unsigned long long* cnt) {                                    \
-        gs::fwd_block<S, NV>(x, y, rows, cols, op, k, chunk, part, cnt);                                     \
+#define GS_ENTRY_FWD_ROW(name, S, NV, MAXT, MINB)                                                            \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB)                                                             \
+        name(const S::T* x, S::T* y, long long rows, int cols, int op, int ss) {                             \
+        gs::fwd_row<S, NV>(x, y, rows, cols, op, ss);                                                        \
     }
-#define GS_ENTRY_BWD_BLOCK(name, S, NV)                                                                      \
-    GS_KERNEL void __launch_bounds__(512) name(const S::T* gy, const S::T* y, S::T* gx, long long rows,      \
-                                               long long cols, int op, int k, long long chunk, double* part, \
-                                               unsigned long long* cnt) {                                    \
-        gs::bwd_block<S, NV>(gy, y, gx, rows, cols, op, k, chunk, part, cnt);                                \
+#define GS_ENTRY_BWD_ROW(name, S, NV, MAXT, MINB)                                                            \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB)                                                             \
+        name(const S::T* gy, const S::T* y, S::T* gx, long long rows, int cols, int op, int ss) {            \
+        gs::bwd_row<S, NV>(gy, y, gx, rows, cols, op, ss);                                                   \
     }
-#define GS_ENTRY_FWD_STREAM(name, S, NV)                                                                     \
-    GS_KERNEL void __launch_bounds__(512) name(const S::T* x, S::T* y, long long rows, long long cols,      \
-                                               int op, int k, long long chunk, S::A* part,                   \
-                                               unsigned long long* cnt) {                                    \
+#define GS_ENTRY_FWD_SPLIT(name, S, NV, MAXT, MINB)                                                          \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB) name(const S::T* x, S::T* y, long long rows, long long cols,\
+                                                      int op, int k, long long chunk, S::A* part,            \
+                                                      unsigned long long* cnt) {                             \
+        gs::fwd_split<S, NV>(x, y, rows, cols, op, k, chunk, part, cnt);                                     \
+    }
+#define GS_ENTRY_BWD_SPLIT(name, S, NV, MAXT, MINB)                                                          \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB) name(const S::T* gy, const S::T* y, S::T* gx,               \
+                                                      long long rows, long long cols, int op, int k,         \
+                                                      long long chunk, double* part,                         \
+                                                      unsigned long long* cnt) {                             \
+        gs::bwd_split<S, NV>(gy, y, gx, rows, cols, op, k, chunk, part, cnt);                                \
+    }
+#define GS_ENTRY_FWD_STREAM(name, S, NV, MAXT, MINB)                                                         \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB) name(const S::T* x, S::T* y, long long rows, long long cols,\
+                                                      int op, int k, long long chunk, S::A* part,            \
+                                                      unsigned long long* cnt) {                             \
         gs::fwd_stream<S, NV>(x, y, rows, cols, op, k, chunk, part, cnt);                                    \
     }
-#define GS_ENTRY_BWD_STREAM(name, S, NV)                                                                     \
-    GS_KERNEL void __launch_bounds__(512) name(const S::T* gy, const S::T* y, S::T* gx, long long rows,      \
-                                               long long cols, int op, int k, long long chunk, double* part, \
-                                               unsigned long long* cnt) {                                    \
+#define GS_ENTRY_BWD_STREAM(name, S, NV, MAXT, MINB)                                                         \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB) name(const S::T* gy, const S::T* y, S::T* gx,               \
+                                                      long long rows, long long cols, int op, int k,         \
+                                                      long long chunk, double* part,                         \
+                                                      unsigned long long* cnt) {                             \
         gs::bwd_stream<S, NV>(gy, y, gx, rows, cols, op, k, chunk, part, cnt);                               \
     }
-#define GS_ENTRY_LSE_WARP(name, S, NV)                                                                       \
-    GS_KERNEL void __launch_bounds__(128)                                                                    \
+#define GS_ENTRY_LSE_WARP(name, S, NV, MAXT, MINB)                                                           \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB)                                                             \
         name(const S::T* x, S::A* lse, long long rows, long long cols, int width) {                          \
         gs::lse_warp<S, NV>(x, lse, rows, cols, width);                                                      \
     }
-#define GS_ENTRY_LSE_BLOCK(name, S, NV)                                                                      \
-    GS_KERNEL void __launch_bounds__(512) name(const S::T* x, S::A* lse, long long rows, long long cols,     \
-                                               int k, long long chunk, double* part,                         \
-                                               unsigned long long* cnt) {                                    \
+#define GS_ENTRY_LSE_BLOCK(name, S, NV, MAXT, MINB)                                                          \
+    GS_KERNEL void __launch_bounds__(MAXT, MINB) name(const S::T* x, S::A* lse, long long rows,              \
+                                                      long long cols, int k, long long chunk, double* part,  \
+                                                      unsigned long long* cnt) {                             \
         gs::lse_block<S, NV>(x, lse, rows, cols, k, chunk, part, cnt);                                       \
     }
-
-// float32: 4 elements per slot
-GS_ENTRY_FWD_WARP(gs_fwd_warp1_f32, gs::F32, 1)
-GS_ENTRY_FWD_WARP(gs_fwd_warp2_f32, gs::F32, 2)
-GS_ENTRY_FWD_WARP(gs_fwd_warp4_f32, gs::F32, 4)
-GS_ENTRY_FWD_WARP(gs_fwd_warp8_f32, gs::F32, 8)
-GS_ENTRY_BWD_WARP(gs_bwd_warp1_f32, gs::F32, 1)
-GS_ENTRY_BWD_WARP(gs_bwd_warp2_f32, gs::F32, 2)
-GS_ENTRY_BWD_WARP(gs_bwd_warp4_f32, gs::F32, 4)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block2_f32, gs::F32, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block4_f32, gs::F32, 4)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block8_f32, gs::F32, 8)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block2_f32, gs::F32, 2)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block4_f32, gs::F32, 4)
-GS_ENTRY_FWD_STREAM(gs_fwd_stream4_f32, gs::F32, 4)
-GS_ENTRY_BWD_STREAM(gs_bwd_stream2_f32, gs::F32, 2)
-GS_ENTRY_LSE_WARP(gs_lse_warp2_f32, gs::F32, 2)
-GS_ENTRY_LSE_BLOCK(gs_lse_block2_f32, gs::F32, 2)
-
-// float16: 8 elements per slot
-GS_ENTRY_FWD_WARP(gs_fwd_warp1_f16, gs::F16, 1)
-GS_ENTRY_FWD_WARP(gs_fwd_warp2_f16, gs::F16, 2)
-GS_ENTRY_FWD_WARP(gs_fwd_warp4_f16, gs::F16, 4)
-GS_ENTRY_BWD_WARP(gs_bwd_warp1_f16, gs::F16, 1)
-GS_ENTRY_BWD_WARP(gs_bwd_warp2_f16, gs::F16, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block1_f16, gs::F16, 1)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block2_f16, gs::F16, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block4_f16, gs::F16, 4)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block1_f16, gs::F16, 1)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block2_f16, gs::F16, 2)
-GS_ENTRY_FWD_STREAM(gs_fwd_stream2_f16, gs::F16, 2)
-GS_ENTRY_BWD_STREAM(gs_bwd_stream1_f16, gs::F16, 1)
-GS_ENTRY_LSE_WARP(gs_lse_warp1_f16, gs::F16, 1)
-GS_ENTRY_LSE_BLOCK(gs_lse_block1_f16, gs::F16, 1)
-
-// bfloat16 (uint16 words from the torch bridge): as float16
-GS_ENTRY_FWD_WARP(gs_fwd_warp1_bf16, gs::BF16, 1)
-GS_ENTRY_FWD_WARP(gs_fwd_warp2_bf16, gs::BF16, 2)
-GS_ENTRY_FWD_WARP(gs_fwd_warp4_bf16, gs::BF16, 4)
-GS_ENTRY_BWD_WARP(gs_bwd_warp1_bf16, gs::BF16, 1)
-GS_ENTRY_BWD_WARP(gs_bwd_warp2_bf16, gs::BF16, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block1_bf16, gs::BF16, 1)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block2_bf16, gs::BF16, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block4_bf16, gs::BF16, 4)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block1_bf16, gs::BF16, 1)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block2_bf16, gs::BF16, 2)
-GS_ENTRY_FWD_STREAM(gs_fwd_stream2_bf16, gs::BF16, 2)
-GS_ENTRY_BWD_STREAM(gs_bwd_stream1_bf16, gs::BF16, 1)
-GS_ENTRY_LSE_WARP(gs_lse_warp1_bf16, gs::BF16, 1)
-GS_ENTRY_LSE_BLOCK(gs_lse_block1_bf16, gs::BF16, 1)
-
-// float64: 2 elements per slot
-GS_ENTRY_FWD_WARP(gs_fwd_warp1_f64, gs::F64, 1)
-GS_ENTRY_FWD_WARP(gs_fwd_warp2_f64, gs::F64, 2)
-GS_ENTRY_FWD_WARP(gs_fwd_warp4_f64, gs::F64, 4)
-GS_ENTRY_FWD_WARP(gs_fwd_warp8_f64, gs::F64, 8)
-GS_ENTRY_BWD_WARP(gs_bwd_warp1_f64, gs::F64, 1)
-GS_ENTRY_BWD_WARP(gs_bwd_warp2_f64, gs::F64, 2)
-GS_ENTRY_BWD_WARP(gs_bwd_warp4_f64, gs::F64, 4)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block2_f64, gs::F64, 2)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block4_f64, gs::F64, 4)
-GS_ENTRY_FWD_BLOCK(gs_fwd_block8_f64, gs::F64, 8)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block2_f64, gs::F64, 2)
-GS_ENTRY_BWD_BLOCK(gs_bwd_block4_f64, gs::F64, 4)
-GS_ENTRY_FWD_STREAM(gs_fwd_stream4_f64, gs::F64, 4)
-GS_ENTRY_BWD_STREAM(gs_bwd_stream2_f64, gs::F64, 2)
-GS_ENTRY_LSE_WARP(gs_lse_warp2_f64, gs::F64, 2)
-GS_ENTRY_LSE_BLOCK(gs_lse_block2_f64, gs::F64, 2)

@@ -29,8 +29,19 @@ __all__ = [
 ]
 
 
+_cuda_ops: dict[tuple[str, str], Any] = {}
+
+
 def _cuda_op(family: str, name: str):
-    """The CUDA launcher `name` of op family `family` (imported on first CuPy call)."""
+    """The CUDA launcher `name` of op family `family` (imported on first CuPy call,
+    then one dictionary look-up per call)."""
+    fn = _cuda_ops.get((family, name))
+    if fn is None:
+        fn = _cuda_ops[(family, name)] = _find_cuda_op(family, name)
+    return fn
+
+
+def _find_cuda_op(family: str, name: str):
     import importlib
 
     try:

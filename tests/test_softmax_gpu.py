@@ -261,6 +261,96 @@ def test_split_few_rows(cp, rng, monkeypatch, dtype, rows, cols):
 
 
 # ----------------------------------------------------------------------------------
+# regime edges on this GPU: rows = SMs +- 1, each capacity +- 1, misaligned views
+
+
+def _edge_lengths(mod, storage, direction, dev):
+    vec = mod.VEC[storage]
+    wcap = mod._warp_capacity(storage, direction)
+    rcap = mod.row_capacity(storage, direction, dev)
+    return sorted({wcap - 1, wcap, wcap + 1, wcap + 1 - vec, rcap - vec, rcap - 1, rcap, rcap + 1, mod.SPLIT_MIN_COLS})
+
+
+def _at_offset(cp, a_np, offset):
+    """A CuPy view of a_np's values starting `offset` elements past an allocation."""
+    buf = cp.empty(a_np.size + offset, dtype=a_np.dtype)
+    view = buf[offset:].reshape(a_np.shape)
+    view[...] = cp.asarray(a_np)
+    return view
+
+
+def _check_backward_at(cp, inputs, offset, what):
+    for name in BWD:
+        gy_np, y_np = inputs[name]
+        got = getattr(gpu_softmax, name)(_at_offset(cp, gy_np, offset), _at_offset(cp, y_np, offset))
+        assert_close(cp.asnumpy(got), getattr(reference, name)(gy_np, y_np), y_np.dtype, f"{name}{what}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_regime_edges_on_this_gpu(cp, rng, dtype):
+    """Each regime's last length, one more, at both alignments, with rows on both
+    sides of the SM count (split below it, one block per row at and above it)."""
+    from gpu_softmax._cuda import softmax as mod
+
+    dev = mod.current_device()
+    storage = np.dtype(dtype).name
+    seen = set()
+    for direction in ("fwd", "bwd"):
+        for cols in _edge_lengths(mod, storage, direction, dev):
+            for rows in (dev.n_sm - 1, dev.n_sm, dev.n_sm + 1):
+                if rows * (cols + 1) > 4 * MAX_ELEMENTS:
+                    rows = 2  # keep the CPU reference affordable; few rows still split
+                for offset in (0, 1):
+                    buf = _rand(rng, rows * cols + offset, dtype)
+                    x_np = buf[offset:].reshape(rows, cols)
+                    x = cp.asarray(buf)[offset:].reshape(rows, cols)
+                    mis = mod.worst_misalignment(x.data.ptr, cols, x.itemsize)
+                    seen.add(mod.plan(storage, direction, rows, cols, mis, dev).regime)
+                    what = f" {direction} {rows}x{cols}+{offset}"
+                    if direction == "fwd":
+                        _check_forward(cp, x_np, x, what=what)
+                    else:
+                        _check_backward_at(cp, _backward_inputs(rng, (rows, cols), dtype), offset, what)
+    assert {"warp", "row", "split", "stream"} <= seen, seen
+
+
+@pytest.mark.memcheck
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("rows,cols", [(5, 1031), (3, 4103), (300, 2053), (2, 20000)])
+def test_row_regime_staged_in_shared_memory(cp, rng, monkeypatch, dtype, rows, cols):
+    """The row regime with most of each row staged in shared memory (cp.async)."""
+    from gpu_softmax._cuda import softmax as mod
+
+    monkeypatch.setattr(mod, "FORCE_REGIME", "stage")
+    x_np = _rand(rng, (rows, cols), dtype)
+    _check_forward(cp, x_np, cp.asarray(x_np), what=" stage")
+    _check_backward(cp, _backward_inputs(rng, (rows, cols), dtype), what=" stage")
+    buf_np = _rand(rng, rows * cols + 1, dtype)
+    _check_forward(cp, buf_np[1:].reshape(rows, cols), cp.asarray(buf_np)[1:].reshape(rows, cols), what=" stage unaligned")
+    x = cp.asarray(x_np)
+    gpu_softmax.softmax(x, out=x)
+    assert_close(cp.asnumpy(x), reference.softmax(x_np), dtype, "stage in-place")
+
+
+def test_split_workspace_is_reused_across_calls_and_streams(cp, rng):
+    """Split kernels reset their counters: repeated calls, on two streams, stay right."""
+    from gpu_softmax._cuda import softmax as mod
+
+    x_np = _rand(rng, (3, 300001), np.float32)
+    x = cp.asarray(x_np)
+    want = reference.softmax(x_np)
+    s = cp.cuda.Stream(non_blocking=True)
+    for i in range(6):
+        with (s if i % 2 else cp.cuda.Stream.null):
+            got = gpu_softmax.softmax(x)
+        s.synchronize()
+        assert_close(cp.asnumpy(got), want, np.float32, f"split call {i}")
+    cp.cuda.Device().synchronize()
+    for part, cnt in mod._workspaces.values():
+        assert int(cnt.sum()) == 0
+
+
+# ----------------------------------------------------------------------------------
 # special values
 
 

@@ -70,9 +70,15 @@ def dummy(kind: str, dtype) -> Any:
     return a
 
 
+_PLAIN_STORAGE = {np.dtype(n): n for n in ("float16", "float32", "float64")}
+
+
 def storage_of(dtype, storage: str | None) -> str:
     """Kernel storage name of an array's dtype; `storage="bfloat16"` reads uint16 words as bf16."""
     if storage is None:
+        plain = _PLAIN_STORAGE.get(dtype)  # the per-call path: one look-up
+        if plain is not None:
+            return plain
         name = np.dtype(dtype).name
         if name not in ("float16", "float32", "float64"):
             raise TypeError(f"no kernel for dtype {name}")

@@ -57,7 +57,23 @@ def module_source(family: str) -> str:
     pasted, n = _INCLUDE_RE.subn(lambda _: banner + header + f"\n// ---- end {HEADER} ----", body, count=1)
     if n != 1:
         raise RuntimeError(f'{path} must #include "{HEADER}" exactly once')
-    return f"// gpu_softmax: {family}.cu\n" + pasted
+    return f"// gpu_softmax: {family}.cu\n" + pasted + _generated_entries(family)
+
+
+def _generated_entries(family: str) -> str:
+    """Entry points a family's launch module generates from its variant table
+    (`generated_entries()`), appended so that the text CuPy, the compile check and
+    the CPU emulator compile is one and the same."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"gpu_softmax._cuda.{family}":
+            return ""
+        raise
+    gen = getattr(mod, "generated_entries", None)
+    return gen() if gen is not None else ""
 
 
 def extern_c_kernels(source: str) -> list[str]:

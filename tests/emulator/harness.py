@@ -50,11 +50,13 @@ static void gs_emu_call(void (*f)(P...), const unsigned long long* a, std::index
     f(gs_emu_arg<P>(a[I])...);
 }
 template <class... P>
-static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa) {
+static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa,
+                            unsigned smem) {
     std::vector<unsigned long long> a(aa, aa + %(max_args)d);
-    return emu_run(grid, block, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
+    return emu_run(grid, block, smem, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
 }
-extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a) {
+extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a,
+                          unsigned smem) {
 %(cases)s
     return 1;
 }
@@ -97,11 +99,13 @@ def emulated_source(family: str, entry_points) -> str:
         return f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>((char*)gs_emu_shared() + {o});"
 
     src = re.sub(r"__shared__ ([\w:<>, ]+?) (\w+)\[(\d+)\];", shared, src)
+    # Dynamic shared memory (extern __shared__ T name[];): the launch's buffer.
+    src = re.sub(r"extern __shared__ (\w+) (\w+)\[\];", r"\1* \2 = reinterpret_cast<\1*>(gs_emu_dyn_shared());", src)
     if offset[0] > 16384:
         raise RuntimeError("emulated shared memory buffer too small")
     src = re.sub(r'extern\s+"C"\s+__global__', 'extern "C"', src)
     cases = "\n".join(
-        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a);' for n in entry_points
+        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem);' for n in entry_points
     )
     return (
         '#include "prelude.h"\n' + src + LAUNCHER.replace("%(max_args)d", str(MAX_ARGS)).replace("%(cases)s", cases)
@@ -184,7 +188,7 @@ def install_fake_cupy(sm_count: int = 3):
     cp.full = lambda shape, v, dtype=np.float32: _wrap(np.full(shape, v, dtype))
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device = lambda *a: types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": sm_count})
-    cuda.get_current_stream = lambda: None
+    cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0)
     cp.cuda = cuda
     sys.modules["cupy"] = cp
     sys.modules["cupy.cuda"] = cuda
@@ -206,11 +210,11 @@ class Emulator:
         self.lib = ctypes.CDLL(str(so))
         self.launches: list[tuple[str, int, int]] = []
 
-    def launch(self, name: str, grid: int, block: int, args) -> None:
+    def launch(self, name: str, grid: int, block: int, args, smem: int = 0) -> None:
         vals = [_arg_bits(a) for a in args]
         assert len(vals) <= MAX_ARGS
         arr = (ctypes.c_ulonglong * MAX_ARGS)(*(vals + [0] * (MAX_ARGS - len(vals))))
-        rc = self.lib.emu_launch(name.encode(), grid, block, arr)
+        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem))
         if rc:
             raise RuntimeError(f"emulated launch of {name} failed ({rc})")
         self.launches.append((name, grid, block))
@@ -230,7 +234,17 @@ def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
     launch.occupancy = lambda fam, name, threads: occupancy
     launch.sm_count = lambda: sm_count
     if family == "softmax":
-        mod._launch = lambda p, args: emu.launch(p.kernel, p.grid, p.block, args)
+        # A 3-SM GPU with a small L2 (so the stream regime's L2 rule is reached),
+        # and row grids of one wave, so every block walks several rows.
+        mod.current_device = lambda: mod.Device("emulated", sm_count, l2_bytes=1 << 16)
+        mod.ROW_GRID_WAVES = 1
+
+        def run(p, args):
+            assert p.kernel in mod.ENTRY_POINTS and p.block <= 1024 and p.smem <= mod.H100.smem_per_block
+            assert p.cooperative == (p.k > 1)
+            emu.launch(p.kernel, p.grid, p.block, args, p.smem)
+
+        mod._launch = run
     else:
         mod._launch = lambda name, grid, block, args: emu.launch(name, grid, block, args)
     return cp, mod, emu

@@ -37,9 +37,11 @@ struct BlockCtx {
     std::vector<std::barrier<>*> wbar;
     std::vector<std::array<unsigned long long, 32>> sbuf;
     alignas(64) char shared[16384];
+    std::vector<uint4> dyn;  // dynamic shared memory of the launch
 };
 thread_local BlockCtx* g_ctx;
 inline void* gs_emu_shared() { return g_ctx->shared; }
+inline void* gs_emu_dyn_shared() { return g_ctx->dyn.data(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_ctx->wbar[threadIdx.x >> 5]->arrive_and_wait(); }
 inline void __syncthreads() { g_ctx->bar->arrive_and_wait(); }
 template <class T> T __shfl_xor_sync(unsigned mask, T v, int off, int width = 32) {
@@ -51,6 +53,18 @@ template <class T> T __shfl_xor_sync(unsigned mask, T v, int off, int width = 32
     buf[lane] = tmp;
     g_ctx->wbar[w]->arrive_and_wait();
     T r; unsigned long long t2 = buf[lane ^ off]; memcpy(&r, &t2, sizeof(T));
+    g_ctx->wbar[w]->arrive_and_wait();
+    return r;
+}
+template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    if (mask != 0xffffffffu) abort();
+    if (width <= 0 || width > 32 || (width & (width - 1)) || src < 0 || src >= width) abort();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    auto& buf = g_ctx->sbuf[w];
+    unsigned long long tmp = 0; memcpy(&tmp, &v, sizeof(T));
+    buf[lane] = tmp;
+    g_ctx->wbar[w]->arrive_and_wait();
+    T r; unsigned long long t2 = buf[(lane & ~(width - 1)) + src]; memcpy(&r, &t2, sizeof(T));
     g_ctx->wbar[w]->arrive_and_wait();
     return r;
 }
@@ -70,6 +84,9 @@ inline unsigned long long ld_acquire(const unsigned long long* p) { return __ato
 inline float ld_relaxed(const float* p) { return *(const volatile float*)p; }
 inline double ld_relaxed(const double* p) { return *(const volatile double*)p; }
 inline void nanosleep_ns(unsigned) { sched_yield(); }
+// cp.async has no host form: a plain copy, already complete when wait_all runs.
+inline void cp_async16(uint4* smem, const void* gmem) { memcpy(smem, gmem, 16); }
+inline void cp_async_wait_all() {}
 }
 
 struct Launch {
@@ -82,7 +99,7 @@ static void* thread_main(void* a) {
     (*t->body)();
     return nullptr;
 }
-static int emu_run(unsigned grid, unsigned block, std::function<void()> body) {
+static int emu_run(unsigned grid, unsigned block, unsigned smem, std::function<void()> body) {
     blockDim = {block, 1, 1}; gridDim = {grid, 1, 1};
     if (block % 32) return 2;
     std::vector<BlockCtx*> ctxs;
@@ -92,6 +109,7 @@ static int emu_run(unsigned grid, unsigned block, std::function<void()> body) {
         for (unsigned w = 0; w < block / 32; ++w) c->wbar.push_back(new std::barrier<>(32));
         c->sbuf.resize(block / 32);
         memset(c->shared, 0xAB, sizeof(c->shared));
+        c->dyn.assign((smem + 15) / 16, uint4{0xABABABABu, 0xABABABABu, 0xABABABABu, 0xABABABABu});
         ctxs.push_back(c);
     }
     std::vector<TArg> targs(grid * block);

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 import harness  # noqa: E402  (installs the fake cupy when set up)
 
 
-def softmax_suites(cp, SM, rng):
+def softmax_suites(cp, SM, rng, emu):
     from gpu_softmax import _checks, reference
     from gpu_softmax.testing import assert_close
 
@@ -138,7 +138,155 @@ def softmax_suites(cp, SM, rng):
         SM.FORCE_REGIME = None
         return n
 
-    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows}
+    def bf16_check(bits, what):
+        """softmax / log_softmax / logsumexp / both backward passes on bfloat16 words."""
+        xf = (bits.astype(np.uint32) << 16).view(np.float32)
+        for name in ("softmax", "log_softmax"):
+            out = cp.full(bits.shape, 0x7FC0, np.uint16)
+            got = SM.forward_raw(cp.asarray(bits), -1, name, out, storage="bfloat16")
+            assert got is out
+            assert_close((cp.asnumpy(out).astype(np.uint32) << 16).view(np.float32),
+                         getattr(reference, name)(xf), "bfloat16", f"bf16 {name} {what}")
+        lse = SM.forward_raw(cp.asarray(bits), -1, "logsumexp", storage="bfloat16")
+        assert_close(cp.asnumpy(lse), reference.logsumexp(xf), np.float32, f"bf16 logsumexp {what}")
+        if not np.isfinite(xf).all():
+            return 3
+        y = reference.softmax(xf.astype(np.float64)).astype(np.float32)
+        yb = (y.view(np.uint32) >> 16).astype(np.uint16)
+        gb = (rand(bits.shape, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        for name, yin in (("softmax_backward", yb), ("log_softmax_backward", None)):
+            if yin is None:
+                ly = reference.log_softmax(xf.astype(np.float64)).astype(np.float32)
+                yin = (ly.view(np.uint32) >> 16).astype(np.uint16)
+            got = SM.backward_raw(cp.asarray(gb), cp.asarray(yin), -1, name, storage="bfloat16")
+            f = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # noqa: E731
+            assert_close(f(cp.asnumpy(got)), getattr(reference, name)(f(gb), f(yin)), "bfloat16", f"bf16 {name} {what}")
+        return 5
+
+    plans = []
+    plan = SM.plan
+    forced = []  # a Plan here replaces the planner's choice (the variants suite)
+
+    def recording_plan(*a):
+        p = forced[0] if forced else plan(*a)
+        plans.append(p)
+        return p
+
+    SM.plan = recording_plan
+
+    def regimes():
+        """Every regime (row in registers, row staged in shared memory, split, stream)
+        at sizes that reach it on the emulated 3-SM GPU: both alignments, a tail,
+        NaN / inf rows, float16, bfloat16, float32, float64."""
+        n = 0
+        SM.SPLIT_MIN_COLS = 1
+        for force in (None, "stage", "split", "stream"):
+            SM.FORCE_REGIME = force
+            SM.STREAM_MIN_CHUNK = 1000
+            for dt in (np.float32, np.float16, np.float64):
+                for rows, cols in [(5, 1031), (4, 2053), (2, 4103)]:
+                    x = rand((rows, cols), dt)
+                    n += check(x, what=f"{force} {rows}x{cols} {dt.__name__}")
+                    buf = rand((rows * cols + 1,), dt)
+                    n += check(buf[1:].reshape(rows, cols), what=f"{force} unaligned {rows}x{cols} {dt.__name__}")
+                x_np = rand((3, 2053), dt)  # in place: every element read and written by one thread
+                x = cp.asarray(x_np)
+                assert SM.log_softmax(fargs(x, -1, x)) is x
+                assert_close(cp.asnumpy(x), reference.log_softmax(x_np), dt, f"{force} in place {dt.__name__}")
+                n += 1
+                x = rand((6, 3001), dt)
+                x[1, 7] = np.nan
+                x[2, 9] = np.inf
+                x[3, :] = -np.inf
+                x[4, ::2] = -np.inf
+                x[5, :] = 2.0
+                n += check(x, what=f"{force} special {dt.__name__}", special=True)
+            bits = (rand((5, 2055), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            n += bf16_check(bits, f"{force}")
+            flat = (rand((5 * 2055 + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            n += bf16_check(flat[1:].reshape(5, 2055), f"{force} unaligned")
+        SM.FORCE_REGIME = None
+        # split kernels leave their cached workspace's counters at zero for the next call
+        assert SM._workspaces and all(not cnt.any() for _, cnt in SM._workspaces.values())
+        # every regime and variant of a regime was reached
+        seen = {(p.regime, p.ss > 0, p.k > 1, p.smem > 0) for p in plans}
+        for want in [("row", False, False, False), ("row", True, False, True), ("split", False, True, False),
+                     ("stream", False, False, True), ("stream", False, True, False)]:
+            assert want in seen, (want, seen)
+        return n
+
+    def variants():
+        """Every compiled entry point, launched with a hand-made plan on an unaligned
+        row that uses every slot kind (full, partial, past the end; staged ones for
+        the row template), against the reference."""
+        n = 0
+        threads = 64
+        for storage, direction, template, nv in sorted(SM._variants()):
+            vec = SM.VEC[storage]
+            name = SM.kernel_name(direction, template, nv, storage)
+            arrays = 2 if direction == "bwd" else 1
+            rows = 3
+            if template == "warp":
+                cols = 32 * nv * vec - vec + 1  # + its worst misalignment (vec - 1): exactly full
+                p = SM.Plan("warp", name, 2, SM.WARP_BLOCK_THREADS, width=32)
+            elif template == "row":
+                cols = threads * (nv + 2) * vec - vec - 1
+                p = SM.Plan("row", name, 2, threads, chunk=cols, ss=3, smem=3 * threads * 16 * arrays)
+            elif template == "split":
+                chunk = threads * nv * vec - vec
+                cols = 2 * chunk - 3
+                p = SM.Plan("split", name, 2 * 2, threads, k=2, chunk=chunk, groups=2)
+            elif template == "stream":
+                cols = threads * nv * vec * 3 + 5
+                p = SM.Plan("stream", name, 2, threads, chunk=cols)
+            else:  # logsumexp block
+                cols = threads * nv * vec * 3 + 5
+                p = SM.Plan("stream", name, 2, threads, chunk=cols)
+            forced[:] = [p]
+            dt = np.uint16 if storage == "bfloat16" else np.dtype(storage)
+            if storage == "bfloat16":
+                bits = (rand((rows * cols + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                xf = (bits.astype(np.uint32) << 16).view(np.float32)[1:].reshape(rows, cols)
+                x = cp.asarray(bits)[1:].reshape(rows, cols)
+                if direction == "lse":
+                    got = SM.forward_raw(x, -1, "logsumexp", storage="bfloat16")
+                    assert_close(cp.asnumpy(got), reference.logsumexp(xf), np.float32, name)
+                elif direction == "fwd":
+                    out = cp.full((rows, cols), 0x7FC0, np.uint16)
+                    SM.forward_raw(x, -1, "softmax", out, storage="bfloat16")
+                    f = (cp.asnumpy(out).astype(np.uint32) << 16).view(np.float32)
+                    assert_close(f, reference.softmax(xf), "bfloat16", name)
+                else:
+                    gb = (rand((rows, cols), np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                    y = reference.softmax(xf.astype(np.float64)).astype(np.float32)
+                    yb = (y.view(np.uint32) >> 16).astype(np.uint16)
+                    got = SM.backward_raw(cp.asarray(gb), cp.asarray(yb), -1, "softmax_backward", storage="bfloat16")
+                    f = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # noqa: E731
+                    assert_close(f(cp.asnumpy(got)), reference.softmax_backward(f(gb), f(yb)), "bfloat16", name)
+            else:
+                buf = rand((rows * cols + 1,), dt)
+                x_np = buf[1:].reshape(rows, cols)
+                x = cp.asarray(buf)[1:].reshape(rows, cols)
+                if direction == "lse":
+                    got = SM.logsumexp(fargs(x))
+                    assert_close(cp.asnumpy(got), reference.logsumexp(x_np), reference.logsumexp(x_np).dtype, name)
+                elif direction == "fwd":
+                    for op in ("softmax", "log_softmax"):
+                        out = cp.full((rows, cols), np.nan, dt)
+                        getattr(SM, op)(fargs(x, -1, out))
+                        assert_close(cp.asnumpy(out), getattr(reference, op)(x_np), dt, f"{op} {name}")
+                else:
+                    for op, (gy, y) in T._backward_inputs(rng, (rows, cols), dt).items():
+                        got = getattr(SM, op)(bargs(cp.asarray(gy), cp.asarray(y)))
+                        assert_close(cp.asnumpy(got), getattr(reference, op)(gy, y), dt, f"{op} {name}")
+            assert plans[-1] is p
+            n += 1
+        forced.clear()
+        assert {name for name, _, _ in emu.launches} >= set(SM.ENTRY_POINTS)
+        return n
+
+    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows, "regimes": regimes,
+            "variants": variants}
 
 
 def cross_entropy_suites(cp, CE, rng):
@@ -357,7 +505,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(seed)
     t0 = time.time()
     cp, mod, emu = harness.setup(args.family, Path(args.build_dir))
-    suites = softmax_suites(cp, mod, rng) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
+    suites = softmax_suites(cp, mod, rng, emu) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
     n = suites[args.suite]()
     kernels = sorted({name for name, _, _ in emu.launches})
     print(f"kernels: {' '.join(kernels)}")
