@@ -235,3 +235,46 @@ def scale_grad_(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
 @scale_grad_.register_fake
 def _(grad, grad_output, class_dim):
     return None
+
+
+def scaled_copy(grad: Tensor, grad_loss: Tensor, class_dim: int) -> Tensor:
+    """grad * grad_output without touching grad; grad itself for a scalar 1 (host-decided: CPU only)."""
+    if grad_loss.dim() == 0 and not torch.compiler.is_compiling() and bool(grad_loss == 1):
+        return grad
+    return scale_grad_copy(grad, grad_loss, class_dim)
+
+
+@torch.library.custom_op("gpu_softmax::scale_grad", mutates_args=())
+def scale_grad_copy(grad: Tensor, grad_output: Tensor, class_dim: int) -> Tensor:
+    """grad * grad_output, grad_output broadcast over the class dim (reduction='none')."""
+    g = grad_output.unsqueeze(class_dim) if grad_output.dim() else grad_output
+    return (grad * g).to(grad.dtype)
+
+
+@scale_grad_copy.register_fake
+def _(grad, grad_output, class_dim):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def check_not_spent(ctx, what: str) -> None:
+    """A second backward after scale_saved_grad scaled in place: a clear error, not autograd's version one."""
+    if getattr(ctx, "spent", False):
+        raise RuntimeError(
+            f"{what} on CUDA scales its saved gradient in place in backward, so a second backward through "
+            "the same loss (retain_graph=True) is not supported; compute the loss again"
+        )
+
+
+def scale_saved_grad(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int) -> Tensor:
+    """The backward of a loss whose forward saved d loss / d logits for grad_output = 1.
+
+    CUDA: scaled in place and handed on, the scale kernel deciding on the device
+    (grad_output == 1 reads, writes and allocates nothing of size N x C; no host
+    sync, CUDA-graph safe); the saved buffer is then spent (check_not_spent). CPU:
+    the saved buffer itself for a scalar 1, else a scaled copy (repeatable, e.g.
+    by gradcheck)."""
+    if device_kind(grad) == "cuda" and grad.is_contiguous():
+        scale_grad_(grad, grad_loss, class_dim)
+        ctx.spent = True
+        return grad
+    return scaled_copy(grad, grad_loss, class_dim)

@@ -207,9 +207,6 @@ def _(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, 
     return logits.new_empty(_loss_shape(logits, reduction))
 
 
-_scale_grad_op = _bridge.scale_grad_
-
-
 def _ce_setup_context(ctx, inputs, output):
     logits = inputs[0]
     _, grad = output
@@ -229,38 +226,11 @@ def _ce_backward(ctx, grad_loss, _grad_grad):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # create_graph=True: the saved gradient has no derivative we provide.
         raise RuntimeError("gpu_softmax.torch.cross_entropy does not support double backward (create_graph=True)")
-    if getattr(ctx, "spent", False):
-        raise RuntimeError(
-            "gpu_softmax.torch.cross_entropy on CUDA scales its saved gradient in place in backward, so a "
-            "second backward through the same loss (retain_graph=True) is not supported; compute the loss again"
-        )
+    _bridge.check_not_spent(ctx, "gpu_softmax.torch.cross_entropy")
     (grad,) = ctx.saved_tensors
     if not ctx.needs_input_grad[0] or grad_loss is None:
         return (None,) * 9
-    if _bridge.device_kind(grad) == "cuda" and grad.is_contiguous():
-        _scale_grad_op(grad, grad_loss, ctx.class_dim)
-        ctx.spent = True
-        return (grad,) + (None,) * 8
-    return (_scaled_copy(grad, grad_loss, ctx.class_dim),) + (None,) * 8
-
-
-def _scaled_copy(grad: Tensor, grad_loss: Tensor, class_dim: int) -> Tensor:
-    """grad * grad_output without touching grad; grad itself for a scalar 1 (host-decided: CPU only)."""
-    if grad_loss.dim() == 0 and not torch.compiler.is_compiling() and bool(grad_loss == 1):
-        return grad
-    return _scale_grad_copy_op(grad, grad_loss, class_dim)
-
-
-@torch.library.custom_op(f"{_NS}::scale_grad", mutates_args=())
-def _scale_grad_copy_op(grad: Tensor, grad_output: Tensor, class_dim: int) -> Tensor:
-    """grad * grad_output, grad_output broadcast over the class dim (reduction='none')."""
-    g = grad_output.unsqueeze(class_dim) if grad_output.dim() else grad_output
-    return (grad * g).to(grad.dtype)
-
-
-@_scale_grad_copy_op.register_fake
-def _(grad, grad_output, class_dim):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+    return (_bridge.scale_saved_grad(ctx, grad, grad_loss, ctx.class_dim),) + (None,) * 8
 
 
 _ce_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
@@ -271,7 +241,7 @@ def _scale_inplace(ctx, grad_loss):
     (grad,) = ctx.saved_tensors  # raises if anything modified the logits since (e.g. a 2nd backward)
     if grad_loss is None:
         return (None,) * 8
-    _scale_grad_op(grad, grad_loss, ctx.class_dim)  # bumps the version: a second backward raises
+    _bridge.scale_grad_(grad, grad_loss, ctx.class_dim)  # bumps the version: a second backward raises
     return (grad,) + (None,) * 7
 
 

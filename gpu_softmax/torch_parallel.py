@@ -115,9 +115,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         # The saved local gradient scaled in place and handed on: nothing of the
         # shard's size is read or written when grad_output is 1 (decided on the device).
+        _bridge.check_not_spent(ctx, "vocab_parallel_cross_entropy")
         (grad,) = ctx.saved_tensors
-        _bridge.scale_grad_(grad, grad_loss, max(grad.dim() - 1, 0))
-        return grad, None, None, None, None, None, None
+        return _bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0)), None, None, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(
