@@ -265,16 +265,20 @@ def check_not_spent(ctx, what: str) -> None:
         )
 
 
-def scale_saved_grad(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int) -> Tensor:
+def scale_saved_grad(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int, eager: bool = False) -> Tensor:
     """The backward of a loss whose forward saved d loss / d logits for grad_output = 1.
 
     CUDA: scaled in place and handed on, the scale kernel deciding on the device
     (grad_output == 1 reads, writes and allocates nothing of size N x C; no host
     sync, CUDA-graph safe); the saved buffer is then spent (check_not_spent). CPU:
     the saved buffer itself for a scalar 1, else a scaled copy (repeatable, e.g.
-    by gradcheck)."""
+    by gradcheck). `eager`: called from an autograd.Function in eager mode, where the
+    in-place scale runs directly (no custom-op dispatch; `ctx.spent` guards reuse)."""
     if device_kind(grad) == "cuda" and grad.is_contiguous():
-        scale_grad_(grad, grad_loss, class_dim)
+        if eager:
+            _scale_compute(grad, grad_loss, class_dim)
+        else:
+            scale_grad_(grad, grad_loss, class_dim)
         ctx.spent = True
         return grad
     return scaled_copy(grad, grad_loss, class_dim)

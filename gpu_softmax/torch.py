@@ -13,16 +13,19 @@ How it works:
   ``register_autograd``, so ``torch.compile`` traces through it without graph breaks
   and a training step can be captured in a CUDA graph.
 - **Fused cross entropy.** The forward runs the fused loss+gradient kernel once
-  (``cross_entropy_with_grad`` with ``grad_output=1``) and saves the gradient; the
-  backward only scales it by ``grad_output`` (no second pass over the logits).
-  When the logits do not need a gradient, only the loss is computed.
-- **Zero copy, streams.** CUDA tensors go to CuPy through DLPack (no host round trip);
-  launches run on PyTorch's current stream of the tensor's device
-  (``cupy.cuda.Device`` + ``cupy.cuda.ExternalStream``, or ``Stream.from_external`` on
-  CuPy >= 14, where ExternalStream is deprecated), and every buffer the
-  launchers allocate comes from PyTorch's caching allocator on that stream (so CUDA
-  graph capture puts them in the graph's private pool). Results come back through
-  DLPack.
+  (``cross_entropy_with_grad`` with ``grad_output=1``, the logits read once and the
+  gradient written once) and saves the gradient. The backward scales that buffer in
+  place and hands it on: on CUDA the scale kernel reads ``grad_output`` on the device
+  and returns at once when it is 1, so ``loss.backward()`` touches no N x C memory (a
+  second backward through the same loss then raises); on CPU a scalar 1 returns the
+  saved buffer and anything else a scaled copy. When the logits do not need a
+  gradient, only the loss is computed. Regimes and memory: docs/cross_entropy_kernels.md.
+- **Zero copy, streams** (:mod:`gpu_softmax._torch_bridge`, shared with
+  :mod:`gpu_softmax.torch_parallel`). CUDA tensors go to CuPy through DLPack (no host
+  round trip); launches run on PyTorch's current stream of the tensor's device, and
+  every buffer the launchers allocate comes from PyTorch's caching allocator on that
+  stream (so CUDA graph capture puts them in the graph's private pool). Results come
+  back through DLPack.
 - **bfloat16.** CuPy has no bfloat16 type: bf16 tensors are handed to the kernels as
   16-bit words (``tensor.view(torch.int16)`` then DLPack, read as ``uint16``) and the
   kernels convert, accumulating in float32. bf16 soft targets and weights are
@@ -38,15 +41,17 @@ How it works:
   custom op (the version counter moves on, so autograd raises "modified by an
   inplace operation" if anything saved the old values), inside an
   ``autograd.Function`` that marks the logits dirty (not possible for views, where
-  the version counter alone guards) and scales the gradient in place in backward.
+  the version counter alone guards) and scales the gradient in place in backward
+  (the same device-decided scale).
   A leaf that requires grad is refused by autograd. Using the overwritten tensor
   afterwards in a differentiable way raises in eager mode (not detected under
   ``torch.compile``).
 - **Argument checks** are those of :mod:`gpu_softmax._checks` (same error texts as the
-  NumPy/CuPy API), run on lightweight NumPy stand-ins that carry only the tensors'
-  shapes and dtypes (bfloat16 is described as float16). Only checks that are about
-  torch itself (a non-tensor argument, tensors on different devices, gradients we do
-  not provide) live here.
+  NumPy/CuPy API), run on (shape, dtype) descriptions of the tensors (bfloat16 is
+  described as float16); an accepted cross-entropy call is remembered by its
+  description, so the operator's own check (needed under torch.compile) costs a
+  dictionary lookup. Only checks that are about torch itself (a non-tensor argument,
+  tensors on different devices, gradients we do not provide) live in the bridge.
 
 Differences from ``torch.nn.functional.cross_entropy`` (documented, not fought):
 ignored rows get an exact 0 gradient (torch gives NaN when an ignored row's logits
@@ -243,6 +248,31 @@ def _scale_inplace(ctx, grad_loss):
         return (None,) * 8
     _bridge.scale_grad_(grad, grad_loss, ctx.class_dim)  # bumps the version: a second backward raises
     return (grad,) + (None,) * 7
+
+
+class _CrossEntropyEager(torch.autograd.Function):
+    """The default path in eager mode: the forward and backward of the
+    ``gpu_softmax::cross_entropy`` operator (which torch.compile traces) without the
+    custom-op dispatcher's per-call cost, twice per step."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap):
+        ctx.set_materialize_grads(False)
+        loss, grad = _ce_compute(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                                 logit_softcap, want_grad=True, inplace=False)
+        ctx.save_for_backward(grad)
+        ctx.class_dim = _class_dim(logits.dim())
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():
+            raise RuntimeError("gpu_softmax.torch.cross_entropy does not support double backward (create_graph=True)")
+        _bridge.check_not_spent(ctx, "gpu_softmax.torch.cross_entropy")
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 8
+        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, ctx.class_dim, eager=True),) + (None,) * 7
 
 
 class _CrossEntropyInplace(torch.autograd.Function):
@@ -506,7 +536,9 @@ def cross_entropy(
     ``input``'s dtype; the kernels accumulate in float32 (float64 for float64).
 
     The forward computes the loss and ``d loss / d input`` in one pass and saves the
-    gradient; the backward multiplies it by ``grad_output``. With
+    gradient; the backward multiplies it by ``grad_output`` in place (on CUDA nothing of
+    size N x C is touched when ``grad_output`` is 1, and a second backward through the
+    same loss, ``retain_graph=True``, raises). With
     ``inplace_backward=True`` that gradient overwrites ``input`` (peak memory for a large
     vocabulary halves): ``input`` must be an intermediate result (not a leaf that
     requires grad) that nothing else in the graph needs, or autograd raises "modified by
@@ -547,8 +579,13 @@ def cross_entropy(
             return _CrossEntropyInplaceView.apply(*args)
         loss, _ = _CrossEntropyInplace.apply(*args)
         return loss
-    loss, _ = _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap,
-                     want_grad)
+    args = (input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
+    if _compiling():
+        loss, _ = _ce_op(*args, want_grad)
+        return loss
+    if want_grad:
+        return _CrossEntropyEager.apply(*args)
+    loss, _ = _ce_compute(*args, want_grad=False, inplace=False)
     return loss
 
 
@@ -596,6 +633,6 @@ class CrossEntropyLoss(torch.nn.Module):
         return ", ".join(parts)
 
 
-# Defined in its own module (it needs torch.distributed); re-exported here, last,
-# because it uses this module's CUDA helpers.
+# Defined in its own module (it needs torch.distributed, and shares the bridge of
+# gpu_softmax._torch_bridge, not this module); re-exported here.
 from .torch_parallel import vocab_parallel_cross_entropy  # noqa: E402,F401

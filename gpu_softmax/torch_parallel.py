@@ -117,7 +117,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         # shard's size is read or written when grad_output is 1 (decided on the device).
         _bridge.check_not_spent(ctx, "vocab_parallel_cross_entropy")
         (grad,) = ctx.saved_tensors
-        return _bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0)), None, None, None, None, None, None
+        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
+                None, None, None, None, None, None)
 
 
 def vocab_parallel_cross_entropy(
