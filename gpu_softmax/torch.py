@@ -145,7 +145,8 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
     if _bridge.device_kind(logits) == "cpu":
         bf16 = logits.dtype == torch.bfloat16
         rec = dataclasses.replace(
-            a, kind="numpy", logits=_bridge.to_numpy(logits), target=_bridge.to_numpy(target), weight=_bridge.to_numpy(weight),
+            a, kind="numpy", logits=_bridge.to_numpy(logits), target=_bridge.to_numpy(target),
+            weight=_bridge.to_numpy(weight),
             inplace=inplace and not bf16,  # bf16: computed in float32, copied back below
         )
         if not want_grad:

@@ -71,15 +71,16 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
     rows = a.layout.rows
     kind = _bridge.device_kind(logits)
     if kind == "cpu":
-        rec = dataclasses.replace(a, kind="numpy", logits=_bridge.to_numpy(logits), target=_bridge.to_numpy(target),
-                                  weight=_bridge.to_numpy(weight), inplace=False)
+        rec = dataclasses.replace(a, kind="numpy", logits=_bridge.to_numpy(logits),
+                                  target=_bridge.to_numpy(target), weight=_bridge.to_numpy(weight), inplace=False)
         stats = vp._partial_stats_checked(rec, vocab_start)
         if rows:
             gathered = _all_gather_stacked(torch.from_numpy(stats), group, world).numpy()
         else:
             gathered = np.zeros((world, 0, 4))
         loss, grad = vp._finish_checked(rec, vocab_start, gathered, want_grad)
-        return _bridge.from_numpy(loss, logits.dtype), (_bridge.from_numpy(grad, logits.dtype) if want_grad else None)
+        grad = _bridge.from_numpy(grad, logits.dtype) if want_grad else None
+        return _bridge.from_numpy(loss, logits.dtype), grad
     if kind != "cuda":
         raise _bridge.unsupported(logits)
     storage = _bridge.storage(logits)
@@ -183,7 +184,8 @@ def vocab_parallel_cross_entropy(
     elif vocab_size is None:
         vocab_size = int(weight.shape[0])
     a = vp.check_args(
-        _bridge.describe(local_logits), _bridge.describe(target), vocab_start, vocab_size, weight=_bridge.describe(weight),
+        _bridge.describe(local_logits), _bridge.describe(target), vocab_start, vocab_size,
+        weight=_bridge.describe(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
     )
     grad_on = torch.is_grad_enabled()

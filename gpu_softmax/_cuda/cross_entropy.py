@@ -456,7 +456,9 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     go = cupy.ascontiguousarray(grad_output.reshape(-1))
     slots = -(-(n + VEC[st]) // VEC[st])
     name = scale_name(st)
-    grid = int(min(-(-slots // SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count() * 4))
+    # One wave of resident blocks, grid-stride: the common grad_output == 1 launch is
+    # then as short as a launch can be (every block reads one scalar and leaves).
+    grid = int(min(-(-slots // SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
     _launch(name, grid, SCALE_THREADS, (
         grad, np.int64(n), np.int64(cols), np.int64(inner), go if scalar else NULL, NULL if scalar else go,
     ))
