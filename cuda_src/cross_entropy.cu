@@ -585,6 +585,29 @@ __device__ __forceinline__ void ce_scale_grad(typename S::T* grad, long long n, 
 }
 
 // ---------------------------------------------------------------------------
+// finish: the per-row losses into the returned loss, in the storage dtype the
+// caller asks for (the torch bridge returns the loss in the logits' dtype: no cast
+// launch after). reduce: one block sums the rows in a fixed order in float64
+// (deterministic) and writes one value; otherwise each row is converted.
+
+template <class S>
+__device__ __forceinline__ void ce_finish(const typename S::A* row_loss, typename S::T* out, long long rows,
+                                          int reduce) {
+    typedef typename S::A A;
+    __shared__ double dscratch[33];
+    if (!reduce) {
+        const long long stride = (long long)gridDim.x * blockDim.x;
+        for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride)
+            out[r] = S::from_acc(row_loss[r]);
+        return;
+    }
+    double s = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x) s += (double)row_loss[r];
+    s = block_sum(s, dscratch);
+    if (threadIdx.x == 0) out[0] = S::from_acc((A)s);
+}
+
+// ---------------------------------------------------------------------------
 // prep: one block computes the mean's divisor, the valid-row count, W and the
 // scales from the targets and weights, in a fixed order (deterministic), and
 // counts out-of-range targets for validate=True (the one scalar the host reads).
@@ -639,7 +662,7 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
 
 // ---------------------------------------------------------------------------
 // entry points: gs_ce_<warp|block|split><NV>_<dtype>, gs_ce_stream<NV>_<hard|soft>_<dtype>,
-// gs_ce_scale_<dtype>, gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
+// gs_ce_scale_<dtype>, gs_ce_finish_<dtype>, gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
 // gpu_softmax/_cuda/cross_entropy.py (a CPU test checks it).
 
 #define GS_CE_ARGS(S)                                                                                              \
@@ -677,6 +700,11 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
                                                            const S::A* g_rows) {                                \
         gs::ce_scale_grad<S>(grad, n, cols, inner, g_scalar, g_rows);                                              \
     }
+#define GS_ENTRY_CE_FINISH(name, S)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) name(const S::A* row_loss, S::T* out, long long rows,      \
+                                                           int reduce) {                                        \
+        gs::ce_finish<S>(row_loss, out, rows, reduce);                                                             \
+    }
 #define GS_ENTRY_CE_PREP(name, A)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256) name(const long long* tgt, long long rows, long long cols,   \
                                                            long long ignore, const A* w, int reduction,            \
@@ -694,6 +722,7 @@ GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f32, gs::F32, 4, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f32, gs::F32, 4, true)
 GS_ENTRY_CE_SPLIT(gs_ce_split8_f32, gs::F32, 8, 512, 2)
 GS_ENTRY_CE_SCALE(gs_ce_scale_f32, gs::F32)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f32, gs::F32)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_f16, gs::F16, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_f16, gs::F16, 2)
@@ -703,6 +732,7 @@ GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_f16, gs::F16, 2, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_f16, gs::F16, 2, true)
 GS_ENTRY_CE_SPLIT(gs_ce_split4_f16, gs::F16, 4, 384, 2)
 GS_ENTRY_CE_SCALE(gs_ce_scale_f16, gs::F16)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f16, gs::F16)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_bf16, gs::BF16, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_bf16, gs::BF16, 2)
@@ -712,6 +742,7 @@ GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_bf16, gs::BF16, 2, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_bf16, gs::BF16, 2, true)
 GS_ENTRY_CE_SPLIT(gs_ce_split4_bf16, gs::BF16, 4, 384, 2)
 GS_ENTRY_CE_SCALE(gs_ce_scale_bf16, gs::BF16)
+GS_ENTRY_CE_FINISH(gs_ce_finish_bf16, gs::BF16)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_f64, gs::F64, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_f64, gs::F64, 2)
@@ -722,6 +753,7 @@ GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f64, gs::F64, 4, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f64, gs::F64, 4, true)
 GS_ENTRY_CE_SPLIT(gs_ce_split8_f64, gs::F64, 8, 256, 2)
 GS_ENTRY_CE_SCALE(gs_ce_scale_f64, gs::F64)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f64, gs::F64)
 
 GS_ENTRY_CE_PREP(gs_ce_prep_f32, float)
 GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)

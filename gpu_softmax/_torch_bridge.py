@@ -191,6 +191,15 @@ def storage(t: Tensor) -> str | None:
     return "bfloat16" if t.dtype == torch.bfloat16 else None
 
 
+_STORAGE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                 torch.float64: "float64"}
+
+
+def storage_name(t: Tensor) -> str:
+    """The kernels' name of t's dtype (results asked for in the logits' own storage)."""
+    return _STORAGE_NAME[t.dtype]
+
+
 def acc_float(t: Tensor | None) -> Tensor | None:
     """bf16 weights/soft targets as float32 (CuPy cannot hold bf16 there)."""
     return t.float() if t is not None and t.dtype == torch.bfloat16 else t

@@ -167,9 +167,11 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
             a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(_bridge.acc_float(target)),
             weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=inplace,
         )
+        # The loss comes back in the logits' own storage: no cast after.
+        st, loss_st = _bridge.storage(logits), _bridge.storage_name(logits)
         if not want_grad:
-            return _bridge.from_cupy(launch.cross_entropy(rec, storage=_bridge.storage(logits)), logits.dtype), None
-        loss, grad = launch.cross_entropy_with_grad(rec, storage=_bridge.storage(logits))
+            return _bridge.from_cupy(launch.cross_entropy(rec, storage=st, loss_storage=loss_st), logits.dtype), None
+        loss, grad = launch.cross_entropy_with_grad(rec, storage=st, loss_storage=loss_st)
         loss = _bridge.from_cupy(loss, logits.dtype)
         if inplace:
             return loss, None  # the launcher wrote the gradient into the logits' memory

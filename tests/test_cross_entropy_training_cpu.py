@@ -168,7 +168,7 @@ def fake_cuda(monkeypatch):
 
     scales = []
 
-    def ce_with_grad(a, return_logsumexp=False, *, storage=None):
+    def ce_with_grad(a, return_logsumexp=False, *, storage=None, loss_storage=None):
         assert storage is None
         return reference.cross_entropy_with_grad_checked(dataclasses.replace(a, kind="numpy", inplace=False))
 

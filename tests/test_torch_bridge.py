@@ -553,9 +553,9 @@ def emulated_cuda(monkeypatch):
             grad = a.logits
         return loss, grad
 
-    monkeypatch.setattr(ce_launch, "cross_entropy", lambda a, return_logsumexp=False, *, storage=None: ce(a, False, storage))
+    monkeypatch.setattr(ce_launch, "cross_entropy", lambda a, return_logsumexp=False, *, storage=None, loss_storage=None: ce(a, False, storage))
     monkeypatch.setattr(ce_launch, "cross_entropy_with_grad",
-                        lambda a, return_logsumexp=False, *, storage=None: ce(a, True, storage))
+                        lambda a, return_logsumexp=False, *, storage=None, loss_storage=None: ce(a, True, storage))
 
     def checked(op):
         def fn(a, *, storage=None):

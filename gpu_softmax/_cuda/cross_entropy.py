@@ -1,11 +1,13 @@
 """CUDA launchers for the fused softmax cross-entropy (cuda_src/cross_entropy.cu).
 
-One call is two launches on CuPy's current stream: a one-block prep kernel that
-reduces the targets and weights to the mean's divisor and the loss/gradient scales
-(written to a 5-element device array the main kernel reads), then the per-row
+One call is two or three launches on CuPy's current stream: a one-block prep kernel
+that reduces the targets and weights to the mean's divisor and the loss/gradient
+scales (written to a 5-element device array the main kernel reads), the per-row
 kernel that writes each row's loss (and logsumexp) and, for
-``cross_entropy_with_grad``, the gradient. The reduced loss is a fixed-order sum of
-the per-row losses (no float atomics: the same inputs give the same bits).
+``cross_entropy_with_grad``, the gradient, and (for a reduced loss, or a loss asked
+for in another storage) a one-block finish kernel: a fixed-order float64 sum of the
+per-row losses written in the requested storage (no float atomics: the same inputs
+give the same bits; a 16-bit loss needs no cast launch afterwards).
 
 Passes over the logits: one read (and one gradient write) in the warp, block and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
@@ -63,6 +65,8 @@ BLOCK_MIN_THREADS = 128
 STREAM_THREADS = 512
 PREP_THREADS = 256
 SCALE_THREADS = 256
+FINISH_THREADS = 256
+FINISH_MAX_ROWS = 1 << 16  # one block sums this many row losses in a few microseconds
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
 NULL = np.uint64(0)  # a null device pointer argument
 
@@ -87,6 +91,10 @@ def stream_name(storage: str, soft: bool) -> str:
     return f"gs_ce_stream{VARIANTS[storage]['stream']}_{'soft' if soft else 'hard'}_{SUFFIX[storage]}"
 
 
+def finish_name(storage: str) -> str:
+    return f"gs_ce_finish_{SUFFIX[storage]}"
+
+
 def scale_name(storage: str) -> str:
     return f"gs_ce_scale_{SUFFIX[storage]}"
 
@@ -99,7 +107,7 @@ ENTRY_POINTS: tuple[str, ...] = tuple(
     sorted(
         [warp_name(nv, s) for s, v in VARIANTS.items() for nv in v["warp"]]
         + [block_name(nv, s) for s, v in VARIANTS.items() for nv, _ in v["block"]]
-        + [split_name(s) for s in VARIANTS] + [scale_name(s) for s in VARIANTS]
+        + [f(s) for s in VARIANTS for f in (split_name, scale_name, finish_name)]
         + [stream_name(s, soft) for s in VARIANTS for soft in (False, True)]
         + ["gs_ce_prep_f32", "gs_ce_prep_f64"]
     )
@@ -367,9 +375,26 @@ def _split_workspace(p: Plan, acc):
     return cupy.empty(p.groups * 2 * p.k * 2, dtype=acc), cupy.zeros(p.groups, dtype=np.uint64)
 
 
-def _reduce(a: CrossEntropyArgs, row_loss):
-    """The loss: per row, or their fixed-order sum (the mean's divisor is already in each row)."""
-    return row_loss.reshape(a.loss_shape) if a.reduction == "none" else row_loss.sum()
+def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
+    """The loss from the per-row losses (the mean's divisor is already in each row): per
+    row, or their fixed-order sum, in `loss_storage` (None: the accumulation dtype).
+
+    The finish kernel sums (one block, float64, fixed order) and converts in one launch,
+    so a 16-bit loss needs no cast afterwards; rows past FINISH_MAX_ROWS are first
+    summed by CuPy's reduction (also a fixed order)."""
+    import cupy
+
+    reduce = a.reduction != "none"
+    out_st = loss_storage or ("float64" if acc == np.float64 else "float32")
+    if not reduce and np.dtype(out_st if out_st != "bfloat16" else np.uint16) == row_loss.dtype:
+        return row_loss.reshape(a.loss_shape)
+    rows = row_loss.size
+    if reduce and rows > FINISH_MAX_ROWS:
+        row_loss, rows = row_loss.sum().reshape(1), 1
+    out = cupy.empty(() if reduce else a.loss_shape, dtype=np.uint16 if out_st == "bfloat16" else out_st)
+    grid = 1 if reduce else int(min(-(-rows // FINISH_THREADS), launch.sm_count() * 4))
+    _launch(finish_name(out_st), grid, FINISH_THREADS, (row_loss, out, np.int64(rows), np.int32(reduce)))
+    return out
 
 
 def _grad_to_logits_layout(a: CrossEntropyArgs, grad):
@@ -400,10 +425,13 @@ def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: boo
     return out
 
 
-def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None):
+def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None,
+         loss_storage: str | None = None):
     import cupy
 
     rows = a.layout.rows
+    if loss_storage is not None and loss_storage not in launch.STORAGES:
+        raise ValueError(f"loss_storage must be one of {launch.STORAGES} or None, got {loss_storage!r}")
     if rows == 0:
         out = _empty_rows(a, launch.acc_dtype(launch.storage_of(a.logits.dtype, storage)), want_grad,
                           return_logsumexp)
@@ -414,7 +442,7 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
     row_lse = cupy.empty(rows, dtype=inp.acc) if return_logsumexp else NULL
     grad = _grad_buffer(a, inp.x) if want_grad else NULL
     _launch_fused(a, inp, coef, g_rows, grad, row_loss, row_lse)
-    out = [_reduce(a, row_loss)]
+    out = [_reduce(a, row_loss, inp.acc, loss_storage)]
     if want_grad:
         out.append(_grad_to_logits_layout(a, grad))
     if return_logsumexp:
@@ -422,14 +450,19 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def cross_entropy(a: CrossEntropyArgs, return_logsumexp: bool = False, *, storage: str | None = None):
-    """Loss only: each logits row read once, nothing of size N x C written."""
-    return _run(a, want_grad=False, return_logsumexp=return_logsumexp, storage=storage)
+def cross_entropy(a: CrossEntropyArgs, return_logsumexp: bool = False, *, storage: str | None = None,
+                  loss_storage: str | None = None):
+    """Loss only: each logits row read once, nothing of size N x C written.
+
+    `loss_storage`: the loss's storage (e.g. the logits' own, as the torch bridge
+    returns it; "bfloat16" as uint16 words); None: the accumulation dtype."""
+    return _run(a, False, return_logsumexp, storage, loss_storage)
 
 
-def cross_entropy_with_grad(a: CrossEntropyArgs, return_logsumexp: bool = False, *, storage: str | None = None):
+def cross_entropy_with_grad(a: CrossEntropyArgs, return_logsumexp: bool = False, *, storage: str | None = None,
+                            loss_storage: str | None = None):
     """(loss, grad_logits[, lse]): the logits read once and the gradient written once (twice read when streamed)."""
-    return _run(a, want_grad=True, return_logsumexp=return_logsumexp, storage=storage)
+    return _run(a, True, return_logsumexp, storage, loss_storage)
 
 
 def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None = None) -> None:

@@ -271,7 +271,33 @@ def cross_entropy_suites(cp, CE, rng):
         g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
         assert_close(g, wg, "bfloat16", "bf16 grad", atol=8e-3 * np.abs(wg).max())
         assert_close(cp.asnumpy(loss), wl, "float32", "bf16 loss", atol=1e-5)
-        return n + 1
+        n += 1
+        # The loss in the logits' own storage (what the torch bridge asks for): the
+        # finish kernel sums and converts; past FINISH_MAX_ROWS CuPy sums first.
+        x16 = (rng.standard_normal((9, 700)) * 3).astype(np.float16)
+        t9 = rng.integers(0, 700, 9)
+        t9[2] = -100
+        for max_rows in (CE.FINISH_MAX_ROWS, 4):
+            CE.FINISH_MAX_ROWS, saved = max_rows, CE.FINISH_MAX_ROWS
+            try:
+                for red in ("mean", "sum", "none"):
+                    want = reference.cross_entropy(x16.astype(np.float32), t9, reduction=red)
+                    a = dataclasses.replace(_checks.check_cross_entropy(x16, t9, reduction=red), kind="cupy",
+                                            logits=cp.asarray(x16))
+                    got = CE.cross_entropy(a, loss_storage="float16")
+                    assert got.dtype == np.float16 and got.shape == want.shape, (got.dtype, got.shape)
+                    assert_close(cp.asnumpy(got).astype(np.float32), want, "float16", f"f16 loss {red}")
+                    a = dataclasses.replace(_checks.check_cross_entropy(xf, t, reduction=red), kind="cupy",
+                                            logits=cp.asarray(bits))
+                    got, _ = CE.cross_entropy_with_grad(a, storage="bfloat16", loss_storage="bfloat16")
+                    want = reference.cross_entropy(xf, t, reduction=red)
+                    assert got.dtype == np.uint16 and got.shape == want.shape
+                    gotf = (cp.asnumpy(got).astype(np.uint32) << 16).view(np.float32)
+                    assert_close(gotf, want, "bfloat16", f"bf16 loss {red}")
+                    n += 2
+            finally:
+                CE.FINISH_MAX_ROWS = saved
+        return n
 
     def split():
         # Rows split over k co-resident blocks (chunks capped so short rows reach
