@@ -583,7 +583,8 @@ def cross_entropy(
         loss, _ = _CrossEntropyInplace.apply(*args)
         return loss
     args = (input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
-    if _compiling():
+    if _compiling() or torch._C._are_functorch_transforms_active():
+        # Traced or transformed (torch.compile, torch.func): the registered operator.
         loss, _ = _ce_op(*args, want_grad)
         return loss
     if want_grad:
