@@ -18,8 +18,12 @@
 // Regimes (table in gpu_softmax/_cuda/cross_entropy.py):
 //   warp   - short rows held in registers by `width` lanes; one read, one write.
 //   block  - a block per row, the row held in registers; one read, one write.
-//   stream - longer rows: an online (max, sum) read, then a second read that
-//            writes the gradient (no second read when only the loss is wanted).
+//   split  - longer rows (hard labels): k co-resident blocks per row, each
+//            holding a chunk in registers; one exchange of (max, sum) through
+//            global memory; one read, one write.
+//   stream - rows the co-resident blocks cannot hold, and soft labels: an online
+//            (max, sum) read, then a second read that writes the gradient (no
+//            second read when only the loss is wanted).
 // Soft labels always take the stream kernel (its target is read alongside).
 //
 // Loss scaling and the gradient's scale come from `coef`, computed on the
@@ -392,6 +396,223 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
 }
 
 // ---------------------------------------------------------------------------
+// split regime (hard labels): rows longer than one block holds, split over k
+// co-resident blocks. Block p of group g holds elements [p*chunk, p*chunk + n)
+// of rows g, g + groups, ... in registers from the read to the gradient write,
+// so the logits are read once and the gradient written once (2 passes, not the
+// stream regime's 3). The k (max, sum) partials of a row meet once through the
+// workspace (group_merge of common.cuh, fixed order: every block gets the same
+// bits); smoothing adds one group_sum of its non-negative pieces. The grid is
+// launched cooperatively and sized from the occupancy calculator (the launcher
+// refuses the plan otherwise), so the blocks waiting for each other are resident.
+// In place: block 0 reads the target logit before it publishes its partial, and
+// no block writes before every partial of the row is published; every other
+// element is read and written by the same thread.
+
+// A block's chunk, held from the read to the gradient write. 16-bit storage is
+// kept as raw words, two to a 32-bit register (plain integers, so they stay in
+// registers: a union of partial writes would go to local memory), converted at
+// each use: half the registers of float values, so a 512-thread block holds 16K
+// elements without spilling. float32/float64 keep the (capped) values.
+template <class S, int NV>
+struct HeldChunk {
+    typedef typename S::T T;
+    typedef typename S::A A;
+    static constexpr int VEC = S::VEC;
+    static constexpr bool RAW = sizeof(T) == 2;
+    unsigned int words[RAW ? NV : 1][4];  // RAW: slot j's 8 words, packed in pairs
+    A val[RAW ? 1 : NV * VEC];
+
+    __device__ __forceinline__ void load(const T* p, int j, int e0, int n, A cap) {
+        if (RAW) {
+            if (e0 >= 0 && e0 + VEC <= n) {
+                const uint4 u = *reinterpret_cast<const uint4*>(p + e0);
+                words[j][0] = u.x;
+                words[j][1] = u.y;
+                words[j][2] = u.z;
+                words[j][3] = u.w;
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int a = e0 + 2 * q, b = a + 1;
+                    const unsigned int lo = (a >= 0 && a < n) ? (unsigned int)p[a] : 0u;
+                    const unsigned int hi = (b >= 0 && b < n) ? (unsigned int)p[b] : 0u;
+                    words[j][q] = lo | (hi << 16);
+                }
+            }
+        } else {
+            load_slot<S>(p, e0, n, true, val + j * VEC, A(0));
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) val[j * VEC + i] = capped(val[j * VEC + i], cap, e0 + i >= 0 && e0 + i < n);
+        }
+    }
+    // The capped logit of element i of slot j; -inf outside the chunk.
+    __device__ __forceinline__ A get(int j, int i, int e0, int n, A cap) const {
+        if (RAW) {
+            const T h = (T)((words[j][(i >> 1) & 3] >> ((i & 1) * 16)) & 0xffffu);
+            return capped(S::to_acc(h), cap, e0 + i >= 0 && e0 + i < n);
+        }
+        return val[j * VEC + i];
+    }
+};
+
+template <class S, int NV>
+__device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                         const typename S::A* w, const typename S::A* coef,
+                                         const typename S::A* g_rows, typename S::A* row_loss,
+                                         typename S::A* row_lse, long long rows, long long cols, long long ignore,
+                                         typename S::A eps, typename S::A z, typename S::A cap, int k,
+                                         long long chunk, typename S::A* part, unsigned long long* cnt) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC;
+    __shared__ MaxSum<A> ms_scratch[33];
+    __shared__ A scratch[33];
+    const long long groups = gridDim.x / k;
+    const long long g = blockIdx.x / k;
+    const int p = (int)(blockIdx.x % k);
+    if (g >= groups) return;  // whole groups only; the launcher never makes a partial one
+    const long long c0 = (long long)p * chunk;
+    const int n = (int)min(chunk, cols - c0);  // <= one block's capacity
+    const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+    const A inv_cols = A(1) / A(cols);
+    unsigned long long round = 0;
+    for (long long row = g; row < rows; row += groups) {
+        const typename S::T* xr = x + row * cols;
+        const typename S::T* xc = xr + c0;
+        const int mis = misalign<S>(xc);
+        const CeRow tr = ce_target(tgt, row, cols, ignore);
+        const A wt = tr.status == CE_OK ? weight_at(w, tr.t) : A(0);
+        A xt = A(0);
+        if (p == 0 && tid == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
+
+        HeldChunk<S, NV> h;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) h.load(xc, j, slot_start<S>(0, j, tid, nthr, mis), n, cap);
+        // (m, sum - 1) of the thread's values, as values_stats: values at the max
+        // are counted, the others summed.
+        A mv = -inf_of(A(0));
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e0 = slot_start<S>(0, j, tid, nthr, mis);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) mv = nan_max(mv, h.get(j, i, e0, n, cap));
+        }
+        A c1 = A(0), ts = A(0);
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e0 = slot_start<S>(0, j, tid, nthr, mis);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const A e = rel_exp(h.get(j, i, e0, n, cap), mv);
+                const bool one = (e == A(1));
+                c1 += one ? A(1) : A(0);
+                ts += one ? A(0) : e;
+            }
+        }
+        MaxSum<A> r;
+        r.m = mv;
+        r.r = (c1 - A(1)) + ts;
+        r = block_merge(r, ms_scratch);
+        r = group_merge(r, part, cnt, g, k, p, round++, ms_scratch);
+        const CeScale<A> ks = ce_scale(r, tr, wt, A(0), false, eps, z, inv_cols, cap, coef, g_rows, row);
+        A s_gap = A(0);  // gaps against the row max (known after the merge): never cancels
+        if (eps > A(0)) {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const int e0 = slot_start<S>(0, j, tid, nthr, mis);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const int e = e0 + i;
+                    if (e >= 0 && e < n) s_gap += weight_at(w, c0 + e) * gap(ks.m, h.get(j, i, e0, n, cap));
+                }
+            }
+            s_gap = group_sum(block_sum(s_gap, scratch), part, cnt, g, k, p, round++, scratch);
+        }
+        if (p == 0 && tid == 0)
+            ce_write_loss(row_loss, row_lse, row, tr, ks, xt, wt, s_gap, A(0), false, eps, z, inv_cols, coef);
+        if (!grad) continue;
+        typename S::T* gc = grad + row * cols + c0;
+        const bool vec_out = misalign<S>(gc) == mis;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e0 = slot_start<S>(0, j, tid, nthr, mis);
+            A gv[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const int e = e0 + i;
+                if (tr.status == CE_OK) {
+                    const A wc = (eps > A(0) && e >= 0 && e < n) ? weight_at(w, c0 + e) : A(0);
+                    gv[i] = ce_grad(ks, h.get(j, i, e0, n, cap), c0 + e, tr.t, wc, A(0), false, z > A(0));
+                } else {
+                    gv[i] = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+                }
+            }
+            store_slot<S>(gc, e0, n, vec_out, gv);
+        }
+        // The next row's block_merge starts with a barrier: no scratch race.
+    }
+}
+
+// ---------------------------------------------------------------------------
+// backward scaling: the forward saved d(loss)/d(logits) for grad_output = 1 (the
+// mean's divisor already in it); the backward multiplies by grad_output in place.
+// The common case, a scalar grad_output of exactly 1 (loss.backward()), is
+// decided here on the device: every block reads the scalar and returns, so the
+// backward touches no N x C memory, needs no host sync and captures in a CUDA
+// graph. A per-row grad_output (reduction='none') scales row r by g_rows[r]; the
+// gradient is contiguous in the logits' own layout, so element e belongs to row
+// (e / (cols * inner)) * inner + e % inner.
+
+template <class S>
+__device__ __forceinline__ void ce_scale_grad(typename S::T* grad, long long n, long long cols, long long inner,
+                                              const typename S::A* g_scalar, const typename S::A* g_rows) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC;
+    const A gs = g_scalar ? g_scalar[0] : A(1);
+    if (!g_rows && gs == A(1)) return;  // NaN != 1: a NaN grad_output still scales
+    const int mis = misalign<S>(grad);
+    const long long slots = (n + mis + VEC - 1) / VEC;
+    const long long per_outer = cols * inner;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x; s < slots; s += stride) {
+        const long long e0 = s * VEC - mis;
+        A v[VEC];
+        load_slot<S>(grad, e0, n, true, v, A(0));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const long long e = e0 + i;
+            A gv = gs;
+            if (g_rows && e >= 0 && e < n) gv = g_rows[(e / per_outer) * inner + e % inner];
+            v[i] *= gv;
+        }
+        store_slot<S>(grad, e0, n, true, v);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// finish: the per-row losses into the returned loss, in the storage dtype the
+// caller asks for (the torch bridge returns the loss in the logits' dtype: no cast
+// launch after). reduce: one block sums the rows in a fixed order in float64
+// (deterministic) and writes one value; otherwise each row is converted.
+
+template <class S>
+__device__ __forceinline__ void ce_finish(const typename S::A* row_loss, typename S::T* out, long long rows,
+                                          int reduce) {
+    typedef typename S::A A;
+    __shared__ double dscratch[33];
+    if (!reduce) {
+        const long long stride = (long long)gridDim.x * blockDim.x;
+        for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride)
+            out[r] = S::from_acc(row_loss[r]);
+        return;
+    }
+    double s = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x) s += (double)row_loss[r];
+    s = block_sum(s, dscratch);
+    if (threadIdx.x == 0) out[0] = S::from_acc((A)s);
+}
+
+// ---------------------------------------------------------------------------
 // prep: one block computes the mean's divisor, the valid-row count, W and the
 // scales from the targets and weights, in a fixed order (deterministic), and
 // counts out-of-range targets for validate=True (the one scalar the host reads).
@@ -445,8 +666,8 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
 }  // namespace gs
 
 // ---------------------------------------------------------------------------
-// entry points: gs_ce_<warp|block><NV>_<dtype>, gs_ce_stream<NV>_<hard|soft>_<dtype>,
-// gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
+// entry points: gs_ce_<warp|block|split><NV>_<dtype>, gs_ce_stream<NV>_<hard|soft>_<dtype>,
+// gs_ce_scale_<dtype>, gs_ce_finish_<dtype>, gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
 // gpu_softmax/_cuda/cross_entropy.py (a CPU test checks it).
 
 #define GS_CE_ARGS(S)                                                                                              \
@@ -471,6 +692,24 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
         gs::ce_stream<S, NV, SOFT>(x, grad, tgt, soft_t, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore,   \
                                    (S::A)eps, (S::A)z, (S::A)cap);                                                 \
     }
+#define GS_ENTRY_CE_SPLIT(name, S, NV, THREADS, MINB)                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB)                                                   \
+        name(GS_CE_ARGS(S), int k, long long chunk, S::A *part, unsigned long long *cnt) {                        \
+        (void)soft_t;                                                                                              \
+        gs::ce_split<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,       \
+                            (S::A)z, (S::A)cap, k, chunk, part, cnt);                                              \
+    }
+#define GS_ENTRY_CE_SCALE(name, S)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) name(S::T* grad, long long n, long long cols,              \
+                                                           long long inner, const S::A* g_scalar,               \
+                                                           const S::A* g_rows) {                                \
+        gs::ce_scale_grad<S>(grad, n, cols, inner, g_scalar, g_rows);                                              \
+    }
+#define GS_ENTRY_CE_FINISH(name, S)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) name(const S::A* row_loss, S::T* out, long long rows,      \
+                                                           int reduce) {                                        \
+        gs::ce_finish<S>(row_loss, out, rows, reduce);                                                             \
+    }
 #define GS_ENTRY_CE_PREP(name, A)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256) name(const long long* tgt, long long rows, long long cols,   \
                                                            long long ignore, const A* w, int reduction,            \
@@ -486,6 +725,9 @@ GS_ENTRY_CE_BLOCK(gs_ce_block4_f32, gs::F32, 4, 1024)
 GS_ENTRY_CE_BLOCK(gs_ce_block8_f32, gs::F32, 8, 1024)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f32, gs::F32, 4, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f32, gs::F32, 4, true)
+GS_ENTRY_CE_SPLIT(gs_ce_split8_f32, gs::F32, 8, 512, 2)
+GS_ENTRY_CE_SCALE(gs_ce_scale_f32, gs::F32)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f32, gs::F32)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_f16, gs::F16, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_f16, gs::F16, 2)
@@ -493,6 +735,9 @@ GS_ENTRY_CE_BLOCK(gs_ce_block2_f16, gs::F16, 2, 1024)
 GS_ENTRY_CE_BLOCK(gs_ce_block4_f16, gs::F16, 4, 1024)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_f16, gs::F16, 2, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_f16, gs::F16, 2, true)
+GS_ENTRY_CE_SPLIT(gs_ce_split4_f16, gs::F16, 4, 384, 2)
+GS_ENTRY_CE_SCALE(gs_ce_scale_f16, gs::F16)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f16, gs::F16)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_bf16, gs::BF16, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_bf16, gs::BF16, 2)
@@ -500,6 +745,9 @@ GS_ENTRY_CE_BLOCK(gs_ce_block2_bf16, gs::BF16, 2, 1024)
 GS_ENTRY_CE_BLOCK(gs_ce_block4_bf16, gs::BF16, 4, 1024)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_bf16, gs::BF16, 2, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_bf16, gs::BF16, 2, true)
+GS_ENTRY_CE_SPLIT(gs_ce_split4_bf16, gs::BF16, 4, 384, 2)
+GS_ENTRY_CE_SCALE(gs_ce_scale_bf16, gs::BF16)
+GS_ENTRY_CE_FINISH(gs_ce_finish_bf16, gs::BF16)
 
 GS_ENTRY_CE_WARP(gs_ce_warp1_f64, gs::F64, 1)
 GS_ENTRY_CE_WARP(gs_ce_warp2_f64, gs::F64, 2)
@@ -508,6 +756,9 @@ GS_ENTRY_CE_BLOCK(gs_ce_block4_f64, gs::F64, 4, 512)
 GS_ENTRY_CE_BLOCK(gs_ce_block8_f64, gs::F64, 8, 512)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f64, gs::F64, 4, false)
 GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f64, gs::F64, 4, true)
+GS_ENTRY_CE_SPLIT(gs_ce_split8_f64, gs::F64, 8, 256, 2)
+GS_ENTRY_CE_SCALE(gs_ce_scale_f64, gs::F64)
+GS_ENTRY_CE_FINISH(gs_ce_finish_f64, gs::F64)
 
 GS_ENTRY_CE_PREP(gs_ce_prep_f32, float)
 GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)

@@ -29,6 +29,22 @@ def result_dtype(dtype: np.dtype) -> np.dtype:
 # array kinds
 
 
+@dataclass(frozen=True)
+class ArrayDesc:
+    """What the checks read of an array, for callers whose arrays are neither NumPy
+    nor CuPy (the torch bridge describes its tensors): shape, a NumPy dtype, and
+    the kind the caller dispatches on. Building one costs far less than a stand-in
+    array, and the checks raise the same errors for it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    kind: str = "torch"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 def _is_cupy_array(a: Any) -> bool:
     # Checked by type name so that NumPy-only installs never import CuPy.
     mod = type(a).__module__ or ""
@@ -58,6 +74,8 @@ def array_kind(a: Any, name: str) -> str:
                 f"pass a plain ndarray: {fix}"
             )
         return "numpy"
+    if isinstance(a, ArrayDesc):
+        return a.kind
     if _is_cupy_array(a):
         return "cupy"
     raise TypeError(

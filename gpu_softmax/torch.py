@@ -13,16 +13,19 @@ How it works:
   ``register_autograd``, so ``torch.compile`` traces through it without graph breaks
   and a training step can be captured in a CUDA graph.
 - **Fused cross entropy.** The forward runs the fused loss+gradient kernel once
-  (``cross_entropy_with_grad`` with ``grad_output=1``) and saves the gradient; the
-  backward only scales it by ``grad_output`` (no second pass over the logits).
-  When the logits do not need a gradient, only the loss is computed.
-- **Zero copy, streams.** CUDA tensors go to CuPy through DLPack (no host round trip);
-  launches run on PyTorch's current stream of the tensor's device
-  (``cupy.cuda.Device`` + ``cupy.cuda.ExternalStream``, or ``Stream.from_external`` on
-  CuPy >= 14, where ExternalStream is deprecated), and every buffer the
-  launchers allocate comes from PyTorch's caching allocator on that stream (so CUDA
-  graph capture puts them in the graph's private pool). Results come back through
-  DLPack.
+  (``cross_entropy_with_grad`` with ``grad_output=1``, the logits read once and the
+  gradient written once) and saves the gradient. The backward scales that buffer in
+  place and hands it on: on CUDA the scale kernel reads ``grad_output`` on the device
+  and returns at once when it is 1, so ``loss.backward()`` touches no N x C memory (a
+  second backward through the same loss then raises); on CPU a scalar 1 returns the
+  saved buffer and anything else a scaled copy. When the logits do not need a
+  gradient, only the loss is computed. Regimes and memory: docs/cross_entropy_kernels.md.
+- **Zero copy, streams** (:mod:`gpu_softmax._torch_bridge`, shared with
+  :mod:`gpu_softmax.torch_parallel`). CUDA tensors go to CuPy through DLPack (no host
+  round trip); launches run on PyTorch's current stream of the tensor's device, and
+  every buffer the launchers allocate comes from PyTorch's caching allocator on that
+  stream (so CUDA graph capture puts them in the graph's private pool). Results come
+  back through DLPack.
 - **bfloat16.** CuPy has no bfloat16 type: bf16 tensors are handed to the kernels as
   16-bit words (``tensor.view(torch.int16)`` then DLPack, read as ``uint16``) and the
   kernels convert, accumulating in float32. bf16 soft targets and weights are
@@ -38,7 +41,8 @@ How it works:
   custom op (the version counter moves on, so autograd raises "modified by an
   inplace operation" if anything saved the old values), inside an
   ``autograd.Function`` that marks the logits dirty (not possible for views, where
-  the version counter alone guards) and scales the gradient in place in backward.
+  the version counter alone guards) and scales the gradient in place in backward
+  (the same device-decided scale).
   A leaf that requires grad is refused by autograd. Using the overwritten tensor
   afterwards in a differentiable way raises in eager mode. Under ``torch.compile``
   such a use cannot be detected, so there ``inplace_backward=True`` takes the
@@ -47,10 +51,11 @@ How it works:
 - **torch.func**: ``vmap`` works (torch's per-sample fallback); ``grad``/``vjp``/
   ``jacrev``/``jvp``/``jacfwd`` raise ``NotImplementedError`` naming the transform.
 - **Argument checks** are those of :mod:`gpu_softmax._checks` (same error texts as the
-  NumPy/CuPy API), run on lightweight NumPy stand-ins that carry only the tensors'
-  shapes and dtypes (bfloat16 is described as float16). Only checks that are about
-  torch itself (a non-tensor argument, tensors on different devices, gradients we do
-  not provide) live here.
+  NumPy/CuPy API), run on (shape, dtype) descriptions of the tensors (bfloat16 is
+  described as float16); an accepted cross-entropy call is remembered by its
+  description, so the operator's own check (needed under torch.compile) costs a
+  dictionary lookup. Only checks that are about torch itself (a non-tensor argument,
+  tensors on different devices, gradients we do not provide) live in the bridge.
 
 Differences from ``torch.nn.functional.cross_entropy`` (documented, not fought):
 ignored rows get an exact 0 gradient (torch gives NaN when an ignored row's logits
@@ -60,7 +65,6 @@ no double backward; the deprecated ``size_average``/``reduce`` arguments are abs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -69,6 +73,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, reference
+from . import _torch_bridge as _bridge
 
 __all__ = [
     "cross_entropy",
@@ -83,54 +88,8 @@ _NS = "gpu_softmax"
 
 
 # ----------------------------------------------------------------------------------
-# argument checks: torch-specific ones here, everything else through _checks
-
-
-def _require_tensors(**named: Any) -> None:
-    """TypeError for a non-tensor; ValueError for tensors on different devices."""
-    devices = {}
-    for name, t in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__module__}.{type(t).__name__}")
-        devices[name] = t.device
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all tensors must be on one device ({listing})")
-
-
-_STANDIN_DTYPE = {
-    torch.float16: np.float16,
-    torch.bfloat16: np.float16,  # described as float16: the checks only look at dtype/shape
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-}
-
-
-# ints, bool, complex: a table, not tensor.numpy(), which fails inside torch.func transforms
-_OTHER_DTYPES = {
-    getattr(torch, name): np.dtype(name)
-    for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
-                 "complex64", "complex128")
-    if hasattr(torch, name)
-}
-
-
-def _standin(t: Tensor | None) -> np.ndarray | None:
-    """A NumPy array with t's shape and (float16 for bf16) dtype that owns one element.
-
-    `_checks` only reads dtype, shape, ndim and flags; a zero-strided view carries
-    those without allocating the tensor's size.
-    """
-    if t is None:
-        return None
-    dt = _STANDIN_DTYPE.get(t.dtype) or _OTHER_DTYPES.get(t.dtype)
-    if dt is None:
-        # no NumPy equivalent (float8, ...): the checks' type error names the torch dtype
-        dt = np.dtype(object, metadata={"name": str(t.dtype)})
-    shape = tuple(int(s) for s in t.shape)
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=dt), shape, (0,) * len(shape))
+# argument checks: torch-specific ones in _torch_bridge, everything else through _checks,
+# on (shape, dtype, kind) descriptions of the tensors
 
 
 def _class_dim(ndim: int) -> int:
@@ -138,17 +97,42 @@ def _class_dim(ndim: int) -> int:
     return 0 if ndim == 1 else 1
 
 
+_CE_CHECKED: dict[tuple, _checks.CrossEntropyArgs] = {}
+
+
 def _ce_args(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: Any, reduction: Any,
              label_smoothing: Any, z_loss: Any, logit_softcap: Any, inplace: Any = False) -> _checks.CrossEntropyArgs:
-    return _checks.check_cross_entropy(
-        _standin(logits), _standin(target), axis=_class_dim(logits.ndim), weight=_standin(weight),
-        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-        z_loss=z_loss, logit_softcap=logit_softcap, inplace=inplace, logits_strides=tuple(logits.stride()),
-    )
+    """The shared checks on the tensors' descriptions; a repeat of an accepted call is one dict lookup.
+
+    The public function and the operator both ask (the operator must check under
+    torch.compile, where the public function does not): the second ask is a hit.
+    The key holds each option's type as well as its value (True == 1, but only
+    one of them is a valid label_smoothing)."""
+    options = (ignore_index, reduction, label_smoothing, z_loss, logit_softcap, inplace)
+    strides = tuple(logits.stride())  # in-place on logits whose elements share memory is refused
+    key = (tuple(logits.shape), strides, logits.dtype, tuple(target.shape), target.dtype,
+           None if weight is None else (tuple(weight.shape), weight.dtype),
+           tuple((type(v), v) for v in options))
+    try:
+        a = _CE_CHECKED.get(key)
+    except TypeError:  # an unhashable option: let the checks name it
+        key, a = None, None
+    if a is None:
+        a = _checks.check_cross_entropy(
+            _bridge.describe(logits), _bridge.describe(target), axis=_class_dim(logits.ndim),
+            weight=_bridge.describe(weight), ignore_index=ignore_index, label_smoothing=label_smoothing,
+            reduction=reduction, z_loss=z_loss, logit_softcap=logit_softcap, inplace=inplace,
+            logits_strides=strides,
+        )
+        if key is not None:
+            if len(_CE_CHECKED) >= 256:
+                _CE_CHECKED.clear()
+            _CE_CHECKED[key] = a
+    return a
 
 
 def _softmax_args(x: Tensor, dim: Any) -> _checks.SoftmaxArgs:
-    return _checks.check_softmax(_standin(x), dim, name="input")
+    return _checks.check_softmax(_bridge.describe(x), dim, name="input")
 
 
 def _compiling() -> bool:
@@ -175,117 +159,6 @@ def _refuse_func_transforms(fn: str) -> None:
 
 
 # ----------------------------------------------------------------------------------
-# CPU: NumPy views of tensors, the reference, and back
-
-
-def _to_numpy(t: Tensor | None) -> np.ndarray | None:
-    """Zero-copy NumPy view of a CPU tensor; bfloat16 (no NumPy dtype) as a float32 copy."""
-    if t is None:
-        return None
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.float().numpy()
-    return t.numpy()
-
-
-def _from_numpy(a: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """A contiguous tensor of `dtype` from a reference result (which never aliases an input)."""
-    a = np.asarray(a)
-    if not a.flags.c_contiguous or not a.flags.writeable:
-        a = a.copy(order="C")
-    return torch.from_numpy(a).to(dtype)
-
-
-# ----------------------------------------------------------------------------------
-# CUDA: DLPack both ways, PyTorch's stream and allocator
-
-
-_allocator = None
-
-
-def _torch_allocator():
-    """A CuPy allocator drawing from PyTorch's caching allocator on its current stream."""
-    global _allocator
-    if _allocator is None:
-        import cupy
-
-        def malloc(size: int, device_id: int) -> int:
-            if size == 0:
-                return 0
-            return torch.cuda.caching_allocator_alloc(size, device_id, torch.cuda.current_stream(device_id))
-
-        def free(ptr: int, device_id: int) -> None:
-            if ptr:
-                torch.cuda.caching_allocator_delete(ptr)
-
-        _allocator = cupy.cuda.memory.PythonFunctionAllocator(malloc, free)
-    return _allocator
-
-
-@contextlib.contextmanager
-def _cupy_on(device: torch.device):
-    """CuPy on `device`, launching on PyTorch's current stream there, allocating through torch."""
-    import cupy
-
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(index)
-    with torch.cuda.device(index), cupy.cuda.Device(index):
-        # CuPy >= 14 takes torch's stream through the CUDA stream protocol (and
-        # deprecates ExternalStream); older CuPy wraps the raw pointer.
-        from_external = getattr(cupy.cuda.Stream, "from_external", None)
-        if from_external is not None and hasattr(stream, "__cuda_stream__"):
-            cp_stream = from_external(stream)
-        else:
-            cp_stream = cupy.cuda.ExternalStream(stream.cuda_stream, index)
-        with cp_stream, cupy.cuda.using_allocator(_torch_allocator().malloc):
-            yield
-
-
-def _to_cupy(t: Tensor | None):
-    """Zero-copy CuPy view of a CUDA tensor; bfloat16 as uint16 words. Call inside _cupy_on."""
-    if t is None:
-        return None
-    import cupy
-
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _from_cupy(a, dtype: torch.dtype) -> Tensor:
-    """Torch tensor over a launcher's CuPy result (zero copy), contiguous, of `dtype`.
-
-    uint16 results are bfloat16 words. Call inside _cupy_on (same stream: no sync).
-    """
-    import cupy
-
-    if a.dtype == np.uint16:
-        t = torch.from_dlpack(a.view(cupy.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_dlpack(a)
-    return t.to(dtype).contiguous()
-
-
-def _storage(t: Tensor) -> str | None:
-    return "bfloat16" if t.dtype == torch.bfloat16 else None
-
-
-def _acc_float(t: Tensor | None) -> Tensor | None:
-    """bf16 weights/soft targets as float32 (CuPy cannot hold bf16 there)."""
-    return t.float() if t is not None and t.dtype == torch.bfloat16 else t
-
-
-def _device_kind(t: Tensor) -> str:
-    """'cpu' (the NumPy reference) or 'cuda' (our kernels); one place to dispatch on."""
-    return t.device.type
-
-
-def _unsupported(t: Tensor):
-    return NotImplementedError(f"gpu_softmax.torch runs on CPU and CUDA tensors, got device {t.device}")
-
-
-# ----------------------------------------------------------------------------------
 # operators: cross entropy
 
 
@@ -294,37 +167,40 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
                 inplace: bool) -> tuple[Tensor, Tensor | None]:
     """(loss in logits' dtype, gradient of the loss w.r.t. logits or None); one pass."""
     a = _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap, inplace)
-    if _device_kind(logits) == "cpu":
+    if _bridge.device_kind(logits) == "cpu":
         bf16 = logits.dtype == torch.bfloat16
         rec = dataclasses.replace(
-            a, logits=_to_numpy(logits), target=_to_numpy(target), weight=_to_numpy(weight),
+            a, kind="numpy", logits=_bridge.to_numpy(logits), target=_bridge.to_numpy(target),
+            weight=_bridge.to_numpy(weight),
             inplace=inplace and not bf16,  # bf16: computed in float32, copied back below
         )
         if not want_grad:
-            return _from_numpy(reference.cross_entropy_checked(rec), logits.dtype), None
+            return _bridge.from_numpy(reference.cross_entropy_checked(rec), logits.dtype), None
         loss, grad = reference.cross_entropy_with_grad_checked(rec)
-        loss = _from_numpy(loss, logits.dtype)
+        loss = _bridge.from_numpy(loss, logits.dtype)
         if inplace:
             if bf16:
                 logits.detach().copy_(torch.from_numpy(np.asarray(grad)))
             return loss, None
-        return loss, _from_numpy(grad, logits.dtype)
-    if _device_kind(logits) != "cuda":
-        raise _unsupported(logits)
+        return loss, _bridge.from_numpy(grad, logits.dtype)
+    if _bridge.device_kind(logits) != "cuda":
+        raise _bridge.unsupported(logits)
     from ._cuda import cross_entropy as launch
 
-    with _cupy_on(logits.device):
+    with _bridge.cupy_on(logits.device):
         rec = dataclasses.replace(
-            a, kind="cupy", logits=_to_cupy(logits), target=_to_cupy(_acc_float(target)),
-            weight=_to_cupy(_acc_float(weight)), validate=False, inplace=inplace,
+            a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(_bridge.acc_float(target)),
+            weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=inplace,
         )
+        # The loss comes back in the logits' own storage: no cast after.
+        st, loss_st = _bridge.storage(logits), _bridge.storage_name(logits)
         if not want_grad:
-            return _from_cupy(launch.cross_entropy(rec, storage=_storage(logits)), logits.dtype), None
-        loss, grad = launch.cross_entropy_with_grad(rec, storage=_storage(logits))
-        loss = _from_cupy(loss, logits.dtype)
+            return _bridge.from_cupy(launch.cross_entropy(rec, storage=st, loss_storage=loss_st), logits.dtype), None
+        loss, grad = launch.cross_entropy_with_grad(rec, storage=st, loss_storage=loss_st)
+        loss = _bridge.from_cupy(loss, logits.dtype)
         if inplace:
             return loss, None  # the launcher wrote the gradient into the logits' memory
-        return loss, _from_cupy(grad, logits.dtype)
+        return loss, _bridge.from_cupy(grad, logits.dtype)
 
 
 def _loss_shape(logits: Tensor, reduction: str) -> tuple[int, ...]:
@@ -364,18 +240,6 @@ def _(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, 
     return logits.new_empty(_loss_shape(logits, reduction))
 
 
-@torch.library.custom_op(f"{_NS}::scale_grad", mutates_args=())
-def _scale_grad_op(grad: Tensor, grad_output: Tensor, class_dim: int) -> Tensor:
-    """grad * grad_output, grad_output broadcast over the class dim (reduction='none')."""
-    g = grad_output.unsqueeze(class_dim) if grad_output.dim() else grad_output
-    return (grad * g).to(grad.dtype)
-
-
-@_scale_grad_op.register_fake
-def _(grad, grad_output, class_dim):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
-
-
 def _ce_setup_context(ctx, inputs, output):
     logits = inputs[0]
     _, grad = output
@@ -385,29 +249,58 @@ def _ce_setup_context(ctx, inputs, output):
 
 
 def _ce_backward(ctx, grad_loss, _grad_grad):
+    """The forward saved d loss / d logits for grad_output = 1 (mean's divisor in it).
+
+    CUDA: scaled in place and handed on, the scale kernel deciding on the device
+    (grad_output == 1 reads, writes and allocates nothing of size N x C; no host
+    sync). The saved buffer is then spent: a second backward through the same graph
+    (retain_graph=True) raises. CPU (and under torch.compile on CPU): as before, the
+    saved buffer itself for a scalar 1, else a scaled copy; repeatable."""
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # create_graph=True: the saved gradient has no derivative we provide.
         raise RuntimeError("gpu_softmax.torch.cross_entropy does not support double backward (create_graph=True)")
+    _bridge.check_not_spent(ctx, "gpu_softmax.torch.cross_entropy")
     (grad,) = ctx.saved_tensors
-    # The scaling is a custom op without an autograd formula: under torch.compile too,
-    # a double backward raises instead of treating the saved gradient as a constant.
-    gx = _scale_grad_op(grad, grad_loss, ctx.class_dim) if ctx.needs_input_grad[0] else None
-    return gx, None, None, None, None, None, None, None, None
+    if not ctx.needs_input_grad[0] or grad_loss is None:
+        return (None,) * 9
+    return (_bridge.scale_saved_grad(ctx, grad, grad_loss, ctx.class_dim),) + (None,) * 8
 
 
 _ce_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
 
 
 def _scale_inplace(ctx, grad_loss):
-    """Backward of the in-place path: the saved gradient (in the logits' memory) times grad_output."""
+    """Backward of the in-place path: the saved gradient (in the logits' memory) times grad_output, in place."""
     (grad,) = ctx.saved_tensors  # raises if anything modified the logits since (e.g. a 2nd backward)
     if grad_loss is None:
         return (None,) * 8
-    g = grad_loss.unsqueeze(ctx.class_dim) if grad_loss.dim() else grad_loss
-    if torch.compiler.is_compiling():
-        return (grad * g,) + (None,) * 7  # functional for the compiled backward graph
-    grad.mul_(g)  # in the logits' memory: bumps the version, so a second backward raises
+    _bridge.scale_grad_(grad, grad_loss, ctx.class_dim)  # bumps the version: a second backward raises
     return (grad,) + (None,) * 7
+
+
+class _CrossEntropyEager(torch.autograd.Function):
+    """The default path in eager mode: the forward and backward of the
+    ``gpu_softmax::cross_entropy`` operator (which torch.compile traces) without the
+    custom-op dispatcher's per-call cost, twice per step."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap):
+        ctx.set_materialize_grads(False)
+        loss, grad = _ce_compute(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                                 logit_softcap, want_grad=True, inplace=False)
+        ctx.save_for_backward(grad)
+        ctx.class_dim = _class_dim(logits.dim())
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if torch.is_grad_enabled():
+            raise RuntimeError("gpu_softmax.torch.cross_entropy does not support double backward (create_graph=True)")
+        _bridge.check_not_spent(ctx, "gpu_softmax.torch.cross_entropy")
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 8
+        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, ctx.class_dim, eager=True),) + (None,) * 7
 
 
 class _CrossEntropyInplace(torch.autograd.Function):
@@ -471,39 +364,39 @@ class _CrossEntropyInplaceView(torch.autograd.Function):
 def _softmax_compute(x: Tensor, dim: int, op: str) -> Tensor:
     a = _softmax_args(x, dim)
     out_dtype = x.dtype  # logsumexp: torch returns the input dtype
-    if _device_kind(x) == "cpu":
-        rec = dataclasses.replace(a, x=_to_numpy(x))
-        return _from_numpy(getattr(reference, f"{op}_checked")(rec), out_dtype)
-    if _device_kind(x) != "cuda":
-        raise _unsupported(x)
+    if _bridge.device_kind(x) == "cpu":
+        rec = dataclasses.replace(a, kind="numpy", x=_bridge.to_numpy(x))
+        return _bridge.from_numpy(getattr(reference, f"{op}_checked")(rec), out_dtype)
+    if _bridge.device_kind(x) != "cuda":
+        raise _bridge.unsupported(x)
     from ._cuda import softmax as launch
 
-    with _cupy_on(x.device):
-        cx = _to_cupy(x)
+    with _bridge.cupy_on(x.device):
+        cx = _bridge.to_cupy(x)
         if x.dtype == torch.bfloat16:
             y = launch.forward_raw(cx, a.layout.axis, op, storage="bfloat16")
         else:
             y = getattr(launch, op)(dataclasses.replace(a, kind="cupy", x=cx))
-        return _from_cupy(y, out_dtype)
+        return _bridge.from_cupy(y, out_dtype)
 
 
 def _backward_compute(grad_y: Tensor, y: Tensor, dim: int, op: str) -> Tensor:
     grad_y = grad_y.to(y.dtype)
-    a = _checks.check_backward(_standin(grad_y), _standin(y), dim)
-    if _device_kind(y) == "cpu":
-        rec = dataclasses.replace(a, grad_y=_to_numpy(grad_y), y=_to_numpy(y))
-        return _from_numpy(getattr(reference, f"{op}_checked")(rec), y.dtype)
-    if _device_kind(y) != "cuda":
-        raise _unsupported(y)
+    a = _checks.check_backward(_bridge.describe(grad_y), _bridge.describe(y), dim)
+    if _bridge.device_kind(y) == "cpu":
+        rec = dataclasses.replace(a, kind="numpy", grad_y=_bridge.to_numpy(grad_y), y=_bridge.to_numpy(y))
+        return _bridge.from_numpy(getattr(reference, f"{op}_checked")(rec), y.dtype)
+    if _bridge.device_kind(y) != "cuda":
+        raise _bridge.unsupported(y)
     from ._cuda import softmax as launch
 
-    with _cupy_on(y.device):
-        gy, cy = _to_cupy(grad_y.contiguous()), _to_cupy(y)
+    with _bridge.cupy_on(y.device):
+        gy, cy = _bridge.to_cupy(grad_y.contiguous()), _bridge.to_cupy(y)
         if y.dtype == torch.bfloat16:
             gx = launch.backward_raw(gy, cy, a.layout.axis, op, storage="bfloat16")
         else:
             gx = getattr(launch, op)(dataclasses.replace(a, kind="cupy", grad_y=gy, y=cy))
-        return _from_cupy(gx, y.dtype)
+        return _bridge.from_cupy(gx, y.dtype)
 
 
 def _reduced_shape(x: Tensor, dim: int) -> tuple[int, ...]:
@@ -602,7 +495,7 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
         >>> gst.softmax(torch.tensor([[1.0, 2.0, 3.0]]))
         tensor([[0.0900, 0.2447, 0.6652]])
     """
-    _require_tensors(input=input)
+    _bridge.require_tensors(input=input)
     if not _compiling():
         _refuse_func_transforms("softmax")
         _softmax_args(input, dim)
@@ -619,7 +512,7 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
         >>> gst.log_softmax(torch.zeros(2))
         tensor([-0.6931, -0.6931])
     """
-    _require_tensors(input=input)
+    _bridge.require_tensors(input=input)
     if not _compiling():
         _refuse_func_transforms("log_softmax")
         _softmax_args(input, dim)
@@ -636,7 +529,7 @@ def logsumexp(input: Tensor, dim: int = -1) -> Tensor:
         >>> gst.logsumexp(torch.log(torch.tensor([1.0, 2.0, 3.0])))
         tensor(1.7918)
     """
-    _require_tensors(input=input)
+    _bridge.require_tensors(input=input)
     if not _compiling():
         _refuse_func_transforms("logsumexp")
         _softmax_args(input, dim)
@@ -674,7 +567,9 @@ def cross_entropy(
     ``input``'s dtype; the kernels accumulate in float32 (float64 for float64).
 
     The forward computes the loss and ``d loss / d input`` in one pass and saves the
-    gradient; the backward multiplies it by ``grad_output``. With
+    gradient; the backward multiplies it by ``grad_output`` in place (on CUDA nothing of
+    size N x C is touched when ``grad_output`` is 1, and a second backward through the
+    same loss, ``retain_graph=True``, raises). With
     ``inplace_backward=True`` that gradient overwrites ``input`` (peak memory for a large
     vocabulary halves): ``input`` must be an intermediate result (not a leaf that
     requires grad) that nothing else in the graph needs, or autograd raises "modified by
@@ -695,7 +590,7 @@ def cross_entropy(
         >>> loss.backward(); x.grad.shape
         torch.Size([2, 3])
     """
-    _require_tensors(input=input, target=target, weight=weight)
+    _bridge.require_tensors(input=input, target=target, weight=weight)
     if not _compiling():
         _refuse_func_transforms("cross_entropy")
         a = _ce_args(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap,
@@ -722,8 +617,14 @@ def cross_entropy(
             return _CrossEntropyInplaceView.apply(*args)
         loss, _ = _CrossEntropyInplace.apply(*args)
         return loss
-    loss, _ = _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap,
-                     want_grad)
+    args = (input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
+    if _compiling() or torch._C._are_functorch_transforms_active():
+        # Traced or transformed (torch.compile, torch.func): the registered operator.
+        loss, _ = _ce_op(*args, want_grad)
+        return loss
+    if want_grad:
+        return _CrossEntropyEager.apply(*args)
+    loss, _ = _ce_compute(*args, want_grad=False, inplace=False)
     return loss
 
 
@@ -771,7 +672,7 @@ class CrossEntropyLoss(torch.nn.Module):
         return ", ".join(parts)
 
 
-# Defined in its own module (it needs torch.distributed); re-exported here, last,
-# because it uses this module's CUDA helpers.
+# Defined in its own module (it needs torch.distributed, and shares the bridge of
+# gpu_softmax._torch_bridge, not this module); re-exported here.
 from .torch_parallel import vocab_parallel_cross_entropy  # noqa: E402,F401
 from .torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402,F401

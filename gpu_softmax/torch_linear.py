@@ -36,16 +36,10 @@ import torch
 from torch import Tensor
 
 from . import _checks, _chunking, reference
+from . import _torch_bridge as _bridge
 from ._cuda.linear_cross_entropy import Wants
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
-
-
-def _bridge():
-    # gpu_softmax.torch re-exports this module's names: import it lazily.
-    from . import torch as bridge
-
-    return bridge
 
 
 NO_GRAD = Wants(False, False, False)
@@ -61,13 +55,12 @@ def _loss_dtype(t: Tensor) -> torch.dtype:
 
 def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int):
-    B = _bridge()
     acc = _loss_dtype(hidden)
     n_rows, feats, classes = a.rows, a.features, a.classes
     h = hidden.detach().reshape(n_rows, feats)
     w = weight.detach()
     b = None if bias is None else bias.detach()
-    t = B._to_numpy(target.reshape(n_rows))
+    t = _bridge.to_numpy(target.reshape(n_rows))
     reference.hard_target_check(dataclasses.replace(a.ce, kind="numpy", target=t))
     opts = a.ce
     none = opts.reduction == "none"
@@ -92,7 +85,7 @@ def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, we
         hc = h[start:stop]
         logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
         rec = dataclasses.replace(
-            opts, kind="numpy", logits=B._to_numpy(logits), target=t[start:stop],
+            opts, kind="numpy", logits=_bridge.to_numpy(logits), target=t[start:stop],
             layout=_checks.row_layout((stop - start, classes), 1), reduction="none" if none else "sum",
             validate=False, inplace=grad_on, grad_output=go[start:stop] if per_row_go else go,
         )
@@ -134,33 +127,32 @@ def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, w
               bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int | None):
     from ._cuda import linear_cross_entropy as launch
 
-    B = _bridge()
     free = None if chunk is not None else _free_device_bytes(hidden.device)
-    with B._cupy_on(hidden.device):
-        go = B._to_cupy(grad_output.detach().to(_loss_dtype(hidden))) if isinstance(grad_output, Tensor) \
+    with _bridge.cupy_on(hidden.device):
+        go = _bridge.to_cupy(grad_output.detach().to(_loss_dtype(hidden))) if isinstance(grad_output, Tensor) \
             else float(grad_output)
         rec = dataclasses.replace(
-            a, kind="cupy", hidden=B._to_cupy(hidden), weight=B._to_cupy(weight), bias=B._to_cupy(bias),
-            target=B._to_cupy(target), chunk_size=chunk,
+            a, kind="cupy", hidden=_bridge.to_cupy(hidden), weight=_bridge.to_cupy(weight), bias=_bridge.to_cupy(bias),
+            target=_bridge.to_cupy(target), chunk_size=chunk,
             ce=dataclasses.replace(a.ce, kind="cupy", validate=False, grad_output=go),
         )
-        loss, gh, gw, gb = launch.run(rec, wants, storage=B._storage(hidden), free_bytes=free)
+        loss, gh, gw, gb = launch.run(rec, wants, storage=_bridge.storage(hidden), free_bytes=free)
         acc = _loss_dtype(hidden)
-        return (B._from_cupy(loss, acc), None if gh is None else B._from_cupy(gh, hidden.dtype),
-                None if gw is None else B._from_cupy(gw, acc), None if gb is None else B._from_cupy(gb, acc))
+        return (_bridge.from_cupy(loss, acc), None if gh is None else _bridge.from_cupy(gh, hidden.dtype),
+                None if gw is None else _bridge.from_cupy(gw, acc), None if gb is None else _bridge.from_cupy(gb, acc))
 
 
 def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, grad_output: Any):
     """(loss, grad_hidden, grad_weight, grad_bias) in the inputs' dtypes; unwanted ones None."""
-    kind = _bridge()._device_kind(hidden)
+    kind = _bridge.device_kind(hidden)
     if kind == "cpu":
         chunk = a.chunk_size or _chunking.chunk_rows(a.rows, a.classes, hidden.element_size())
         loss, gh, gw, gb = _cpu_run(a, wants, hidden, weight, bias, target, grad_output, chunk)
     elif kind == "cuda":
         loss, gh, gw, gb = _cuda_run(a, wants, hidden, weight, bias, target, grad_output, a.chunk_size)
     else:
-        raise _bridge()._unsupported(hidden)
+        raise _bridge.unsupported(hidden)
     loss = loss.reshape(a.loss_shape) if a.ce.reduction == "none" else loss.reshape(())
     return (loss, None if gh is None else gh.reshape(hidden.shape),
             None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype))
@@ -228,17 +220,16 @@ def linear_cross_entropy(
         >>> loss.backward(); w.grad.shape
         torch.Size([2, 2])
     """
-    B = _bridge()
-    B._require_tensors(hidden=hidden, weight=weight, target=target, bias=bias, class_weight=class_weight)
+    _bridge.require_tensors(hidden=hidden, weight=weight, target=target, bias=bias, class_weight=class_weight)
     floats = [t for t in (hidden, weight, bias) if t is not None and t.is_floating_point()]
     if len({t.dtype for t in floats}) > 1:
         # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there
         raise TypeError("hidden, weight and bias must share one dtype, got "
                         + ", ".join(str(t.dtype) for t in floats))
     a = _checks.check_linear_cross_entropy(
-        B._standin(hidden), B._standin(weight), B._standin(target), B._standin(bias), ignore_index=ignore_index,
+        _bridge.describe(hidden), _bridge.describe(weight), _bridge.describe(target), _bridge.describe(bias), ignore_index=ignore_index,
         label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss, logit_softcap=logit_softcap,
-        chunk_size=chunk_size, class_weight=B._standin(class_weight),
+        chunk_size=chunk_size, class_weight=_bridge.describe(class_weight),
     )
     if not torch.is_grad_enabled():  # eval: the loss only (apply would still see requires_grad)
         return _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]

@@ -20,8 +20,9 @@ logits, without ever gathering the logits:
    and writes the loss and its local gradient slice
    (``gpu_softmax.vocab_parallel.finish``; CUDA: the ``gs_vp_finish_*`` kernel).
 
-The forward saves the local gradient; the backward only scales it by
-``grad_output`` (no collective in the backward, no second pass over the logits).
+The forward saves the local gradient; the backward scales it in place by
+``grad_output`` (no collective in the backward; with ``grad_output == 1``, decided on
+the device, nothing of the shard's size is touched).
 
 CUDA tensors (NCCL) run the kernels on PyTorch's current stream through the same
 zero-copy bridge as :mod:`gpu_softmax.torch`; CPU tensors (gloo) run the NumPy
@@ -44,16 +45,10 @@ from torch import Tensor
 
 from . import _checks
 from . import _parallel_checks as pc
+from . import _torch_bridge as _bridge
 from . import vocab_parallel as vp
 
 __all__ = ["vocab_parallel_cross_entropy"]
-
-
-def _bridge():
-    # gpu_softmax.torch re-exports this module's function: import it lazily.
-    from . import torch as bridge
-
-    return bridge
 
 
 def _all_gather_stacked(t: Tensor, group, world: int) -> Tensor:
@@ -72,37 +67,36 @@ def _all_gather_stacked(t: Tensor, group, world: int) -> Tensor:
 def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, world: int, vocab_start: int,
              want_grad: bool) -> tuple[Tensor, Tensor | None]:
     """(loss in logits' dtype, d loss / d local logits or None): stats, one all-gather, finish."""
-    T = _bridge()
     rows = a.layout.rows
-    kind = T._device_kind(logits)
+    kind = _bridge.device_kind(logits)
     if kind == "cpu":
-        rec = dataclasses.replace(a, kind="numpy", logits=T._to_numpy(logits), target=T._to_numpy(target),
-                                  weight=T._to_numpy(weight), inplace=False)
+        rec = dataclasses.replace(a, kind="numpy", logits=_bridge.to_numpy(logits), target=_bridge.to_numpy(target),
+                                  weight=_bridge.to_numpy(weight), inplace=False)
         stats = vp._partial_stats_checked(rec, vocab_start)
         if rows:
             gathered = _all_gather_stacked(torch.from_numpy(stats), group, world).numpy()
         else:
             gathered = np.zeros((world, 0, vp.RECORD_WIDTH))
         loss, grad = vp._finish_checked(rec, vocab_start, gathered, want_grad)
-        return T._from_numpy(loss, logits.dtype), (T._from_numpy(grad, logits.dtype) if want_grad else None)
+        return _bridge.from_numpy(loss, logits.dtype), (_bridge.from_numpy(grad, logits.dtype) if want_grad else None)
     if kind != "cuda":
-        raise T._unsupported(logits)
-    storage = T._storage(logits)
+        raise _bridge.unsupported(logits)
+    storage = _bridge.storage(logits)
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    with T._cupy_on(logits.device):
+    with _bridge.cupy_on(logits.device):
         rec = dataclasses.replace(
-            a, kind="cupy", logits=T._to_cupy(logits), target=T._to_cupy(target),
-            weight=T._to_cupy(T._acc_float(weight)), validate=False, inplace=False,
+            a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(target),
+            weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=False,
         )
-        stats = T._from_cupy(vp._partial_stats_checked(rec, vocab_start, storage), acc)
+        stats = _bridge.from_cupy(vp._partial_stats_checked(rec, vocab_start, storage), acc)
     if rows:
         gathered = _all_gather_stacked(stats, group, world)
     else:
         gathered = stats.new_zeros((world, 0, vp.RECORD_WIDTH))
-    with T._cupy_on(logits.device):
-        loss, grad = vp._finish_checked(rec, vocab_start, T._to_cupy(gathered), want_grad, storage)
-        loss = T._from_cupy(loss, logits.dtype)
-        grad = T._from_cupy(grad, logits.dtype) if want_grad else None
+    with _bridge.cupy_on(logits.device):
+        loss, grad = vp._finish_checked(rec, vocab_start, _bridge.to_cupy(gathered), want_grad, storage)
+        loss = _bridge.from_cupy(loss, logits.dtype)
+        grad = _bridge.from_cupy(grad, logits.dtype) if want_grad else None
     return loss, grad
 
 
@@ -118,9 +112,12 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        # The saved local gradient scaled in place and handed on: nothing of the
+        # shard's size is read or written when grad_output is 1 (decided on the device).
+        _bridge.check_not_spent(ctx, "vocab_parallel_cross_entropy")
         (grad,) = ctx.saved_tensors
-        g = grad_loss.unsqueeze(-1) if grad_loss.dim() else grad_loss
-        return (grad * g).to(grad.dtype), None, None, None, None, None, None
+        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
+                None, None, None, None, None, None)
 
 
 def _checksums(target: Tensor, weight: Tensor | None) -> Tensor:
@@ -147,11 +144,10 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
                    z_loss, validate) -> list[int]:
     """This rank's row of the agreement table, after every check that needs only its own
     arguments (vocab_start/vocab_size as given, or provisional ones that cannot fail)."""
-    T = _bridge()
     if not isinstance(validate, bool):
         raise TypeError(f"validate must be True or False, got {validate!r}")
     if local_logits.dim() == 0:
-        vp.check_args(T._standin(local_logits), T._standin(target), 0, 1)  # raises the 0-d error
+        vp.check_args(_bridge.describe(local_logits), _bridge.describe(target), 0, 1)  # raises the 0-d error
     width = int(local_logits.shape[-1])
     start = 0 if vocab_start is None else vocab_start
     if vocab_size is not None:
@@ -159,7 +155,7 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
     else:  # provisional (the real default comes from every rank's width): one that cannot fail
         size = int(weight.shape[0]) if weight is not None else max(width + _int_or_0(start), 1)
     a = vp.check_args(
-        T._standin(local_logits), T._standin(target), start, size, weight=T._standin(weight),
+        _bridge.describe(local_logits), _bridge.describe(target), start, size, weight=_bridge.describe(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
     )
     if torch.is_grad_enabled() and weight is not None and weight.requires_grad:
@@ -168,8 +164,8 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
         )
     dtype = "bfloat16" if local_logits.dtype == torch.bfloat16 else str(local_logits.dtype).split(".")[-1]
     target_range = None
-    if T._device_kind(target) == "cpu":  # CPU targets are range-checked (CUDA: NaN, no host sync)
-        t = _checks.hard_targets_int64(np, T._to_numpy(target), 2**62, a.ignore_index)
+    if _bridge.device_kind(target) == "cpu":  # CPU targets are range-checked (CUDA: NaN, no host sync)
+        t = _checks.hard_targets_int64(np, _bridge.to_numpy(target), 2**62, a.ignore_index)
         t = t[t != a.ignore_index]
         target_range = (int(t.min()), int(t.max())) if t.size else (0, 0)
     return pc.describe(rows=a.layout.rows, width=width, vocab_start=vocab_start, vocab_size=vocab_size,
@@ -232,8 +228,7 @@ def vocab_parallel_cross_entropy(
         loss = vocab_parallel_cross_entropy(local, target, label_smoothing=0.1)
         loss.backward()                                              # local.grad: this shard's slice
     """
-    T = _bridge()
-    T._require_tensors(local_logits=local_logits, target=target, weight=weight)
+    _bridge.require_tensors(local_logits=local_logits, target=target, weight=weight)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "vocab_parallel_cross_entropy needs torch.distributed initialised "
@@ -281,9 +276,8 @@ def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_si
 
 def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
          reduction, z_loss) -> Tensor:
-    T = _bridge()
     a = vp.check_args(
-        T._standin(local_logits), T._standin(target), vocab_start, vocab_size, weight=T._standin(weight),
+        _bridge.describe(local_logits), _bridge.describe(target), vocab_start, vocab_size, weight=_bridge.describe(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
     )
     vocab_start = int(vocab_start)

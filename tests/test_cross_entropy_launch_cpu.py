@@ -26,7 +26,8 @@ def test_every_plan_covers_its_row(storage, soft):
             for rows in ROWS:
                 p = ce.plan(storage, rows, cols, mis, soft, 132, fake_occupancy)
                 assert p.kernel in ce.ENTRY_POINTS
-                assert 1 <= p.grid <= 2**31 - 1 and p.grid <= rows * (128 if p.regime == "warp" else 1)
+                per_row = {"warp": 128, "split": p.k}.get(p.regime, 1)
+                assert 1 <= p.grid <= 2**31 - 1 and p.grid <= rows * per_row
                 need = cols + mis
                 if p.regime == "warp":
                     assert p.block == ce.WARP_BLOCK_THREADS
@@ -38,8 +39,14 @@ def test_every_plan_covers_its_row(storage, soft):
                     bound = dict(ce.VARIANTS[storage]["block"])[nv]
                     assert p.block % 32 == 0 and ce.BLOCK_MIN_THREADS <= p.block <= bound
                     assert p.block * nv * vec >= need, (cols, mis, p)
+                elif p.regime == "split":
+                    nv, bound = ce.VARIANTS[storage]["split"]
+                    assert p.block % 32 == 0 and ce.BLOCK_MIN_THREADS <= p.block <= bound
+                    assert p.chunk % vec == 0 and p.chunk + mis <= p.block * nv * vec
+                    assert p.chunk * (p.k - 1) < cols <= p.chunk * p.k and p.grid == p.groups * p.k
+                    assert p.grid <= fake_occupancy(p.kernel, p.block) * 132  # co-resident
                 else:
-                    assert p.block == ce.STREAM_THREADS
+                    assert p.regime == "stream" and p.block == ce.STREAM_THREADS
                 if soft:
                     assert p.regime == "stream" and "_soft_" in p.kernel
                 else:
@@ -52,7 +59,8 @@ def test_regime_table_is_ordered_and_short_rows_stay_in_registers():
         assert limits == sorted(limits)
         assert ce.plan(storage, 4096, 200, 0, False, 132, fake_occupancy).regime == "warp"
         assert ce.plan(storage, 4096, 4000, 0, False, 132, fake_occupancy).regime == "block"
-        assert ce.plan(storage, 4096, 1 << 20, 0, False, 132, fake_occupancy).regime == "stream"
+        assert ce.plan(storage, 4096, 128256, 0, False, 132, fake_occupancy).regime == "split"
+        assert ce.plan(storage, 4096, 1 << 24, 0, False, 132, fake_occupancy).regime == "stream"
 
 
 def test_entry_points_cover_every_name_the_planner_makes():

@@ -36,6 +36,7 @@ F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
 from gpu_softmax import torch_linear  # noqa: E402
+from gpu_softmax import _torch_bridge as tb  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -532,10 +533,10 @@ def emulated_torch_cuda(monkeypatch, emulated_launcher):
         return real_run(a, wants, storage=storage, free_bytes=free_bytes)
 
     monkeypatch.setattr(lce, "run", run)
-    monkeypatch.setattr(gst, "_device_kind", lambda t: "cuda")
-    monkeypatch.setattr(gst, "_cupy_on", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(gst, "_to_cupy", to_dev)
-    monkeypatch.setattr(gst, "_from_cupy", from_dev)
+    monkeypatch.setattr(tb, "device_kind", lambda t: "cuda")
+    monkeypatch.setattr(tb, "cupy_on", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(tb, "to_cupy", to_dev)
+    monkeypatch.setattr(tb, "from_cupy", from_dev)
     monkeypatch.setattr(torch_linear, "_free_device_bytes", lambda device: 1 << 30)
     return calls
 

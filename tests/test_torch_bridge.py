@@ -504,6 +504,7 @@ def emulated_cuda(monkeypatch):
     import contextlib
     import dataclasses
 
+    from gpu_softmax import _torch_bridge as bridge
     from gpu_softmax import reference
     from gpu_softmax._cuda import cross_entropy as ce_launch
     from gpu_softmax._cuda import softmax as sm_launch
@@ -552,9 +553,9 @@ def emulated_cuda(monkeypatch):
             grad = a.logits
         return loss, grad
 
-    monkeypatch.setattr(ce_launch, "cross_entropy", lambda a, return_logsumexp=False, *, storage=None: ce(a, False, storage))
+    monkeypatch.setattr(ce_launch, "cross_entropy", lambda a, return_logsumexp=False, *, storage=None, loss_storage=None: ce(a, False, storage))
     monkeypatch.setattr(ce_launch, "cross_entropy_with_grad",
-                        lambda a, return_logsumexp=False, *, storage=None: ce(a, True, storage))
+                        lambda a, return_logsumexp=False, *, storage=None, loss_storage=None: ce(a, True, storage))
 
     def checked(op):
         def fn(a, *, storage=None):
@@ -577,10 +578,27 @@ def emulated_cuda(monkeypatch):
 
     monkeypatch.setattr(sm_launch, "forward_raw", forward_raw)
     monkeypatch.setattr(sm_launch, "backward_raw", backward_raw)
-    monkeypatch.setattr(gst, "_device_kind", lambda t: "cuda")
-    monkeypatch.setattr(gst, "_cupy_on", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(gst, "_to_cupy", to_dev)
-    monkeypatch.setattr(gst, "_from_cupy", from_dev)
+    def scale_grad(grad, g, cols, inner, *, storage=None):
+        # The scale kernel's contract, in NumPy: a scalar 1 leaves grad untouched.
+        calls.append(("scale_grad", storage))
+        assert g.dtype == (np.float64 if grad.dtype == np.float64 else np.float32)
+        if g.size == 1 and g.ndim == 0 and float(g) == 1.0:
+            return
+        vals = words_to_f32(grad) if storage == "bfloat16" else grad
+        rows_g = g.reshape(-1)
+        if g.ndim:
+            outer = grad.size // (cols * inner)
+            scaled = vals.reshape(outer, cols, inner) * rows_g.reshape(outer, 1, inner)
+        else:
+            scaled = vals * g
+        scaled = scaled.reshape(grad.shape)
+        grad[...] = f32_to_words(scaled) if storage == "bfloat16" else scaled
+
+    monkeypatch.setattr(ce_launch, "scale_grad", scale_grad)
+    monkeypatch.setattr(bridge, "device_kind", lambda t: "cuda")
+    monkeypatch.setattr(bridge, "cupy_on", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(bridge, "to_cupy", to_dev)
+    monkeypatch.setattr(bridge, "from_cupy", from_dev)
     return calls
 
 
@@ -607,8 +625,9 @@ def test_emulated_cuda_branch_cross_entropy(emulated_cuda, name, kw, kind, shape
         assert logits._version > 0  # overwritten by the (scaled) gradient
     else:
         a_loss, a_grad = run(gst.cross_entropy, x, t, go, reduction=reduction, **kw)
-    assert emulated_cuda and all(c == ("cross_entropy", "bfloat16" if dtype == torch.bfloat16 else None)
-                                 for c in emulated_cuda)
+    storage = "bfloat16" if dtype == torch.bfloat16 else None
+    assert ("cross_entropy", storage) in emulated_cuda and ("scale_grad", storage) in emulated_cuda
+    assert set(emulated_cuda) <= {("cross_entropy", storage), ("scale_grad", storage)}
     assert a_loss.dtype == dtype and a_grad.dtype == dtype
     rtol, atol = HALF_TOL[dtype]
     assert_close(a_loss, e_loss.to(dtype), rtol=rtol, atol=atol, what="loss")

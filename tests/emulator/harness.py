@@ -187,7 +187,8 @@ def install_fake_cupy(sm_count: int = 3):
     cp.empty = _poisoned_empty  # every unwritten output element shows as NaN
     cp.full = lambda shape, v, dtype=np.float32: _wrap(np.full(shape, v, dtype))
     cuda = types.ModuleType("cupy.cuda")
-    cuda.Device = lambda *a: types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": sm_count})
+    cuda.Device = lambda *a: types.SimpleNamespace(
+        id=0, attributes={"MultiProcessorCount": sm_count, "CooperativeLaunch": 1})
     cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0)
     cp.cuda = cuda
     sys.modules["cupy"] = cp
@@ -246,5 +247,6 @@ def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
 
         mod._launch = run
     else:
-        mod._launch = lambda name, grid, block, args: emu.launch(name, grid, block, args)
+        # Every emulated block is a live host thread: a cooperative grid is co-resident.
+        mod._launch = lambda name, grid, block, args, cooperative=False: emu.launch(name, grid, block, args)
     return cp, mod, emu

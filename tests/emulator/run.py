@@ -419,7 +419,33 @@ def cross_entropy_suites(cp, CE, rng):
         g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
         assert_close(g, wg, "bfloat16", "bf16 grad", atol=8e-3 * np.abs(wg).max())
         assert_close(cp.asnumpy(loss), wl, "float32", "bf16 loss", atol=1e-5)
-        return n + 1
+        n += 1
+        # The loss in the logits' own storage (what the torch bridge asks for): the
+        # finish kernel sums and converts; past FINISH_MAX_ROWS CuPy sums first.
+        x16 = (rng.standard_normal((9, 700)) * 3).astype(np.float16)
+        t9 = rng.integers(0, 700, 9)
+        t9[2] = -100
+        for max_rows in (CE.FINISH_MAX_ROWS, 4):
+            CE.FINISH_MAX_ROWS, saved = max_rows, CE.FINISH_MAX_ROWS
+            try:
+                for red in ("mean", "sum", "none"):
+                    want = reference.cross_entropy(x16.astype(np.float32), t9, reduction=red)
+                    a = dataclasses.replace(_checks.check_cross_entropy(x16, t9, reduction=red), kind="cupy",
+                                            logits=cp.asarray(x16))
+                    got = CE.cross_entropy(a, loss_storage="float16")
+                    assert got.dtype == np.float16 and got.shape == want.shape, (got.dtype, got.shape)
+                    assert_close(cp.asnumpy(got).astype(np.float32), want, "float16", f"f16 loss {red}")
+                    a = dataclasses.replace(_checks.check_cross_entropy(xf, t, reduction=red), kind="cupy",
+                                            logits=cp.asarray(bits))
+                    got, _ = CE.cross_entropy_with_grad(a, storage="bfloat16", loss_storage="bfloat16")
+                    want = reference.cross_entropy(xf, t, reduction=red)
+                    assert got.dtype == np.uint16 and got.shape == want.shape
+                    gotf = (cp.asnumpy(got).astype(np.uint32) << 16).view(np.float32)
+                    assert_close(gotf, want, "bfloat16", f"bf16 loss {red}")
+                    n += 2
+            finally:
+                CE.FINISH_MAX_ROWS = saved
+        return n
 
     def overflow():
         """Label smoothing at huge magnitudes (issue #15 item 1), every regime, hard and soft.
@@ -490,7 +516,117 @@ def cross_entropy_suites(cp, CE, rng):
             raise AssertionError(f"{len(failures)} overflow case(s) failed:\n" + "\n".join(failures))
         return n
 
-    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow}
+    def split():
+        # Rows split over k co-resident blocks (chunks capped so short rows reach
+        # the regime): both alignments, tails, every option, invalid and ignored
+        # targets, 16-bit storage, in place; soft labels must keep streaming.
+        n = 0
+        seen = set()
+        launch_fn = CE._launch
+
+        def recording(name, *args, **kw):
+            seen.add(name)
+            return launch_fn(name, *args, **kw)
+
+        CE._launch = recording
+        CE.SPLIT_MAX_CHUNK = 512
+        try:
+            for dt in (np.float32, np.float16, np.float64):
+                for cols, rows in [(1025, 3), (1031, 5)]:
+                    for o in OPTS:
+                        kw = options_for(o, rows, cols, dt)
+                        x = (rng.standard_normal((rows, cols)) * 3).astype(dt)
+                        t = rng.integers(0, cols, rows)
+                        t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
+                        t[0] = cols - 1  # a target in the last block's tail
+                        n += check(x, t, f"split {dt.__name__} {rows}x{cols} {o}", **kw)
+                buf = (rng.standard_normal(5 * 1100 + 3) * 3).astype(dt)
+                for off in (1, 3):  # rows starting past a 16-byte boundary
+                    x = buf[off:off + 5 * 1100].reshape(5, 1100)
+                    n += check(x, rng.integers(0, 1100, 5), f"split unaligned+{off} {dt.__name__}",
+                               label_smoothing=0.1, z_loss=1e-3)
+            # Several row groups in flight (6 resident blocks, k = 2): rows 0..2 start
+            # together, then each group takes its next row (the rounds' parity buffers).
+            occupancy = CE._occupancy
+            CE._occupancy = lambda name, threads: 2
+            try:
+                for dt in (np.float32, np.float16):
+                    x = (rng.standard_normal((7, 900)) * 3).astype(dt)
+                    t = rng.integers(0, 900, 7)
+                    t[3] = -100
+                    n += check(x, t, f"split groups {dt.__name__}", label_smoothing=0.1)
+            finally:
+                CE._occupancy = occupancy
+            x = rng.standard_normal((6, 1300)).astype(np.float32)
+            x[0, 700] = np.nan
+            x[1, 3] = np.inf
+            x[2, :] = -np.inf
+            x[3, 1200] = -np.inf
+            t = np.array([0, 1, 2, 3, -100, 1299])
+            for o in ({"reduction": "none"}, {"reduction": "none", "label_smoothing": 0.1}):
+                n += check(x, t, f"split special {o}", **o)
+            t = np.array([0, 1300, -5, 1, -100, 2**40])
+            loss, grad = run(cp.asarray(x), cp.asarray(t), return_logsumexp=False, validate=False, reduction="none")
+            loss, grad = cp.asnumpy(loss), cp.asnumpy(grad)
+            assert np.isnan(loss[[1, 2, 5]]).all() and loss[4] == 0.0, loss
+            assert np.isnan(grad[[1, 2, 5]]).all() and (grad[4] == 0).all()
+            n += 1
+            bits = (rng.standard_normal((3, 1500)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+            xf = (bits.astype(np.uint32) << 16).view(np.float32)
+            t = rng.integers(0, 1500, 3)
+            a = dataclasses.replace(_checks.check_cross_entropy(xf, t, label_smoothing=0.1), kind="cupy",
+                                    logits=cp.asarray(bits))
+            loss, grad = CE.cross_entropy_with_grad(a, False, storage="bfloat16")
+            wl, wg = reference.cross_entropy_with_grad(xf, t, label_smoothing=0.1)
+            g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
+            assert_close(g, wg, "bfloat16", "split bf16 grad", atol=8e-3 * np.abs(wg).max())
+            assert_close(cp.asnumpy(loss), wl, "float32", "split bf16 loss", atol=1e-5)
+            n += 1
+            tt = rng.random((2, 1500))
+            n += check(rng.standard_normal((2, 1500)).astype(np.float32),
+                       (tt / tt.sum(-1, keepdims=True)).astype(np.float32), "soft stays stream")
+        finally:
+            CE.SPLIT_MAX_CHUNK = None
+            CE._launch = launch_fn
+        assert {CE.split_name(s) for s in ("float32", "float16", "float64", "bfloat16")} <= seen, seen
+        assert CE.stream_name("float32", True) in seen and CE.stream_name("float32", False) not in seen, seen
+        return n
+
+    def scale():
+        # The backward's in-place scaling: a scalar 1 leaves the buffer untouched
+        # (decided on the device), any other scalar or per-row grad_output scales
+        # (rows of a class-axis-1 layout too), at both alignments.
+        n = 0
+        for dt in (np.float32, np.float16, np.float64, "bfloat16"):
+            acc = np.float64 if dt == np.float64 else np.float32
+            rtol = 1e-6 if dt in (np.float32, np.float64) else 1e-2
+            for shape, cols, inner in (((5, 37), 37, 1), ((3, 11, 4), 11, 4), ((1, 1), 1, 1), ((2, 1000), 1000, 1)):
+                size = int(np.prod(shape))
+                vals = (rng.standard_normal(size + 1) * 100).astype(np.float32)
+                if dt == "bfloat16":
+                    words = (vals.view(np.uint32) >> 16).astype(np.uint16)
+                    store, values = words, (words.astype(np.uint32) << 16).view(np.float32)
+                else:
+                    store = values = vals.astype(dt)
+                for off in (0, 1):
+                    for go in (np.ones((), acc), np.full((), 2.5, acc), np.full((), np.nan, acc),
+                               rng.standard_normal((shape[0],) + shape[2:]).astype(acc)):
+                        g = cp.asarray(np.array(store[off:off + size], copy=True).reshape(shape))
+                        before = np.array(g, copy=True)
+                        CE.scale_grad(g, cp.asarray(go), cols, inner, storage="bfloat16" if dt == "bfloat16" else None)
+                        got = np.asarray(g)
+                        if go.ndim == 0 and go == 1:
+                            assert got.tobytes() == before.tobytes(), "grad_output 1 changed the gradient"
+                        else:
+                            want = values[off:off + size].astype(np.float64).reshape(shape) * (
+                                np.expand_dims(go, 1) if go.ndim else go)
+                            gotf = (got.astype(np.uint32) << 16).view(np.float32) if dt == "bfloat16" else got
+                            np.testing.assert_allclose(gotf.astype(np.float64), want, rtol=rtol, equal_nan=True,
+                                                       err_msg=f"scale {dt} {shape} {go}")
+                        n += 1
+        return n
+
+    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow, "split": split, "scale": scale}
 
 
 def main(argv=None) -> int:
