@@ -11,7 +11,6 @@ gpu_softmax.torch_parallel over real torch.distributed process groups.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -180,20 +179,10 @@ def test_cupy_blocks_match_reference(cp, dtype, widths, rng):
                      atol=tolerance(dtype)[0] * float(np.abs(want_grad).max()))
 
 
-@pytest.fixture(scope="module")
-def emu_build_dir(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        msg = "g++ not found: the kernel emulator needs a C++20 compiler"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return tmp_path_factory.mktemp("gs-emu-vp")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["hard", "special", "layouts"])
-def test_emulated_vocab_parallel_kernels(suite, emu_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emu_build_dir)],
+def test_emulated_vocab_parallel_kernels(suite, emulator_build_dir):
+    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
                        capture_output=True, text=True, timeout=1200)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]
