@@ -115,7 +115,7 @@ def cmd_bench(args) -> int:
     for note in doc.get("notes", []):
         print(f"skipped: {note}")
     if not any(p.suffix == ".png" for p in paths):
-        print('no plot: matplotlib is not installed (pip install "gpu-softmax[bench]")')
+        print('no plot: matplotlib is not installed (pip install ".[bench]" from the checkout)')
     print("wrote " + ", ".join(str(p) for p in paths))
     if doc["backend"] == "numpy":
         print(f"note: these are NumPy reference timings on the CPU, not GPU numbers; {install_hint()}")

@@ -26,6 +26,18 @@ GPU_SKIP_REASON = _gpu_reason()
 GPU_TEST_MAX_ELEMENTS = int(os.environ.get("GPU_SOFTMAX_TEST_MAX_ELEMENTS", 1 << 24))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # The emulator runs a host thread per CUDA thread: two emulated runs side by side
+        # oversubscribe the cores many times over and each becomes several times slower.
+        # Under `--dist loadgroup` they share one xdist worker, one after the other.
+        if "emulator_build_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("emulator"))
+    # The slow tests first, so that no worker starts a minute-long test when the others are done.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_runtest_setup(item):
     # Skipped from here rather than by a mark, so that `-ra` folds every GPU test into
     # one summary line (a mark reports each test function's own location).

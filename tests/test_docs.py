@@ -150,9 +150,31 @@ def test_readme_python_examples_run(i):
 def test_ci_runs_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "venv" in ci
+    # The line .ci/run extracts is README's test command, exactly.
+    extract = re.search(r"^test_cmd=\$\((.*)\)$", ci, re.MULTILINE).group(1)
+    p = subprocess.run(["bash", "-c", extract], capture_output=True, text=True, cwd=ROOT)
+    assert p.stdout.strip() == readme_commands()[1]
+
+
+def test_readme_test_command_needs_only_the_extras_it_installs():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    cmd = readme_commands()[1]
+    if re.search(r"\s(-n|--dist)\s", cmd):
+        assert any(r.startswith("pytest-xdist") for r in test_extra), "-n needs pytest-xdist in the test extra"
 
 
 def test_docstring_examples():
     failures, tried = doctest.testmod(gpu_softmax, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert tried >= 7
     assert failures == 0
+
+
+def test_install_hints_name_commands_that_work_from_the_checkout():
+    # gpu-softmax is on no package index: `pip install "gpu-softmax[...]"` cannot work; ".[...]" does.
+    texts = [ROOT / "README.md", ROOT / "Dockerfile", *(ROOT / "docs").glob("*.md"), *(ROOT / "gpu_softmax").rglob("*.py"),
+             ROOT / "tests" / "conftest.py"]
+    for path in texts:
+        assert "gpu-softmax[" not in path.read_text(), f"{path.relative_to(ROOT)} names gpu-softmax[...]"
+    docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "torch.md").read_text()
+    assert 'pip install ".[cuda12x,torch]"' in docs

@@ -461,6 +461,7 @@ def test_docstring_examples_run():
 # torch.compile (the CPU path is a custom op with a fake implementation too)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_cpu():
     torch._dynamo.reset()
     x, W, t = _model(torch.float32)

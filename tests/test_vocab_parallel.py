@@ -342,6 +342,7 @@ def _spawn(world: int, backend: str) -> None:
     mp.spawn(_worker, args=(world, _free_port(), backend), nprocs=world, join=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_ranks_match_unsharded_reference(world):
     _spawn(world, "gloo")

@@ -15,6 +15,7 @@ import numpy as np
 GPU_INSTALL = 'pip install ".[cuda12x]" (CUDA 12 driver) or ".[cuda13x]" (CUDA 13 driver) from the checkout'
 TORCH_INSTALL = 'pip install ".[torch]" from the checkout'
 NO_GPU = "no NVIDIA GPU found"
+INSTALL_HINT = f"for the CUDA kernels, on a machine with an NVIDIA GPU: {GPU_INSTALL}"
 
 BASELINES = ("torch", "triton", "cupyx", "liger_kernel", "quack")
 
@@ -69,7 +70,7 @@ def _device_count_failure(exc: Exception) -> str:
 def install_hint() -> str:
     """What to do to run the CUDA kernels, given what is installed here."""
     if not _present("cupy"):
-        return f"for the CUDA kernels, on a machine with an NVIDIA GPU: {GPU_INSTALL}"
+        return INSTALL_HINT
     return "CuPy is installed: the CUDA kernels run on a machine with an NVIDIA GPU and its driver"
 
 
