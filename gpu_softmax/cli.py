@@ -2,12 +2,12 @@
 
     gpu-softmax bench [--op ...] [--dtype ...] [--shapes 4096x32768,...] [--quick] [--out DIR]
                       [--reps N] [--skip torch.compile,...] [--no-compile] [--no-baselines]
-    gpu-softmax check
-    gpu-softmax info
+    gpu-softmax check [--quick]
+    gpu-softmax info [--json]
     gpu-softmax compile-check [--arch 80,90]
 
 Every command says which backend ran: the CUDA kernels when CuPy sees a GPU, the
-NumPy reference otherwise (with the line to install the GPU one).
+NumPy reference otherwise (and what the CUDA kernels need).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 
 
 def _backend_banner() -> str:
-    from gpu_softmax._cuda.info import INSTALL_HINT, device_name, gpu_status
+    from gpu_softmax._cuda.info import device_name, gpu_status, install_hint
 
     ok, reason = gpu_status()
     if ok:
         import cupy
 
         return f"backend: CUDA kernels on {device_name(cupy.cuda.Device().id)} ({reason})"
-    return f"backend: NumPy reference on the CPU -- no GPU found: {reason}.\n  {INSTALL_HINT}"
+    return f"backend: {reason}: using the NumPy reference on the CPU\n  {install_hint()}"
 
 
 def _parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
@@ -40,15 +40,21 @@ def _parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
             shapes.append((int(r), int(c)))
         except ValueError:
             raise SystemExit(f"bad --shapes entry {part!r}: expected ROWSxCOLS, e.g. 4096x32768")
+        if shapes[-1][0] < 1 or shapes[-1][1] < 1:
+            raise SystemExit(f"bad --shapes entry {part!r}: rows and columns must be at least 1")
     return shapes
 
 
 def cmd_info(args) -> int:
     import gpu_softmax
     from gpu_softmax import bench
+    from gpu_softmax._cuda.info import torch_bridge_status
 
     info = gpu_softmax.backend_info()
     info["baseline_versions"] = bench.package_versions()
+    # Whether the bridge imports, not whether its file exists (it needs torch).
+    bridge_ok, info["torch_bridge"] = torch_bridge_status()
+    info["baseline_versions"]["gpu_softmax.torch"] = info["baseline_versions"]["torch"] if bridge_ok else None
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -62,7 +68,8 @@ def cmd_info(args) -> int:
               f"{d['multiprocessors']} SMs, {d['memory_gib']} GiB")
     print("  baselines and bench tools:")
     for name, ver in info["baseline_versions"].items():
-        print(f"    {name:<18} {ver or ('not present' if name == 'gpu_softmax.torch' else 'not installed')}")
+        if name != "gpu_softmax.torch":  # listed above as torch_bridge
+            print(f"    {name:<18} {ver or 'not installed'}")
     return 0
 
 
@@ -72,7 +79,7 @@ def _split(text: str | None) -> list[str]:
 
 def cmd_bench(args) -> int:
     from gpu_softmax import bench
-    from gpu_softmax._cuda.info import INSTALL_HINT, gpu_status
+    from gpu_softmax._cuda.info import gpu_status, install_hint
 
     ops = _split(args.op)
     unknown = [o for o in ops if o not in bench.OPS]
@@ -120,7 +127,7 @@ def cmd_bench(args) -> int:
     print("wrote " + ", ".join(str(p) for p in paths))
     print(f"elapsed {doc['elapsed_s']:.1f} s" + (f"; {bench.compile_summary(doc)}" if doc.get("compile_seconds") else ""))
     if doc["backend"] == "numpy":
-        print(f"note: these rows timed the NumPy reference on the CPU, not GPU kernels; {INSTALL_HINT}")
+        print(f"note: these rows timed the NumPy reference on the CPU, not GPU kernels; {install_hint()}")
     bad_rows = [r for r in doc["rows"] if r["matched"] is False]
     for r in bad_rows:
         print(f"MISMATCH: {r['op']} {r['impl']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}: {r['note']}")
@@ -279,19 +286,35 @@ def cmd_compile_check(args) -> int:
     return 1 if probs else 0
 
 
+def _shapes_help() -> str:
+    from gpu_softmax import bench
+
+    def fmt(op: str, backend: str) -> str:
+        return ", ".join(f"{r}x{c}" for r, c in bench.default_shapes(op, backend, quick=False))
+
+    return ("comma-separated ROWSxCOLS, each a 2-D input of ROWS rows of COLS classes (softmax over COLS), "
+            f"e.g. 4096x32768,8x262144. Default on a GPU: the performance goals' shapes, {fmt('softmax', 'cuda')} "
+            f"for the softmax family and {fmt('cross_entropy_with_grad', 'cuda')} for cross entropy (fewer with "
+            f"--quick); without a GPU: {fmt('softmax', 'numpy')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from gpu_softmax import __version__
+
     p = argparse.ArgumentParser(prog="gpu-softmax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="{bench,check,info,compile-check}")
     b = sub.add_parser("bench", help="time our kernels against the baselines present")
     b.add_argument("--op", help="comma-separated ops (default softmax,log_softmax,cross_entropy_with_grad)")
     b.add_argument("--dtype", help="comma-separated dtypes: float32, float16, float64, bfloat16 (torch rows; "
                                    "ours through gpu_softmax.torch) (default float32,float16)")
-    b.add_argument("--shapes", help="comma-separated ROWSxCOLS (default: the issue's goal shapes)")
+    b.add_argument("--shapes", help=_shapes_help())
     b.add_argument("--quick", action="store_true",
                    help="three goal cases (softmax 4096x32768 and 8x262144, training-step cross entropy "
                         "4096x128256, float32) and 10 repetitions: about a minute on a GPU")
     b.add_argument("--out", default="bench-results", help="directory for results.json/.md/.png")
-    b.add_argument("--reps", type=int, help="timed calls per row (default 30 on the GPU, 10 with --quick)")
+    b.add_argument("--reps", type=int, help="timed calls per row (default: 30 on a GPU, 10 with --quick; "
+                                            "3 without a GPU, where the NumPy reference is timed)")
     b.add_argument("--skip", help="comma-separated baselines not to time: torch, torch.compile, cupyx, liger, quack")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
     b.add_argument("--no-baselines", action="store_true", help="time ours only")
@@ -305,16 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer cases (3-row inputs of 5 lengths); without a GPU, compile for one architecture only")
     c.set_defaults(func=cmd_check)
     i = sub.add_parser("info", help="device, CUDA, CuPy, NVRTC, cache, baselines")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the same as one JSON object")
     i.set_defaults(func=cmd_info)
     k = sub.add_parser("compile-check", help="compile every kernel with NVRTC; report registers and spills")
-    k.add_argument("--arch", default="80,90")
+    k.add_argument("--arch", default="80,90", help="comma-separated SM architectures (default 80,90)")
     k.set_defaults(func=cmd_compile_check)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:  # no command: say what there is
+        parser.print_help()
+        return 0
     return int(args.func(args) or 0)
 
 

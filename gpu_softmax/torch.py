@@ -43,7 +43,7 @@ How it works:
   ``autograd.Function`` that marks the logits dirty (not possible for views, where
   the version counter alone guards) and scales the gradient in place in backward
   (the same device-decided scale).
-  A leaf that requires grad is refused by autograd. Using the overwritten tensor
+  A leaf that requires grad (or a view of one) is refused with a message. Using the overwritten tensor
   afterwards in a differentiable way raises in eager mode. Under ``torch.compile``
   such a use cannot be detected, so there ``inplace_backward=True`` takes the
   out-of-place path (same loss and gradient, without the memory saving). Logits
@@ -174,6 +174,15 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
             weight=_bridge.to_numpy(weight),
             inplace=inplace and not bf16,  # bf16: computed in float32, copied back below
         )
+        try:
+            reference.hard_target_check(rec)
+        except ValueError as exc:
+            # The NumPy API's text offers validate=False, a switch this bridge does not have.
+            raise ValueError(
+                str(exc).split("; pass validate=False")[0] + "; gpu_softmax.torch checks targets on CPU "
+                "tensors (on CUDA tensors it does not, to avoid a host sync, and such rows get a NaN loss)"
+            ) from None
+        rec = dataclasses.replace(rec, validate=False)  # checked just above
         if not want_grad:
             return _bridge.from_numpy(reference.cross_entropy_checked(rec), logits.dtype), None
         loss, grad = reference.cross_entropy_with_grad_checked(rec)
@@ -611,6 +620,13 @@ def cross_entropy(
         # A compiled graph cannot tell whether the overwritten logits are used later
         # (it materialises their gradient as zeros): out of place there, same results.
         inplace_backward = False
+    if inplace_backward and want_grad and (input.is_leaf or (input._base is not None and input._base.is_leaf)):
+        raise RuntimeError(
+            "cross_entropy(..., inplace_backward=True) overwrites its input with the gradient, but the input "
+            "is a leaf tensor that requires grad (or a view of one), e.g. a parameter or a tensor created with "
+            "requires_grad=True, whose values autograd must keep: pass logits computed from it (the output "
+            "of the model's last layer), or use inplace_backward=False"
+        )
     if inplace_backward and want_grad:
         args = (input, target, weight, ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
         if input._base is not None:

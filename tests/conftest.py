@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gpu_softmax._cuda.info import gpu_status
+
 
 def _gpu_reason() -> str | None:
-    try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA install
-        return f"CuPy is not importable ({type(exc).__name__}: {exc}); install gpu-softmax[cuda12x] or [cuda13x]"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"no CUDA device ({type(exc).__name__}: {exc})"
-    if n < 1:
-        return "no CUDA device"
-    return None
+    ok, reason = gpu_status()
+    return None if ok else reason
 
 
 GPU_SKIP_REASON = _gpu_reason()
@@ -31,13 +26,23 @@ GPU_SKIP_REASON = _gpu_reason()
 GPU_TEST_MAX_ELEMENTS = int(os.environ.get("GPU_SOFTMAX_TEST_MAX_ELEMENTS", 1 << 24))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    if GPU_SKIP_REASON is None:
-        return
-    skip = pytest.mark.skip(reason=f"gpu test: {GPU_SKIP_REASON}")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        # The emulator runs a host thread per CUDA thread: two emulated runs side by side
+        # oversubscribe the cores many times over and each becomes several times slower.
+        # Under `--dist loadgroup` they share one xdist worker, one after the other.
+        if "emulator_build_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("emulator"))
+    # The slow tests first, so that no worker starts a minute-long test when the others are done.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_runtest_setup(item):
+    # Skipped from here rather than by a mark, so that `-ra` folds every GPU test into
+    # one summary line (a mark reports each test function's own location).
+    if GPU_SKIP_REASON is not None and "gpu" in item.keywords:
+        pytest.skip(f"gpu tests (marked gpu) need an NVIDIA GPU: {GPU_SKIP_REASON}")
 
 
 @pytest.fixture
@@ -48,6 +53,25 @@ def cp():
     import cupy
 
     return cupy
+
+
+@pytest.fixture(scope="session")
+def emulator_build_dir(tmp_path_factory) -> Path:
+    """One directory for the host emulator's compiled kernel modules, shared by every test
+    and every pytest-xdist worker of a run (builds are keyed by the source's hash and
+    made once, under a lock: tests/emulator/harness.py)."""
+    if shutil.which("g++") is None:
+        msg = "g++ not found: the kernel emulator needs a C++20 compiler"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    # Under xdist each worker's basetemp is a folder of the run's basetemp.
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / "gs-emu"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def _require_nvrtc():
     try:
         cc.nvrtc_version()
     except Exception as exc:
-        msg = f"NVRTC not available ({exc}); install gpu-softmax[cuda12x] or [cuda13x]"
+        msg = f"NVRTC not available ({exc}); pip install \".[cuda12x]\" or \".[cuda13x]\" from the checkout"
         if os.environ.get("CI"):
             pytest.fail(msg + " -- CI must run the compile checks")
         pytest.skip(msg)

@@ -1,13 +1,17 @@
-"""The training examples run a few epochs on the CPU and their loss falls."""
+"""The training examples run a few epochs on the CPU and their loss falls; their extra installs what they need."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def load(name: str):
@@ -36,3 +40,40 @@ def test_torch_flavour_trains(capsys):
     assert len(result["losses"]) == 3
     assert result["losses"][-1] < result["losses"][0]
     assert result["accuracy"] > 0.8
+
+
+# Import name -> the distribution that provides it, for what the examples import.
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "torch": "torch", "cupy": "cupy-cuda12x", "numpy": "numpy"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "gpu_softmax"}
+
+
+def extras() -> dict[str, list[str]]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return meta["optional-dependencies"] | {"": meta["dependencies"]}
+
+
+def test_examples_extra_installs_what_the_examples_import():
+    ex = extras()
+    have = {re.match(r"[\w\-]+", req).group(0) for req in ex["examples"] + ex[""] + ex["cuda12x"]}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        for mod in imported_modules(path):
+            assert DISTRIBUTIONS.get(mod) in have, f"{path.name} imports {mod}: add it to the examples extra"
+
+
+def test_readme_says_how_to_run_every_example():
+    readme = (ROOT / "README.md").read_text()
+    install = re.search(r'pip install "\.\[([\w,]+)\]"', readme[readme.index("## Examples"):])
+    assert install and "examples" in install.group(1).split(","), "README installs the examples extra"
+    for path in sorted(EXAMPLES.glob("*.py")):
+        assert f"python examples/{path.name}" in readme, path.name

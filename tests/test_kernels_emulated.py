@@ -10,8 +10,6 @@ memory ordering or timing: the `gpu` tests do that on a device.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,20 +25,10 @@ SUITES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def build_dir(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        msg = "g++ not found: the kernel emulator needs a C++20 compiler"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return tmp_path_factory.mktemp("gs-emu")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family,suite", SUITES)
-def test_emulated_kernels_match_reference(family, suite, build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), family, suite, "--build-dir", str(build_dir)],
+def test_emulated_kernels_match_reference(family, suite, emulator_build_dir):
+    p = subprocess.run([sys.executable, str(RUNNER), family, suite, "--build-dir", str(emulator_build_dir)],
                        capture_output=True, text=True, timeout=1200)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]

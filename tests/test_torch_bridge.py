@@ -338,10 +338,24 @@ def test_inplace_backward_refuses_when_logits_are_needed_elsewhere(view):
         (loss + other).backward()
 
 
-def test_inplace_backward_refuses_a_leaf():
+def test_inplace_backward_refuses_a_leaf_and_says_what_to_do():
     x = torch.randn(3, C, requires_grad=True)
-    with pytest.raises(RuntimeError, match="leaf Variable"):
-        gst.cross_entropy(x, torch.tensor([0, 1, 2]), inplace_backward=True)
+    before = x.detach().clone()
+    for logits in (x, x.view(3, C), x[:, :]):  # a view of a leaf would overwrite the leaf itself
+        with pytest.raises(RuntimeError, match="leaf tensor that requires grad.*inplace_backward=False"):
+            gst.CrossEntropyLoss(inplace_backward=True)(logits, torch.tensor([0, 1, 2]))
+    assert torch.equal(x, before)
+    gst.CrossEntropyLoss(inplace_backward=True)(x * 1.0, torch.tensor([0, 1, 2])).backward()  # what the text advises
+    assert x.grad is not None
+
+
+def test_out_of_range_target_error_offers_no_missing_switch():
+    x = torch.randn(4, C)
+    with pytest.raises(ValueError, match=r"outside \[0, 7\)") as err:
+        gst.cross_entropy(x, torch.tensor([0, 1, 9, 2]))
+    assert "validate" not in str(err.value)
+    with pytest.raises(TypeError):  # the bridge indeed has no validate keyword to offer
+        gst.cross_entropy(x, torch.tensor([0, 1, 9, 2]), validate=False)
 
 
 def test_inplace_backward_refuses_use_of_the_overwritten_tensor():
@@ -447,6 +461,7 @@ def test_docstring_examples_run():
 # torch.compile (the CPU path is a custom op with a fake implementation too)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_cpu():
     torch._dynamo.reset()
     x, W, t = _model(torch.float32)

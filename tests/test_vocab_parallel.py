@@ -201,20 +201,10 @@ def test_cupy_blocks_match_reference(cp, dtype, widths, rng):
                      atol=tolerance(dtype)[0] * float(np.abs(want_grad).max()))
 
 
-@pytest.fixture(scope="module")
-def emu_build_dir(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        msg = "g++ not found: the kernel emulator needs a C++20 compiler"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return tmp_path_factory.mktemp("gs-emu-vp")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["hard", "special", "layouts", "overflow"])
-def test_emulated_vocab_parallel_kernels(suite, emu_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emu_build_dir)],
+def test_emulated_vocab_parallel_kernels(suite, emulator_build_dir):
+    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
                        capture_output=True, text=True, timeout=1200)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]
@@ -388,6 +378,7 @@ def _spawn(world: int, backend: str) -> None:
     mp.spawn(_worker, args=(world, _free_port(), backend), nprocs=world, join=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_ranks_match_unsharded_reference(world):
     _spawn(world, "gloo")

@@ -60,7 +60,7 @@ def _nvrtc_compile(source: str, name: str, options: list[str]) -> tuple[str, boo
             from cuda.bindings import nvrtc as bnv
         except Exception as exc_b:
             raise NvrtcUnavailable(
-                "no NVRTC binding: install gpu-softmax[cuda12x] or [cuda13x] "
+                "no NVRTC binding: pip install \".[cuda12x]\" or \".[cuda13x]\" from the checkout "
                 f"(cupy_backends: {exc_cupy}; cuda.bindings: {exc_b})"
             ) from exc_b
         err, prog = bnv.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])

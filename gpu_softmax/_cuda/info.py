@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-INSTALL_HINT = (
-    'for the GPU backend install CuPy with its NVRTC: pip install "gpu-softmax[cuda12x]" '
-    '(CUDA 12 driver) or "gpu-softmax[cuda13x]" (CUDA 13 driver), on a machine with an NVIDIA GPU'
-)
+# gpu_softmax is installed from its checkout (it is not on a package index), so the
+# hints name the checkout's extras.
+GPU_INSTALL = 'pip install ".[cuda12x]" (CUDA 12 driver) or ".[cuda13x]" (CUDA 13 driver) from the checkout'
+TORCH_INSTALL = 'pip install ".[torch]" from the checkout'
+NO_GPU = "no NVIDIA GPU found"
+INSTALL_HINT = f"for the CUDA kernels, on a machine with an NVIDIA GPU: {GPU_INSTALL}"
 
 BASELINES = ("torch", "triton", "cupyx", "liger_kernel", "quack")
 
@@ -36,10 +38,53 @@ def gpu_status() -> tuple[bool, str]:
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        return False, f"CuPy found no usable CUDA driver/device ({type(exc).__name__}: {exc})"
+        return False, _device_count_failure(exc)
     if n < 1:
-        return False, "CuPy sees no CUDA device"
+        return False, NO_GPU
     return True, f"{n} CUDA device(s)"
+
+
+def _nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver's CUDA library can be loaded on this machine."""
+    import ctypes
+    import ctypes.util
+
+    for name in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return ctypes.util.find_library("cuda") is not None
+
+
+def _device_count_failure(exc: Exception) -> str:
+    # Without a driver the CUDA runtime reports cudaErrorInsufficientDriver, which
+    # reads as "upgrade your driver" on a machine that has no GPU at all.
+    if getattr(exc, "status", None) == 100 or not _nvidia_driver_present():  # 100: cudaErrorNoDevice
+        return NO_GPU
+    return (f"CuPy cannot use the NVIDIA driver ({type(exc).__name__}: {exc}); update the driver, or install "
+            "the CuPy extra that matches it (cuda12x for a CUDA 12 driver, cuda13x for CUDA 13)")
+
+
+def install_hint() -> str:
+    """What to do to run the CUDA kernels, given what is installed here."""
+    if not _present("cupy"):
+        return INSTALL_HINT
+    return "CuPy is installed: the CUDA kernels run on a machine with an NVIDIA GPU and its driver"
+
+
+def torch_bridge_status() -> tuple[bool, str]:
+    """(importable, detail) for gpu_softmax.torch, found by importing it (it needs torch)."""
+    try:
+        import torch
+
+        import gpu_softmax.torch  # noqa: F401
+    except Exception as exc:
+        if not _present("torch"):
+            return False, f"not importable: torch is not installed ({TORCH_INSTALL})"
+        return False, f"not importable ({type(exc).__name__}: {exc})"
+    return True, f"importable (torch {torch.__version__})"
 
 
 def device_name(index: int = 0) -> str:

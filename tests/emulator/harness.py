@@ -15,6 +15,7 @@ template from its own signature, so the harness needs no list of signatures.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import re
 import subprocess
@@ -119,15 +120,21 @@ def build(family: str, entry_points, out_dir: Path) -> Path:
     digest = hashlib.sha256((text + prelude).encode()).hexdigest()[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
     so = out_dir / f"emu_{family}_{digest}.so"
-    if not so.exists():
-        cpp = out_dir / f"emu_{family}_{digest}.cpp"
-        cpp.write_text(text)
-        r = subprocess.run(
-            ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-w", f"-I{HERE}", "-o", str(so), str(cpp), "-pthread"],
-            capture_output=True, text=True,
-        )
-        if r.returncode:
-            raise RuntimeError(f"emulated build of {family} failed:\n{r.stderr[-6000:]}")
+    # Runners in parallel (pytest-xdist) share out_dir: one builds, the others wait for it.
+    with open(out_dir / f"emu_{family}_{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not so.exists():
+            cpp = out_dir / f"emu_{family}_{digest}.cpp"
+            cpp.write_text(text)
+            tmp = so.with_suffix(".so.tmp")
+            r = subprocess.run(
+                ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-w", f"-I{HERE}", "-o", str(tmp), str(cpp),
+                 "-pthread"],
+                capture_output=True, text=True,
+            )
+            if r.returncode:
+                raise RuntimeError(f"emulated build of {family} failed:\n{r.stderr[-6000:]}")
+            tmp.replace(so)
     return so
 
 
