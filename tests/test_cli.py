@@ -134,7 +134,7 @@ def test_help_texts_say_what_the_options_do():
     from gpu_softmax import bench
 
     check = subcommand_help("check")
-    assert "--quick" in check and "shorter" in check
+    assert "--quick" in check and "fewer cases" in check
     shapes = subcommand_help("bench")
     assert "issue" not in shapes  # no reference to a document the user has not seen
     for op, backend in (("softmax", "cuda"), ("cross_entropy_with_grad", "cuda"), ("softmax", "numpy")):

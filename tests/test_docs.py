@@ -138,10 +138,13 @@ def readme_python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
 
 
-@pytest.mark.parametrize("i", range(2))
+README_PYTHON_BLOCKS = 3  # NumPy/CuPy, torch, fused linear + cross-entropy
+
+
+@pytest.mark.parametrize("i", range(README_PYTHON_BLOCKS))
 def test_readme_python_examples_run(i):
     blocks = readme_python_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == README_PYTHON_BLOCKS
     if "torch" in blocks[i] and importlib.util.find_spec("torch") is None:
         pytest.skip("torch not installed")
     exec(compile(blocks[i], f"README.md python block {i}", "exec"), {})
