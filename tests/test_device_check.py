@@ -114,6 +114,9 @@ def test_results_are_written_after_every_step_even_when_one_times_out(tmp_path, 
     monkeypatch.setattr(dc, "step_command", lambda name, *a: [sys.executable, "-c", outputs[name]])
     monkeypatch.setitem(dc.STEP_LIMITS_S, "huge", 2)
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("GPU_SOFTMAX_TEST_MAX_ELEMENTS", "1")  # main() sets it: restored after the test
+    # Imported long before (as in a full test run): the budget still counts from main()'s start.
+    monkeypatch.setattr(dc, "T_START", time.perf_counter() - 10 * dc.DEFAULT_BUDGET_S)
     (tmp_path / "out").mkdir()
     rc = dc.main([])
     doc = json.loads(next((tmp_path / "results").glob("Fake-GPU-*.json")).read_text())
@@ -148,3 +151,15 @@ def test_gpu_cases_run_on_the_reference(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _NumpyAsCupy)
     cases = gpu_cases.regime_cases()
     assert sum(run() for _, run in cases[:: max(1, len(cases) // 12)]) == 0
+
+
+def test_importing_the_device_check_leaves_the_environment_alone():
+    # Its steps get PYTHONPATH=<checkout> as their own environment; set at import, it leaked
+    # into every later subprocess of the importing process (a wheel test then imported the checkout).
+    import subprocess
+
+    code = ("import os, sys; sys.path.insert(0, 'benchmarks'); before = dict(os.environ); "
+            "import device_check; assert dict(os.environ) == before")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(dc.__file__).resolve().parent.parent)
+    assert p.returncode == 0, p.stderr
