@@ -52,12 +52,12 @@ static void gs_emu_call(void (*f)(P...), const unsigned long long* a, std::index
 }
 template <class... P>
 static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa,
-                            unsigned smem) {
+                            unsigned smem, int cooperative) {
     std::vector<unsigned long long> a(aa, aa + %(max_args)d);
-    return emu_run(grid, block, smem, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
+    return emu_run(grid, block, smem, cooperative != 0, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
 }
 extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a,
-                          unsigned smem) {
+                          unsigned smem, int cooperative) {
 %(cases)s
     return 1;
 }
@@ -106,7 +106,7 @@ def emulated_source(family: str, entry_points) -> str:
         raise RuntimeError("emulated shared memory buffer too small")
     src = re.sub(r'extern\s+"C"\s+__global__', 'extern "C"', src)
     cases = "\n".join(
-        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem);' for n in entry_points
+        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem, cooperative);' for n in entry_points
     )
     return (
         '#include "prelude.h"\n' + src + LAUNCHER.replace("%(max_args)d", str(MAX_ARGS)).replace("%(cases)s", cases)
@@ -211,6 +211,14 @@ def _arg_bits(a) -> int:
     return int(a) & (2**64 - 1)
 
 
+_LAUNCH_ERRORS = {
+    1: "no such entry point",
+    2: "block size is not a multiple of 32",
+    4: "barrier deadlock: threads of a block wait at different barriers",
+    5: "spin-wait timeout: a block waits for another block that is not co-resident (not a cooperative launch?)",
+}
+
+
 class Emulator:
     """Loads an emulated module and launches its entry points by name."""
 
@@ -218,13 +226,16 @@ class Emulator:
         self.lib = ctypes.CDLL(str(so))
         self.launches: list[tuple[str, int, int]] = []
 
-    def launch(self, name: str, grid: int, block: int, args, smem: int = 0) -> None:
+    def launch(self, name: str, grid: int, block: int, args, smem: int = 0, cooperative: bool = False) -> None:
+        """Run one launch. Only a cooperative launch has all its blocks live at once:
+        any other launch whose blocks wait for each other fails (spin timeout)."""
         vals = [_arg_bits(a) for a in args]
         assert len(vals) <= MAX_ARGS
         arr = (ctypes.c_ulonglong * MAX_ARGS)(*(vals + [0] * (MAX_ARGS - len(vals))))
-        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem))
+        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem), ctypes.c_int(int(cooperative)))
         if rc:
-            raise RuntimeError(f"emulated launch of {name} failed ({rc})")
+            why = _LAUNCH_ERRORS.get(rc, "unknown error")
+            raise RuntimeError(f"emulated launch of {name} (grid {grid}, block {block}) failed ({rc}): {why}")
         self.launches.append((name, grid, block))
 
 
@@ -250,10 +261,10 @@ def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
         def run(p, args):
             assert p.kernel in mod.ENTRY_POINTS and p.block <= 1024 and p.smem <= mod.H100.smem_per_block
             assert p.cooperative == (p.k > 1)
-            emu.launch(p.kernel, p.grid, p.block, args, p.smem)
+            emu.launch(p.kernel, p.grid, p.block, args, p.smem, cooperative=p.cooperative)
 
         mod._launch = run
     else:
-        # Every emulated block is a live host thread: a cooperative grid is co-resident.
-        mod._launch = lambda name, grid, block, args, cooperative=False: emu.launch(name, grid, block, args)
+        mod._launch = lambda name, grid, block, args, cooperative=False: emu.launch(
+            name, grid, block, args, cooperative=cooperative)
     return cp, mod, emu

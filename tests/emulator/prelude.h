@@ -1,5 +1,5 @@
 // Host emulation of the CUDA features our kernels use, so that CI (no GPU) can run
-// the real kernel source: one host thread per CUDA thread, std::barrier for
+// the real kernel source: one fiber per CUDA thread, counting barriers for
 // __syncthreads/__syncwarp, a per-warp exchange buffer for shuffles. The functions
 // of common.cuh written in inline PTX are replaced by the host versions below.
 // It proves index arithmetic, tails, alignment paths, reductions and in-place
@@ -9,7 +9,6 @@
 #include <cmath>
 #include <math.h>
 #include <atomic>
-#include <barrier>
 #include <thread>
 #include <vector>
 #include <array>
@@ -17,6 +16,11 @@
 #include <functional>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
+#include <chrono>
+#include <mutex>
+#include <cstdio>
+#include <cstdlib>
 using std::min;
 struct dim3e { unsigned x, y, z; };
 thread_local dim3e threadIdx, blockIdx;
@@ -32,9 +36,14 @@ inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f;
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
 inline float __expf(float x) { float r = exp2f(x * 1.44269504088896340736f); return (std::fabs(r) < 1.17549435e-38f) ? 0.0f : r; }
 
+// Each CUDA thread is a fiber (its own stack, switched in user space): a barrier
+// is a few hundred instructions, not a futex round trip through the kernel.
+// Fibers are resumed in a fresh random order every round, so a missing barrier
+// shows as a read of another thread's unwritten (poisoned) data.
+struct FBar { unsigned expected = 0, count = 0, gen = 0; };
 struct BlockCtx {
-    std::barrier<>* bar;
-    std::vector<std::barrier<>*> wbar;
+    FBar bar;
+    std::vector<FBar> wbar;
     std::vector<std::array<unsigned long long, 32>> sbuf;
     alignas(64) char shared[16384];
     std::vector<uint4> dyn;  // dynamic shared memory of the launch
@@ -42,8 +51,46 @@ struct BlockCtx {
 thread_local BlockCtx* g_ctx;
 inline void* gs_emu_shared() { return g_ctx->shared; }
 inline void* gs_emu_dyn_shared() { return g_ctx->dyn.data(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { g_ctx->wbar[threadIdx.x >> 5]->arrive_and_wait(); }
-inline void __syncthreads() { g_ctx->bar->arrive_and_wait(); }
+
+extern "C" void gs_emu_swap(void** save_sp, void* next_sp);
+asm(R"(
+.text
+.p2align 4
+.globl gs_emu_swap
+.hidden gs_emu_swap
+.type gs_emu_swap,@function
+gs_emu_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size gs_emu_swap, .-gs_emu_swap
+)");
+struct Fiber { void* sp; char* stack; BlockCtx* ctx; unsigned bx, tx; bool done, spun; };
+thread_local Fiber* t_fiber;       // the fiber running now on this host thread
+thread_local void* t_sched_sp;     // the scheduler's saved stack pointer
+thread_local unsigned long long t_progress;  // barrier arrivals and exits so far
+thread_local const std::function<void()>* t_body;
+inline void gs_emu_yield() { gs_emu_swap(&t_fiber->sp, t_sched_sp); }
+inline void gs_emu_bar_wait(FBar& b) {
+    const unsigned g = b.gen;
+    ++t_progress;
+    if (++b.count == b.expected) { b.count = 0; ++b.gen; return; }
+    do gs_emu_yield(); while (b.gen == g);
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { gs_emu_bar_wait(g_ctx->wbar[threadIdx.x >> 5]); }
+inline void __syncthreads() { gs_emu_bar_wait(g_ctx->bar); }
 template <class T> T __shfl_xor_sync(unsigned mask, T v, int off, int width = 32) {
     if (mask != 0xffffffffu) abort();
     if (width <= 0 || width > 32 || (width & (width - 1)) || off >= width) abort();
@@ -51,9 +98,9 @@ template <class T> T __shfl_xor_sync(unsigned mask, T v, int off, int width = 32
     auto& buf = g_ctx->sbuf[w];
     unsigned long long tmp = 0; memcpy(&tmp, &v, sizeof(T));
     buf[lane] = tmp;
-    g_ctx->wbar[w]->arrive_and_wait();
+    gs_emu_bar_wait(g_ctx->wbar[w]);
     T r; unsigned long long t2 = buf[lane ^ off]; memcpy(&r, &t2, sizeof(T));
-    g_ctx->wbar[w]->arrive_and_wait();
+    gs_emu_bar_wait(g_ctx->wbar[w]);
     return r;
 }
 template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
@@ -63,9 +110,9 @@ template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     auto& buf = g_ctx->sbuf[w];
     unsigned long long tmp = 0; memcpy(&tmp, &v, sizeof(T));
     buf[lane] = tmp;
-    g_ctx->wbar[w]->arrive_and_wait();
+    gs_emu_bar_wait(g_ctx->wbar[w]);
     T r; unsigned long long t2 = buf[(lane & ~(width - 1)) + src]; memcpy(&r, &t2, sizeof(T));
-    g_ctx->wbar[w]->arrive_and_wait();
+    gs_emu_bar_wait(g_ctx->wbar[w]);
     return r;
 }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
@@ -83,44 +130,147 @@ inline unsigned short f32_to_bf16(float f) {
 inline unsigned long long ld_acquire(const unsigned long long* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline float ld_relaxed(const float* p) { return *(const volatile float*)p; }
 inline double ld_relaxed(const double* p) { return *(const volatile double*)p; }
-inline void nanosleep_ns(unsigned) { sched_yield(); }
+// A spin-wait on another block: let the other fibers run.
+inline void nanosleep_ns(unsigned) { t_fiber->spun = true; gs_emu_yield(); }
 // cp.async has no host form: a plain copy, already complete when wait_all runs.
 inline void cp_async16(uint4* smem, const void* gmem) { memcpy(smem, gmem, 16); }
 inline void cp_async_wait_all() {}
 }
 
-struct Launch {
-    std::function<void()> body;
-};
-struct TArg { BlockCtx* ctx; unsigned bx, tx; std::function<void()>* body; };
-static void* thread_main(void* a) {
-    TArg* t = (TArg*)a;
-    g_ctx = t->ctx; blockIdx = {t->bx, 0, 0}; threadIdx = {t->tx, 0, 0};
-    (*t->body)();
-    return nullptr;
+
+constexpr size_t kStack = 1 << 17, kGuard = 4096;
+static std::mutex g_stack_mu;
+static std::vector<char*> g_stacks;  // reused across launches: mmap once
+static char* stack_get() {
+    {
+        std::lock_guard<std::mutex> l(g_stack_mu);
+        if (!g_stacks.empty()) { char* s = g_stacks.back(); g_stacks.pop_back(); return s; }
+    }
+    void* m = mmap(nullptr, kStack + kGuard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) abort();
+    mprotect(m, kGuard, PROT_NONE);  // an overflow faults instead of corrupting a neighbour
+    return (char*)m;
 }
-static int emu_run(unsigned grid, unsigned block, unsigned smem, std::function<void()> body) {
+static void stacks_put(std::vector<Fiber>& fs) {
+    std::lock_guard<std::mutex> l(g_stack_mu);
+    for (auto& f : fs) g_stacks.push_back(f.stack);
+}
+[[noreturn]] static void fiber_entry() {
+    (*t_body)();
+    t_fiber->done = true;
+    ++t_progress;
+    void* dead;
+    gs_emu_swap(&dead, t_sched_sp);
+    abort();
+}
+static void fiber_init(Fiber& f, BlockCtx* c, unsigned bx, unsigned tx) {
+    f.ctx = c; f.bx = bx; f.tx = tx; f.done = false; f.spun = false;
+    uintptr_t top = ((uintptr_t)f.stack + kGuard + kStack) & ~(uintptr_t)15;
+    void** sp = (void**)(top - 64);  // six zeroed callee-saved registers, the entry, a null return address
+    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+    sp[6] = (void*)&fiber_entry;
+    sp[7] = nullptr;
+    f.sp = sp;
+}
+static void ctx_init(BlockCtx* c, unsigned block, unsigned smem) {
+    c->bar = FBar{block, 0, 0};
+    c->wbar.assign(block / 32, FBar{32, 0, 0});
+    c->sbuf.resize(block / 32);
+    memset(c->shared, 0xAB, sizeof(c->shared));
+    c->dyn.assign((smem + 15) / 16, uint4{0xABABABABu, 0xABABABABu, 0xABABABABu, 0xABABABABu});
+}
+
+enum { EMU_OK = 0, EMU_DEADLOCK = 4, EMU_SPIN_TIMEOUT = 5 };
+static std::atomic<int> g_fail;
+// Runs the fibers until all have exited. A round in which no fiber arrives at a
+// barrier or exits, and none spins, is a barrier deadlock; spinning without
+// progress for `spin_limit_s` is a wait that no other block will ever satisfy.
+static int schedule(std::vector<Fiber>& fs, unsigned long long seed, double spin_limit_s) {
+    std::vector<unsigned> order(fs.size());
+    for (unsigned i = 0; i < order.size(); ++i) order[i] = i;
+    size_t live = fs.size();
+    auto last_progress = std::chrono::steady_clock::now();
+    while (live) {
+        if (g_fail.load(std::memory_order_relaxed)) return g_fail.load();
+        for (size_t i = order.size(); i > 1; --i) {
+            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+            std::swap(order[i - 1], order[seed % i]);
+        }
+        const unsigned long long before = t_progress;
+        bool spun = false;
+        for (unsigned i : order) {
+            Fiber& f = fs[i];
+            if (f.done) continue;
+            t_fiber = &f; g_ctx = f.ctx; blockIdx = {f.bx, 0, 0}; threadIdx = {f.tx, 0, 0};
+            f.spun = false;
+            gs_emu_swap(&t_sched_sp, f.sp);
+            spun |= f.spun;
+            if (f.done) --live;
+        }
+        if (t_progress != before) { last_progress = std::chrono::steady_clock::now(); continue; }
+        if (!live) break;
+        if (!spun) {
+            fprintf(stderr, "emulator: barrier deadlock (threads of a block wait at different barriers, or exited)\n");
+            g_fail = EMU_DEADLOCK;
+            return EMU_DEADLOCK;
+        }
+        sched_yield();
+        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - last_progress).count() > spin_limit_s) {
+            fprintf(stderr, "emulator: a block spin-waited %.0f s without progress (waiting for a block that is "
+                    "not co-resident: a non-cooperative launch must not wait for another block)\n", spin_limit_s);
+            g_fail = EMU_SPIN_TIMEOUT;
+            return EMU_SPIN_TIMEOUT;
+        }
+    }
+    return EMU_OK;
+}
+
+// A cooperative launch keeps every block live at once (its blocks wait for each
+// other); any other launch runs one block at a time per host thread, as a GPU
+// may schedule its blocks in any order and need not run them together.
+static int emu_run(unsigned grid, unsigned block, unsigned smem, bool cooperative, std::function<void()> body) {
     blockDim = {block, 1, 1}; gridDim = {grid, 1, 1};
     if (block % 32) return 2;
-    std::vector<BlockCtx*> ctxs;
-    for (unsigned b = 0; b < grid; ++b) {
-        BlockCtx* c = new BlockCtx();
-        c->bar = new std::barrier<>(block);
-        for (unsigned w = 0; w < block / 32; ++w) c->wbar.push_back(new std::barrier<>(32));
-        c->sbuf.resize(block / 32);
-        memset(c->shared, 0xAB, sizeof(c->shared));
-        c->dyn.assign((smem + 15) / 16, uint4{0xABABABABu, 0xABABABABu, 0xABABABABu, 0xABABABABu});
-        ctxs.push_back(c);
-    }
-    std::vector<TArg> targs(grid * block);
-    std::vector<pthread_t> th(grid * block);
-    pthread_attr_t attr; pthread_attr_init(&attr); pthread_attr_setstacksize(&attr, 1 << 17);
-    for (unsigned b = 0; b < grid; ++b)
-        for (unsigned t = 0; t < block; ++t) {
-            targs[b * block + t] = {ctxs[b], b, t, &body};
-            if (pthread_create(&th[b * block + t], &attr, thread_main, &targs[b * block + t])) return 3;
+    g_fail = EMU_OK;
+    unsigned hosts = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
+    if (const char* e = getenv("GS_EMU_HOST_THREADS")) hosts = std::max(1u, std::min(grid, (unsigned)atoi(e)));
+    std::atomic<unsigned> next_block{0};
+    auto host = [&](unsigned h) {
+        t_body = &body;
+        t_progress = 0;
+        unsigned long long seed = 0x9E3779B97F4A7C15ull ^ ((unsigned long long)(h + 1) * 0xD1B54A32D192ED03ull) ^ grid;
+        if (cooperative) {
+            std::vector<BlockCtx*> ctxs;
+            std::vector<Fiber> fs;
+            for (unsigned b = h; b < grid; b += hosts) ctxs.push_back(new BlockCtx());
+            fs.resize(ctxs.size() * block);
+            for (size_t i = 0; i < ctxs.size(); ++i) {
+                ctx_init(ctxs[i], block, smem);
+                for (unsigned t = 0; t < block; ++t) {
+                    Fiber& f = fs[i * block + t];
+                    f.stack = stack_get();
+                    fiber_init(f, ctxs[i], h + (unsigned)i * hosts, t);
+                }
+            }
+            int rc = schedule(fs, seed, 120.0);
+            if (rc == EMU_OK) { stacks_put(fs); for (auto c : ctxs) delete c; }  // else: fibers stay suspended, leaked
+            return;
         }
-    for (auto& x : th) pthread_join(x, nullptr);
-    for (auto c : ctxs) { delete c->bar; for (auto w : c->wbar) delete w; delete c; }
-    return 0;
+        BlockCtx* c = new BlockCtx();
+        std::vector<Fiber> fs(block);
+        for (auto& f : fs) f.stack = stack_get();
+        for (unsigned b; (b = next_block.fetch_add(1)) < grid;) {
+            ctx_init(c, block, smem);
+            for (unsigned t = 0; t < block; ++t) fiber_init(fs[t], c, b, t);
+            seed += b;
+            if (schedule(fs, seed, 10.0) != EMU_OK) return;
+        }
+        stacks_put(fs);
+        delete c;
+    };
+    std::vector<std::thread> others;
+    for (unsigned h = 1; h < hosts; ++h) others.emplace_back(host, h);
+    host(0);
+    for (auto& t : others) t.join();
+    return g_fail.load();
 }
