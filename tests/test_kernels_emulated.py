@@ -2,7 +2,7 @@
 
 CI has no GPU; this is how it still executes every regime of both op families:
 tests/emulator/harness.py compiles the text the loader hands CuPy with g++ (one host
-thread per CUDA thread; barriers, shuffles and shared memory emulated) and routes
+fiber per CUDA thread; barriers, shuffles and shared memory emulated) and routes
 the launch modules' launches into it. It proves indexing, tails, alignment paths,
 the reductions, split-row exchange and in-place safety. It does not prove GPU
 memory ordering or timing: the `gpu` tests do that on a device.

@@ -71,7 +71,7 @@ REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
 NULL = np.uint64(0)  # a null device pointer argument
 
 # Test hook, None in normal use: caps the split regime's chunk (elements) so that
-# short rows reach it (the emulator runs every block as host threads).
+# short rows reach it (the emulator runs every CUDA thread of every block on the CPU).
 SPLIT_MAX_CHUNK: int | None = None
 
 

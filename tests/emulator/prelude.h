@@ -14,7 +14,6 @@
 #include <array>
 #include <algorithm>
 #include <functional>
-#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <chrono>
@@ -233,7 +232,6 @@ static int emu_run(unsigned grid, unsigned block, unsigned smem, bool cooperativ
     if (block % 32) return 2;
     g_fail = EMU_OK;
     unsigned hosts = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
-    if (const char* e = getenv("GS_EMU_HOST_THREADS")) hosts = std::max(1u, std::min(grid, (unsigned)atoi(e)));
     std::atomic<unsigned> next_block{0};
     auto host = [&](unsigned h) {
         t_body = &body;

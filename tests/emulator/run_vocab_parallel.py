@@ -83,7 +83,7 @@ def suites(cp, CE, rng):
     def hard():
         n = 0
         # every option in float32 on short shards; a few on long shards (several tiles)
-        # and in float16/float64 (the emulator starts a host thread per CUDA thread)
+        # and in float16/float64 (the emulator runs every CUDA thread on the CPU)
         for dt in (np.float32, np.float16, np.float64):
             for widths, rows in [([3, 2], 9), ([40, 0, 17, 5], 4), ([1500, 2600], 2), ([4500, 1, 700], 1)]:
                 V = sum(widths)
