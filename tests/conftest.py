@@ -29,9 +29,9 @@ GPU_TEST_MAX_ELEMENTS = int(os.environ.get("GPU_SOFTMAX_TEST_MAX_ELEMENTS", 1 <<
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        # The emulator runs a host thread per CUDA thread: two emulated runs side by side
-        # oversubscribe the cores many times over and each becomes several times slower.
-        # Under `--dist loadgroup` they share one xdist worker, one after the other.
+        # An emulated run keeps every core busy (one host thread per core runs its fibers):
+        # two side by side only compete for the cores. Under `--dist loadgroup` they share
+        # one xdist worker, one after the other.
         if "emulator_build_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("emulator"))
     # The slow tests first, so that no worker starts a minute-long test when the others are done.
