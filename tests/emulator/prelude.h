@@ -51,6 +51,9 @@ thread_local BlockCtx* g_ctx;
 inline void* gs_emu_shared() { return g_ctx->shared; }
 inline void* gs_emu_dyn_shared() { return g_ctx->dyn.data(); }
 
+#if defined(__x86_64__) && !defined(GS_EMU_UCONTEXT)
+// Saves the callee-saved registers on this stack, stores its pointer in *save_sp
+// and resumes the stack at next_sp (swapcontext would add a syscall per switch).
 extern "C" void gs_emu_swap(void** save_sp, void* next_sp);
 asm(R"(
 .text
@@ -77,11 +80,20 @@ gs_emu_swap:
 .size gs_emu_swap, .-gs_emu_swap
 )");
 struct Fiber { void* sp; char* stack; BlockCtx* ctx; unsigned bx, tx; bool done, spun; };
-thread_local Fiber* t_fiber;       // the fiber running now on this host thread
 thread_local void* t_sched_sp;     // the scheduler's saved stack pointer
+inline void gs_emu_to_fiber(Fiber& f) { gs_emu_swap(&t_sched_sp, f.sp); }
+inline void gs_emu_to_sched(Fiber& f) { gs_emu_swap(&f.sp, t_sched_sp); }
+#else
+#include <ucontext.h>
+struct Fiber { ucontext_t uc; char* stack; BlockCtx* ctx; unsigned bx, tx; bool done, spun; };
+thread_local ucontext_t t_sched_uc;
+inline void gs_emu_to_fiber(Fiber& f) { swapcontext(&t_sched_uc, &f.uc); }
+inline void gs_emu_to_sched(Fiber& f) { swapcontext(&f.uc, &t_sched_uc); }
+#endif
+thread_local Fiber* t_fiber;       // the fiber running now on this host thread
 thread_local unsigned long long t_progress;  // barrier arrivals and exits so far
 thread_local const std::function<void()>* t_body;
-inline void gs_emu_yield() { gs_emu_swap(&t_fiber->sp, t_sched_sp); }
+inline void gs_emu_yield() { gs_emu_to_sched(*t_fiber); }
 inline void gs_emu_bar_wait(FBar& b) {
     const unsigned g = b.gen;
     ++t_progress;
@@ -158,19 +170,27 @@ static void stacks_put(std::vector<Fiber>& fs) {
     (*t_body)();
     t_fiber->done = true;
     ++t_progress;
-    void* dead;
-    gs_emu_swap(&dead, t_sched_sp);
+    gs_emu_to_sched(*t_fiber);  // never resumed
     abort();
 }
 static void fiber_init(Fiber& f, BlockCtx* c, unsigned bx, unsigned tx) {
     f.ctx = c; f.bx = bx; f.tx = tx; f.done = false; f.spun = false;
+#if defined(__x86_64__) && !defined(GS_EMU_UCONTEXT)
     uintptr_t top = ((uintptr_t)f.stack + kGuard + kStack) & ~(uintptr_t)15;
     void** sp = (void**)(top - 64);  // six zeroed callee-saved registers, the entry, a null return address
     for (int i = 0; i < 6; ++i) sp[i] = nullptr;
     sp[6] = (void*)&fiber_entry;
     sp[7] = nullptr;
     f.sp = sp;
+#else
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack + kGuard;
+    f.uc.uc_stack.ss_size = kStack;
+    f.uc.uc_link = nullptr;
+    makecontext(&f.uc, (void (*)())&fiber_entry, 0);
+#endif
 }
+
 static void ctx_init(BlockCtx* c, unsigned block, unsigned smem) {
     c->bar = FBar{block, 0, 0};
     c->wbar.assign(block / 32, FBar{32, 0, 0});
@@ -202,7 +222,7 @@ static int schedule(std::vector<Fiber>& fs, unsigned long long seed, double spin
             if (f.done) continue;
             t_fiber = &f; g_ctx = f.ctx; blockIdx = {f.bx, 0, 0}; threadIdx = {f.tx, 0, 0};
             f.spun = false;
-            gs_emu_swap(&t_sched_sp, f.sp);
+            gs_emu_to_fiber(f);
             spun |= f.spun;
             if (f.done) --live;
         }
