@@ -81,3 +81,29 @@ def rng(request):
     request.node.user_properties.append(("seed", seed))
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def host_handover():
+    """The torch bridge's CuPy hand-over with NumPy standing in for CuPy (to_dev, from_dev):
+    bf16 crosses as 16-bit words, as it does through DLPack. For tests that run the
+    bridge's CUDA branch on the CPU."""
+    import types
+
+    torch = pytest.importorskip("torch")
+
+    def to_dev(t):
+        if t is None:
+            return None
+        t = t.detach()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def from_dev(a, dtype):
+        a = np.array(a, order="C")
+        if a.dtype == np.uint16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(dtype).contiguous()
+        return torch.from_numpy(a).to(dtype).contiguous()
+
+    return types.SimpleNamespace(to_dev=to_dev, from_dev=from_dev)

@@ -509,22 +509,8 @@ def test_module_form():
 
 
 @pytest.fixture
-def emulated_torch_cuda(monkeypatch, emulated_launcher):
+def emulated_torch_cuda(monkeypatch, emulated_launcher, host_handover):
     calls = []
-
-    def to_dev(t):
-        if t is None:
-            return None
-        t = t.detach()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
-
-    def from_dev(a, dtype):
-        a = np.array(a, order="C")
-        if a.dtype == np.uint16:
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(dtype).contiguous()
-        return torch.from_numpy(a).to(dtype).contiguous()
 
     real_run = lce.run
 
@@ -535,8 +521,8 @@ def emulated_torch_cuda(monkeypatch, emulated_launcher):
     monkeypatch.setattr(lce, "run", run)
     monkeypatch.setattr(tb, "device_kind", lambda t: "cuda")
     monkeypatch.setattr(tb, "cupy_on", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(tb, "to_cupy", to_dev)
-    monkeypatch.setattr(tb, "from_cupy", from_dev)
+    monkeypatch.setattr(tb, "to_cupy", host_handover.to_dev)
+    monkeypatch.setattr(tb, "from_cupy", host_handover.from_dev)
     monkeypatch.setattr(torch_linear, "_free_device_bytes", lambda device: 1 << 30)
     return calls
 

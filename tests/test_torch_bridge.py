@@ -515,7 +515,7 @@ def test_fake_implementations_agree_with_real_ones():
 
 
 @pytest.fixture
-def emulated_cuda(monkeypatch):
+def emulated_cuda(monkeypatch, host_handover):
     import contextlib
     import dataclasses
 
@@ -533,20 +533,6 @@ def emulated_cuda(monkeypatch):
     def f32_to_words(a):
         t = torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(torch.bfloat16)
         return t.view(torch.int16).numpy().view(np.uint16)
-
-    def to_dev(t):
-        if t is None:
-            return None
-        t = t.detach()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
-
-    def from_dev(a, dtype):
-        a = np.array(a, order="C")
-        if a.dtype == np.uint16:
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(dtype).contiguous()
-        return torch.from_numpy(a).to(dtype).contiguous()
 
     def storage_ok(arr, storage):
         if storage == "bfloat16":
@@ -612,8 +598,8 @@ def emulated_cuda(monkeypatch):
     monkeypatch.setattr(ce_launch, "scale_grad", scale_grad)
     monkeypatch.setattr(bridge, "device_kind", lambda t: "cuda")
     monkeypatch.setattr(bridge, "cupy_on", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(bridge, "to_cupy", to_dev)
-    monkeypatch.setattr(bridge, "from_cupy", from_dev)
+    monkeypatch.setattr(bridge, "to_cupy", host_handover.to_dev)
+    monkeypatch.setattr(bridge, "from_cupy", host_handover.from_dev)
     return calls
 
 
