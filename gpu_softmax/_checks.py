@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .options import REDUCTIONS, CEOptions
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-REDUCTIONS = ("none", "mean", "sum")
 
 
 def result_dtype(dtype: np.dtype) -> np.dtype:
@@ -232,14 +233,20 @@ class CrossEntropyArgs:
     soft: bool  # float target of logits' shape (class probabilities)
     layout: RowLayout  # class axis of logits
     weight: Any
-    ignore_index: int
-    label_smoothing: float
-    reduction: str
-    validate: bool
-    z_loss: float
-    logit_softcap: float | None
+    opts: CEOptions
     grad_output: Any = 1.0
     inplace: bool = False
+
+    # Read-through views of the options, so kernels and references read one name each.
+    ignore_index = property(lambda self: self.opts.ignore_index)
+    label_smoothing = property(lambda self: self.opts.label_smoothing)
+    reduction = property(lambda self: self.opts.reduction)
+    validate = property(lambda self: self.opts.validate)
+    z_loss = property(lambda self: self.opts.z_loss)
+    logit_softcap = property(lambda self: self.opts.logit_softcap)
+
+    def with_options(self, **changes: Any) -> "CrossEntropyArgs":
+        return replace(self, opts=self.opts.replace(**changes))
 
     @property
     def loss_shape(self) -> tuple[int, ...]:
@@ -251,32 +258,17 @@ class CrossEntropyArgs:
         return result_dtype(self.logits.dtype)
 
 
-def _check_number(value: Any, name: str, low: float, high: float, *, closed_high: bool = True) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    ok = low <= v <= high if closed_high else low <= v < high
-    if not ok:
-        hi = "]" if closed_high else ")"
-        raise ValueError(f"{name} must be in [{low}, {high}{hi}, got {value!r}")
-    return v
-
-
 def check_cross_entropy(
     logits: Any,
     target: Any,
     *,
     axis: Any = -1,
     weight: Any = None,
-    ignore_index: Any = -100,
-    label_smoothing: Any = 0.0,
-    reduction: Any = "mean",
-    validate: Any = True,
-    z_loss: Any = 0.0,
-    logit_softcap: Any = None,
     grad_output: Any = None,
     inplace: Any = False,
     logits_strides: tuple[int, ...] | None = None,
+    options: CEOptions | None = None,
+    **option_values: Any,
 ) -> CrossEntropyArgs:
     """Checks for cross_entropy (grad_output=None) and cross_entropy_with_grad.
 
@@ -324,25 +316,13 @@ def check_cross_entropy(
         if weight.shape != (layout.cols,):
             raise ValueError(f"weight has shape {weight.shape}, expected ({layout.cols},): one weight per class")
 
-    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    ls = _check_number(label_smoothing, "label_smoothing", 0.0, 1.0)
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(validate, (bool, np.bool_)):
-        raise TypeError(f"validate must be True or False, got {validate!r}")
+    if options is None:
+        options = CEOptions.checked(**option_values)
+    elif option_values:
+        raise TypeError(f"pass the options either as options= or by name, not both: {sorted(option_values)}")
+    reduction = options.reduction
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"inplace must be True or False, got {inplace!r}")
-    zl = _check_number(z_loss, "z_loss", 0.0, math.inf, closed_high=False)
-    cap = None
-    if logit_softcap is not None:
-        if isinstance(logit_softcap, (bool, np.bool_)) or not isinstance(logit_softcap, numbers.Real):
-            raise TypeError(f"logit_softcap must be a real number or None, got {logit_softcap!r}")
-        cap = float(logit_softcap)
-        if not 0.0 < cap < math.inf:  # one rule, one message (NaN fails it too)
-            raise ValueError(
-                f"logit_softcap must be a positive finite number (or None to turn it off), got {logit_softcap!r}"
-            )
 
     if grad_output is not None:
         if not _is_scalar(grad_output):
@@ -375,12 +355,7 @@ def check_cross_entropy(
         soft=soft,
         layout=layout,
         weight=weight,
-        ignore_index=int(ignore_index),
-        label_smoothing=ls,
-        reduction=reduction,
-        validate=bool(validate),
-        z_loss=zl,
-        logit_softcap=cap,
+        opts=options,
         grad_output=1.0 if grad_output is None else grad_output,
         inplace=bool(inplace),
     )

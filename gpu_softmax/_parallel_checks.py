@@ -20,7 +20,7 @@ FIELDS = ("error", "rows", "width", "vocab_start", "vocab_size", "dtype", "ignor
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 NOT_GIVEN = -1
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-REDUCTIONS = ("none", "mean", "sum")
+from .options import REDUCTIONS
 # compared as they are; the layout fields and the checksums have their own rules
 SAME_EVERYWHERE = {
     "rows": "the number of loss rows (logits' size without the class dim)",

@@ -182,7 +182,7 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
                 str(exc).split("; pass validate=False")[0] + "; gpu_softmax.torch checks targets on CPU "
                 "tensors (on CUDA tensors it does not, to avoid a host sync, and such rows get a NaN loss)"
             ) from None
-        rec = dataclasses.replace(rec, validate=False)  # checked just above
+        rec = rec.with_options(validate=False)  # checked just above
         if not want_grad:
             return _bridge.from_numpy(reference.cross_entropy_checked(rec), logits.dtype), None
         loss, grad = reference.cross_entropy_with_grad_checked(rec)
@@ -198,8 +198,9 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
 
     with _bridge.cupy_on(logits.device):
         rec = dataclasses.replace(
-            a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(_bridge.acc_float(target)),
-            weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=inplace,
+            a.with_options(validate=False), kind="cupy", logits=_bridge.to_cupy(logits),
+            target=_bridge.to_cupy(_bridge.acc_float(target)), weight=_bridge.to_cupy(_bridge.acc_float(weight)),
+            inplace=inplace,
         )
         # The loss comes back in the logits' own storage: no cast after.
         st, loss_st = _bridge.storage(logits), _bridge.storage_name(logits)

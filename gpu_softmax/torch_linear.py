@@ -85,9 +85,9 @@ def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, we
         hc = h[start:stop]
         logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
         rec = dataclasses.replace(
-            opts, kind="numpy", logits=_bridge.to_numpy(logits), target=t[start:stop],
-            layout=_checks.row_layout((stop - start, classes), 1), reduction="none" if none else "sum",
-            validate=False, inplace=grad_on, grad_output=go[start:stop] if per_row_go else go,
+            opts.with_options(reduction="none" if none else "sum", validate=False), kind="numpy",
+            logits=_bridge.to_numpy(logits), target=t[start:stop],
+            layout=_checks.row_layout((stop - start, classes), 1), inplace=grad_on, grad_output=go[start:stop] if per_row_go else go,
         )
         if not grad_on:
             part = reference.cross_entropy_checked(rec)
@@ -134,7 +134,7 @@ def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, w
         rec = dataclasses.replace(
             a, kind="cupy", hidden=_bridge.to_cupy(hidden), weight=_bridge.to_cupy(weight), bias=_bridge.to_cupy(bias),
             target=_bridge.to_cupy(target), chunk_size=chunk,
-            ce=dataclasses.replace(a.ce, kind="cupy", validate=False, grad_output=go),
+            ce=dataclasses.replace(a.ce.with_options(validate=False), kind="cupy", grad_output=go),
         )
         loss, gh, gw, gb = launch.run(rec, wants, storage=_bridge.storage(hidden), free_bytes=free)
         acc = _loss_dtype(hidden)

@@ -162,8 +162,8 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
         _gemm(OP_T, OP_N, classes, rows, feats, w, feats, hc, feats, logits, classes,
               1.0 if b is not None else 0.0, st)
         rec = dataclasses.replace(
-            opts, kind="cupy", logits=logits, target=t[start:stop], layout=_checks.row_layout((rows, classes), 1),
-            reduction="none" if none else "sum", validate=False, inplace=grad_on,
+            opts.with_options(reduction="none" if none else "sum", validate=False), kind="cupy", logits=logits,
+            target=t[start:stop], layout=_checks.row_layout((rows, classes), 1), inplace=grad_on,
             grad_output=go[start:stop] if per_row_go else go,
         )
         if not grad_on:
