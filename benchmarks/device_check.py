@@ -198,8 +198,8 @@ def step_command(name: str, args, sanitizer: str | None, bench_dir: Path) -> lis
         cmd += [] if args.full_bench else ["--quick"]
         return cmd + (["--no-compile"] if args.skip_compile else [])
     if name == "vocab_parallel":
-        return [py, "-c", "import json, sys; from gpu_softmax import bench; "
-                          "json.dump(bench.vocab_parallel_rows([(4096, 128256)]), sys.stdout, default=float)"]
+        return [py, "-c", "import json, sys; from gpu_softmax.bench.vocab_parallel import vocab_parallel_rows; "
+                          "json.dump(vocab_parallel_rows([(4096, 128256)]), sys.stdout, default=float)"]
     raise ValueError(name)
 
 
@@ -249,10 +249,10 @@ def record_step(doc: dict, name: str, res: dict, bench_dir: Path) -> None:
 
 
 def write(doc: dict, stem: str, log_path: Path) -> list[Path]:
-    from gpu_softmax import bench
+    from gpu_softmax.bench.report import write_results
 
     doc["total_seconds"] = round(time.perf_counter() - T_START, 1)
-    paths = bench.write_results(doc, RESULTS_DIR, stem) if doc.get("rows") else []
+    paths = write_results(doc, RESULTS_DIR, stem) if doc.get("rows") else []
     if not paths:  # no bench rows yet: the JSON alone
         p = RESULTS_DIR / f"{stem}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +284,8 @@ def main(argv=None) -> int:
     if args.test_timeout:
         STEP_LIMITS_S["tests"] = args.test_timeout
 
-    from gpu_softmax import bench
     from gpu_softmax._cuda.info import backend_info, gpu_status
+    from gpu_softmax.bench import identity, report
 
     print("\n=== device ===", flush=True)
     ok, reason = gpu_status()
@@ -300,10 +300,10 @@ def main(argv=None) -> int:
     device = info["devices"][0]["name"]
     doc: dict = {
         "device": device, "backend": "cuda", "date": time.strftime("%Y-%m-%d"),
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **bench.source_identity(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **identity.source_identity(),
         "cupy": info["cupy"], "cuda": {"runtime": info["cuda_runtime"], "driver": info["cuda_driver"],
                                        "nvrtc": info["nvrtc"]},
-        "device_info": bench.device_info(), "baselines_present": info["baselines"], "steps": {}, "rows": [],
+        "device_info": identity.device_info(), "baselines_present": info["baselines"], "steps": {}, "rows": [],
     }
     stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-')}-{doc['date']}"
     log_path = RESULTS_DIR / f"{stem}-device_check.log"
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     except BaseException as exc:  # never lose the results over the summary
         print(f"summarize failed: {type(exc).__name__}: {exc}")
     paths = write(doc, stem, log_path)
-    print(bench.markdown_table(doc) if doc.get("rows") else "(no benchmark rows)")
+    print(report.markdown_table(doc) if doc.get("rows") else "(no benchmark rows)")
     print(closing_line(doc))
     print("wrote " + ", ".join(str(p) for p in paths + [log_path]))
     return 1 if failed(doc) else 0

@@ -11,7 +11,7 @@ GPU (or with ``--fake-cupy``) CuPy is replaced by a NumPy-backed stand-in, whose
 with real CuPy arrays (still stubbed launches) gives the number to report, and the
 benchmark adds the empty-kernel launch time it measures itself.
 
-``measure()`` returns {case: microseconds per call}; the benchmark (bench.py) can
+``measure()`` returns {case: microseconds per call}; the benchmark (gpu_softmax/bench/) can
 import and call it.
 """
 

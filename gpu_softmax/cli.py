@@ -47,11 +47,11 @@ def _parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
 
 def cmd_info(args) -> int:
     import gpu_softmax
-    from gpu_softmax import bench
     from gpu_softmax._cuda.info import torch_bridge_status
+    from gpu_softmax.bench.identity import package_versions
 
     info = gpu_softmax.backend_info()
-    info["baseline_versions"] = bench.package_versions()
+    info["baseline_versions"] = package_versions()
     # Whether the bridge imports, not whether its file exists (it needs torch).
     bridge_ok, info["torch_bridge"] = torch_bridge_status()
     info["baseline_versions"]["gpu_softmax.torch"] = info["baseline_versions"]["torch"] if bridge_ok else None
@@ -78,54 +78,53 @@ def _split(text: str | None) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from gpu_softmax import bench
     from gpu_softmax._cuda.info import gpu_status, install_hint
+    from gpu_softmax.bench import cases, estimate, report, runner
 
     ops = _split(args.op)
-    unknown = [o for o in ops if o not in bench.OPS]
+    unknown = [o for o in ops if o not in cases.OPS]
     if unknown:
-        raise SystemExit(f"unknown --op {unknown}; choose from {', '.join(bench.OPS)}")
+        raise SystemExit(f"unknown --op {unknown}; choose from {', '.join(cases.OPS)}")
     dtypes = _split(args.dtype)
     for d in dtypes:
-        if d not in bench.DTYPES:
-            raise SystemExit(f"unknown --dtype {d!r}; choose from {', '.join(bench.DTYPES)}")
+        if d not in cases.DTYPES:
+            raise SystemExit(f"unknown --dtype {d!r}; choose from {', '.join(cases.DTYPES)}")
     skip = _split(args.skip)
-    bad = [s for s in skip if s not in bench.BASELINE_IMPLS + ("gpu_softmax.torch",)]
+    bad = [s for s in skip if s not in cases.BASELINE_IMPLS + ("gpu_softmax.torch",)]
     if bad:
-        raise SystemExit(f"unknown --skip {bad}; choose from {', '.join(bench.BASELINE_IMPLS)}, gpu_softmax.torch")
+        raise SystemExit(f"unknown --skip {bad}; choose from {', '.join(cases.BASELINE_IMPLS)}, gpu_softmax.torch")
     if args.no_compile:
         skip.append("torch.compile")
     shapes = _parse_shapes(args.shapes)
     if args.reps is not None and args.reps < 1:
         raise SystemExit("--reps must be at least 1")
     if args.dry_run:  # the GPU plan and what it should cost, whatever this machine has
-        cases = (bench.plan(ops or bench.DEFAULT_OPS, dtypes or bench.DEFAULT_DTYPES, shapes, args.quick, "cuda")
-                 if (ops or dtypes or shapes) else bench.default_cases(args.quick, "cuda"))
-        present = () if args.no_baselines else tuple(b for b in bench.BASELINE_IMPLS if b not in skip)
-        print(bench.format_estimate(bench.estimate(cases, args.reps, args.quick, present), cases))
+        plan = cases.chosen_cases(ops, dtypes, shapes, args.quick, "cuda")
+        present = () if args.no_baselines else tuple(b for b in cases.BASELINE_IMPLS if b not in skip)
+        print(estimate.format_estimate(estimate.estimate(plan, args.reps, args.quick, present), plan))
         return 0
 
     print(_backend_banner(), flush=True)
     backend = "cuda" if gpu_status()[0] else "numpy"
     if backend == "numpy":
         print("No GPU: timing the NumPy reference on the CPU on small shapes instead (rows labelled "
-              f"{bench.REFERENCE_IMPL!r}; these are not GPU numbers).", flush=True)
+              f"{cases.REFERENCE_IMPL!r}; these are not GPU numbers).", flush=True)
     progress = _progress()
     try:
-        doc = bench.run(ops, dtypes, shapes, quick=args.quick, backend=backend, progress=progress,
+        doc = runner.run(ops, dtypes, shapes, quick=args.quick, backend=backend, progress=progress,
                         with_baselines=not args.no_baselines, skip_impls=tuple(skip), reps=args.reps,
                         budget_s=args.budget)
     finally:
         progress.close()
-    paths = bench.write_results(doc, Path(args.out))
+    paths = report.write_results(doc, Path(args.out))
     _print_table(doc)
     for note in doc.get("notes", []):
         print(f"skipped: {note}")
-    why = bench.no_plot_reason(doc)
+    why = report.no_plot_reason(doc)
     if why:
         print(f"no plot: {why}")
     print("wrote " + ", ".join(str(p) for p in paths))
-    print(f"elapsed {doc['elapsed_s']:.1f} s" + (f"; {bench.compile_summary(doc)}" if doc.get("compile_seconds") else ""))
+    print(f"elapsed {doc['elapsed_s']:.1f} s" + (f"; {report.compile_summary(doc)}" if doc.get("compile_seconds") else ""))
     if doc["backend"] == "numpy":
         print(f"note: these rows timed the NumPy reference on the CPU, not GPU kernels; {install_hint()}")
     bad_rows = [r for r in doc["rows"] if r["matched"] is False]
@@ -136,25 +135,26 @@ def cmd_bench(args) -> int:
 
 def _print_table(doc: dict) -> None:
     """The results on the terminal: a rich table when rich is installed, markdown otherwise."""
-    from gpu_softmax import bench
+    from gpu_softmax.bench.goals import evaluate_goals
+    from gpu_softmax.bench.report import markdown_table, table
 
     try:
         from rich.console import Console
         from rich.table import Table
     except Exception:
-        print(bench.markdown_table(doc))
+        print(markdown_table(doc))
         return
     console = Console(width=None if sys.stdout.isatty() else 220)
     t = Table(title=f"{doc.get('device')} ({doc.get('backend')} backend), copy {doc.get('copy_gbps', 0):.1f} GB/s, "
                     f"read {doc.get('read_gbps', 0):.1f} GB/s")
-    header, cells_all = bench.table(doc)  # without the columns no row fills
+    header, cells_all = table(doc)  # without the columns no row fills
     for h in header:
         t.add_column(h, overflow="fold")
     for r, cells in zip(doc["rows"], cells_all):
         style = "red" if r["matched"] is False else ("bold" if r["impl"] == "gpu_softmax" else None)
         t.add_row(*cells, style=style)
     console.print(t)
-    goals = bench.evaluate_goals(doc) if doc.get("backend") == "cuda" else []
+    goals = evaluate_goals(doc) if doc.get("backend") == "cuda" else []
     if goals:
         g = Table(title="goals")
         for h in ("goal", "op", "dtype", "shape", "ours", "target", "met"):
@@ -287,10 +287,10 @@ def cmd_compile_check(args) -> int:
 
 
 def _shapes_help() -> str:
-    from gpu_softmax import bench
+    from gpu_softmax.bench.cases import default_shapes
 
     def fmt(op: str, backend: str) -> str:
-        return ", ".join(f"{r}x{c}" for r, c in bench.default_shapes(op, backend, quick=False))
+        return ", ".join(f"{r}x{c}" for r, c in default_shapes(op, backend, quick=False))
 
     return ("comma-separated ROWSxCOLS, each a 2-D input of ROWS rows of COLS classes (softmax over COLS), "
             f"e.g. 4096x32768,8x262144. Default on a GPU: the performance goals' shapes, {fmt('softmax', 'cuda')} "

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_softmax import bench
+from dataclasses import asdict
+
+from gpu_softmax.bench import (baselines, cases, check, estimate, goals, identity, inputs, plot, report, runner,
+                                timing, vocab_parallel, warmup)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -32,36 +35,36 @@ HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 def test_op_bytes_counts_inputs_once_and_outputs_once():
     r, c = 4, 1000
     n4 = r * c * 4
-    assert bench.op_bytes("softmax", r, c, 4) == 2 * n4
-    assert bench.op_bytes("log_softmax", r, c, 4) == 2 * n4
-    assert bench.op_bytes("logsumexp", r, c, 4) == n4 + 4 * r
-    assert bench.op_bytes("logsumexp", r, c, 8) == 2 * n4 + 8 * r
-    assert bench.op_bytes("softmax_backward", r, c, 2) == 3 * r * c * 2
-    assert bench.op_bytes("cross_entropy", r, c, 2) == r * c * 2 + 8 * r
-    assert bench.op_bytes("cross_entropy_with_grad", r, c, 4) == 2 * n4 + 8 * r
-    assert bench.itemsize("bfloat16") == 2 and bench.itemsize("float64") == 8
+    assert cases.op_bytes("softmax", r, c, 4) == 2 * n4
+    assert cases.op_bytes("log_softmax", r, c, 4) == 2 * n4
+    assert cases.op_bytes("logsumexp", r, c, 4) == n4 + 4 * r
+    assert cases.op_bytes("logsumexp", r, c, 8) == 2 * n4 + 8 * r
+    assert cases.op_bytes("softmax_backward", r, c, 2) == 3 * r * c * 2
+    assert cases.op_bytes("cross_entropy", r, c, 2) == r * c * 2 + 8 * r
+    assert cases.op_bytes("cross_entropy_with_grad", r, c, 4) == 2 * n4 + 8 * r
+    assert cases.itemsize("bfloat16") == 2 and cases.itemsize("float64") == 8
 
 
 def test_plan_uses_goal_shapes_on_gpu_and_small_ones_on_cpu():
-    gpu = bench.plan(["softmax", "cross_entropy_with_grad"], ["float32"], None, quick=False, backend="cuda")
+    gpu = cases.plan(["softmax", "cross_entropy_with_grad"], ["float32"], None, quick=False, backend="cuda")
     assert (("softmax", "float32", (1, 1048576)) in gpu) and (("cross_entropy_with_grad", "float32", (4096, 128256)) in gpu)
-    cpu = bench.plan(["softmax"], ["float32", "float16"], None, quick=True, backend="numpy")
-    assert cpu == [("softmax", d, s) for d in ("float32", "float16") for s in bench.QUICK_CPU_SHAPES]
-    assert bench.plan(["logsumexp"], ["float64"], [(3, 5)], quick=False, backend="cuda") == [("logsumexp", "float64", (3, 5))]
+    cpu = cases.plan(["softmax"], ["float32", "float16"], None, quick=True, backend="numpy")
+    assert cpu == [("softmax", d, s) for d in ("float32", "float16") for s in cases.QUICK_CPU_SHAPES]
+    assert cases.plan(["logsumexp"], ["float64"], [(3, 5)], quick=False, backend="cuda") == [("logsumexp", "float64", (3, 5))]
 
 
 def test_rotating_buffers_cover_twice_l2():
     l2 = 50 << 20
     for set_bytes in (1 << 20, 4 << 20, 32 << 20, 1 << 30):
-        n = bench._n_arg_sets(l2, set_bytes)
+        n = inputs.n_arg_sets(l2, set_bytes)
         assert n >= 2
         assert n * set_bytes >= 2 * l2 or n == 64
-    assert bench._n_arg_sets(0, 100) == 1
+    assert inputs.n_arg_sets(0, 100) == 1
 
 
 def _doc(**kw):
     kw.setdefault("progress", None)
-    return bench.run(["softmax", "cross_entropy_with_grad"], ["float32"], [(8, 300)], backend="numpy",
+    return runner.run(["softmax", "cross_entropy_with_grad"], ["float32"], [(8, 300)], backend="numpy",
                      bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, **kw)
 
 
@@ -71,9 +74,9 @@ def test_run_numpy_rows():
     assert {"date", "time_utc", "device", "rows", "notes", "versions", "timing"} <= set(doc)
     assert len(doc["rows"]) == 2
     for r in doc["rows"]:
-        assert r["impl"] == bench.REFERENCE_IMPL and r["backend"] == "numpy"
+        assert r["impl"] == cases.REFERENCE_IMPL and r["backend"] == "numpy"
         assert r["ms"] > 0 and r["ms_p10"] <= r["ms"] <= r["ms_p90"]
-        assert r["bytes"] == bench.op_bytes(r["op"], 8, 300, 4)
+        assert r["bytes"] == cases.op_bytes(r["op"], 8, 300, 4)
         assert math.isclose(r["gbps"], r["bytes"] / r["ms"] / 1e6)
         assert math.isclose(r["pct_copy"], 10 * r["gbps"]) and math.isclose(r["pct_read"], 5 * r["gbps"])
         assert r["peak_mem_bytes"] is None  # measured on the GPU only
@@ -94,7 +97,7 @@ def test_progress_gets_total_then_each_case():
 
 
 def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
-    real = bench.implementations
+    real = baselines.implementations
 
     def fake(op, dtype, backend, with_baselines=True, skip_impls=()):
         impls, notes = real(op, dtype, backend, with_baselines, skip_impls)
@@ -103,7 +106,7 @@ def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
             raise RuntimeError("baseline exploded")
 
         def slower(*args):
-            out = impls[bench.REFERENCE_IMPL](*args)
+            out = impls[cases.REFERENCE_IMPL](*args)
             sum(range(20000))
             return out
 
@@ -111,15 +114,15 @@ def test_failing_or_missing_baseline_never_fails_the_run(monkeypatch):
         notes["quack"] = "QuACK not installed (ModuleNotFoundError)"
         return impls, notes
 
-    monkeypatch.setattr(bench, "implementations", fake)
+    monkeypatch.setattr(baselines, "implementations", fake)
     doc = _doc()
     rows = {(r["op"], r["impl"]): r for r in doc["rows"]}
     assert "RuntimeError: baseline exploded" in rows[("softmax", "torch")]["note"]
     assert math.isnan(rows[("softmax", "torch")]["ms"])
-    ours = rows[("softmax", bench.REFERENCE_IMPL)]
+    ours = rows[("softmax", cases.REFERENCE_IMPL)]
     assert set(ours["speedup"]) == {"cupyx"} and ours["speedup"]["cupyx"] > 0
     assert "quack: QuACK not installed (ModuleNotFoundError)" in doc["notes"]
-    md = bench.markdown_table(doc)
+    md = report.markdown_table(doc)
     assert "baseline exploded" in md and "| softmax | cupyx | float32 | 8x300 |" in md
 
 
@@ -133,36 +136,36 @@ def test_implementation_factories_never_raise(monkeypatch):
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
     monkeypatch.setitem(sys.modules, "quack", types.ModuleType("quack"))
-    for op in bench.OPS:
-        for dtype in bench.DTYPES:
-            impls, notes = bench.implementations(op, dtype, "cuda")
-            assert set(impls) | set(notes) <= set(bench.IMPLS)
+    for op in cases.OPS:
+        for dtype in cases.DTYPES:
+            impls, notes = baselines.implementations(op, dtype, "cuda")
+            assert set(impls) | set(notes) <= set(cases.IMPLS)
             assert all(isinstance(v, str) and v for v in notes.values())
-            if dtype not in bench.TORCH_ONLY_DTYPES:
+            if dtype not in cases.TORCH_ONLY_DTYPES:
                 assert "gpu_softmax" in impls
             else:
                 assert "gpu_softmax" in impls or "gpu_softmax" in notes
             assert "quack" in notes or "quack" in impls
     if importlib.util.find_spec("torch") is None:
-        impls, notes = bench.implementations("cross_entropy", "float32", "cuda")
+        impls, notes = baselines.implementations("cross_entropy", "float32", "cuda")
         assert "torch" in notes and "liger" in notes  # liger needs torch tensors
-    impls, notes = bench.implementations("softmax", "float32", "cuda", skip_impls=("torch", "cupyx"))
+    impls, notes = baselines.implementations("softmax", "float32", "cuda", skip_impls=("torch", "cupyx"))
     assert "torch" not in impls and "torch" not in notes and "cupyx" not in impls
 
 
 def test_bfloat16_without_gpu_is_a_skipped_row():
-    doc = bench.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    doc = runner.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
     (row,) = doc["rows"]
     assert row["dtype"] == "bfloat16" and row["note"].startswith("skipped:") and math.isnan(row["ms"])
     assert any("bfloat16" in n for n in doc["notes"])
 
 
 def test_peak_memory_without_gpu_is_none():
-    assert bench.peak_memory_bytes(lambda: None, ()) is None
+    assert timing.peak_memory_bytes(lambda: None, ()) is None
 
 
 def test_package_versions_lists_every_baseline():
-    v = bench.package_versions()
+    v = identity.package_versions()
     assert {"torch", "triton", "cupyx", "liger_kernel", "quack", "gpu_softmax.torch", "matplotlib"} <= set(v)
     import importlib.util
 
@@ -176,11 +179,11 @@ def _gpu_doc(device="NVIDIA H100 80GB HBM3", date="2026-11-26", ms=1.0, torch_ms
     rows = []
 
     def row(op, impl, dtype, shape, ms_, **kw):
-        nbytes = bench.op_bytes(op, *shape, bench.itemsize(dtype))
+        nbytes = cases.op_bytes(op, *shape, cases.itemsize(dtype))
         gbps = nbytes / ms_ / 1e6
-        r = bench.Row(op, impl, dtype, list(shape), ms_, ms_ * 0.99, ms_ * 1.01, gbps, 100 * gbps / copy_gbps,
+        r = cases.Row(op, impl, dtype, list(shape), ms_, ms_ * 0.99, ms_ * 1.01, gbps, 100 * gbps / copy_gbps,
                       "cuda", pct_read=100 * gbps / read_gbps, bytes=nbytes, **kw)
-        return bench.asdict(r)
+        return asdict(r)
 
     shape = (4096, 128256)
     ours_ms = 2 * 4096 * 128256 * 4 / (0.9 * copy_gbps * 1e6) * ms  # 90% of copy when ms == 1
@@ -190,7 +193,7 @@ def _gpu_doc(device="NVIDIA H100 80GB HBM3", date="2026-11-26", ms=1.0, torch_ms
     slow = 2 * 4096 * 32768 * 2 / (0.5 * copy_gbps * 1e6)  # 50% of copy
     rows.append(row("softmax", "gpu_softmax", "float16", (4096, 32768), slow, matched=True))
     rows.append(row("softmax", "gpu_softmax", "float32", (64, 1000), 0.01, matched=True))  # not a goal shape
-    failed = bench.asdict(bench.Row("softmax", "gpu_softmax", "float32", [8, 262144], math.nan, math.nan, math.nan,
+    failed = asdict(cases.Row("softmax", "gpu_softmax", "float32", [8, 262144], math.nan, math.nan, math.nan,
                                     math.nan, None, "cuda", note="RuntimeError: boom"))
     rows.append(failed)
     return {"backend": "cuda", "device": device, "date": date, "time_utc": f"{date}T01:00:00Z", "commit": "abc123def456",
@@ -199,20 +202,20 @@ def _gpu_doc(device="NVIDIA H100 80GB HBM3", date="2026-11-26", ms=1.0, torch_ms
 
 
 def test_evaluate_goals():
-    goals = {(g["op"], g["dtype"], tuple(g["shape"]), g["metric"]): g for g in bench.evaluate_goals(_gpu_doc())}
-    ce = goals[("cross_entropy_with_grad", "float32", (4096, 128256), "pct_copy")]
+    by_case = {(g["op"], g["dtype"], tuple(g["shape"]), g["metric"]): g for g in goals.evaluate_goals(_gpu_doc())}
+    ce = by_case[("cross_entropy_with_grad", "float32", (4096, 128256), "pct_copy")]
     assert ce["met"] is True and ce["target"] == 85.0 and abs(ce["value"] - 90.0) < 0.01
-    assert goals[("cross_entropy_with_grad", "float32", (4096, 128256), "speedup:torch")]["met"] is True
-    sm = goals[("softmax", "float16", (4096, 32768), "pct_copy")]
+    assert by_case[("cross_entropy_with_grad", "float32", (4096, 128256), "speedup:torch")]["met"] is True
+    sm = by_case[("softmax", "float16", (4096, 32768), "pct_copy")]
     assert sm["met"] is False and abs(sm["value"] - 50.0) < 0.01
-    assert goals[("softmax", "float32", (8, 262144), "pct_copy")]["met"] is None  # no number: n/a
-    assert not any(k[2] == (64, 1000) for k in goals)
-    slow = {(g["op"], g["metric"]): g for g in bench.evaluate_goals(_gpu_doc(torch_ms=1.5))}
+    assert by_case[("softmax", "float32", (8, 262144), "pct_copy")]["met"] is None  # no number: n/a
+    assert not any(k[2] == (64, 1000) for k in by_case)
+    slow = {(g["op"], g["metric"]): g for g in goals.evaluate_goals(_gpu_doc(torch_ms=1.5))}
     assert slow[("cross_entropy_with_grad", "speedup:torch")]["met"] is False
 
 
 def test_markdown_of_a_gpu_run_has_goals_and_memory():
-    md = bench.markdown_table(_gpu_doc())
+    md = report.markdown_table(_gpu_doc())
     assert "## Goals" in md and "**no**" in md and "| n/a |" in md
     assert "2048 MiB" in md and "6144 MiB" in md  # peak memory of ours and of torch
     assert "| cross_entropy_with_grad | gpu_softmax | float32 | 4096x128256 |" in md
@@ -220,7 +223,7 @@ def test_markdown_of_a_gpu_run_has_goals_and_memory():
 
 def test_write_results_files(tmp_path):
     doc = _gpu_doc()
-    paths = bench.write_results(doc, tmp_path, "gpu-x")
+    paths = report.write_results(doc, tmp_path, "gpu-x")
     names = {p.name for p in paths}
     assert {"gpu-x.json", "gpu-x.md"} <= names
     assert json.loads((tmp_path / "gpu-x.json").read_text())["rows"][0]["peak_mem_bytes"] == 2 << 30
@@ -234,7 +237,7 @@ def test_write_results_files(tmp_path):
 
 
 def test_nan_rows_survive_json(tmp_path):
-    bench.write_results(_gpu_doc(), tmp_path)
+    report.write_results(_gpu_doc(), tmp_path)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert any(r["note"] == "RuntimeError: boom" and r["ms"] != r["ms"] for r in rows)
 
@@ -250,7 +253,7 @@ def test_summarize_without_runs(tmp_path):
     (tmp_path / "results").mkdir()
     assert summarize.section(tmp_path / "results") == summarize.NO_RUN + "\n"
     # A CPU run of `gpu-softmax bench` is not a GPU run.
-    cpu = bench.run(["softmax"], ["float32"], [(4, 50)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    cpu = runner.run(["softmax"], ["float32"], [(4, 50)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
     (tmp_path / "results" / "cpu.json").write_text(json.dumps(cpu, default=float))
     (tmp_path / "results" / "junk.json").write_text("{not json")
     assert summarize.section(tmp_path / "results") == summarize.NO_RUN + "\n"
@@ -296,12 +299,12 @@ def test_committed_benchmarks_readme_is_current():
 def test_results_docs_are_json_safe():
     doc = copy.deepcopy(_gpu_doc())
     doc["rows"][0]["peak_mem_bytes"] = np.int64(5)
-    json.loads(json.dumps(doc, default=bench._json_default))
+    json.loads(json.dumps(doc, default=report.json_default))
 
 
 @pytest.mark.gpu
 def test_vocab_parallel_rows_time_one_rank_against_one_gpu(cp):
-    rows = bench.vocab_parallel_rows([(64, 1000)], ranks=(2, 4), reps=3)
+    rows = vocab_parallel.vocab_parallel_rows([(64, 1000)], ranks=(2, 4), reps=3)
     assert [r["impl"] for r in rows] == ["gpu_softmax (1 GPU, full V)", "gpu_softmax (per rank, P=2)",
                                           "gpu_softmax (per rank, P=4)"]
     assert [r["shape"] for r in rows] == [[64, 1000], [64, 500], [64, 250]]
@@ -316,29 +319,29 @@ def test_vocab_parallel_rows_time_one_rank_against_one_gpu(cp):
 
 def test_cpu_rows_say_numpy_reference_and_empty_columns_are_dropped():
     doc = _doc()
-    md = bench.markdown_table(doc)
+    md = report.markdown_table(doc)
     header = next(ln for ln in md.splitlines() if ln.startswith("| op |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols == ["op", "impl", "dtype", "shape", "median ms", "p10-p90 ms", "GB/s", "% copy"]
-    assert "gpu_softmax |" not in md and f"| {bench.REFERENCE_IMPL} |" in md and "not GPU numbers" in md
+    assert "gpu_softmax |" not in md and f"| {cases.REFERENCE_IMPL} |" in md and "not GPU numbers" in md
     for line in md.splitlines():
         if line.startswith("| softmax"):
             assert all(cell.strip() for cell in line.strip("|").split("|")), line
 
 
 def test_gpu_tables_keep_call_and_kernel_time():
-    header, cells = bench.table(_gpu_doc())
+    header, cells = report.table(_gpu_doc())
     assert {"kernel ms", "GB/s", "matched ref", "speed-up", "peak mem", "note"} <= set(header)
     assert "host overhead us" not in header  # no row fills it
 
 
 def test_why_no_plot(monkeypatch):
-    skipped = bench.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    skipped = runner.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
     if HAVE_MPL:
-        assert bench.no_plot_reason(skipped).startswith("no row has a timing")
-        assert bench.no_plot_reason(_doc()) is None
+        assert plot.no_plot_reason(skipped).startswith("no row has a timing")
+        assert plot.no_plot_reason(_doc()) is None
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert bench.no_plot_reason(_doc()).startswith("matplotlib is not installed")
+    assert plot.no_plot_reason(_doc()).startswith("matplotlib is not installed")
 
 
 def test_cli_without_gpu_says_why_no_plot(tmp_path, capsys):
@@ -377,17 +380,17 @@ def test_time_budget_stops_new_cases():
 
 
 def test_estimates_fit_the_goals():
-    quick = bench.estimate(bench.QUICK_PLAN, quick=True)
-    full = bench.estimate(bench.FULL_PLAN, quick=False)
+    quick = estimate.estimate(cases.QUICK_PLAN, quick=True)
+    full = estimate.estimate(cases.FULL_PLAN, quick=False)
     assert quick["total_s"] <= 60, quick["seconds"]
     assert full["total_s"] <= 300, full["seconds"]
     # the plan's own budgets stop it within its goal even where the estimate is wrong
-    assert bench.BUDGET_S["quick"] <= 55 and bench.BUDGET_S["full"] <= 285
+    assert cases.BUDGET_S["quick"] <= 55 and cases.BUDGET_S["full"] <= 285
     # counted, not assumed: more dtypes mean more torch.compile graphs, longer rows more Liger kernels
-    more = bench.estimate(bench.QUICK_PLAN + [("softmax", "float16", (4096, 32768))], quick=True)
+    more = estimate.estimate(cases.QUICK_PLAN + [("softmax", "float16", (4096, 32768))], quick=True)
     assert more["torch_compile_graphs"] == quick["torch_compile_graphs"] + 1 and more["total_s"] > quick["total_s"]
     assert quick["torch_compile_graphs"] == 2  # one per (op, dtype): shapes share a dynamic graph
-    assert bench.estimate(bench.QUICK_PLAN, baselines=())["total_s"] < quick["total_s"]
+    assert estimate.estimate(cases.QUICK_PLAN, baselines=())["total_s"] < quick["total_s"]
 
 
 def test_dry_run_prints_the_plan_and_estimate(capsys):
@@ -405,18 +408,18 @@ def test_dry_run_prints_the_plan_and_estimate(capsys):
 
 def test_sample_rows():
     rng = np.random.default_rng(0)
-    assert bench.sample_rows(5, rng) == [0, 1, 2, 3, 4]
-    s = bench.sample_rows(4096, rng)
-    assert s[0] == 0 and s[-1] == 4095 and len(s) == bench.SAMPLE_ROWS == len(set(s)) and s == sorted(s)
+    assert check.sample_rows(5, rng) == [0, 1, 2, 3, 4]
+    s = check.sample_rows(4096, rng)
+    assert s[0] == 0 and s[-1] == 4095 and len(s) == cases.SAMPLE_ROWS == len(set(s)) and s == sorted(s)
 
 
 @pytest.mark.parametrize("op", ["softmax", "logsumexp", "log_softmax_backward", "cross_entropy",
                                 "cross_entropy_with_grad"])
 def test_check_sampled_passes_ours_and_catches_a_bad_row(op):
     rng = np.random.default_rng(1)
-    args = bench._make_inputs(np, op, 300, 257, "float32", rng)
-    fn = bench._ours_for_check(op, "float32")
-    ok, err, why = bench.check_sampled(op, "float32", fn, args, rng)
+    args = inputs.make_inputs(np, op, 300, 257, "float32", rng)
+    fn = baselines.ours_for_check(op, "float32")
+    ok, err, why = check.check_sampled(op, "float32", fn, args, rng)
     assert ok and err < 1e-5 and why == ""
 
     def broken(*a):  # right everywhere but in the last row (always sampled)
@@ -425,7 +428,7 @@ def test_check_sampled_passes_ours_and_catches_a_bad_row(op):
         target[-1] = target[-1] * 1.01 + 0.01
         return out
 
-    ok, err, why = bench.check_sampled(op, "float32", broken, args, rng)
+    ok, err, why = check.check_sampled(op, "float32", broken, args, rng)
     assert not ok and "off" in why
 
 
@@ -463,8 +466,8 @@ def _fake_cupy():
 
 def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
-    monkeypatch.setattr(bench, "_timer_kernel", lambda name: (lambda grid, block, args: None))
-    monkeypatch.setattr(bench, "device_info", lambda: {"devices": []})
+    monkeypatch.setattr(timing, "_timer_kernel", lambda name: (lambda grid, block, args: None))
+    monkeypatch.setattr(identity, "device_info", lambda: {"devices": []})
 
     class Warm:
         errors = {}
@@ -472,11 +475,11 @@ def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
         def wait(self):
             return 1.5
 
-    monkeypatch.setattr(bench, "KernelWarmup", Warm)
-    cases = [("softmax", "float32", (16, 300)), ("cross_entropy_with_grad", "float32", (16, 300))]
+    monkeypatch.setattr(warmup, "KernelWarmup", Warm)
+    planned = [("softmax", "float32", (16, 300)), ("cross_entropy_with_grad", "float32", (16, 300))]
     more = [("log_softmax_backward", "float16", (16, 300)), ("cross_entropy", "float32", (16, 300))]
-    doc = bench.run(cases=cases + more, backend="cuda", bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, reps=4,
-                    skip_impls=("cupyx",))
+    doc = runner.run(cases=planned + more, backend="cuda", bandwidth={"copy_gbps": 10.0, "read_gbps": 20.0}, reps=4,
+                     skip_impls=("cupyx",))
     extra = [r for r in doc["rows"] if r["impl"] == "gpu_softmax" and r["kind"] == "timing" and r["op"] in
              ("log_softmax_backward", "cross_entropy")]
     assert [r["matched"] for r in extra] == [True, True], extra
@@ -498,9 +501,9 @@ def test_gpu_code_path_runs_with_a_stand_in(monkeypatch):
         bridge = [r for r in doc["rows"] if r["impl"] == "gpu_softmax.torch" and r["kind"] == "timing"]
         assert bridge and bridge[0]["ms"] == bridge[0]["ms"], bridge
         assert "gpu_softmax.torch" in ce["speedup"]
-    md = bench.markdown_table(doc)
+    md = report.markdown_table(doc)
     assert "| kernel ms |" in md and "| call ms |" in md and "host overhead us" in md
-    assert not bench.evaluate_goals(doc)  # no goal shape here; overhead rows never count
+    assert not goals.evaluate_goals(doc)  # no goal shape here; overhead rows never count
 
 
 @pytest.mark.parametrize("op", ["softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad"])
@@ -509,6 +512,31 @@ def test_check_sampled_on_bfloat16_torch_rows(op):
     rng = np.random.default_rng(2)
     x = (torch.randn(40, 300) * 3).bfloat16()
     args = (x,) if not op.startswith("cross_entropy") else (x, torch.randint(0, 300, (40,)))
-    fn = bench._ours_for_check(op, "bfloat16")  # the torch bridge: statistics come back in bfloat16
-    ok, err, why = bench.check_sampled(op, "bfloat16", fn, args, rng)
+    fn = baselines.ours_for_check(op, "bfloat16")  # the torch bridge: statistics come back in bfloat16
+    ok, err, why = check.check_sampled(op, "bfloat16", fn, args, rng)
     assert ok, why
+
+
+def test_one_adapter_shape_derives_the_training_step_from_the_forward_loss():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    calls = []
+
+    def forward(op):
+        calls.append(op)
+        return (lambda x, t: F.cross_entropy(x, t, reduction="none")) if op == "cross_entropy" else None
+
+    fake = baselines.Adapter("fake", "FakeLib", "math", forward)
+    step, why = baselines.resolve(fake, "cross_entropy_with_grad")
+    assert why == "" and calls == ["cross_entropy"]  # asked for the forward loss, not a second adapter
+    x = torch.randn(5, 7, dtype=torch.float64)
+    t = torch.randint(0, 7, (5,))
+    loss, grad = step(x, t)
+    expected = torch.softmax(x, -1) - F.one_hot(t, 7).double()  # d(sum of per-row losses)/dx
+    assert torch.allclose(grad, expected, atol=1e-12, rtol=0) and x.grad is None  # a fresh leaf, not x
+    assert baselines.resolve(fake, "softmax") == (None, "FakeLib has no softmax")
+    missing = baselines.Adapter("gone", "GoneLib", "no_such_module_xyz", forward)
+    assert baselines.resolve(missing, "softmax") == (None, "GoneLib not installed or not importable (ModuleNotFoundError)")
+    every = {a.name for a in baselines.BASELINES}
+    assert every == set(cases.BASELINE_IMPLS)

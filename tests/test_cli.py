@@ -131,14 +131,14 @@ def test_reps_help_says_how_many_calls_run_without_a_gpu(tmp_path):
 
 
 def test_help_texts_say_what_the_options_do():
-    from gpu_softmax import bench
+    from gpu_softmax.bench import cases
 
     check = subcommand_help("check")
     assert "--quick" in check and "fewer cases" in check
     shapes = subcommand_help("bench")
     assert "issue" not in shapes  # no reference to a document the user has not seen
     for op, backend in (("softmax", "cuda"), ("cross_entropy_with_grad", "cuda"), ("softmax", "numpy")):
-        for r, c in bench.default_shapes(op, backend, quick=False):
+        for r, c in cases.default_shapes(op, backend, quick=False):
             assert f"{r}x{c}" in shapes, (op, backend, r, c)
     for name in ("info", "compile-check"):
         for opt in ("--json",) if name == "info" else ("--arch",):
