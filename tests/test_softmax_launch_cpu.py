@@ -251,13 +251,14 @@ def test_entry_points_are_generated_from_the_table():
     src = loader.module_source(sm.FAMILY)
     assert set(loader.extern_c_kernels(src)) == set(sm.ENTRY_POINTS)
     body = (loader.cuda_src_dir() / "softmax.cu").read_text()
-    assert not re.search(r"^GS_ENTRY_\w+\(", body, re.MULTILINE), "entry points belong to the generated table"
-    for name in sm.ENTRY_POINTS:
-        line = re.search(rf"^GS_ENTRY_(\w+)\({name}, gs::\w+, (\d+), (\d+), (\d+)\)$", src, re.MULTILINE)
+    assert not re.search(r'extern\s+"C"\s+__global__', body), "entry points belong to the generated table"
+    for storage, direction, template, nv in sm._variants():
+        name = sm.kernel_name(direction, template, nv, storage)
+        line = re.search(rf'^extern "C" __global__ void __launch_bounds__\((\d+), (\d+)\) {name}\(', src, re.MULTILINE)
         assert line, name
-        template = line.group(1).split("_")[1].lower()
-        assert (int(line.group(3)), int(line.group(4))) == sm.BOUNDS[template]
-        assert f"#define GS_ENTRY_{line.group(1)}(" in body
+        assert (int(line.group(1)), int(line.group(2))) == sm.BOUNDS[template]
+        call = re.search(rf"{name}\(.*?\) {{\n.*?gs::(\w+)<gs::(\w+), (\d+)>\(", src, re.DOTALL)
+        assert call.groups() == (f"{direction}_{template}", sm.SUFFIX[storage].upper(), str(nv)), name
     for storage in sm.STORAGES:
         assert any(n.endswith("_" + sm.SUFFIX[storage]) for n in sm.ENTRY_POINTS)
 

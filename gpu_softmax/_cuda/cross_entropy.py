@@ -41,25 +41,16 @@ import numpy as np
 
 from .. import _checks
 from .._checks import CrossEntropyArgs
-from . import launch, loader
+from . import abi, kernels, launch, loader
+from .kernels import ENTRIES
 
 FAMILY = "cross_entropy"
 
 SUFFIX = launch.SUFFIX
 VEC = launch.VEC
 
-# storage -> regime -> compiled variants. warp: NV values (128-thread blocks);
-# block: (NV, launch-bound threads); split: (NV, launch-bound threads), compiled for
-# 2 resident blocks per SM (a block waiting for its row's partials overlaps with
-# another's loads); stream: NV (512 threads). Mirrors the GS_ENTRY_CE_* lines of
-# cuda_src/cross_entropy.cu; every variant compiles with zero spills for sm_80 and
-# sm_90 (tests/test_compile.py).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "float32": {"warp": (1, 2, 4), "block": ((4, 1024), (8, 1024)), "split": (8, 512), "stream": 4},
-    "float16": {"warp": (1, 2), "block": ((2, 1024), (4, 1024)), "split": (4, 384), "stream": 2},
-    "bfloat16": {"warp": (1, 2), "block": ((2, 1024), (4, 1024)), "split": (4, 384), "stream": 2},
-    "float64": {"warp": (1, 2, 4), "block": ((4, 512), (8, 512)), "split": (8, 256), "stream": 4},
-}
+# Compiled variants, names and C signatures: the kernel table (kernels.py).
+VARIANTS = kernels.CE_VARIANTS
 WARP_BLOCK_THREADS = 128
 BLOCK_MIN_THREADS = 128
 STREAM_THREADS = 512
@@ -68,68 +59,24 @@ SCALE_THREADS = 256
 FINISH_THREADS = 256
 FINISH_MAX_ROWS = 1 << 16  # one block sums this many row losses in a few microseconds
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
-NULL = np.uint64(0)  # a null device pointer argument
+NULL = abi.NULL  # a null device pointer argument
 
 # Test hook, None in normal use: caps the split regime's chunk (elements) so that
 # short rows reach it (the emulator runs every CUDA thread of every block on the CPU).
 SPLIT_MAX_CHUNK: int | None = None
 
 
-def warp_name(nv: int, storage: str) -> str:
-    return f"gs_ce_warp{nv}_{SUFFIX[storage]}"
-
-
-def block_name(nv: int, storage: str) -> str:
-    return f"gs_ce_block{nv}_{SUFFIX[storage]}"
-
-
-def split_name(storage: str) -> str:
-    return f"gs_ce_split{VARIANTS[storage]['split'][0]}_{SUFFIX[storage]}"
-
-
-def stream_name(storage: str, soft: bool) -> str:
-    return f"gs_ce_stream{VARIANTS[storage]['stream']}_{'soft' if soft else 'hard'}_{SUFFIX[storage]}"
-
-
-def finish_name(storage: str) -> str:
-    return f"gs_ce_finish_{SUFFIX[storage]}"
-
-
-def scale_name(storage: str) -> str:
-    return f"gs_ce_scale_{SUFFIX[storage]}"
-
-
-def prep_name(storage: str) -> str:
-    return "gs_ce_prep_f64" if storage == "float64" else "gs_ce_prep_f32"
-
-
-ENTRY_POINTS: tuple[str, ...] = tuple(
-    sorted(
-        [warp_name(nv, s) for s, v in VARIANTS.items() for nv in v["warp"]]
-        + [block_name(nv, s) for s, v in VARIANTS.items() for nv, _ in v["block"]]
-        + [f(s) for s in VARIANTS for f in (split_name, scale_name, finish_name)]
-        + [stream_name(s, soft) for s in VARIANTS for soft in (False, True)]
-        + ["gs_ce_prep_f32", "gs_ce_prep_f64"]
-    )
-)
-
-
-# Vocabulary-parallel building blocks (gpu_softmax.vocab_parallel): a block per row,
-# streamed over the local shard, one variant per storage.
-VP_THREADS = 256
-
-
-def vp_stats_name(storage: str) -> str:
-    return f"gs_vp_stats_{SUFFIX[storage]}"
-
-
-def vp_finish_name(storage: str) -> str:
-    return f"gs_vp_finish_{SUFFIX[storage]}"
-
-
-ENTRY_POINTS = tuple(
-    sorted(ENTRY_POINTS + tuple(f(s) for s in VARIANTS for f in (vp_stats_name, vp_finish_name)))
-)
+warp_name = kernels.ce_warp_name
+block_name = kernels.ce_block_name
+split_name = kernels.ce_split_name
+stream_name = kernels.ce_stream_name
+finish_name = kernels.ce_finish_name
+scale_name = kernels.ce_scale_name
+prep_name = kernels.ce_prep_name
+vp_stats_name = kernels.vp_stats_name
+vp_finish_name = kernels.vp_finish_name
+ENTRY_POINTS: tuple[str, ...] = kernels.entry_points(FAMILY)
+VP_THREADS = kernels.CE_AUX_THREADS  # vocabulary parallel: a block per row, streamed over the local shard
 
 
 def capacity(storage: str, regime: str) -> int:
@@ -332,10 +279,10 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
     g_ptr, g_val, g_rows = _grad_output_args(a.grad_output, acc, want_grad)
     coef = cupy.empty(5, dtype=acc)
     n_bad = cupy.empty(1, dtype=np.uint64)
-    _launch(prep_name(st), 1, PREP_THREADS, (
-        tgt, np.int64(rows), np.int64(classes), np.int64(a.ignore_index), w,
-        np.int32(REDUCTION_CODE[a.reduction]), g_ptr, np.float64(g_val), coef, n_bad,
-    ))
+    name = prep_name(st)
+    _launch(name, 1, PREP_THREADS, ENTRIES[name].sig.pack(
+        tgt=tgt, rows=rows, cols=classes, ignore=a.ignore_index, w=w, reduction=REDUCTION_CODE[a.reduction],
+        g_ptr=g_ptr, g_val=g_val, coef=coef, n_bad=n_bad))
     if a.validate and not a.soft:
         _validate_targets(a, tgt, classes, n_bad)
     return coef, g_rows
@@ -354,16 +301,16 @@ def _launch_fused(a: CrossEntropyArgs, inp: _Inputs, coef, g_rows, grad, row_los
     x = inp.x
     p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft,
              launch.sm_count(), _occupancy, cooperative_ok())
-    args = (
-        x, grad, inp.tgt, inp.soft_t, inp.w, coef, g_rows, row_loss, row_lse,
-        np.int64(rows), np.int64(cols), np.int64(a.ignore_index),
-        np.float64(a.label_smoothing), np.float64(a.z_loss), np.float64(a.logit_softcap or 0.0),
-    )
+    extra = {}
     if p.regime == "warp":
-        args = args + (np.int32(p.width),)
+        extra = {"width": p.width}
     elif p.regime == "split":
         part, cnt = _split_workspace(p, inp.acc)
-        args = args + (np.int32(p.k), np.int64(p.chunk), part, cnt)
+        extra = {"k": p.k, "chunk": p.chunk, "part": part, "cnt": cnt}
+    args = ENTRIES[p.kernel].sig.pack(
+        x=x, grad=grad, tgt=inp.tgt, soft_t=inp.soft_t, w=inp.w, coef=coef, g_rows=g_rows, row_loss=row_loss,
+        row_lse=row_lse, rows=rows, cols=cols, ignore=a.ignore_index, eps=a.label_smoothing, z=a.z_loss,
+        cap=a.logit_softcap or 0.0, **extra)
     _launch(p.kernel, p.grid, p.block, args, cooperative=p.cooperative)
     return p
 
@@ -393,7 +340,8 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
         row_loss, rows = row_loss.sum().reshape(1), 1
     out = cupy.empty(() if reduce else a.loss_shape, dtype=np.uint16 if out_st == "bfloat16" else out_st)
     grid = 1 if reduce else int(min(-(-rows // FINISH_THREADS), launch.sm_count() * 4))
-    _launch(finish_name(out_st), grid, FINISH_THREADS, (row_loss, out, np.int64(rows), np.int32(reduce)))
+    name = finish_name(out_st)
+    _launch(name, grid, FINISH_THREADS, ENTRIES[name].sig.pack(row_loss=row_loss, out=out, rows=rows, reduce=reduce))
     return out
 
 
@@ -492,9 +440,8 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     # One wave of resident blocks, grid-stride: the common grad_output == 1 launch is
     # then as short as a launch can be (every block reads one scalar and leaves).
     grid = int(min(-(-slots // SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
-    _launch(name, grid, SCALE_THREADS, (
-        grad, np.int64(n), np.int64(cols), np.int64(inner), go if scalar else NULL, NULL if scalar else go,
-    ))
+    _launch(name, grid, SCALE_THREADS, ENTRIES[name].sig.pack(
+        grad=grad, n=n, cols=cols, inner=inner, g_scalar=go if scalar else NULL, g_rows=NULL if scalar else go))
 
 
 # ----------------------------------------------------------------------------------
@@ -539,10 +486,9 @@ def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = Non
     if rows == 0:
         return rec
     name = vp_stats_name(st)
-    _launch(name, _vp_grid(name, rows), VP_THREADS, (
-        x, tgt, w, rec, np.int64(rows), np.int64(width), np.int64(vocab_start), np.int64(a.ignore_index),
-        np.float64(a.label_smoothing),
-    ))
+    _launch(name, _vp_grid(name, rows), VP_THREADS, ENTRIES[name].sig.pack(
+        x=x, tgt=tgt, w=w, rec=rec, rows=rows, cols=width, v0=vocab_start, ignore=a.ignore_index,
+        eps=a.label_smoothing))
     return rec
 
 
@@ -578,11 +524,10 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
         same_buffer = x.data.ptr == a.logits.data.ptr
         grad = x if (a.inplace and same_buffer) else cupy.empty(x.shape, dtype=x.dtype)
     name = vp_finish_name(st)
-    _launch(name, _vp_grid(name, rows), VP_THREADS, (
-        x, grad, tgt, w, coef, g_rows, recs, row_loss, np.int32(recs.shape[0]), np.int64(rows), np.int64(width),
-        np.int64(vocab_start), np.int64(vocab), np.int64(a.ignore_index), np.float64(a.label_smoothing),
-        np.float64(a.z_loss),
-    ))
+    _launch(name, _vp_grid(name, rows), VP_THREADS, ENTRIES[name].sig.pack(
+        x=x, grad=grad, tgt=tgt, w=w, coef=coef, g_rows=g_rows, recs=recs, row_loss=row_loss,
+        nranks=recs.shape[0], rows=rows, cols=width, v0=vocab_start, vocab=vocab, ignore=a.ignore_index,
+        eps=a.label_smoothing, z=a.z_loss))
     loss = row_loss.reshape(loss_shape) if a.reduction == "none" else row_loss.sum()
     if not want_grad:
         return loss, None

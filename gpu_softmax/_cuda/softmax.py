@@ -54,39 +54,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import BackwardArgs, RowLayout, SoftmaxArgs, row_layout
-from . import launch, loader
+from . import kernels, launch, loader
+from .kernels import BOUNDS, ENTRIES, VARIANTS, kernel_name
 from .launch import STORAGES, SUFFIX, VEC, worst_misalignment
 
 FAMILY = "softmax"
 
 # ----------------------------------------------------------------------------------
-# compiled variants: the one table the entry points are generated from
+# compiled variants: declared in the kernel table (kernels.py), re-exported here
 
-# (storage, direction) -> kernel template -> NV values compiled (16-byte slots per
-# thread held in registers). Caps keep every variant free of register spills
-# under its launch bounds (BOUNDS: at most 64 registers per thread).
-VARIANTS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4), "split": (2, 4), "stream": (4,)}
-VARIANTS[("float64", "fwd")] = {"warp": (1, 2, 4), "row": (1, 2), "split": (2, 4), "stream": (4,)}
-for _s in ("float32", "float64"):
-    VARIANTS[(_s, "bwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (2, 4), "stream": (2,)}
-    VARIANTS[(_s, "lse")] = {"warp": (2,), "block": (2,)}
-for _s in ("float16", "bfloat16"):
-    VARIANTS[(_s, "fwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (1, 2), "stream": (2,)}
-    VARIANTS[(_s, "bwd")] = {"warp": (1, 2), "row": (1, 2), "split": (1, 2), "stream": (1,)}
-    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (2,)}
-VARIANTS[("bfloat16", "bwd")]["split"] = (1,)  # split2 spills for bfloat16 under 64 registers
-del _s
-
-# kernel template -> __launch_bounds__(max threads, min blocks per SM). The
-# occupancy model (blocks_per_sm) reads the register cap from these.
-BOUNDS: dict[str, tuple[int, int]] = {
-    "warp": (128, 6),  # (128, 8) spills on sm_80
-    "row": (1024, 1),
-    "split": (512, 2),
-    "stream": (512, 2),
-    "block": (512, 2),  # logsumexp's block template
-}
+ENTRY_POINTS: tuple[str, ...] = kernels.entry_points(FAMILY)
+_variants = kernels.softmax_variants
 
 WARP_BLOCK_THREADS = 128  # warp kernels: 4 warps per block
 SPLIT_THREADS = 512
@@ -94,33 +72,6 @@ STREAM_THREADS = 512
 LSE_THREADS = 512
 ROW_MIN_THREADS = 64
 ROW_MAX_THREADS = 1024
-
-_CUDA_STORAGE = {"float32": "gs::F32", "float64": "gs::F64", "float16": "gs::F16", "bfloat16": "gs::BF16"}
-
-
-def kernel_name(direction: str, regime: str, nv: int, storage: str) -> str:
-    return f"gs_{direction}_{regime}{nv}_{SUFFIX[storage]}"
-
-
-def _variants():
-    for (storage, direction), regimes in VARIANTS.items():
-        for regime, nvs in regimes.items():
-            for nv in nvs:
-                yield storage, direction, regime, nv
-
-
-ENTRY_POINTS: tuple[str, ...] = tuple(sorted(kernel_name(d, r, nv, s) for s, d, r, nv in _variants()))
-
-
-def generated_entries() -> str:
-    """The entry-point instantiations the loader appends to softmax.cu."""
-    lines = ["", "// ---- entry points generated from gpu_softmax/_cuda/softmax.py VARIANTS / BOUNDS ----"]
-    for storage, direction, regime, nv in sorted(_variants()):
-        maxt, minb = BOUNDS[regime]
-        macro = f"GS_ENTRY_{direction.upper()}_{regime.upper()}"
-        name = kernel_name(direction, regime, nv, storage)
-        lines.append(f"{macro}({name}, {_CUDA_STORAGE[storage]}, {nv}, {maxt}, {minb})")
-    return "\n".join(lines) + "\n"
 
 
 # ops (runtime kernel argument)
@@ -211,22 +162,19 @@ class Plan:
     def cooperative(self) -> bool:
         return self.k > 1
 
-    def scalars(self, rows: int, cols: int, op: int | None) -> tuple:
-        """The kernel's scalar arguments after its pointers, typed for the kernel
-        signature; built once per (plan, op) since a plan is cached per shape."""
-        cache = self.__dict__.setdefault("_scalars", {})
+    def bind(self, rows: int, cols: int, op: int | None):
+        """A function of the kernel's pointer arguments returning its whole argument
+        tuple, the scalars packed from the kernel table's signature; built once per
+        (plan, op) since a plan is cached per shape."""
+        cache = self.__dict__.setdefault("_bound", {})
         key = (rows, cols, op)
-        t = cache.get(key)
-        if t is None:
-            opa = () if op is None else (np.int32(op),)
-            if self.regime == "warp":
-                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.width))
-            elif self.regime == "row":
-                t = (np.int64(rows), np.int32(cols), *opa, np.int32(self.ss))
-            else:
-                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.k), np.int64(self.chunk))
-            cache[key] = t
-        return t
+        f = cache.get(key)
+        if f is None:
+            sig = ENTRIES[self.kernel].sig
+            have = {"rows": rows, "cols": cols, "op": op, "width": self.width, "ss": self.ss, "k": self.k,
+                    "chunk": self.chunk}
+            f = cache[key] = sig.binder(**{q.name: have[q.name] for q in sig.params if not q.pointer})
+        return f
 
 
 MAX_GRID = 2**31 - 1
@@ -579,10 +527,8 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
         xc = launch.rows_last(x, layout)
         lse = cupy.empty(rows, dtype=acc)
         p = plan(st, "lse", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-        args = (xc, lse, *p.scalars(rows, cols, None))
-        if p.regime != "warp":
-            args += _workspace(p, np.float64)
-        _launch(p, args)
+        bound = p.bind(rows, cols, None)
+        _launch(p, bound(xc, lse) if p.regime == "warp" else bound(xc, lse, *_workspace(p, np.float64)))
         return lse.reshape(layout.reduced_shape)
 
     if rows == 0 or cols == 0:
@@ -598,10 +544,8 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     )
     y = out if direct else cupy.empty(xc.shape, dtype=xc.dtype)
     p = plan(st, "fwd", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-    args = (xc, y, *p.scalars(rows, cols, op))
-    if p.regime not in ("warp", "row"):
-        args += _workspace(p, acc)
-    _launch(p, args)
+    bound = p.bind(rows, cols, op)
+    _launch(p, bound(xc, y) if p.regime in ("warp", "row") else bound(xc, y, *_workspace(p, acc)))
     if direct:
         return out
     if layout.inner != 1:
@@ -642,10 +586,9 @@ def _backward(grad_y, y, layout: RowLayout, op: int, storage: str | None):
     gc = launch.rows_last(grad_y, layout)
     gx = cupy.empty(yc.shape, dtype=yc.dtype)
     p = plan(st, "bwd", rows, cols, worst_misalignment(yc.data.ptr, cols, yc.itemsize), current_device())
-    args = (gc, yc, gx, *p.scalars(rows, cols, op))
-    if p.regime not in ("warp", "row"):
-        args += _workspace(p, np.float64)  # backward sums run in float64
-    _launch(p, args)
+    bound = p.bind(rows, cols, op)
+    # backward sums run in float64
+    _launch(p, bound(gc, yc, gx) if p.regime in ("warp", "row") else bound(gc, yc, gx, *_workspace(p, np.float64)))
     if layout.inner != 1:
         gx = cupy.ascontiguousarray(cupy.moveaxis(gx, -1, layout.axis))
     return gx

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpu_softmax._cuda import loader  # noqa: E402
+from gpu_softmax._cuda import abi, kernels, loader  # noqa: E402
 
 MAX_ARGS = 20
 
@@ -46,18 +46,34 @@ template <class T> static T gs_emu_arg(unsigned long long bits) {
         return (T)bits;
     }
 }
+// The kind code of a C parameter type: what the kernel table (abi.py) declares.
+template <class T> static constexpr char gs_emu_code() {
+    if constexpr (std::is_pointer_v<T>) return 'p';
+    else if constexpr (std::is_same_v<T, int>) return 'i';
+    else if constexpr (std::is_same_v<T, long long>) return 'q';
+    else if constexpr (std::is_same_v<T, unsigned long long>) return 'Q';
+    else if constexpr (std::is_same_v<T, float>) return 'f';
+    else if constexpr (std::is_same_v<T, double>) return 'd';
+    else return '?';
+}
 template <class... P, size_t... I>
 static void gs_emu_call(void (*f)(P...), const unsigned long long* a, std::index_sequence<I...>) {
     f(gs_emu_arg<P>(a[I])...);
 }
 template <class... P>
 static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa,
-                            unsigned smem, int cooperative) {
+                            unsigned smem, int cooperative, const char* codes) {
+    // The compiled signature must be the one the table declares, parameter by parameter.
+    const char compiled[] = {gs_emu_code<P>()..., 0};
+    if (strcmp(compiled, codes)) {
+        fprintf(stderr, "emulator: compiled signature %s, kernel table declares %s\n", compiled, codes);
+        return 6;
+    }
     std::vector<unsigned long long> a(aa, aa + %(max_args)d);
     return emu_run(grid, block, smem, cooperative != 0, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
 }
 extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a,
-                          unsigned smem, int cooperative) {
+                          unsigned smem, int cooperative, const char* codes) {
 %(cases)s
     return 1;
 }
@@ -106,7 +122,7 @@ def emulated_source(family: str, entry_points) -> str:
         raise RuntimeError("emulated shared memory buffer too small")
     src = re.sub(r'extern\s+"C"\s+__global__', 'extern "C"', src)
     cases = "\n".join(
-        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem, cooperative);' for n in entry_points
+        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem, cooperative, codes);' for n in entry_points
     )
     return (
         '#include "prelude.h"\n' + src + LAUNCHER.replace("%(max_args)d", str(MAX_ARGS)).replace("%(cases)s", cases)
@@ -204,6 +220,9 @@ def install_fake_cupy(sm_count: int = 3):
 
 
 def _arg_bits(a) -> int:
+    """The 64-bit slot one argument travels in (floats as float64 bits). Only called
+    after abi.check_args: every scalar already has exactly its declared type, so the
+    widening here cannot hide a width mismatch."""
     if isinstance(a, np.ndarray):
         return a.ctypes.data
     if isinstance(a, (float, np.floating)):
@@ -216,6 +235,9 @@ _LAUNCH_ERRORS = {
     2: "block size is not a multiple of 32",
     4: "barrier deadlock: threads of a block wait at different barriers",
     5: "spin-wait timeout: a block waits for another block that is not co-resident (not a cooperative launch?)",
+    6: "the compiled C signature differs from the kernel table's",
+    7: "the kernel trapped: a block of a split row waited past the spin bound for blocks that never ran "
+       "(grid not co-resident)",
 }
 
 
@@ -228,11 +250,18 @@ class Emulator:
 
     def launch(self, name: str, grid: int, block: int, args, smem: int = 0, cooperative: bool = False) -> None:
         """Run one launch. Only a cooperative launch has all its blocks live at once:
-        any other launch whose blocks wait for each other fails (spin timeout)."""
+        any other launch whose blocks wait for each other fails (spin timeout).
+        Every argument is checked against the kernel table's C signature first
+        (abi.check_args: TypeError on a wrong scalar type or width)."""
+        entry = kernels.ENTRIES.get(name)
+        if entry is None:
+            raise RuntimeError(f"emulated launch of {name}: not in the kernel table")
+        abi.check_args(entry, args)
         vals = [_arg_bits(a) for a in args]
         assert len(vals) <= MAX_ARGS
         arr = (ctypes.c_ulonglong * MAX_ARGS)(*(vals + [0] * (MAX_ARGS - len(vals))))
-        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem), ctypes.c_int(int(cooperative)))
+        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem), ctypes.c_int(int(cooperative)),
+                                 entry.sig.codes.encode())
         if rc:
             why = _LAUNCH_ERRORS.get(rc, "unknown error")
             raise RuntimeError(f"emulated launch of {name} (grid {grid}, block {block}) failed ({rc}): {why}")
@@ -249,7 +278,7 @@ def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
     from gpu_softmax._cuda import launch
 
     mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
-    emu = Emulator(build(family, mod.ENTRY_POINTS, out_dir))
+    emu = Emulator(build(family, kernels.entry_points(family), out_dir))
     launch.occupancy = lambda fam, name, threads: occupancy
     launch.sm_count = lambda: sm_count
     if family == "softmax":
