@@ -551,6 +551,8 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
         }
         // The next row's block_merge starts with a barrier: no scratch race.
     }
+    // Counters back to zero: the launcher keeps one zeroed workspace per stream.
+    group_release(cnt, cnt + groups, g, k);
 }
 
 // ---------------------------------------------------------------------------

@@ -100,3 +100,26 @@ def test_extern_c_kernels_finds_plain_and_macro_entries():
         'extern "C" __global__ void __launch_bounds__(64, 2) after_void(float* p) {}\n'
     )
     assert loader.extern_c_kernels(src) == ["after_void", "bounded_two", "macro_three", "plain_one"]
+
+
+def test_static_shared_memory_is_read_and_held_under_the_planners_reserve():
+    """ptxas's static shared memory per entry point is parsed, and more than the
+    planners' STATIC_SMEM_MAX is a problem (the occupancy model would over-count)."""
+    from gpu_softmax._cuda.plan import STATIC_SMEM_MAX
+
+    log = (
+        "ptxas info    : Compiling entry function 'small' for 'sm_90'\n"
+        "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 10 registers, used 1 barriers, 1200 bytes smem\n"
+        "ptxas info    : Compiling entry function 'big' for 'sm_90'\n"
+        "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        f"ptxas info    : Used 10 registers, used 1 barriers, {STATIC_SMEM_MAX + 16} bytes smem, 380 bytes cmem[0]\n"
+        "ptxas info    : Compiling entry function 'none' for 'sm_90'\n"
+        "ptxas info    : Used 8 registers, used 0 barriers\n"
+    )
+    got = cc.parse_ptxas_log(log, 90)
+    assert [got[n].static_smem_bytes for n in ("small", "big", "none")] == [1200, STATIC_SMEM_MAX + 16, 0]
+    rep = cc.FamilyReport("x", 90, 0.0, log, entries=got)
+    assert [p for p in cc.problems(rep) if "static shared memory" in p] == [
+        f"x.cu sm_90: big has {STATIC_SMEM_MAX + 16} B of static shared memory, above the planners' "
+        f"STATIC_SMEM_MAX ({STATIC_SMEM_MAX} B)"]

@@ -119,3 +119,46 @@ def test_emulator_rejects_a_wrong_width_and_a_wrong_compiled_signature(emulator_
     """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and "ABI OK" in p.stdout, (p.stdout + p.stderr)[-6000:]
+
+
+@pytest.mark.slow
+def test_emulated_split_wait_is_bounded_and_traps(emulator_build_dir):
+    """A split row whose blocks are not all resident (what a cooperative grid larger
+    than the GPU holds amounts to): the emulator runs a plain launch's blocks a few at
+    a time, as a GPU may, so the first blocks of a 256-block group wait for blocks
+    that never start. The real group_publish_wait gives up after its spin bound and
+    traps, reported as a clear launch error instead of a hang. The emulated
+    %globaltimer is sped up so the bound (about a second) passes in about a millisecond."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        import numpy as np
+        sys.path.insert(0, {str(HARNESS_DIR)!r})
+        import harness
+        cp, SM, emu = harness.setup("softmax", Path({str(emulator_build_dir)!r}))
+        e = harness.kernels.ENTRIES["gs_fwd_split2_f32"]
+
+        def run(k, chunk, cooperative):
+            x = np.ones((1, chunk * k), np.float32).view(harness.ndarray)
+            y = np.zeros_like(x)
+            part = np.zeros(4 * k, np.float32).view(harness.ndarray)
+            cnt = np.zeros(2, np.uint64).view(harness.ndarray)
+            args = e.sig.pack(x=x, y=y, rows=1, cols=chunk * k, op=0, k=k, chunk=chunk, part=part, cnt=cnt)
+            emu.launch(e.name, k, 64, args, cooperative=cooperative)
+            return np.asarray(y), np.asarray(cnt)
+
+        y, cnt = run(2, 512, True)  # a co-resident group: runs, counters left at zero
+        assert abs(float(y.sum()) - 1.0) < 1e-4 and not cnt.any()
+        emu.set_timer_scale(1e3)
+        t0 = time.time()
+        try:
+            run(256, 8, False)
+        except RuntimeError as exc:
+            assert "trapped" in str(exc), exc
+        else:
+            raise SystemExit("a split row missing blocks did not trap")
+        assert time.time() - t0 < 8, time.time() - t0  # before the emulator's own 10 s spin timeout
+        print("SPIN BOUND OK")
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0 and "SPIN BOUND OK" in p.stdout, (p.stdout + p.stderr)[-6000:]

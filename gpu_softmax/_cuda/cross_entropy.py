@@ -13,8 +13,12 @@ Passes over the logits: one read (and one gradient write) in the warp, block and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
 blocks hold) reads twice. The split regime runs k blocks per row that wait for
 each other: it is planned only when the device supports cooperative launches, with
-the grid sized from the occupancy calculator, and launched cooperatively (the
-driver refuses a grid that would not be resident rather than letting it hang).
+the grid sized from the occupancy model (plan.py, as for softmax), and launched
+cooperatively through the device state, which first compares the grid with the
+driver's occupancy x SMs and raises if it is larger (the driver does not refuse
+such a grid: CuPy shrinks it and the row's blocks would wait; the device-side
+spin is bounded and traps after about a second). The split workspace is cached
+per stream and left zeroed by the kernel (device.DeviceState.workspace).
 
 ``scale_grad`` is the backward of the autograd bridges: an in-place multiply of a
 saved gradient by ``grad_output`` that returns early on the device when the scalar
@@ -35,14 +39,25 @@ for float64 logits), converted once when they come in another dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import _checks
 from .._checks import CrossEntropyArgs
-from . import abi, kernels, launch, loader
-from .kernels import ENTRIES
+from . import abi, device, kernels, launch
+from .abi import cdiv
+from .cross_entropy_plan import (  # noqa: F401  (re-exported)
+    BLOCK_MIN_THREADS,
+    REGIMES,
+    STREAM_THREADS,
+    WARP_BLOCK_THREADS,
+    capacity,
+    occupancy_of,
+    plan,
+)
+from .kernels import ENTRIES, RECORD_WIDTH
+from .plan import DEFAULT_POLICY, Plan, Policy
 
 FAMILY = "cross_entropy"
 
@@ -51,20 +66,12 @@ VEC = launch.VEC
 
 # Compiled variants, names and C signatures: the kernel table (kernels.py).
 VARIANTS = kernels.CE_VARIANTS
-WARP_BLOCK_THREADS = 128
-BLOCK_MIN_THREADS = 128
-STREAM_THREADS = 512
 PREP_THREADS = 256
 SCALE_THREADS = 256
 FINISH_THREADS = 256
 FINISH_MAX_ROWS = 1 << 16  # one block sums this many row losses in a few microseconds
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
 NULL = abi.NULL  # a null device pointer argument
-
-# Test hook, None in normal use: caps the split regime's chunk (elements) so that
-# short rows reach it (the emulator runs every CUDA thread of every block on the CPU).
-SPLIT_MAX_CHUNK: int | None = None
-
 
 warp_name = kernels.ce_warp_name
 block_name = kernels.ce_block_name
@@ -79,135 +86,26 @@ ENTRY_POINTS: tuple[str, ...] = kernels.entry_points(FAMILY)
 VP_THREADS = kernels.CE_AUX_THREADS  # vocabulary parallel: a block per row, streamed over the local shard
 
 
-def capacity(storage: str, regime: str) -> int:
-    """Longest row (plus misalignment) a held regime keeps in registers (split: per block)."""
-    v = VARIANTS[storage]
-    if regime == "warp":
-        return 32 * max(v["warp"]) * VEC[storage]
-    if regime == "block":
-        return max(nv * threads for nv, threads in v["block"]) * VEC[storage]
-    if regime == "split":
-        nv, threads = v["split"]
-        return nv * threads * VEC[storage]
-    raise ValueError(regime)
-
-
-# The regime table: first row whose limit covers `need` (row length plus its
-# worst misalignment in elements) wins. Soft labels always stream. "split" falls
-# back to "stream" when the row needs more co-resident blocks than the device
-# holds, or the device cannot launch cooperatively.
-REGIMES: dict[str, tuple[tuple[float, str], ...]] = {
-    s: ((capacity(s, "warp"), "warp"), (capacity(s, "block"), "block"), (float("inf"), "split")) for s in VARIANTS
-}
-
-
-@dataclass(frozen=True)
-class Plan:
-    regime: str
-    kernel: str
-    grid: int
-    block: int
-    width: int = 0  # warp regime: lanes per row
-    k: int = 1  # split regime: blocks per row
-    chunk: int = 0  # split regime: elements per block and row (a multiple of VEC)
-    groups: int = 0  # split regime: rows in flight (grid // k)
-
-    @property
-    def cooperative(self) -> bool:
-        return self.k > 1
-
-
-def plan(storage: str, rows: int, cols: int, mis: int, soft: bool, n_sm: int,
-         occupancy: Callable[[str, int], int], cooperative: bool = True) -> Plan:
-    """Regime, kernel and launch shape for `rows` rows of `cols` classes.
-
-    `cooperative`: whether the device can launch a cooperative grid (the split
-    regime needs its blocks co-resident and is never launched without it)."""
-    if rows < 1 or cols < 1:
-        raise ValueError("plan() needs at least one row and one class")
-    vec = VEC[storage]
-    need = cols + mis
-    regime = "stream" if soft else next(r for limit, r in REGIMES[storage] if need <= limit)
-    if SPLIT_MAX_CHUNK is not None and not soft and need > SPLIT_MAX_CHUNK:
-        regime = "split"
-    max_grid = 2**31 - 1
-    if regime == "warp":
-        for nv in VARIANTS[storage]["warp"]:
-            width = launch.next_pow2(-(-need // (nv * vec)))
-            if width <= 32:
-                break
-        name = warp_name(nv, storage)
-        rpb = WARP_BLOCK_THREADS // width
-        cap = max(1, occupancy(name, WARP_BLOCK_THREADS)) * n_sm * 4
-        return Plan("warp", name, int(min(-(-rows // rpb), cap, max_grid)), WARP_BLOCK_THREADS, width=width)
-    if regime == "block":
-        for nv, max_threads in VARIANTS[storage]["block"]:
-            threads = max(BLOCK_MIN_THREADS, -(-(-(-need // (nv * vec))) // 32) * 32)
-            if threads <= max_threads:
-                break
-        name = block_name(nv, storage)
-        cap = max(1, occupancy(name, threads)) * n_sm * 4
-        return Plan("block", name, int(min(rows, cap, max_grid)), threads)
-    if regime == "split" and cooperative:
-        p = _plan_split(storage, rows, cols, mis, n_sm, occupancy)
-        if p is not None:
-            return p
-    name = stream_name(storage, soft)
-    cap = max(1, occupancy(name, STREAM_THREADS)) * n_sm * 2
-    return Plan("stream", name, int(min(rows, cap, max_grid)), STREAM_THREADS)
-
-
-def _plan_split(storage: str, rows: int, cols: int, mis: int, n_sm: int, occupancy) -> Plan | None:
-    """k blocks per row each holding a chunk; None when the grid cannot be co-resident."""
-    vec = VEC[storage]
-    nv, max_threads = VARIANTS[storage]["split"]
-    # Largest chunk (a multiple of VEC) one block holds at this misalignment.
-    cap = (max_threads * nv * vec - mis) // vec * vec
-    if SPLIT_MAX_CHUNK is not None:
-        cap = min(cap, max(vec, SPLIT_MAX_CHUNK // vec * vec))
-    k = -(-cols // cap)
-    chunk = -(-(-(-cols // k)) // vec) * vec  # spread evenly: the blocks finish together
-    k = -(-cols // chunk)
-    threads = max(BLOCK_MIN_THREADS, -(-(-(-(chunk + mis) // (nv * vec))) // 32) * 32)
-    name = split_name(storage)
-    resident = occupancy(name, threads) * n_sm
-    groups = min(rows, resident // k)
-    if k < 2 or groups < 1:
-        return None
-    return Plan("split", name, groups * k, threads, k=k, chunk=chunk, groups=groups)
+# The planner's knobs for every call of this module (plan.Policy; the default is
+# normal use). ce_split_max_chunk caps the split regime's chunk so that short rows
+# reach it (the emulator runs every CUDA thread of every block on the CPU).
+POLICY: Policy = DEFAULT_POLICY
 
 
 def _occupancy(name: str, threads: int) -> int:
-    return launch.occupancy(FAMILY, name, threads)
+    """Resident blocks per SM on the current device (the occupancy model)."""
+    return occupancy_of(device.current().desc, name, threads)
 
 
 def _launch(name: str, grid: int, block: int, args: tuple, cooperative: bool = False) -> None:
-    fn = loader.get_function(FAMILY, name)
-    if not cooperative:
-        fn((grid, 1, 1), (block, 1, 1), args)
-        return
-    # The blocks of a split row wait for each other: a cooperative launch makes the
-    # driver refuse a grid that is not co-resident instead of letting it hang.
-    # plan() only makes such a grid when cooperative_ok() says the device can.
-    import cupy
-
-    fn.kernel((grid, 1, 1), (block, 1, 1), args, shared_mem=0, stream=cupy.cuda.get_current_stream(),
-              enable_cooperative_groups=True)
-
-
-_coop: dict[int, bool] = {}
+    """One launch through the device state: a cooperative one (the split regime's
+    blocks wait for each other) after the grid guard against the driver's occupancy."""
+    device.current().launch(FAMILY, name, grid, block, args, 0, cooperative)
 
 
 def cooperative_ok() -> bool:
-    """Whether the current device launches cooperative grids (cached per device)."""
-    dev = launch.device_id()
-    ok = _coop.get(dev)
-    if ok is None:
-        import cupy
-
-        ok = bool(cupy.cuda.Device(dev).attributes.get("CooperativeLaunch", 0))
-        _coop[dev] = ok
-    return ok
+    """Whether the current device launches cooperative grids."""
+    return device.current().desc.cooperative
 
 
 # ----------------------------------------------------------------------------------
@@ -227,7 +125,7 @@ class _Inputs:
 
 def _kernel_inputs(a: CrossEntropyArgs, storage: str | None) -> _Inputs:
     """Logits, targets and weights in the layout and dtypes the kernels read."""
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(a.logits.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -246,7 +144,7 @@ def _kernel_inputs(a: CrossEntropyArgs, storage: str | None) -> _Inputs:
 
 def _grad_output_args(go, acc, want_grad: bool):
     """(pointer to a scalar grad_output or NULL, its value when a Python number, per-row array or NULL)."""
-    import cupy
+    cupy = launch.cupy()
 
     if not want_grad:
         return NULL, 1.0, NULL
@@ -259,7 +157,7 @@ def _grad_output_args(go, acc, want_grad: bool):
 
 def _validate_targets(a: CrossEntropyArgs, tgt, classes: int, n_bad) -> None:
     """validate=True: the one host read; raises before any per-row kernel runs."""
-    import cupy
+    cupy = launch.cupy()
 
     bad_count = int(n_bad.get()[0])
     if bad_count:
@@ -274,7 +172,7 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
     `coef` holds the loss and gradient scales (the mean's divisor reduced on the
     device). With validate=True and hard targets, raises for out-of-range targets.
     """
-    import cupy
+    cupy = launch.cupy()
 
     g_ptr, g_val, g_rows = _grad_output_args(a.grad_output, acc, want_grad)
     coef = cupy.empty(5, dtype=acc)
@@ -290,7 +188,7 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
 
 def _grad_buffer(a: CrossEntropyArgs, x):
     """Where the kernel writes the gradient: over x itself when it is the logits' memory and inplace."""
-    import cupy
+    cupy = launch.cupy()
 
     same_buffer = x.data.ptr == a.logits.data.ptr and x.shape == a.logits.shape
     return x if (a.inplace and same_buffer) else cupy.empty(x.shape, dtype=x.dtype)
@@ -299,13 +197,14 @@ def _grad_buffer(a: CrossEntropyArgs, x):
 def _launch_fused(a: CrossEntropyArgs, inp: _Inputs, coef, g_rows, grad, row_loss, row_lse) -> Plan:
     rows, cols = a.layout.rows, a.layout.cols
     x = inp.x
-    p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft,
-             launch.sm_count(), _occupancy, cooperative_ok())
+    ds = device.current()
+    p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft, ds.desc,
+             POLICY)
     extra = {}
     if p.regime == "warp":
         extra = {"width": p.width}
     elif p.regime == "split":
-        part, cnt = _split_workspace(p, inp.acc)
+        part, cnt = ds.workspace(p.groups, p.k, inp.acc)
         extra = {"k": p.k, "chunk": p.chunk, "part": part, "cnt": cnt}
     args = ENTRIES[p.kernel].sig.pack(
         x=x, grad=grad, tgt=inp.tgt, soft_t=inp.soft_t, w=inp.w, coef=coef, g_rows=g_rows, row_loss=row_loss,
@@ -315,13 +214,6 @@ def _launch_fused(a: CrossEntropyArgs, inp: _Inputs, coef, g_rows, grad, row_los
     return p
 
 
-def _split_workspace(p: Plan, acc):
-    """Partials [group][2 rounds][k][2] and per-group arrival counters (zeroed)."""
-    import cupy
-
-    return cupy.empty(p.groups * 2 * p.k * 2, dtype=acc), cupy.zeros(p.groups, dtype=np.uint64)
-
-
 def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
     """The loss from the per-row losses (the mean's divisor is already in each row): per
     row, or their fixed-order sum, in `loss_storage` (None: the accumulation dtype).
@@ -329,7 +221,7 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
     The finish kernel sums (one block, float64, fixed order) and converts in one launch,
     so a 16-bit loss needs no cast afterwards; rows past FINISH_MAX_ROWS are first
     summed by CuPy's reduction (also a fixed order)."""
-    import cupy
+    cupy = launch.cupy()
 
     reduce = a.reduction != "none"
     out_st = loss_storage or ("float64" if acc == np.float64 else "float32")
@@ -339,7 +231,7 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
     if reduce and rows > FINISH_MAX_ROWS:
         row_loss, rows = row_loss.sum().reshape(1), 1
     out = cupy.empty(() if reduce else a.loss_shape, dtype=np.uint16 if out_st == "bfloat16" else out_st)
-    grid = 1 if reduce else int(min(-(-rows // FINISH_THREADS), launch.sm_count() * 4))
+    grid = 1 if reduce else int(min(cdiv(rows, FINISH_THREADS), launch.sm_count() * 4))
     name = finish_name(out_st)
     _launch(name, grid, FINISH_THREADS, ENTRIES[name].sig.pack(row_loss=row_loss, out=out, rows=rows, reduce=reduce))
     return out
@@ -347,7 +239,7 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
 
 def _grad_to_logits_layout(a: CrossEntropyArgs, grad):
     """The rows-last gradient in the logits' layout; with inplace, in the logits' memory."""
-    import cupy
+    cupy = launch.cupy()
 
     layout = a.layout
     grad = cupy.moveaxis(grad, -1, layout.axis) if layout.inner != 1 else grad.reshape(a.logits.shape)
@@ -359,7 +251,7 @@ def _grad_to_logits_layout(a: CrossEntropyArgs, grad):
 
 
 def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: bool):
-    import cupy
+    cupy = launch.cupy()
 
     if a.reduction == "none":
         loss = cupy.empty(a.loss_shape, dtype=acc)
@@ -375,7 +267,7 @@ def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: boo
 
 def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None,
          loss_storage: str | None = None):
-    import cupy
+    cupy = launch.cupy()
 
     rows = a.layout.rows
     if loss_storage is not None and loss_storage not in launch.STORAGES:
@@ -420,7 +312,7 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     `cols` followed by `inner` elements per class); grad_output: a 0-d or 1-element
     array (one scalar) or one value per row (the loss shape, rows ordered as in
     grad), in the accumulation dtype of grad's storage."""
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(grad.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -435,11 +327,11 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     if not scalar and grad_output.size * cols != n:
         raise ValueError(f"grad_output has {grad_output.size} values, expected 1 or one per row ({n // cols})")
     go = cupy.ascontiguousarray(grad_output.reshape(-1))
-    slots = -(-(n + VEC[st]) // VEC[st])
+    slots = cdiv(n + VEC[st], VEC[st])
     name = scale_name(st)
     # One wave of resident blocks, grid-stride: the common grad_output == 1 launch is
     # then as short as a launch can be (every block reads one scalar and leaves).
-    grid = int(min(-(-slots // SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
+    grid = int(min(cdiv(slots, SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
     _launch(name, grid, SCALE_THREADS, ENTRIES[name].sig.pack(
         grad=grad, n=n, cols=cols, inner=inner, g_scalar=go if scalar else NULL, g_rows=NULL if scalar else go))
 
@@ -458,7 +350,7 @@ def _vp_grid(name: str, rows: int) -> int:
 
 
 def _vp_inputs(a: CrossEntropyArgs, storage: str | None):
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(a.logits.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -476,9 +368,7 @@ def _vp_inputs(a: CrossEntropyArgs, storage: str | None):
 
 def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = None):
     """(rows, RECORD_WIDTH) records of the local shard (gpu_softmax.vocab_parallel.RECORD_FIELDS)."""
-    import cupy
-
-    from ..vocab_parallel import RECORD_WIDTH
+    cupy = launch.cupy()
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
@@ -497,9 +387,7 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
 
     The gradient is d(loss * a.grad_output)/d local logits, in the logits' dtype and
     shape; with a.inplace it overwrites the local logits (returned as the gradient)."""
-    import cupy
-
-    from ..vocab_parallel import RECORD_WIDTH
+    cupy = launch.cupy()
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape

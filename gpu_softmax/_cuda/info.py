@@ -75,15 +75,17 @@ def install_hint() -> str:
 
 
 def torch_bridge_status() -> tuple[bool, str]:
-    """(importable, detail) for gpu_softmax.torch, found by importing it (it needs torch)."""
+    """(importable, detail) for gpu_softmax.torch: whether torch itself imports and the
+    bridge's module is present. The bridge is not imported here (a lower layer does
+    not reach up into it)."""
     try:
         import torch
-
-        import gpu_softmax.torch  # noqa: F401
     except Exception as exc:
         if not _present("torch"):
             return False, f"not importable: torch is not installed ({TORCH_INSTALL})"
-        return False, f"not importable ({type(exc).__name__}: {exc})"
+        return False, f"not importable: torch does not import ({type(exc).__name__}: {exc})"
+    if not _present("gpu_softmax.torch"):
+        return False, "not importable: the gpu_softmax.torch module is missing from this install"
     return True, f"importable (torch {torch.__version__})"
 
 

@@ -113,6 +113,10 @@ CE_WARP_THREADS = 128
 CE_STREAM_THREADS = 512
 CE_SPLIT_MIN_BLOCKS = 2
 CE_AUX_THREADS = 256  # prep, finish, scale and the vocabulary-parallel kernels
+# Per-row record of one vocabulary shard (vp_stats writes it, vp_finish reads every
+# rank's): the layout the kernels and gpu_softmax.vocab_parallel share.
+RECORD_FIELDS = ("max", "sum_minus_1", "target_logit", "sum_weighted_gaps", "weight_sum")
+RECORD_WIDTH = len(RECORD_FIELDS)
 VP_NV = {"stats": {"float32": 2, "float16": 2, "bfloat16": 1, "float64": 4},
          "finish": {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 4}}
 

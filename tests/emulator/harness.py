@@ -246,7 +246,13 @@ class Emulator:
 
     def __init__(self, so: Path):
         self.lib = ctypes.CDLL(str(so))
+        self.lib.emu_set_timer_scale.argtypes = [ctypes.c_double]
         self.launches: list[tuple[str, int, int]] = []
+
+    def set_timer_scale(self, scale: float) -> None:
+        """Emulated %globaltimer = steady clock x scale (default 1e-3: the kernels'
+        spin bound is out of reach; 1e3 reaches it in about a millisecond)."""
+        self.lib.emu_set_timer_scale(scale)
 
     def launch(self, name: str, grid: int, block: int, args, smem: int = 0, cooperative: bool = False) -> None:
         """Run one launch. Only a cooperative launch has all its blocks live at once:
@@ -268,32 +274,71 @@ class Emulator:
         self.launches.append((name, grid, block))
 
 
-def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
-    """Fake CuPy in place, the family's module built, its launches routed to the emulator.
+class EmulatedKernel:
+    """Stands for a loaded CUDA function in the device state: called as the launch
+    path calls a driver Function (grid, block, args, smem, stream, cooperative)."""
+
+    def __init__(self, emu: Emulator, name: str):
+        self.emu, self.name = emu, name
+        self.max_dynamic_shared_size_bytes = 0
+        self.ptr = 0
+
+    def __call__(self, grid, block, args, smem=0, stream=None, cooperative=False):
+        self.emu.launch(self.name, grid[0], block[0], args, smem, cooperative=cooperative)
+
+
+# What the emulator's "driver" reports as resident blocks per SM for the
+# cooperative-grid guard: it runs any cooperative grid with every block live.
+DRIVER_BLOCKS_PER_SM = 32
+
+
+def emulated_device(sm_count: int = 3, **fields):
+    """A 3-SM GPU with a small L2 (so the stream regime's L2 rule is reached)."""
+    from gpu_softmax._cuda import plan
+
+    return plan.Device("emulated", sm_count, l2_bytes=1 << 16, **fields)
+
+
+def use_device(desc) -> None:
+    """Make `desc` the current device's description (plans are keyed by it)."""
+    from gpu_softmax._cuda import device
+
+    device.current().desc = desc
+
+
+def setup(family: str, out_dir: Path, sm_count: int = 3):
+    """Fake CuPy in place, the family's module built, its launches routed to the
+    emulator through the real device state (kernel handles replaced by
+    EmulatedKernel; the grid guard asks a fake driver).
 
     Returns (cupy stand-in, launch module, Emulator)."""
     cp = install_fake_cupy(sm_count)
     import importlib
 
-    from gpu_softmax._cuda import launch
+    from gpu_softmax._cuda import device, launch
 
     mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
     emu = Emulator(build(family, kernels.entry_points(family), out_dir))
-    launch.occupancy = lambda fam, name, threads: occupancy
     launch.sm_count = lambda: sm_count
-    if family == "softmax":
-        # A 3-SM GPU with a small L2 (so the stream regime's L2 rule is reached),
-        # and row grids of one wave, so every block walks several rows.
-        mod.current_device = lambda: mod.Device("emulated", sm_count, l2_bytes=1 << 16)
-        mod.ROW_GRID_WAVES = 1
+    device.driver_occupancy = lambda fn, block, smem: DRIVER_BLOCKS_PER_SM
+    ds = device.DeviceState(0, emulated_device(sm_count))
 
-        def run(p, args):
+    def handle(fam, name):
+        k = EmulatedKernel(emu, name)
+        h = ds.kernels[name] = [k, k, 0]
+        return h
+
+    ds._handle = handle
+    device._states[0] = ds
+    if family == "softmax":
+        # Row grids of one wave, so every block walks several rows.
+        mod.POLICY = mod.POLICY.replace(row_grid_waves=1)
+        launch_plan = mod._launch
+
+        def run(ds, p, args):
             assert p.kernel in mod.ENTRY_POINTS and p.block <= 1024 and p.smem <= mod.H100.smem_per_block
             assert p.cooperative == (p.k > 1)
-            emu.launch(p.kernel, p.grid, p.block, args, p.smem, cooperative=p.cooperative)
+            launch_plan(ds, p, args)
 
         mod._launch = run
-    else:
-        mod._launch = lambda name, grid, block, args, cooperative=False: emu.launch(
-            name, grid, block, args, cooperative=cooperative)
     return cp, mod, emu
