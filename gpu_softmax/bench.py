@@ -801,7 +801,7 @@ def _plan_info(op: str, dtype: str, rows: int, cols: int) -> dict | None:
         storage = "bfloat16" if dtype == "bfloat16" else dtype
         direction = {"logsumexp": "lse", "softmax_backward": "bwd", "log_softmax_backward": "bwd"}.get(op, "fwd")
         if op.startswith("cross_entropy"):
-            p = ce_mod.plan(storage, rows, cols, 0, False, launch.sm_count(), ce_mod._occupancy)
+            p = ce_mod.plan_for(storage, rows, cols)
         elif hasattr(sm_mod, "plan_for"):
             p = sm_mod.plan_for(direction, storage, rows, cols)
         else:

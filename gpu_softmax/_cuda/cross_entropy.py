@@ -57,7 +57,7 @@ from .cross_entropy_plan import (  # noqa: F401  (re-exported)
     plan,
 )
 from .kernels import ENTRIES, RECORD_WIDTH
-from .plan import DEFAULT_POLICY, Plan, Policy
+from .plan import DEFAULT_POLICY, Device, Plan, Policy
 
 FAMILY = "cross_entropy"
 
@@ -101,6 +101,11 @@ def _launch(name: str, grid: int, block: int, args: tuple, cooperative: bool = F
     """One launch through the device state: a cooperative one (the split regime's
     blocks wait for each other) after the grid guard against the driver's occupancy."""
     device.current().launch(FAMILY, name, grid, block, args, 0, cooperative)
+
+
+def plan_for(storage: str, rows: int, cols: int, mis: int = 0, soft: bool = False, dev: Device | None = None) -> Plan:
+    """The plan a fused call would get (for benchmarks and reports)."""
+    return plan(storage, rows, cols, mis, soft, device.current().desc if dev is None else dev, POLICY)
 
 
 def cooperative_ok() -> bool:

@@ -630,7 +630,69 @@ def cross_entropy_suites(cp, CE, rng):
                         n += 1
         return n
 
-    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow, "split": split, "scale": scale}
+    def variants():
+        """Every fused entry point of the kernel table, launched with a hand-made plan
+        (as the softmax variants suite does) on unaligned rows that fill the variant's
+        registers, against the reference; with the other suites, every CE entry point."""
+        n = 0
+        plan, launch_fn = CE.plan, CE._launch
+        forced, launched, wanted = [], set(), set()
+        CE.plan = lambda *a: forced[0]
+        CE._launch = lambda name, *a, **k: (launched.add(name), launch_fn(name, *a, **k))
+        threads = 128
+        try:
+            for storage, v in CE.VARIANTS.items():
+                vec = CE.VEC[storage]
+                cases = [(CE.warp_name(nv, storage), "warp", 32 * nv * vec - (vec - 1), nv) for nv in v["warp"]]
+                cases += [(CE.block_name(nv, storage), "row", threads * nv * vec - (vec - 1), nv) for nv, _ in v["block"]]
+                cases += [(CE.stream_name(storage, soft), "stream", 3001, soft) for soft in (False, True)]
+                nv = v["split"][0]
+                chunk = (threads * nv * vec - (vec - 1)) // vec * vec
+                cases.append((CE.split_name(storage), "split", 2 * chunk - 3, chunk))
+                for name, regime, cols, extra in cases:
+                    wanted.add(name)
+                    if regime == "warp":
+                        p = CE.Plan("warp", name, 2, CE.WARP_BLOCK_THREADS, width=32)
+                    elif regime == "split":
+                        p = CE.Plan("split", name, 4, threads, k=2, chunk=extra, groups=2)
+                    else:
+                        p = CE.Plan(regime, name, 2, threads)
+                    forced[:] = [p]
+                    dt = np.float32 if storage == "bfloat16" else np.dtype(storage).type
+                    rows = 3
+                    buf = (rng.standard_normal(rows * cols + 1) * 3).astype(dt)
+                    if storage == "bfloat16":
+                        bits = (buf.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                        xf = (bits.astype(np.uint32) << 16).view(np.float32)[1:].reshape(rows, cols)
+                        t = rng.integers(0, cols, rows)
+                        if regime == "stream" and extra:
+                            tt = rng.random((rows, cols))
+                            t = (tt / tt.sum(-1, keepdims=True)).astype(np.float32)
+                        a = dataclasses.replace(_checks.check_cross_entropy(xf, t, label_smoothing=0.1), kind="cupy",
+                                                logits=cp.asarray(bits)[1:].reshape(rows, cols), target=cp.asarray(t))
+                        loss, grad = CE.cross_entropy_with_grad(a, False, storage="bfloat16")
+                        wl, wg = reference.cross_entropy_with_grad(xf, t, label_smoothing=0.1)
+                        g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
+                        assert_close(g, wg, "bfloat16", f"{name} grad", atol=8e-3 * np.abs(wg).max())
+                        assert_close(cp.asnumpy(loss), wl, "float32", f"{name} loss", atol=1e-5)
+                        n += 1
+                    else:
+                        x = buf[1:].reshape(rows, cols)
+                        if regime == "stream" and extra:
+                            tt = rng.random((rows, cols))
+                            t = (tt / tt.sum(-1, keepdims=True)).astype(dt)
+                        else:
+                            t = rng.integers(0, cols, rows)
+                            t[0] = cols - 1
+                        n += check(x, t, f"variant {name}", label_smoothing=0.1, z_loss=1e-3)
+        finally:
+            CE.plan, CE._launch = plan, launch_fn
+        fused = {n for n in CE.ENTRY_POINTS if n.split("_")[2].rstrip("0123456789") in ("warp", "block", "stream", "split")}
+        assert wanted == fused and wanted <= launched, (sorted(fused - wanted), sorted(wanted - launched))
+        return n
+
+    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow, "split": split,
+            "scale": scale, "variants": variants}
 
 
 def main(argv=None) -> int:
