@@ -135,5 +135,12 @@ class Policy:
     def replace(self, **changes) -> Policy:
         return replace(self, **changes)
 
+    def __hash__(self) -> int:  # part of every plan-cache key: hash the fields once
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 DEFAULT_POLICY = Policy()
