@@ -38,11 +38,15 @@ def test_family_compiles_without_spills(family, arch):
 
 @pytest.mark.parametrize("family", loader.families())
 def test_every_launchable_entry_point_is_declared(family):
-    """The launch module's ENTRY_POINTS and the source's extern "C" kernels agree."""
+    """The kernel table's entry points, the launch module's ENTRY_POINTS and the
+    source's extern "C" kernels agree."""
+    import importlib
+
     declared = cc.declared_entry_points(family)
-    assert declared is not None, f"cuda_src/{family}.cu has no launch module gpu_softmax._cuda.{family}"
-    assert declared, f"gpu_softmax._cuda.{family}.ENTRY_POINTS is empty"
+    assert declared is not None, f"cuda_src/{family}.cu has no entry in gpu_softmax/_cuda/kernels.py"
+    assert declared, f"the kernel table declares no entry point of {family}"
     assert sorted(declared) == loader.extern_c_kernels(loader.module_source(family))
+    assert tuple(importlib.import_module(f"gpu_softmax._cuda.{family}").ENTRY_POINTS) == tuple(declared)
 
 
 def test_spill_detection_can_fail():

@@ -162,3 +162,32 @@ def test_emulated_split_wait_is_bounded_and_traps(emulator_build_dir):
     """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and "SPIN BOUND OK" in p.stdout, (p.stdout + p.stderr)[-6000:]
+
+
+def test_lower_layers_do_not_import_higher_ones():
+    """loader takes its entries from the table (not the launch modules), the CE
+    launcher takes the record layout from the table (not gpu_softmax.vocab_parallel),
+    info reports on torch without importing the bridge."""
+    script = textwrap.dedent("""
+        import sys
+        from gpu_softmax._cuda import info, loader
+        for fam in loader.families():
+            loader.module_source(fam)
+        assert "gpu_softmax._cuda.softmax" not in sys.modules and "gpu_softmax._cuda.cross_entropy" not in sys.modules
+        info.torch_bridge_status()
+        assert "gpu_softmax.torch" not in sys.modules
+        before = set(sys.modules)
+        import gpu_softmax._cuda.cross_entropy as ce
+        assert "gpu_softmax.vocab_parallel" not in set(sys.modules) - before
+        import gpu_softmax.vocab_parallel as vp
+        assert vp.RECORD_WIDTH == ce.RECORD_WIDTH == len(vp.RECORD_FIELDS)
+        print("LAYERS OK")
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       cwd=str(Path(__file__).resolve().parent.parent))
+    assert p.returncode == 0 and "LAYERS OK" in p.stdout, (p.stdout + p.stderr)[-4000:]
+
+
+def test_every_cuda_module_is_at_most_500_lines():
+    for path in sorted((Path(__file__).resolve().parent.parent / "gpu_softmax" / "_cuda").glob("*.py")):
+        assert len(path.read_text().splitlines()) <= 500, path.name

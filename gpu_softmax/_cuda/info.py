@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import loader
+
 # gpu_softmax is installed from its checkout (it is not on a package index), so the
 # hints name the checkout's extras.
 GPU_INSTALL = 'pip install ".[cuda12x]" (CUDA 12 driver) or ".[cuda13x]" (CUDA 13 driver) from the checkout'
@@ -97,8 +99,6 @@ def device_name(index: int = 0) -> str:
 
 
 def backend_info() -> dict:
-    from . import loader
-
     info: dict = {
         "python": platform.python_version(),
         "numpy": np.__version__,
