@@ -9,7 +9,7 @@ for in another storage) a one-block finish kernel: a fixed-order float64 sum of 
 per-row losses written in the requested storage (no float atomics: the same inputs
 give the same bits; a 16-bit loss needs no cast launch afterwards).
 
-Passes over the logits: one read (and one gradient write) in the warp, block and
+Passes over the logits: one read (and one gradient write) in the warp, row and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
 blocks hold) reads twice. The split regime runs k blocks per row that wait for
 each other: it is planned only when the device supports cooperative launches, with

@@ -100,7 +100,8 @@ def _softmax_entries():
 # cross-entropy family (cuda_src/cross_entropy.cu)
 
 # storage -> regime -> compiled variants. warp: NV values (128-thread blocks);
-# block: (NV, launch-bound threads); split: (NV, launch-bound threads), 2 resident
+# block: (NV, launch-bound threads) of the ce_block template (the planners' "row"
+# regime); split: (NV, launch-bound threads), 2 resident
 # blocks per SM (a block waiting for its row's partials overlaps with another's
 # loads); stream: NV (512 threads).
 CE_VARIANTS: dict[str, dict] = {
