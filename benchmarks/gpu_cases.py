@@ -32,7 +32,7 @@ import gpu_softmax as gs  # noqa: E402
 from gpu_softmax.selfcheck import compare  # noqa: E402
 
 SOFTMAX_SHAPES = [(64, 1000), (5, 33), (8, 16000), (2, 262144)]  # the regimes the planner picks on its own
-# Regimes forced on short rows (softmax.FORCE_REGIME; a value the planner does not know is a no-op).
+# Regimes forced on short rows (softmax.POLICY.force_regime; a value the planner does not know is a no-op).
 FORCED = [("stream", [(3, 1), (5, 777), (4, 70000)]), ("split", [(2, 5000), (7, 16384), (1, 9000)]),
           ("stage", [(4, 3000), (8, 16000)])]
 CE_SHAPES = [(64, 1000), (5, 33), (8, 16000), (2, 262144)]
@@ -48,15 +48,13 @@ def regime_cases():
 
     def softmax_family(rows, cols, dtype, force):
         def run():
-            sm_mod.FORCE_REGIME = force
-            saved = sm_mod.SPLIT_MIN_COLS
-            if force == "split":
-                sm_mod.SPLIT_MIN_COLS = 1
+            saved = sm_mod.POLICY
+            sm_mod.POLICY = saved.replace(force_regime=force, split_min_cols=1 if force == "split" else
+                                          saved.split_min_cols)
             try:
                 return _softmax_family(rng, rows, cols, dtype)
             finally:
-                sm_mod.FORCE_REGIME = None
-                sm_mod.SPLIT_MIN_COLS = saved
+                sm_mod.POLICY = saved
         return run
 
     for dtype in ("float32", "float16"):

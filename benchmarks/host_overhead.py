@@ -113,7 +113,7 @@ def measure(calls: int = 2000, fake: bool | None = None) -> dict[str, float]:
 
     launched = []
     real_launch = sm._launch
-    sm._launch = lambda p, args: launched.append(p)
+    sm._launch = lambda ds, p, args: launched.append(p)
     try:
         x = cp.asarray(np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32))
         y = cp.asarray(np.full((8, 32), 1 / 32, np.float32))
@@ -125,7 +125,7 @@ def measure(calls: int = 2000, fake: bool | None = None) -> dict[str, float]:
 
         cases = {
             "calibration: one empty Python call": empty,
-            "stub launch alone": lambda: sm._launch(None, ()),
+            "stub launch alone": lambda: sm._launch(None, None, ()),
             "_cuda.softmax.softmax(checked args)": lambda: sm.softmax(args),
             "gpu_softmax.softmax(x)": lambda: gpu_softmax.softmax(x),
             "gpu_softmax.softmax(x, out=out)": lambda: gpu_softmax.softmax(x, out=out),

@@ -420,6 +420,16 @@ __device__ __forceinline__ double ld_relaxed(const double* p) { return *(const v
 __device__ __forceinline__ void nanosleep_ns(unsigned int) {}
 #endif
 
+// The GPU's global nanosecond timer (the same clock on every SM).
+__device__ __forceinline__ unsigned long long globaltimer_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#ifndef GS_SPIN_LIMIT_NS
+#define GS_SPIN_LIMIT_NS 1000000000ull  // about a second
+#endif
+
 // Thread 0 publishes `mine` into slot `p` of this round's (parity) buffer and
 // waits for the round to fill. Two buffers: a block can only reach round r+2's
 // write after every block of the group arrived at round r+1, i.e. after all of
@@ -436,7 +446,15 @@ __device__ __forceinline__ void group_publish_wait(A m, A r, A* part, unsigned l
         __threadfence();  // release: the partial is visible before the count says so
         atomicAdd(cnt + g, 1ull);
         const unsigned long long target = (round + 1) * (unsigned long long)k;
-        while (ld_acquire(cnt + g) < target) nanosleep_ns(64);
+        // Bounded: co-resident blocks arrive within microseconds, so a wait past
+        // GS_SPIN_LIMIT_NS means blocks of this group never ran (a cooperative grid
+        // shrunk below k blocks per group). Trap rather than hang: the launch then
+        // fails with an error at the next synchronisation.
+        const unsigned long long t0 = globaltimer_ns();
+        while (ld_acquire(cnt + g) < target) {
+            nanosleep_ns(64);
+            if (globaltimer_ns() - t0 > GS_SPIN_LIMIT_NS) __trap();
+        }
     }
     __syncthreads();
 }

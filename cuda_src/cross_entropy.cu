@@ -551,6 +551,8 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
         }
         // The next row's block_merge starts with a barrier: no scratch race.
     }
+    // Counters back to zero: the launcher keeps one zeroed workspace per stream.
+    group_release(cnt, cnt + groups, g, k);
 }
 
 // ---------------------------------------------------------------------------
@@ -666,102 +668,9 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
 }  // namespace gs
 
 // ---------------------------------------------------------------------------
-// entry points: gs_ce_<warp|block|split><NV>_<dtype>, gs_ce_stream<NV>_<hard|soft>_<dtype>,
-// gs_ce_scale_<dtype>, gs_ce_finish_<dtype>, gs_ce_prep_<f32|f64>. The list must match ENTRY_POINTS in
-// gpu_softmax/_cuda/cross_entropy.py (a CPU test checks it).
-
-#define GS_CE_ARGS(S)                                                                                              \
-    const S::T *x, S::T *grad, const long long *tgt, const S::A *soft_t, const S::A *w, const S::A *coef,          \
-        const S::A *g_rows, S::A *row_loss, S::A *row_lse, long long rows, long long cols, long long ignore,       \
-        double eps, double z, double cap
-
-#define GS_ENTRY_CE_WARP(name, S, NV)                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) name(GS_CE_ARGS(S), int width) {                            \
-        (void)soft_t;                                                                                              \
-        gs::ce_warp<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,        \
-                           (S::A)z, (S::A)cap, width);                                                             \
-    }
-#define GS_ENTRY_CE_BLOCK(name, S, NV, THREADS)                                                                    \
-    extern "C" __global__ void __launch_bounds__(THREADS) name(GS_CE_ARGS(S)) {                                   \
-        (void)soft_t;                                                                                              \
-        gs::ce_block<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,       \
-                            (S::A)z, (S::A)cap);                                                                   \
-    }
-#define GS_ENTRY_CE_STREAM(name, S, NV, SOFT)                                                                      \
-    extern "C" __global__ void __launch_bounds__(512) name(GS_CE_ARGS(S)) {                                       \
-        gs::ce_stream<S, NV, SOFT>(x, grad, tgt, soft_t, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore,   \
-                                   (S::A)eps, (S::A)z, (S::A)cap);                                                 \
-    }
-#define GS_ENTRY_CE_SPLIT(name, S, NV, THREADS, MINB)                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, MINB)                                                   \
-        name(GS_CE_ARGS(S), int k, long long chunk, S::A *part, unsigned long long *cnt) {                        \
-        (void)soft_t;                                                                                              \
-        gs::ce_split<S, NV>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, rows, cols, ignore, (S::A)eps,       \
-                            (S::A)z, (S::A)cap, k, chunk, part, cnt);                                              \
-    }
-#define GS_ENTRY_CE_SCALE(name, S)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256) name(S::T* grad, long long n, long long cols,              \
-                                                           long long inner, const S::A* g_scalar,               \
-                                                           const S::A* g_rows) {                                \
-        gs::ce_scale_grad<S>(grad, n, cols, inner, g_scalar, g_rows);                                              \
-    }
-#define GS_ENTRY_CE_FINISH(name, S)                                                                                \
-    extern "C" __global__ void __launch_bounds__(256) name(const S::A* row_loss, S::T* out, long long rows,      \
-                                                           int reduce) {                                        \
-        gs::ce_finish<S>(row_loss, out, rows, reduce);                                                             \
-    }
-#define GS_ENTRY_CE_PREP(name, A)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(256) name(const long long* tgt, long long rows, long long cols,   \
-                                                           long long ignore, const A* w, int reduction,            \
-                                                           const A* g_ptr, double g_val, A* coef,                  \
-                                                           unsigned long long* n_bad) {                            \
-        gs::ce_prep<A>(tgt, rows, cols, ignore, w, reduction, g_ptr, g_val, coef, n_bad);                          \
-    }
-
-GS_ENTRY_CE_WARP(gs_ce_warp1_f32, gs::F32, 1)
-GS_ENTRY_CE_WARP(gs_ce_warp2_f32, gs::F32, 2)
-GS_ENTRY_CE_WARP(gs_ce_warp4_f32, gs::F32, 4)
-GS_ENTRY_CE_BLOCK(gs_ce_block4_f32, gs::F32, 4, 1024)
-GS_ENTRY_CE_BLOCK(gs_ce_block8_f32, gs::F32, 8, 1024)
-GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f32, gs::F32, 4, false)
-GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f32, gs::F32, 4, true)
-GS_ENTRY_CE_SPLIT(gs_ce_split8_f32, gs::F32, 8, 512, 2)
-GS_ENTRY_CE_SCALE(gs_ce_scale_f32, gs::F32)
-GS_ENTRY_CE_FINISH(gs_ce_finish_f32, gs::F32)
-
-GS_ENTRY_CE_WARP(gs_ce_warp1_f16, gs::F16, 1)
-GS_ENTRY_CE_WARP(gs_ce_warp2_f16, gs::F16, 2)
-GS_ENTRY_CE_BLOCK(gs_ce_block2_f16, gs::F16, 2, 1024)
-GS_ENTRY_CE_BLOCK(gs_ce_block4_f16, gs::F16, 4, 1024)
-GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_f16, gs::F16, 2, false)
-GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_f16, gs::F16, 2, true)
-GS_ENTRY_CE_SPLIT(gs_ce_split4_f16, gs::F16, 4, 384, 2)
-GS_ENTRY_CE_SCALE(gs_ce_scale_f16, gs::F16)
-GS_ENTRY_CE_FINISH(gs_ce_finish_f16, gs::F16)
-
-GS_ENTRY_CE_WARP(gs_ce_warp1_bf16, gs::BF16, 1)
-GS_ENTRY_CE_WARP(gs_ce_warp2_bf16, gs::BF16, 2)
-GS_ENTRY_CE_BLOCK(gs_ce_block2_bf16, gs::BF16, 2, 1024)
-GS_ENTRY_CE_BLOCK(gs_ce_block4_bf16, gs::BF16, 4, 1024)
-GS_ENTRY_CE_STREAM(gs_ce_stream2_hard_bf16, gs::BF16, 2, false)
-GS_ENTRY_CE_STREAM(gs_ce_stream2_soft_bf16, gs::BF16, 2, true)
-GS_ENTRY_CE_SPLIT(gs_ce_split4_bf16, gs::BF16, 4, 384, 2)
-GS_ENTRY_CE_SCALE(gs_ce_scale_bf16, gs::BF16)
-GS_ENTRY_CE_FINISH(gs_ce_finish_bf16, gs::BF16)
-
-GS_ENTRY_CE_WARP(gs_ce_warp1_f64, gs::F64, 1)
-GS_ENTRY_CE_WARP(gs_ce_warp2_f64, gs::F64, 2)
-GS_ENTRY_CE_WARP(gs_ce_warp4_f64, gs::F64, 4)
-GS_ENTRY_CE_BLOCK(gs_ce_block4_f64, gs::F64, 4, 512)
-GS_ENTRY_CE_BLOCK(gs_ce_block8_f64, gs::F64, 8, 512)
-GS_ENTRY_CE_STREAM(gs_ce_stream4_hard_f64, gs::F64, 4, false)
-GS_ENTRY_CE_STREAM(gs_ce_stream4_soft_f64, gs::F64, 4, true)
-GS_ENTRY_CE_SPLIT(gs_ce_split8_f64, gs::F64, 8, 256, 2)
-GS_ENTRY_CE_SCALE(gs_ce_scale_f64, gs::F64)
-GS_ENTRY_CE_FINISH(gs_ce_finish_f64, gs::F64)
-
-GS_ENTRY_CE_PREP(gs_ce_prep_f32, float)
-GS_ENTRY_CE_PREP(gs_ce_prep_f64, double)
+// The extern "C" entry points of this file (gs_ce_*, gs_vp_*: C signatures, launch
+// bounds, variants) are generated from gpu_softmax/_cuda/kernels.py and appended
+// by the loader.
 
 // ---------------------------------------------------------------------------
 // vocabulary-parallel cross entropy (gpu_softmax.vocab_parallel): the classes are
@@ -921,29 +830,3 @@ __device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T*
 }
 
 }  // namespace gs
-
-// entry points: gs_vp_stats_<dtype>, gs_vp_finish_<dtype> (listed in ENTRY_POINTS of
-// gpu_softmax/_cuda/cross_entropy.py).
-#define GS_ENTRY_VP_STATS(name, S, NV)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) name(const S::T* x, const long long* tgt, const S::A* w,    \
-                                                           S::A* rec, long long rows, long long cols,             \
-                                                           long long v0, long long ignore, double eps) {          \
-        gs::vp_stats<S, NV>(x, tgt, w, rec, rows, cols, v0, ignore, (S::A)eps);                                    \
-    }
-#define GS_ENTRY_VP_FINISH(name, S, NV)                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                             \
-        name(const S::T* x, S::T* grad, const long long* tgt, const S::A* w, const S::A* coef, const S::A* g_rows, \
-             const S::A* recs, S::A* row_loss, int nranks, long long rows, long long cols, long long v0,          \
-             long long vocab, long long ignore, double eps, double z) {                                            \
-        gs::vp_finish<S, NV>(x, grad, tgt, w, coef, g_rows, recs, row_loss, nranks, rows, cols, v0, vocab, ignore, \
-                             (S::A)eps, (S::A)z);                                                                  \
-    }
-
-GS_ENTRY_VP_STATS(gs_vp_stats_f32, gs::F32, 2)
-GS_ENTRY_VP_STATS(gs_vp_stats_f16, gs::F16, 2)
-GS_ENTRY_VP_STATS(gs_vp_stats_bf16, gs::BF16, 1)
-GS_ENTRY_VP_STATS(gs_vp_stats_f64, gs::F64, 4)
-GS_ENTRY_VP_FINISH(gs_vp_finish_f32, gs::F32, 4)
-GS_ENTRY_VP_FINISH(gs_vp_finish_f16, gs::F16, 2)
-GS_ENTRY_VP_FINISH(gs_vp_finish_bf16, gs::BF16, 2)
-GS_ENTRY_VP_FINISH(gs_vp_finish_f64, gs::F64, 4)

@@ -46,11 +46,9 @@ import numpy as np
 
 from . import _checks, reference
 from ._checks import CrossEntropyArgs
+from ._cuda.kernels import RECORD_FIELDS, RECORD_WIDTH  # the kernels' record layout, re-exported
 
 __all__ = ["check_args", "partial_stats", "merge_stats", "finish", "RECORD_FIELDS"]
-
-RECORD_FIELDS = ("max", "sum_minus_1", "target_logit", "sum_weighted_gaps", "weight_sum")
-RECORD_WIDTH = len(RECORD_FIELDS)
 
 
 # ----------------------------------------------------------------------------------

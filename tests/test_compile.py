@@ -38,11 +38,15 @@ def test_family_compiles_without_spills(family, arch):
 
 @pytest.mark.parametrize("family", loader.families())
 def test_every_launchable_entry_point_is_declared(family):
-    """The launch module's ENTRY_POINTS and the source's extern "C" kernels agree."""
+    """The kernel table's entry points, the launch module's ENTRY_POINTS and the
+    source's extern "C" kernels agree."""
+    import importlib
+
     declared = cc.declared_entry_points(family)
-    assert declared is not None, f"cuda_src/{family}.cu has no launch module gpu_softmax._cuda.{family}"
-    assert declared, f"gpu_softmax._cuda.{family}.ENTRY_POINTS is empty"
+    assert declared is not None, f"cuda_src/{family}.cu has no entry in gpu_softmax/_cuda/kernels.py"
+    assert declared, f"the kernel table declares no entry point of {family}"
     assert sorted(declared) == loader.extern_c_kernels(loader.module_source(family))
+    assert tuple(importlib.import_module(f"gpu_softmax._cuda.{family}").ENTRY_POINTS) == tuple(declared)
 
 
 def test_spill_detection_can_fail():
@@ -100,3 +104,26 @@ def test_extern_c_kernels_finds_plain_and_macro_entries():
         'extern "C" __global__ void __launch_bounds__(64, 2) after_void(float* p) {}\n'
     )
     assert loader.extern_c_kernels(src) == ["after_void", "bounded_two", "macro_three", "plain_one"]
+
+
+def test_static_shared_memory_is_read_and_held_under_the_planners_reserve():
+    """ptxas's static shared memory per entry point is parsed, and more than the
+    planners' STATIC_SMEM_MAX is a problem (the occupancy model would over-count)."""
+    from gpu_softmax._cuda.plan import STATIC_SMEM_MAX
+
+    log = (
+        "ptxas info    : Compiling entry function 'small' for 'sm_90'\n"
+        "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 10 registers, used 1 barriers, 1200 bytes smem\n"
+        "ptxas info    : Compiling entry function 'big' for 'sm_90'\n"
+        "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        f"ptxas info    : Used 10 registers, used 1 barriers, {STATIC_SMEM_MAX + 16} bytes smem, 380 bytes cmem[0]\n"
+        "ptxas info    : Compiling entry function 'none' for 'sm_90'\n"
+        "ptxas info    : Used 8 registers, used 0 barriers\n"
+    )
+    got = cc.parse_ptxas_log(log, 90)
+    assert [got[n].static_smem_bytes for n in ("small", "big", "none")] == [1200, STATIC_SMEM_MAX + 16, 0]
+    rep = cc.FamilyReport("x", 90, 0.0, log, entries=got)
+    assert [p for p in cc.problems(rep) if "static shared memory" in p] == [
+        f"x.cu sm_90: big has {STATIC_SMEM_MAX + 16} B of static shared memory, above the planners' "
+        f"STATIC_SMEM_MAX ({STATIC_SMEM_MAX} B)"]

@@ -10,6 +10,7 @@ import pytest
 
 from gpu_softmax import _checks
 from gpu_softmax._cuda import cross_entropy as ce
+from gpu_softmax._cuda.plan import Device
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -17,17 +18,19 @@ F = torch.nn.functional
 import gpu_softmax.torch as gst  # noqa: E402
 from gpu_softmax import _torch_bridge as bridge  # noqa: E402
 
-# Resident blocks per SM on an H100/H200 for our kernels at their thread counts: the
-# split variants are compiled for 2 (launch bounds), the others as the occupancy
-# calculator reports for their register counts (tests/test_compile.py keeps them).
+# An H100/H200 whose SMs hold 2 blocks of our split kernels (their launch bounds'
+# promise) and no more, whatever their thread count: the planner's occupancy model
+# (plan.occupancy) on this description.
 H100_SMS = 132
+
+
+def device(n_sm: int = H100_SMS, cooperative: bool = True) -> Device:
+    return Device("H100, 2 blocks per SM", n_sm, max_blocks_per_sm=2, cooperative=cooperative)
 
 
 def occupancy(name: str, threads: int) -> int:
     assert name in ce.ENTRY_POINTS, name
-    if "_split" in name:
-        return 2
-    return max(1, 2048 // threads // 2)
+    return ce.occupancy_of(device(), name, threads)
 
 
 GOAL_SHAPES = [(4096, 128256), (8192, 32000), (16384, 131072), (4096, 256000), (16384, 151936)]
@@ -36,8 +39,8 @@ GOAL_SHAPES = [(4096, 128256), (8192, 32000), (16384, 131072), (4096, 256000), (
 @pytest.mark.parametrize("storage", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("rows,cols", GOAL_SHAPES, ids=str)
 def test_goal_shapes_plan_one_read(storage, rows, cols):
-    p = ce.plan(storage, rows, cols, 0, False, H100_SMS, occupancy, cooperative=True)
-    assert p.regime in ("block", "split"), p  # the logits are read once, the gradient written once
+    p = ce.plan(storage, rows, cols, 0, False, device())
+    assert p.regime in ("row", "split"), p  # the logits are read once, the gradient written once
     if p.regime == "split":
         assert p.cooperative and p.grid == p.groups * p.k <= occupancy(p.kernel, p.block) * H100_SMS
         assert p.chunk * (p.k - 1) < cols <= p.chunk * p.k
@@ -47,11 +50,11 @@ def test_goal_shapes_plan_one_read(storage, rows, cols):
 def test_split_plans_hold_their_chunk_and_fit_co_resident(storage):
     vec = ce.VEC[storage]
     nv, max_threads = ce.VARIANTS[storage]["split"]
-    for cols in (ce.capacity(storage, "block") + 1, 50257, 128256, 151936, 262144, 1 << 20, (1 << 22) + 5):
+    for cols in (ce.capacity(storage, "row") + 1, 50257, 128256, 151936, 262144, 1 << 20, (1 << 22) + 5):
         for mis in range(vec):
             for rows in (1, 7, 4096, 10**7):
                 for n_sm in (1, 3, 132):
-                    p = ce.plan(storage, rows, cols, mis, False, n_sm, occupancy, cooperative=True)
+                    p = ce.plan(storage, rows, cols, mis, False, device(n_sm))
                     if p.regime != "split":
                         # Only when the row needs more blocks than can be resident at once.
                         assert p.regime == "stream" and -(-cols // ce.capacity(storage, "split")) > 2 * n_sm
@@ -66,16 +69,23 @@ def test_split_plans_hold_their_chunk_and_fit_co_resident(storage):
 def test_split_needs_a_cooperative_launch_and_hard_labels():
     for storage in ce.VARIANTS:
         cols = 4 * ce.capacity(storage, "split")
-        assert ce.plan(storage, 64, cols, 0, False, H100_SMS, occupancy, cooperative=True).regime == "split"
-        assert ce.plan(storage, 64, cols, 0, False, H100_SMS, occupancy, cooperative=False).regime == "stream"
-        assert ce.plan(storage, 64, cols, 0, True, H100_SMS, occupancy, cooperative=True).regime == "stream"
+        assert ce.plan(storage, 64, cols, 0, False, device()).regime == "split"
+        assert ce.plan(storage, 64, cols, 0, False, device(cooperative=False)).regime == "stream"
+        assert ce.plan(storage, 64, cols, 0, True, device()).regime == "stream"
 
 
 def test_launcher_launches_split_plans_cooperatively(monkeypatch):
     seen = []
     monkeypatch.setattr(ce, "_launch", lambda name, grid, block, args, cooperative=False:
                         seen.append((name, cooperative)))
-    monkeypatch.setattr(ce, "cooperative_ok", lambda: True)
+
+    class State:
+        desc = device()
+
+        def workspace(self, groups, k, acc):
+            return ce.NULL, ce.NULL
+
+    monkeypatch.setattr(ce.device, "current", State)
 
     class Arr:
         class data:
@@ -84,11 +94,6 @@ def test_launcher_launches_split_plans_cooperatively(monkeypatch):
 
     inp = ce._Inputs("float32", np.dtype(np.float32), Arr(), ce.NULL, ce.NULL, ce.NULL)
     a = _checks.check_cross_entropy(np.zeros((2, 100000), np.float32), np.zeros(2, np.int64))
-    import gpu_softmax._cuda.launch as launch
-
-    monkeypatch.setattr(launch, "sm_count", lambda: 132)
-    monkeypatch.setattr(ce, "_occupancy", occupancy)
-    monkeypatch.setattr(ce, "_split_workspace", lambda p, acc: (ce.NULL, ce.NULL))
     p = ce._launch_fused(a, inp, ce.NULL, ce.NULL, ce.NULL, ce.NULL, ce.NULL)
     assert p.regime == "split" and seen == [(ce.split_name("float32"), True)]
 

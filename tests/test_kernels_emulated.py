@@ -21,7 +21,7 @@ RUNNER = Path(__file__).resolve().parent / "emulator" / "run.py"
 SUITES = [
     ("softmax", "basic"), ("softmax", "special"), ("softmax", "layouts"), ("softmax", "long_rows"), ("softmax", "regimes"), ("softmax", "variants"),
     ("cross_entropy", "hard"), ("cross_entropy", "soft"), ("cross_entropy", "special"), ("cross_entropy", "layouts"),
-    ("cross_entropy", "overflow"), ("cross_entropy", "split"), ("cross_entropy", "scale"),
+    ("cross_entropy", "overflow"), ("cross_entropy", "split"), ("cross_entropy", "scale"), ("cross_entropy", "variants"),
 ]
 
 

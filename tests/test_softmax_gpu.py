@@ -234,7 +234,7 @@ def test_out_overlapping_input(cp, rng):
 def test_stream_regime(cp, rng, monkeypatch, dtype, rows, cols):
     from gpu_softmax._cuda import softmax as mod
 
-    monkeypatch.setattr(mod, "FORCE_REGIME", "stream")
+    monkeypatch.setattr(mod, "POLICY", mod.POLICY.replace(force_regime="stream"))
     x_np = _rand(rng, (rows, cols), dtype)
     _check_forward(cp, x_np, cp.asarray(x_np), what=" stream")
     _check_backward(cp, _backward_inputs(rng, (rows, cols), dtype), what=" stream")
@@ -253,8 +253,7 @@ def test_split_few_rows(cp, rng, monkeypatch, dtype, rows, cols):
     """Block-regime lengths forced through the split planner (rows split over SMs)."""
     from gpu_softmax._cuda import softmax as mod
 
-    monkeypatch.setattr(mod, "FORCE_REGIME", "split")
-    monkeypatch.setattr(mod, "SPLIT_MIN_COLS", 1)
+    monkeypatch.setattr(mod, "POLICY", mod.POLICY.replace(force_regime="split", split_min_cols=1))
     x_np = _rand(rng, (rows, cols), dtype)
     _check_forward(cp, x_np, cp.asarray(x_np), what=" split")
     _check_backward(cp, _backward_inputs(rng, (rows, cols), dtype), what=" split")
@@ -321,7 +320,7 @@ def test_row_regime_staged_in_shared_memory(cp, rng, monkeypatch, dtype, rows, c
     """The row regime with most of each row staged in shared memory (cp.async)."""
     from gpu_softmax._cuda import softmax as mod
 
-    monkeypatch.setattr(mod, "FORCE_REGIME", "stage")
+    monkeypatch.setattr(mod, "POLICY", mod.POLICY.replace(force_regime="stage"))
     x_np = _rand(rng, (rows, cols), dtype)
     _check_forward(cp, x_np, cp.asarray(x_np), what=" stage")
     _check_backward(cp, _backward_inputs(rng, (rows, cols), dtype), what=" stage")
@@ -330,6 +329,31 @@ def test_row_regime_staged_in_shared_memory(cp, rng, monkeypatch, dtype, rows, c
     x = cp.asarray(x_np)
     gpu_softmax.softmax(x, out=x)
     assert_close(cp.asnumpy(x), reference.softmax(x_np), dtype, "stage in-place")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_cooperative_grids_fit_the_drivers_occupancy(cp, dtype):
+    """Every plan with k > 1 over the regime-edge shapes: the occupancy model's grid
+    is at most what the driver itself says is resident (issue 24 item 5)."""
+    from gpu_softmax._cuda import device, loader
+    from gpu_softmax._cuda import softmax as mod
+
+    dev = mod.current_device()
+    storage = np.dtype(dtype).name
+    checked = 0
+    for direction in ("fwd", "bwd", "lse"):
+        lengths = _edge_lengths(mod, storage, "fwd" if direction == "lse" else direction, dev)
+        for cols in lengths + [1 << 18, 1 << 20, (1 << 21) + 3]:
+            for rows in (1, 2, 7, dev.n_sm - 1):
+                for mis in (0, mod.VEC[storage] - 1):
+                    for pol in (mod.DEFAULT_POLICY, mod.DEFAULT_POLICY.replace(force_regime="split", split_min_cols=1),
+                                mod.DEFAULT_POLICY.replace(force_regime="stream")):
+                        p = mod.plan(storage, direction, rows, cols, mis, dev, pol)
+                        if p.k > 1:
+                            fn = loader.get_function(mod.FAMILY, p.kernel).kernel
+                            assert p.grid <= device.driver_occupancy(fn, p.block, p.smem) * dev.n_sm, p
+                            checked += 1
+    assert checked > 0
 
 
 def test_split_workspace_is_reused_across_calls_and_streams(cp, rng):
@@ -346,7 +370,7 @@ def test_split_workspace_is_reused_across_calls_and_streams(cp, rng):
         s.synchronize()
         assert_close(cp.asnumpy(got), want, np.float32, f"split call {i}")
     cp.cuda.Device().synchronize()
-    for part, cnt in mod._workspaces.values():
+    for part, cnt in mod.device.current().workspaces.values():
         assert int(cnt.sum()) == 0
 
 
@@ -386,7 +410,7 @@ def test_nan_inf_rows_stream_and_split(cp, rng, monkeypatch, dtype):
 
     x_np = _special_rows(70001, dtype, rng)
     for force in ("stream", "split"):
-        monkeypatch.setattr(mod, "FORCE_REGIME", force)
+        monkeypatch.setattr(mod, "POLICY", mod.DEFAULT_POLICY.replace(force_regime=force))
         _check_forward(cp, x_np, cp.asarray(x_np), what=f" special {force}")
 
 

@@ -211,24 +211,29 @@ def test_few_rows_fill_the_gpu():
             assert p.k > 1 and p.grid >= 100, p
 
 
-def test_plans_are_cached_and_hooks_are_part_of_the_key(monkeypatch):
+def test_plans_are_cached_and_the_policy_is_part_of_the_key():
     a = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100)
     assert sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100) is a
-    monkeypatch.setattr(sm, "FORCE_REGIME", "stream")
-    b = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100)
+    b = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100, sm.Policy(force_regime="stream"))
     assert b.regime == "stream" and a.regime == "row"
+    assert sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100, sm.DEFAULT_POLICY) == a
+    with pytest.raises(Exception):
+        sm.DEFAULT_POLICY.force_regime = "stream"  # frozen: a hook cannot leak into other calls
 
 
-def test_force_hooks(monkeypatch):
-    monkeypatch.setattr(sm, "FORCE_REGIME", "stream")
-    p = sm.plan("float32", "fwd", 1, 200003, 0, sm.H100)
+def test_force_hooks():
+    stream = sm.Policy(force_regime="stream")
+    p = sm.plan("float32", "fwd", 1, 200003, 0, sm.H100, stream)
     assert p.regime == "stream" and p.k > 1
-    p = sm.plan("float32", "fwd", 5, 7, 0, sm.H100)
+    p = sm.plan("float32", "fwd", 5, 7, 0, sm.H100, stream)
     assert p.regime == "stream" and p.k == 1
-    monkeypatch.setattr(sm, "FORCE_REGIME", "stage")
-    p = sm.plan("float16", "bwd", 5, 3000, 3, sm.H100)
+    p = sm.plan("float16", "bwd", 5, 3000, 3, sm.H100, sm.Policy(force_regime="stage"))
     assert p.regime == "row" and p.ss >= 1 and _nv(p) == min(sm.VARIANTS[("float16", "bwd")]["row"])
     check_plan(p, "float16", "bwd", 5, 3000, 3, sm.H100)
+    p = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100, sm.Policy(row_grid_waves=1))
+    assert p.regime == "row" and p.grid == sm.blocks_per_sm(sm.H100, "row", p.block, p.smem) * sm.H100.n_sm
+    p = sm.plan("float32", "fwd", 3, 5000, 0, sm.H100, sm.Policy(split_min_cols=1))
+    assert p.regime == "split" and p.k > 1, p
 
 
 @pytest.mark.parametrize("storage", sm.STORAGES)
@@ -251,13 +256,14 @@ def test_entry_points_are_generated_from_the_table():
     src = loader.module_source(sm.FAMILY)
     assert set(loader.extern_c_kernels(src)) == set(sm.ENTRY_POINTS)
     body = (loader.cuda_src_dir() / "softmax.cu").read_text()
-    assert not re.search(r"^GS_ENTRY_\w+\(", body, re.MULTILINE), "entry points belong to the generated table"
-    for name in sm.ENTRY_POINTS:
-        line = re.search(rf"^GS_ENTRY_(\w+)\({name}, gs::\w+, (\d+), (\d+), (\d+)\)$", src, re.MULTILINE)
+    assert not re.search(r'extern\s+"C"\s+__global__', body), "entry points belong to the generated table"
+    for storage, direction, template, nv in sm._variants():
+        name = sm.kernel_name(direction, template, nv, storage)
+        line = re.search(rf'^extern "C" __global__ void __launch_bounds__\((\d+), (\d+)\) {name}\(', src, re.MULTILINE)
         assert line, name
-        template = line.group(1).split("_")[1].lower()
-        assert (int(line.group(3)), int(line.group(4))) == sm.BOUNDS[template]
-        assert f"#define GS_ENTRY_{line.group(1)}(" in body
+        assert (int(line.group(1)), int(line.group(2))) == sm.BOUNDS[template]
+        call = re.search(rf"{name}\(.*?\) {{\n.*?gs::(\w+)<gs::(\w+), (\d+)>\(", src, re.DOTALL)
+        assert call.groups() == (f"{direction}_{template}", sm.SUFFIX[storage].upper(), str(nv)), name
     for storage in sm.STORAGES:
         assert any(n.endswith("_" + sm.SUFFIX[storage]) for n in sm.ENTRY_POINTS)
 
@@ -268,6 +274,7 @@ class _FakeKernel:
         self.fail = fail
         self.max_dynamic_shared_size_bytes = 0
         self.kernel = self
+        self.ptr = 1234
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
         if self.fail:
@@ -275,24 +282,47 @@ class _FakeKernel:
         self.calls.append((grid, block, shared_mem, enable_cooperative_groups))
 
 
+def _state(monkeypatch, fake, driver_blocks_per_sm=2):
+    from gpu_softmax._cuda import device
+
+    monkeypatch.setattr(sm.device.loader, "get_function", lambda fam, name: fake)
+    monkeypatch.setattr(device, "driver_occupancy", lambda fn, block, smem: driver_blocks_per_sm)
+    return device.DeviceState(0, sm.H100)
+
+
 def test_launch_flags_and_no_cooperative_fallback(monkeypatch):
     fake = _FakeKernel()
-    monkeypatch.setattr(sm, "_kernels", {})
-    monkeypatch.setattr(sm.loader, "get_function", lambda fam, name: fake)
-    monkeypatch.setattr(sm.launch, "device_id", lambda: 0)
+    ds = _state(monkeypatch, fake)
     split = sm.plan("float32", "fwd", 8, 262144, 0, sm.H100)
     row = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100)
-    sm._launch(split, ())
-    sm._launch(row, ())
+    sm._launch(ds, split, ())
+    sm._launch(ds, row, ())
     assert fake.calls[0][3] is True and fake.calls[0][2] == 0
     assert fake.calls[1][3] is False and fake.calls[1][2] == row.smem > 48 * 1024
     assert fake.max_dynamic_shared_size_bytes == row.smem  # opted in above 48 KiB
     # A CuPy that cannot launch cooperatively fails loudly instead of launching a
     # grid whose blocks might wait for blocks that never run.
-    monkeypatch.setattr(sm, "_kernels", {})
-    monkeypatch.setattr(sm.loader, "get_function", lambda fam, name: _FakeKernel(TypeError("no keyword")))
+    ds = _state(monkeypatch, _FakeKernel(TypeError("no keyword")))
     with pytest.raises(TypeError):
-        sm._launch(split, ())
+        sm._launch(ds, split, ())
+
+
+def test_cooperative_grid_larger_than_the_driver_allows_is_not_launched(monkeypatch):
+    """The planner's model says the split grid fits; a driver that holds fewer
+    blocks per SM makes the launch raise before anything runs (CuPy would shrink
+    the grid and the row's blocks would wait forever)."""
+    from gpu_softmax._cuda import device
+
+    split = sm.plan("float32", "fwd", 8, 262144, 0, sm.H100)
+    assert split.cooperative and split.grid > sm.H100.n_sm
+    fake = _FakeKernel()
+    ds = _state(monkeypatch, fake, driver_blocks_per_sm=1)
+    with pytest.raises(device.CooperativeGridError, match="exceeds what"):
+        sm._launch(ds, split, ())
+    assert fake.calls == []
+    ds = _state(monkeypatch, fake, driver_blocks_per_sm=sm.blocks_per_sm(sm.H100, "split", split.block))
+    sm._launch(ds, split, ())
+    assert fake.calls and fake.calls[0][3] is True
 
 
 def _nvrtc():

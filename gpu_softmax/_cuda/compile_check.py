@@ -8,19 +8,14 @@ registers and spills per entry function.
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from dataclasses import dataclass, field
 
-from . import loader
+from . import kernels, loader
+from .plan import STATIC_SMEM_MAX
 
 ARCHS: tuple[int, ...] = (80, 90)
-
-# Launch modules, by op family. A family whose launch module is absent still gets
-# compiled (its source must build), but has no declared entry points to compare.
-LAUNCH_MODULES = {"softmax": "gpu_softmax._cuda.softmax", "cross_entropy": "gpu_softmax._cuda.cross_entropy"}
-
 
 @dataclass
 class EntryReport:
@@ -30,6 +25,7 @@ class EntryReport:
     stack_bytes: int
     spill_store_bytes: int
     spill_load_bytes: int
+    static_smem_bytes: int = 0  # __shared__ arrays, as ptxas reports them
 
     @property
     def spills(self) -> int:
@@ -43,7 +39,7 @@ class FamilyReport:
     seconds: float
     log: str
     entries: dict[str, EntryReport] = field(default_factory=dict)
-    declared: tuple[str, ...] | None = None  # the launch module's ENTRY_POINTS
+    declared: tuple[str, ...] | None = None  # the kernel table's entry points
     in_source: tuple[str, ...] = ()  # extern "C" kernels found in the source text
 
 
@@ -95,6 +91,7 @@ def nvrtc_version() -> tuple[int, int]:
 _ENTRY_RE = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
 _FRAME_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS_RE = re.compile(r"Used (\d+) registers")
+_SMEM_RE = re.compile(r"(\d+) bytes smem")
 
 
 def parse_ptxas_log(log: str, arch: int) -> dict[str, EntryReport]:
@@ -116,7 +113,9 @@ def parse_ptxas_log(log: str, arch: int) -> dict[str, EntryReport]:
             continue
         m = _REGS_RE.search(line)
         if m:
-            reports[current] = EntryReport(current, arch, int(m.group(1)), *frame)
+            smem = _SMEM_RE.search(line)
+            reports[current] = EntryReport(current, arch, int(m.group(1)), *frame,
+                                           static_smem_bytes=int(smem.group(1)) if smem else 0)
             current = None
     return reports
 
@@ -131,16 +130,10 @@ def compile_options(arch: int) -> list[str]:
 
 
 def declared_entry_points(family: str) -> tuple[str, ...] | None:
-    modname = LAUNCH_MODULES.get(family)
-    if modname is None:
+    """The kernel table's entry points of `family` (None: a family the table does not declare)."""
+    if family not in kernels.FAMILIES:
         return None
-    try:
-        mod = importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name == modname:
-            return None
-        raise
-    return tuple(getattr(mod, "ENTRY_POINTS", ()))
+    return kernels.entry_points(family)
 
 
 def header_probe_source() -> str:
@@ -170,14 +163,19 @@ def problems(rep: FamilyReport) -> list[str]:
     for e in rep.entries.values():
         if e.spills:
             out.append(f"{where}: {e.name} spills {e.spill_store_bytes} B stores / {e.spill_load_bytes} B loads")
+        if e.static_smem_bytes > STATIC_SMEM_MAX:
+            # The planners' occupancy model reserves STATIC_SMEM_MAX per block; more
+            # would make it over-count resident blocks (a cooperative grid too large).
+            out.append(f"{where}: {e.name} has {e.static_smem_bytes} B of static shared memory, above the "
+                       f"planners' STATIC_SMEM_MAX ({STATIC_SMEM_MAX} B)")
     if rep.declared is not None:
         declared = set(rep.declared)
         found = set(rep.in_source)
         compiled = set(rep.entries)
         for n in sorted(declared - found):
-            out.append(f"{where}: ENTRY_POINTS names {n}, which the source does not define")
+            out.append(f"{where}: the kernel table names {n}, which the source does not define")
         for n in sorted(found - declared):
-            out.append(f"{where}: the source defines {n}, which ENTRY_POINTS does not list (dead or unlisted kernel)")
+            out.append(f"{where}: the source defines {n}, which the kernel table does not list (dead or unlisted kernel)")
         for n in sorted(declared - compiled):
             out.append(f"{where}: {n} did not appear in ptxas's report")
     return out

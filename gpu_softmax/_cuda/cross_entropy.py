@@ -9,12 +9,16 @@ for in another storage) a one-block finish kernel: a fixed-order float64 sum of 
 per-row losses written in the requested storage (no float atomics: the same inputs
 give the same bits; a 16-bit loss needs no cast launch afterwards).
 
-Passes over the logits: one read (and one gradient write) in the warp, block and
+Passes over the logits: one read (and one gradient write) in the warp, row and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
 blocks hold) reads twice. The split regime runs k blocks per row that wait for
 each other: it is planned only when the device supports cooperative launches, with
-the grid sized from the occupancy calculator, and launched cooperatively (the
-driver refuses a grid that would not be resident rather than letting it hang).
+the grid sized from the occupancy model (plan.py, as for softmax), and launched
+cooperatively through the device state, which first compares the grid with the
+driver's occupancy x SMs and raises if it is larger (the driver does not refuse
+such a grid: CuPy shrinks it and the row's blocks would wait; the device-side
+spin is bounded and traps after about a second). The split workspace is cached
+per stream and left zeroed by the kernel (device.DeviceState.workspace).
 
 ``scale_grad`` is the backward of the autograd bridges: an in-place multiply of a
 saved gradient by ``grad_output`` that returns early on the device when the scalar
@@ -35,232 +39,78 @@ for float64 logits), converted once when they come in another dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import _checks
 from .._checks import CrossEntropyArgs
-from . import launch, loader
+from . import abi, device, kernels, launch
+from .abi import cdiv
+from .cross_entropy_plan import (  # noqa: F401  (re-exported)
+    BLOCK_MIN_THREADS,
+    REGIMES,
+    STREAM_THREADS,
+    WARP_BLOCK_THREADS,
+    capacity,
+    occupancy_of,
+    plan,
+)
+from .kernels import ENTRIES, RECORD_WIDTH
+from .plan import DEFAULT_POLICY, Device, Plan, Policy
 
 FAMILY = "cross_entropy"
 
 SUFFIX = launch.SUFFIX
 VEC = launch.VEC
 
-# storage -> regime -> compiled variants. warp: NV values (128-thread blocks);
-# block: (NV, launch-bound threads); split: (NV, launch-bound threads), compiled for
-# 2 resident blocks per SM (a block waiting for its row's partials overlaps with
-# another's loads); stream: NV (512 threads). Mirrors the GS_ENTRY_CE_* lines of
-# cuda_src/cross_entropy.cu; every variant compiles with zero spills for sm_80 and
-# sm_90 (tests/test_compile.py).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "float32": {"warp": (1, 2, 4), "block": ((4, 1024), (8, 1024)), "split": (8, 512), "stream": 4},
-    "float16": {"warp": (1, 2), "block": ((2, 1024), (4, 1024)), "split": (4, 384), "stream": 2},
-    "bfloat16": {"warp": (1, 2), "block": ((2, 1024), (4, 1024)), "split": (4, 384), "stream": 2},
-    "float64": {"warp": (1, 2, 4), "block": ((4, 512), (8, 512)), "split": (8, 256), "stream": 4},
-}
-WARP_BLOCK_THREADS = 128
-BLOCK_MIN_THREADS = 128
-STREAM_THREADS = 512
+# Compiled variants, names and C signatures: the kernel table (kernels.py).
+VARIANTS = kernels.CE_VARIANTS
 PREP_THREADS = 256
 SCALE_THREADS = 256
 FINISH_THREADS = 256
 FINISH_MAX_ROWS = 1 << 16  # one block sums this many row losses in a few microseconds
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
-NULL = np.uint64(0)  # a null device pointer argument
+NULL = abi.NULL  # a null device pointer argument
 
-# Test hook, None in normal use: caps the split regime's chunk (elements) so that
-# short rows reach it (the emulator runs every CUDA thread of every block on the CPU).
-SPLIT_MAX_CHUNK: int | None = None
-
-
-def warp_name(nv: int, storage: str) -> str:
-    return f"gs_ce_warp{nv}_{SUFFIX[storage]}"
-
-
-def block_name(nv: int, storage: str) -> str:
-    return f"gs_ce_block{nv}_{SUFFIX[storage]}"
-
-
-def split_name(storage: str) -> str:
-    return f"gs_ce_split{VARIANTS[storage]['split'][0]}_{SUFFIX[storage]}"
+warp_name = kernels.ce_warp_name
+block_name = kernels.ce_block_name
+split_name = kernels.ce_split_name
+stream_name = kernels.ce_stream_name
+finish_name = kernels.ce_finish_name
+scale_name = kernels.ce_scale_name
+prep_name = kernels.ce_prep_name
+vp_stats_name = kernels.vp_stats_name
+vp_finish_name = kernels.vp_finish_name
+ENTRY_POINTS: tuple[str, ...] = kernels.entry_points(FAMILY)
+VP_THREADS = kernels.CE_AUX_THREADS  # vocabulary parallel: a block per row, streamed over the local shard
 
 
-def stream_name(storage: str, soft: bool) -> str:
-    return f"gs_ce_stream{VARIANTS[storage]['stream']}_{'soft' if soft else 'hard'}_{SUFFIX[storage]}"
-
-
-def finish_name(storage: str) -> str:
-    return f"gs_ce_finish_{SUFFIX[storage]}"
-
-
-def scale_name(storage: str) -> str:
-    return f"gs_ce_scale_{SUFFIX[storage]}"
-
-
-def prep_name(storage: str) -> str:
-    return "gs_ce_prep_f64" if storage == "float64" else "gs_ce_prep_f32"
-
-
-ENTRY_POINTS: tuple[str, ...] = tuple(
-    sorted(
-        [warp_name(nv, s) for s, v in VARIANTS.items() for nv in v["warp"]]
-        + [block_name(nv, s) for s, v in VARIANTS.items() for nv, _ in v["block"]]
-        + [f(s) for s in VARIANTS for f in (split_name, scale_name, finish_name)]
-        + [stream_name(s, soft) for s in VARIANTS for soft in (False, True)]
-        + ["gs_ce_prep_f32", "gs_ce_prep_f64"]
-    )
-)
-
-
-# Vocabulary-parallel building blocks (gpu_softmax.vocab_parallel): a block per row,
-# streamed over the local shard, one variant per storage.
-VP_THREADS = 256
-
-
-def vp_stats_name(storage: str) -> str:
-    return f"gs_vp_stats_{SUFFIX[storage]}"
-
-
-def vp_finish_name(storage: str) -> str:
-    return f"gs_vp_finish_{SUFFIX[storage]}"
-
-
-ENTRY_POINTS = tuple(
-    sorted(ENTRY_POINTS + tuple(f(s) for s in VARIANTS for f in (vp_stats_name, vp_finish_name)))
-)
-
-
-def capacity(storage: str, regime: str) -> int:
-    """Longest row (plus misalignment) a held regime keeps in registers (split: per block)."""
-    v = VARIANTS[storage]
-    if regime == "warp":
-        return 32 * max(v["warp"]) * VEC[storage]
-    if regime == "block":
-        return max(nv * threads for nv, threads in v["block"]) * VEC[storage]
-    if regime == "split":
-        nv, threads = v["split"]
-        return nv * threads * VEC[storage]
-    raise ValueError(regime)
-
-
-# The regime table: first row whose limit covers `need` (row length plus its
-# worst misalignment in elements) wins. Soft labels always stream. "split" falls
-# back to "stream" when the row needs more co-resident blocks than the device
-# holds, or the device cannot launch cooperatively.
-REGIMES: dict[str, tuple[tuple[float, str], ...]] = {
-    s: ((capacity(s, "warp"), "warp"), (capacity(s, "block"), "block"), (float("inf"), "split")) for s in VARIANTS
-}
-
-
-@dataclass(frozen=True)
-class Plan:
-    regime: str
-    kernel: str
-    grid: int
-    block: int
-    width: int = 0  # warp regime: lanes per row
-    k: int = 1  # split regime: blocks per row
-    chunk: int = 0  # split regime: elements per block and row (a multiple of VEC)
-    groups: int = 0  # split regime: rows in flight (grid // k)
-
-    @property
-    def cooperative(self) -> bool:
-        return self.k > 1
-
-
-def plan(storage: str, rows: int, cols: int, mis: int, soft: bool, n_sm: int,
-         occupancy: Callable[[str, int], int], cooperative: bool = True) -> Plan:
-    """Regime, kernel and launch shape for `rows` rows of `cols` classes.
-
-    `cooperative`: whether the device can launch a cooperative grid (the split
-    regime needs its blocks co-resident and is never launched without it)."""
-    if rows < 1 or cols < 1:
-        raise ValueError("plan() needs at least one row and one class")
-    vec = VEC[storage]
-    need = cols + mis
-    regime = "stream" if soft else next(r for limit, r in REGIMES[storage] if need <= limit)
-    if SPLIT_MAX_CHUNK is not None and not soft and need > SPLIT_MAX_CHUNK:
-        regime = "split"
-    max_grid = 2**31 - 1
-    if regime == "warp":
-        for nv in VARIANTS[storage]["warp"]:
-            width = launch.next_pow2(-(-need // (nv * vec)))
-            if width <= 32:
-                break
-        name = warp_name(nv, storage)
-        rpb = WARP_BLOCK_THREADS // width
-        cap = max(1, occupancy(name, WARP_BLOCK_THREADS)) * n_sm * 4
-        return Plan("warp", name, int(min(-(-rows // rpb), cap, max_grid)), WARP_BLOCK_THREADS, width=width)
-    if regime == "block":
-        for nv, max_threads in VARIANTS[storage]["block"]:
-            threads = max(BLOCK_MIN_THREADS, -(-(-(-need // (nv * vec))) // 32) * 32)
-            if threads <= max_threads:
-                break
-        name = block_name(nv, storage)
-        cap = max(1, occupancy(name, threads)) * n_sm * 4
-        return Plan("block", name, int(min(rows, cap, max_grid)), threads)
-    if regime == "split" and cooperative:
-        p = _plan_split(storage, rows, cols, mis, n_sm, occupancy)
-        if p is not None:
-            return p
-    name = stream_name(storage, soft)
-    cap = max(1, occupancy(name, STREAM_THREADS)) * n_sm * 2
-    return Plan("stream", name, int(min(rows, cap, max_grid)), STREAM_THREADS)
-
-
-def _plan_split(storage: str, rows: int, cols: int, mis: int, n_sm: int, occupancy) -> Plan | None:
-    """k blocks per row each holding a chunk; None when the grid cannot be co-resident."""
-    vec = VEC[storage]
-    nv, max_threads = VARIANTS[storage]["split"]
-    # Largest chunk (a multiple of VEC) one block holds at this misalignment.
-    cap = (max_threads * nv * vec - mis) // vec * vec
-    if SPLIT_MAX_CHUNK is not None:
-        cap = min(cap, max(vec, SPLIT_MAX_CHUNK // vec * vec))
-    k = -(-cols // cap)
-    chunk = -(-(-(-cols // k)) // vec) * vec  # spread evenly: the blocks finish together
-    k = -(-cols // chunk)
-    threads = max(BLOCK_MIN_THREADS, -(-(-(-(chunk + mis) // (nv * vec))) // 32) * 32)
-    name = split_name(storage)
-    resident = occupancy(name, threads) * n_sm
-    groups = min(rows, resident // k)
-    if k < 2 or groups < 1:
-        return None
-    return Plan("split", name, groups * k, threads, k=k, chunk=chunk, groups=groups)
+# The planner's knobs for every call of this module (plan.Policy; the default is
+# normal use). ce_split_max_chunk caps the split regime's chunk so that short rows
+# reach it (the emulator runs every CUDA thread of every block on the CPU).
+POLICY: Policy = DEFAULT_POLICY
 
 
 def _occupancy(name: str, threads: int) -> int:
-    return launch.occupancy(FAMILY, name, threads)
+    """Resident blocks per SM on the current device (the occupancy model)."""
+    return occupancy_of(device.current().desc, name, threads)
 
 
 def _launch(name: str, grid: int, block: int, args: tuple, cooperative: bool = False) -> None:
-    fn = loader.get_function(FAMILY, name)
-    if not cooperative:
-        fn((grid, 1, 1), (block, 1, 1), args)
-        return
-    # The blocks of a split row wait for each other: a cooperative launch makes the
-    # driver refuse a grid that is not co-resident instead of letting it hang.
-    # plan() only makes such a grid when cooperative_ok() says the device can.
-    import cupy
-
-    fn.kernel((grid, 1, 1), (block, 1, 1), args, shared_mem=0, stream=cupy.cuda.get_current_stream(),
-              enable_cooperative_groups=True)
+    """One launch through the device state: a cooperative one (the split regime's
+    blocks wait for each other) after the grid guard against the driver's occupancy."""
+    device.current().launch(FAMILY, name, grid, block, args, 0, cooperative)
 
 
-_coop: dict[int, bool] = {}
+def plan_for(storage: str, rows: int, cols: int, mis: int = 0, soft: bool = False, dev: Device | None = None) -> Plan:
+    """The plan a fused call would get (for benchmarks and reports)."""
+    return plan(storage, rows, cols, mis, soft, device.current().desc if dev is None else dev, POLICY)
 
 
 def cooperative_ok() -> bool:
-    """Whether the current device launches cooperative grids (cached per device)."""
-    dev = launch.device_id()
-    ok = _coop.get(dev)
-    if ok is None:
-        import cupy
-
-        ok = bool(cupy.cuda.Device(dev).attributes.get("CooperativeLaunch", 0))
-        _coop[dev] = ok
-    return ok
+    """Whether the current device launches cooperative grids."""
+    return device.current().desc.cooperative
 
 
 # ----------------------------------------------------------------------------------
@@ -280,7 +130,7 @@ class _Inputs:
 
 def _kernel_inputs(a: CrossEntropyArgs, storage: str | None) -> _Inputs:
     """Logits, targets and weights in the layout and dtypes the kernels read."""
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(a.logits.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -299,7 +149,7 @@ def _kernel_inputs(a: CrossEntropyArgs, storage: str | None) -> _Inputs:
 
 def _grad_output_args(go, acc, want_grad: bool):
     """(pointer to a scalar grad_output or NULL, its value when a Python number, per-row array or NULL)."""
-    import cupy
+    cupy = launch.cupy()
 
     if not want_grad:
         return NULL, 1.0, NULL
@@ -312,7 +162,7 @@ def _grad_output_args(go, acc, want_grad: bool):
 
 def _validate_targets(a: CrossEntropyArgs, tgt, classes: int, n_bad) -> None:
     """validate=True: the one host read; raises before any per-row kernel runs."""
-    import cupy
+    cupy = launch.cupy()
 
     bad_count = int(n_bad.get()[0])
     if bad_count:
@@ -327,15 +177,15 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
     `coef` holds the loss and gradient scales (the mean's divisor reduced on the
     device). With validate=True and hard targets, raises for out-of-range targets.
     """
-    import cupy
+    cupy = launch.cupy()
 
     g_ptr, g_val, g_rows = _grad_output_args(a.grad_output, acc, want_grad)
     coef = cupy.empty(5, dtype=acc)
     n_bad = cupy.empty(1, dtype=np.uint64)
-    _launch(prep_name(st), 1, PREP_THREADS, (
-        tgt, np.int64(rows), np.int64(classes), np.int64(a.ignore_index), w,
-        np.int32(REDUCTION_CODE[a.reduction]), g_ptr, np.float64(g_val), coef, n_bad,
-    ))
+    name = prep_name(st)
+    _launch(name, 1, PREP_THREADS, ENTRIES[name].sig.pack(
+        tgt=tgt, rows=rows, cols=classes, ignore=a.ignore_index, w=w, reduction=REDUCTION_CODE[a.reduction],
+        g_ptr=g_ptr, g_val=g_val, coef=coef, n_bad=n_bad))
     if a.validate and not a.soft:
         _validate_targets(a, tgt, classes, n_bad)
     return coef, g_rows
@@ -343,7 +193,7 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
 
 def _grad_buffer(a: CrossEntropyArgs, x):
     """Where the kernel writes the gradient: over x itself when it is the logits' memory and inplace."""
-    import cupy
+    cupy = launch.cupy()
 
     same_buffer = x.data.ptr == a.logits.data.ptr and x.shape == a.logits.shape
     return x if (a.inplace and same_buffer) else cupy.empty(x.shape, dtype=x.dtype)
@@ -352,27 +202,21 @@ def _grad_buffer(a: CrossEntropyArgs, x):
 def _launch_fused(a: CrossEntropyArgs, inp: _Inputs, coef, g_rows, grad, row_loss, row_lse) -> Plan:
     rows, cols = a.layout.rows, a.layout.cols
     x = inp.x
-    p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft,
-             launch.sm_count(), _occupancy, cooperative_ok())
-    args = (
-        x, grad, inp.tgt, inp.soft_t, inp.w, coef, g_rows, row_loss, row_lse,
-        np.int64(rows), np.int64(cols), np.int64(a.ignore_index),
-        np.float64(a.label_smoothing), np.float64(a.z_loss), np.float64(a.logit_softcap or 0.0),
-    )
+    ds = device.current()
+    p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft, ds.desc,
+             POLICY)
+    extra = {}
     if p.regime == "warp":
-        args = args + (np.int32(p.width),)
+        extra = {"width": p.width}
     elif p.regime == "split":
-        part, cnt = _split_workspace(p, inp.acc)
-        args = args + (np.int32(p.k), np.int64(p.chunk), part, cnt)
+        part, cnt = ds.workspace(p.groups, p.k, inp.acc)
+        extra = {"k": p.k, "chunk": p.chunk, "part": part, "cnt": cnt}
+    args = ENTRIES[p.kernel].sig.pack(
+        x=x, grad=grad, tgt=inp.tgt, soft_t=inp.soft_t, w=inp.w, coef=coef, g_rows=g_rows, row_loss=row_loss,
+        row_lse=row_lse, rows=rows, cols=cols, ignore=a.ignore_index, eps=a.label_smoothing, z=a.z_loss,
+        cap=a.logit_softcap or 0.0, **extra)
     _launch(p.kernel, p.grid, p.block, args, cooperative=p.cooperative)
     return p
-
-
-def _split_workspace(p: Plan, acc):
-    """Partials [group][2 rounds][k][2] and per-group arrival counters (zeroed)."""
-    import cupy
-
-    return cupy.empty(p.groups * 2 * p.k * 2, dtype=acc), cupy.zeros(p.groups, dtype=np.uint64)
 
 
 def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
@@ -382,7 +226,7 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
     The finish kernel sums (one block, float64, fixed order) and converts in one launch,
     so a 16-bit loss needs no cast afterwards; rows past FINISH_MAX_ROWS are first
     summed by CuPy's reduction (also a fixed order)."""
-    import cupy
+    cupy = launch.cupy()
 
     reduce = a.reduction != "none"
     out_st = loss_storage or ("float64" if acc == np.float64 else "float32")
@@ -392,14 +236,15 @@ def _reduce(a: CrossEntropyArgs, row_loss, acc, loss_storage: str | None):
     if reduce and rows > FINISH_MAX_ROWS:
         row_loss, rows = row_loss.sum().reshape(1), 1
     out = cupy.empty(() if reduce else a.loss_shape, dtype=np.uint16 if out_st == "bfloat16" else out_st)
-    grid = 1 if reduce else int(min(-(-rows // FINISH_THREADS), launch.sm_count() * 4))
-    _launch(finish_name(out_st), grid, FINISH_THREADS, (row_loss, out, np.int64(rows), np.int32(reduce)))
+    grid = 1 if reduce else int(min(cdiv(rows, FINISH_THREADS), launch.sm_count() * 4))
+    name = finish_name(out_st)
+    _launch(name, grid, FINISH_THREADS, ENTRIES[name].sig.pack(row_loss=row_loss, out=out, rows=rows, reduce=reduce))
     return out
 
 
 def _grad_to_logits_layout(a: CrossEntropyArgs, grad):
     """The rows-last gradient in the logits' layout; with inplace, in the logits' memory."""
-    import cupy
+    cupy = launch.cupy()
 
     layout = a.layout
     grad = cupy.moveaxis(grad, -1, layout.axis) if layout.inner != 1 else grad.reshape(a.logits.shape)
@@ -411,7 +256,7 @@ def _grad_to_logits_layout(a: CrossEntropyArgs, grad):
 
 
 def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: bool):
-    import cupy
+    cupy = launch.cupy()
 
     if a.reduction == "none":
         loss = cupy.empty(a.loss_shape, dtype=acc)
@@ -427,7 +272,7 @@ def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: boo
 
 def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None,
          loss_storage: str | None = None):
-    import cupy
+    cupy = launch.cupy()
 
     rows = a.layout.rows
     if loss_storage is not None and loss_storage not in launch.STORAGES:
@@ -472,7 +317,7 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     `cols` followed by `inner` elements per class); grad_output: a 0-d or 1-element
     array (one scalar) or one value per row (the loss shape, rows ordered as in
     grad), in the accumulation dtype of grad's storage."""
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(grad.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -487,14 +332,13 @@ def scale_grad(grad, grad_output, cols: int, inner: int, *, storage: str | None 
     if not scalar and grad_output.size * cols != n:
         raise ValueError(f"grad_output has {grad_output.size} values, expected 1 or one per row ({n // cols})")
     go = cupy.ascontiguousarray(grad_output.reshape(-1))
-    slots = -(-(n + VEC[st]) // VEC[st])
+    slots = cdiv(n + VEC[st], VEC[st])
     name = scale_name(st)
     # One wave of resident blocks, grid-stride: the common grad_output == 1 launch is
     # then as short as a launch can be (every block reads one scalar and leaves).
-    grid = int(min(-(-slots // SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
-    _launch(name, grid, SCALE_THREADS, (
-        grad, np.int64(n), np.int64(cols), np.int64(inner), go if scalar else NULL, NULL if scalar else go,
-    ))
+    grid = int(min(cdiv(slots, SCALE_THREADS), max(1, _occupancy(name, SCALE_THREADS)) * launch.sm_count()))
+    _launch(name, grid, SCALE_THREADS, ENTRIES[name].sig.pack(
+        grad=grad, n=n, cols=cols, inner=inner, g_scalar=go if scalar else NULL, g_rows=NULL if scalar else go))
 
 
 # ----------------------------------------------------------------------------------
@@ -511,7 +355,7 @@ def _vp_grid(name: str, rows: int) -> int:
 
 
 def _vp_inputs(a: CrossEntropyArgs, storage: str | None):
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(a.logits.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -529,9 +373,7 @@ def _vp_inputs(a: CrossEntropyArgs, storage: str | None):
 
 def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = None):
     """(rows, RECORD_WIDTH) records of the local shard (gpu_softmax.vocab_parallel.RECORD_FIELDS)."""
-    import cupy
-
-    from ..vocab_parallel import RECORD_WIDTH
+    cupy = launch.cupy()
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
@@ -539,10 +381,9 @@ def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = Non
     if rows == 0:
         return rec
     name = vp_stats_name(st)
-    _launch(name, _vp_grid(name, rows), VP_THREADS, (
-        x, tgt, w, rec, np.int64(rows), np.int64(width), np.int64(vocab_start), np.int64(a.ignore_index),
-        np.float64(a.label_smoothing),
-    ))
+    _launch(name, _vp_grid(name, rows), VP_THREADS, ENTRIES[name].sig.pack(
+        x=x, tgt=tgt, w=w, rec=rec, rows=rows, cols=width, v0=vocab_start, ignore=a.ignore_index,
+        eps=a.label_smoothing))
     return rec
 
 
@@ -551,9 +392,7 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
 
     The gradient is d(loss * a.grad_output)/d local logits, in the logits' dtype and
     shape; with a.inplace it overwrites the local logits (returned as the gradient)."""
-    import cupy
-
-    from ..vocab_parallel import RECORD_WIDTH
+    cupy = launch.cupy()
 
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
@@ -578,11 +417,10 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
         same_buffer = x.data.ptr == a.logits.data.ptr
         grad = x if (a.inplace and same_buffer) else cupy.empty(x.shape, dtype=x.dtype)
     name = vp_finish_name(st)
-    _launch(name, _vp_grid(name, rows), VP_THREADS, (
-        x, grad, tgt, w, coef, g_rows, recs, row_loss, np.int32(recs.shape[0]), np.int64(rows), np.int64(width),
-        np.int64(vocab_start), np.int64(vocab), np.int64(a.ignore_index), np.float64(a.label_smoothing),
-        np.float64(a.z_loss),
-    ))
+    _launch(name, _vp_grid(name, rows), VP_THREADS, ENTRIES[name].sig.pack(
+        x=x, grad=grad, tgt=tgt, w=w, coef=coef, g_rows=g_rows, recs=recs, row_loss=row_loss,
+        nranks=recs.shape[0], rows=rows, cols=width, v0=vocab_start, vocab=vocab, ignore=a.ignore_index,
+        eps=a.label_smoothing, z=a.z_loss))
     loss = row_loss.reshape(loss_shape) if a.reduction == "none" else row_loss.sum()
     if not want_grad:
         return loss, None

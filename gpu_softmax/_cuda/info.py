@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import loader
+
 # gpu_softmax is installed from its checkout (it is not on a package index), so the
 # hints name the checkout's extras.
 GPU_INSTALL = 'pip install ".[cuda12x]" (CUDA 12 driver) or ".[cuda13x]" (CUDA 13 driver) from the checkout'
@@ -75,15 +77,17 @@ def install_hint() -> str:
 
 
 def torch_bridge_status() -> tuple[bool, str]:
-    """(importable, detail) for gpu_softmax.torch, found by importing it (it needs torch)."""
+    """(importable, detail) for gpu_softmax.torch: whether torch itself imports and the
+    bridge's module is present. The bridge is not imported here (a lower layer does
+    not reach up into it)."""
     try:
         import torch
-
-        import gpu_softmax.torch  # noqa: F401
     except Exception as exc:
         if not _present("torch"):
             return False, f"not importable: torch is not installed ({TORCH_INSTALL})"
-        return False, f"not importable ({type(exc).__name__}: {exc})"
+        return False, f"not importable: torch does not import ({type(exc).__name__}: {exc})"
+    if not _present("gpu_softmax.torch"):
+        return False, "not importable: the gpu_softmax.torch module is missing from this install"
     return True, f"importable (torch {torch.__version__})"
 
 
@@ -95,8 +99,6 @@ def device_name(index: int = 0) -> str:
 
 
 def backend_info() -> dict:
-    from . import loader
-
     info: dict = {
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -1,5 +1,5 @@
-"""Launch helpers shared by the op families' launch modules: device facts cached
-per device, occupancy per kernel, storage dtypes, and the rows-last layout."""
+"""Launch helpers shared by the op families' launch modules: the lazy cupy accessor,
+device id and SM count, storage dtypes, and the rows-last layout."""
 
 from __future__ import annotations
 
@@ -8,64 +8,43 @@ from typing import Any
 import numpy as np
 
 from .._checks import RowLayout
-from . import loader
 
-SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
-# Elements per 16-byte vector access.
-VEC = {"float16": 8, "bfloat16": 8, "float32": 4, "float64": 2}
-STORAGES = tuple(SUFFIX)
+from .kernels import STORAGES, SUFFIX, VEC  # noqa: F401  (re-exported: the launchers' storage names)
 
 _sm_count: dict[int, int] = {}
-_occ: dict[tuple[int, str, str, int], int] = {}
 _dummies: dict[tuple[int, str], Any] = {}
+_cupy = None
+
+
+def cupy():
+    """The cupy module, imported on first use (the package imports without it)."""
+    global _cupy
+    if _cupy is None:
+        import cupy as cp
+
+        _cupy = cp
+    return _cupy
 
 
 def device_id() -> int:
-    import cupy
-
-    return cupy.cuda.Device().id
+    return cupy().cuda.Device().id
 
 
 def sm_count() -> int:
-    import cupy
-
     dev = device_id()
     n = _sm_count.get(dev)
     if n is None:
-        n = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
+        n = int(cupy().cuda.Device(dev).attributes["MultiProcessorCount"])
         _sm_count[dev] = n
-    return n
-
-
-def occupancy(family: str, name: str, threads: int) -> int:
-    """Resident blocks per SM of kernel `name` at `threads` threads (no dynamic smem)."""
-    dev = device_id()
-    key = (dev, family, name, threads)
-    n = _occ.get(key)
-    if n is None:
-        rk = loader.get_function(family, name)
-        try:
-            from cupy_backends.cuda.api import driver
-
-            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(rk.kernel.ptr, threads, 0))
-        except Exception:
-            # Conservative estimate from the register count: 64k registers per SM,
-            # allocated per warp in units of 256.
-            regs = max(int(rk.num_regs), 1)
-            per_warp = -(-regs * 32 // 256) * 256
-            n = max(1, min(65536 // (per_warp * (threads // 32)), 2048 // threads))
-        _occ[key] = n
     return n
 
 
 def dummy(kind: str, dtype) -> Any:
     """Tiny never-touched arrays for pointer arguments a regime does not use."""
-    import cupy
-
     key = (device_id(), kind + np.dtype(dtype).name)
     a = _dummies.get(key)
     if a is None:
-        a = cupy.zeros(2, dtype=dtype)
+        a = cupy().zeros(2, dtype=dtype)
         _dummies[key] = a
     return a
 
@@ -109,12 +88,10 @@ def worst_misalignment(ptr: int, cols: int, itemsize: int) -> int:
 
 def rows_last(a, layout: RowLayout):
     """C-contiguous array whose last axis is the reduced one (a copy only when needed)."""
-    import cupy
-
     if layout.inner != 1:
-        a = cupy.moveaxis(a, layout.axis, -1)
+        a = cupy().moveaxis(a, layout.axis, -1)
     if not a.flags.c_contiguous:
-        a = cupy.ascontiguousarray(a)
+        a = cupy().ascontiguousarray(a)
     if a.data.ptr % a.itemsize:
         a = a.copy()
         if a.data.ptr % a.itemsize:  # pragma: no cover - CuPy allocations are 256-byte aligned

@@ -14,6 +14,8 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from . import kernels
+
 HEADER = "common.cuh"
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"common\.cuh"[ \t]*$', re.MULTILINE)
 
@@ -61,19 +63,12 @@ def module_source(family: str) -> str:
 
 
 def _generated_entries(family: str) -> str:
-    """Entry points a family's launch module generates from its variant table
-    (`generated_entries()`), appended so that the text CuPy, the compile check and
-    the CPU emulator compile is one and the same."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"gpu_softmax._cuda.{family}":
-            return ""
-        raise
-    gen = getattr(mod, "generated_entries", None)
-    return gen() if gen is not None else ""
+    """The family's entry points, generated from the kernel table (kernels.py) and
+    appended, so that the text CuPy, the compile check and the CPU emulator compile
+    is one and the same."""
+    if family not in kernels.FAMILIES:
+        return ""
+    return kernels.generated_entries(family)
 
 
 def extern_c_kernels(source: str) -> list[str]:

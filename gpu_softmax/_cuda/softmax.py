@@ -1,11 +1,13 @@
 """CUDA launchers for softmax, log_softmax, logsumexp and their backward passes.
 
 Kernels live in ``cuda_src/softmax.cu`` (warp, row, split, stream and logsumexp
-templates); their ``extern "C"`` entry points are generated from :data:`VARIANTS`
-and :data:`BOUNDS` below (:func:`generated_entries`), which the loader appends to
-the source, so this table is the one list of compiled variants. Modules compile
-lazily, once per process and device, through :mod:`.loader`. Every launch goes on
-CuPy's current stream; nothing here synchronises the host.
+templates); their ``extern "C"`` entry points, C signatures and variants are
+declared once in the kernel table (:mod:`.kernels`), which also packs each
+launch's arguments. Plans come from :mod:`.softmax_plan` (pure functions of the
+shape, a :class:`Device` description and a :class:`Policy`); kernel handles,
+workspaces and the launch itself from the per-device state (:mod:`.device`).
+Modules compile lazily, once per process and device, through :mod:`.loader`.
+Every launch goes on CuPy's current stream; nothing here synchronises the host.
 
 Layout handling (what it costs):
 
@@ -41,87 +43,56 @@ float32 statistic would miss the tolerance against the float64 reference.
 
 Rows split over several blocks (plans with ``k > 1``, only when rows are fewer
 than SMs) need every block of the grid resident at once (the blocks of a row
-wait for each other's partials): such a plan is always launched cooperatively,
-so the driver refuses rather than hangs if the grid would not fit. There is no
-fallback to a plain launch.
+wait for each other's partials): such a plan is always launched cooperatively.
+The driver does not refuse a cooperative grid that is too large (CuPy shrinks it
+and warns), so the launch path first compares the grid with the driver's
+occupancy x SMs and raises (device.CooperativeGridError); the spin itself is
+bounded on the device (group_publish_wait traps after about a second). There is
+no fallback to a plain launch.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
 import numpy as np
 
-from .._checks import BackwardArgs, RowLayout, SoftmaxArgs, row_layout
-from . import launch, loader
-from .launch import STORAGES, SUFFIX, VEC, worst_misalignment
+from .._checks import BackwardArgs, RowLayout, SoftmaxArgs, normalize_axis, row_layout
+from . import device, kernels, launch
+from .kernels import BOUNDS, VARIANTS, kernel_name  # noqa: F401  (re-exported)
+from .launch import STORAGES, SUFFIX, VEC, worst_misalignment  # noqa: F401  (re-exported)
+from .plan import (  # noqa: F401  (re-exported: the planner's public names)
+    A100,
+    DEFAULT_POLICY,
+    H100,
+    H200,
+    INFLIGHT_GOOD,
+    INFLIGHT_TARGET,
+    MAX_GRID,
+    SLOT_BYTES,
+    SMEM_RESERVED_PER_BLOCK,
+    STATIC_SMEM_MAX,
+    Device,
+    Plan,
+    Policy,
+)
+from .softmax_plan import (  # noqa: F401  (re-exported)
+    LSE_THREADS,
+    MIN_SPLIT_CHUNK,
+    ROW_MAX_THREADS,
+    ROW_MIN_THREADS,
+    SPLIT_MIN_COLS,
+    SPLIT_THREADS,
+    STREAM_THREADS,
+    WARP_BLOCK_THREADS,
+    _warp_capacity,
+    blocks_per_sm,
+    plan,
+    row_capacity,
+)
 
 FAMILY = "softmax"
 
-# ----------------------------------------------------------------------------------
-# compiled variants: the one table the entry points are generated from
-
-# (storage, direction) -> kernel template -> NV values compiled (16-byte slots per
-# thread held in registers). Caps keep every variant free of register spills
-# under its launch bounds (BOUNDS: at most 64 registers per thread).
-VARIANTS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4), "split": (2, 4), "stream": (4,)}
-VARIANTS[("float64", "fwd")] = {"warp": (1, 2, 4), "row": (1, 2), "split": (2, 4), "stream": (4,)}
-for _s in ("float32", "float64"):
-    VARIANTS[(_s, "bwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (2, 4), "stream": (2,)}
-    VARIANTS[(_s, "lse")] = {"warp": (2,), "block": (2,)}
-for _s in ("float16", "bfloat16"):
-    VARIANTS[(_s, "fwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (1, 2), "stream": (2,)}
-    VARIANTS[(_s, "bwd")] = {"warp": (1, 2), "row": (1, 2), "split": (1, 2), "stream": (1,)}
-    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (2,)}
-VARIANTS[("bfloat16", "bwd")]["split"] = (1,)  # split2 spills for bfloat16 under 64 registers
-del _s
-
-# kernel template -> __launch_bounds__(max threads, min blocks per SM). The
-# occupancy model (blocks_per_sm) reads the register cap from these.
-BOUNDS: dict[str, tuple[int, int]] = {
-    "warp": (128, 6),  # (128, 8) spills on sm_80
-    "row": (1024, 1),
-    "split": (512, 2),
-    "stream": (512, 2),
-    "block": (512, 2),  # logsumexp's block template
-}
-
-WARP_BLOCK_THREADS = 128  # warp kernels: 4 warps per block
-SPLIT_THREADS = 512
-STREAM_THREADS = 512
-LSE_THREADS = 512
-ROW_MIN_THREADS = 64
-ROW_MAX_THREADS = 1024
-
-_CUDA_STORAGE = {"float32": "gs::F32", "float64": "gs::F64", "float16": "gs::F16", "bfloat16": "gs::BF16"}
-
-
-def kernel_name(direction: str, regime: str, nv: int, storage: str) -> str:
-    return f"gs_{direction}_{regime}{nv}_{SUFFIX[storage]}"
-
-
-def _variants():
-    for (storage, direction), regimes in VARIANTS.items():
-        for regime, nvs in regimes.items():
-            for nv in nvs:
-                yield storage, direction, regime, nv
-
-
-ENTRY_POINTS: tuple[str, ...] = tuple(sorted(kernel_name(d, r, nv, s) for s, d, r, nv in _variants()))
-
-
-def generated_entries() -> str:
-    """The entry-point instantiations the loader appends to softmax.cu."""
-    lines = ["", "// ---- entry points generated from gpu_softmax/_cuda/softmax.py VARIANTS / BOUNDS ----"]
-    for storage, direction, regime, nv in sorted(_variants()):
-        maxt, minb = BOUNDS[regime]
-        macro = f"GS_ENTRY_{direction.upper()}_{regime.upper()}"
-        name = kernel_name(direction, regime, nv, storage)
-        lines.append(f"{macro}({name}, {_CUDA_STORAGE[storage]}, {nv}, {maxt}, {minb})")
-    return "\n".join(lines) + "\n"
-
+ENTRY_POINTS: tuple[str, ...] = kernels.entry_points(FAMILY)
+_variants = kernels.softmax_variants
 
 # ops (runtime kernel argument)
 OP_SOFTMAX, OP_LOG_SOFTMAX, OP_LOGSUMEXP = 0, 1, 2
@@ -131,433 +102,32 @@ _BWD_OPS = {"softmax_backward": OP_SOFTMAX_BWD, "log_softmax_backward": OP_LOG_S
 
 
 # ----------------------------------------------------------------------------------
-# device description and occupancy model
+# device state and launches
 
-
-@dataclass(frozen=True)
-class Device:
-    """What the planner needs to know about a GPU (per SM unless said)."""
-
-    name: str
-    n_sm: int
-    threads_per_sm: int = 2048
-    regs_per_sm: int = 65536
-    smem_per_sm: int = 233472  # bytes blocks can use (sm_90: 228 KiB)
-    smem_per_block: int = 232448  # opt-in maximum of one block (sm_90: 227 KiB)
-    l2_bytes: int = 50 << 20
-    max_blocks_per_sm: int = 32
-
-    def __hash__(self) -> int:  # part of every plan-cache key: hash the fields once
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
-            object.__setattr__(self, "_hash", h)
-        return h
-
-
-H100 = Device("H100 SXM", 132, l2_bytes=50 << 20)
-H200 = Device("H200", 132, l2_bytes=60 << 20)
-A100 = Device("A100", 108, smem_per_sm=167936, smem_per_block=166912, l2_bytes=40 << 20)
-
-SMEM_RESERVED_PER_BLOCK = 1024  # the driver's share of each block's shared memory (sm_80+)
-STATIC_SMEM_MAX = 2048  # our kernels' __shared__ arrays, rounded up (the largest is 1.6 KiB)
-SLOT_BYTES = 16
-
-
-def blocks_per_sm(dev: Device, template: str, threads: int, smem: int = 0) -> int:
-    """Resident blocks per SM of a `template` kernel at `threads` threads and
-    `smem` dynamic shared bytes: the CUDA occupancy calculation with the register
-    count at its launch-bound cap (ptxas uses at most that; fewer only raises it)."""
-    maxt, minb = BOUNDS[template]
-    # Registers are allocated per warp in units of 256 (8 per thread): round the
-    # cap up, which can only under-count; the bounds themselves promise `minb`
-    # blocks of `maxt` threads, hence of fewer threads too.
-    regs = -(-min(255, dev.regs_per_sm // (maxt * minb)) // 8) * 8
-    warps = -(-threads // 32)
-    by_regs = dev.regs_per_sm // (regs * 32 * warps)
-    if threads <= maxt:
-        by_regs = max(by_regs, minb)
-    by_threads = dev.threads_per_sm // (warps * 32)
-    by_smem = dev.smem_per_sm // (smem + STATIC_SMEM_MAX + SMEM_RESERVED_PER_BLOCK)
-    return max(0, min(by_regs, by_threads, by_smem, dev.max_blocks_per_sm))
-
-
-# Little's law: ~4.3 TB/s against ~0.6-0.8 us of DRAM latency is ~24 KB per SM;
-# plans aim for 32 KB and prefer 64 KB when they can have it cheaply.
-INFLIGHT_TARGET = 32 << 10
-INFLIGHT_GOOD = 64 << 10
-
-
-# ----------------------------------------------------------------------------------
-# plans
-
-
-@dataclass(frozen=True)
-class Plan:
-    regime: str  # "warp" | "row" | "split" | "stream"
-    kernel: str
-    grid: int
-    block: int
-    width: int = 0  # warp regime: lanes per row
-    k: int = 1  # blocks per row
-    chunk: int = 0  # elements per block and row (multiple of VEC when k > 1)
-    groups: int = 0  # row groups (grid // k)
-    ss: int = 0  # row regime: 16-byte slots per thread staged in shared memory
-    smem: int = 0  # dynamic shared memory per block, bytes
-    resident: int = 0  # blocks per SM in steady state (occupancy model, capped by the grid)
-    inflight_bytes_per_sm: int = 0  # resident blocks x bytes each loads before its first dependent reduction
-
-    @property
-    def cooperative(self) -> bool:
-        return self.k > 1
-
-    def scalars(self, rows: int, cols: int, op: int | None) -> tuple:
-        """The kernel's scalar arguments after its pointers, typed for the kernel
-        signature; built once per (plan, op) since a plan is cached per shape."""
-        cache = self.__dict__.setdefault("_scalars", {})
-        key = (rows, cols, op)
-        t = cache.get(key)
-        if t is None:
-            opa = () if op is None else (np.int32(op),)
-            if self.regime == "warp":
-                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.width))
-            elif self.regime == "row":
-                t = (np.int64(rows), np.int32(cols), *opa, np.int32(self.ss))
-            else:
-                t = (np.int64(rows), np.int64(cols), *opa, np.int32(self.k), np.int64(self.chunk))
-            cache[key] = t
-        return t
-
-
-MAX_GRID = 2**31 - 1
-
-# Test hooks, None/defaults in normal use. FORCE_REGIME: "stream" sends every
-# softmax/log_softmax/backward call to the stream kernels, "split" sends rows
-# past the warp regime through the split planner (which splits only when rows are
-# few), "stage" makes the row regime hold the fewest slots it can in registers
-# and stage the rest in shared memory (so small tests reach every path).
-FORCE_REGIME: str | None = None
-ROW_GRID_WAVES = 64  # row regime: grid = min(rows, resident blocks x SMs x this)
-
-MIN_SPLIT_CHUNK = 2048  # elements: below this a split costs more than it spreads
-STREAM_MIN_CHUNK = 1 << 15
-SPLIT_MIN_COLS = 1 << 14  # rows shorter than this are never split just to fill SMs
-LSE_WARP_MAX_COLS = 2048
-LSE_MIN_CHUNK = 1 << 14
-
-
-def _itemsize(storage: str) -> int:
-    return 16 // VEC[storage]
-
-
-def _arrays(direction: str) -> int:
-    return 2 if direction == "bwd" else 1  # backward reads y and grad_y
-
-
-def _resident(dev: Device, template: str, threads: int, smem: int, grid: int) -> int:
-    return min(blocks_per_sm(dev, template, threads, smem), -(-grid // dev.n_sm))
-
-
-def plan(storage: str, direction: str, rows: int, cols: int, mis: int, dev: Device) -> Plan:
-    """Pick regime, kernel and launch shape for `rows` rows of `cols` elements whose
-    starts are at most `mis` elements past a 16-byte boundary (worst_misalignment).
-    Cached: a repeated call shape costs one dictionary look-up."""
-    return _plan(storage, direction, rows, cols, mis, dev,
-                 (FORCE_REGIME, ROW_GRID_WAVES, SPLIT_MIN_COLS, STREAM_MIN_CHUNK))
-
-
-@functools.lru_cache(maxsize=4096)
-def _plan(storage: str, direction: str, rows: int, cols: int, mis: int, dev: Device, hooks: tuple) -> Plan:
-    # `hooks` (the test hooks' values) is only part of the cache key.
-    if rows < 1 or cols < 1:
-        raise ValueError("plan() needs at least one row and one column")
-    need = cols + mis
-    if direction == "lse":
-        return _plan_lse(storage, rows, cols, need, dev)
-    if FORCE_REGIME == "stream":
-        return _plan_stream(storage, direction, rows, cols, dev)
-    if need <= _warp_capacity(storage, direction) and FORCE_REGIME is None:
-        return _plan_warp(storage, direction, rows, cols, need, dev)
-    # Few rows leave SMs idle: spread each row over k co-resident blocks. With rows
-    # >= SMs a row never splits (no workspace, no cooperative launch).
-    if FORCE_REGIME == "split" or (rows < dev.n_sm and cols >= SPLIT_MIN_COLS):
-        p = _plan_split(storage, direction, rows, cols, mis, dev)
-        if p is not None:
-            return p
-    p = _plan_row(storage, direction, rows, cols, need, dev)
-    if p is not None:
-        return p
-    return _plan_stream(storage, direction, rows, cols, dev)
-
-
-def _warp_capacity(storage: str, direction: str) -> int:
-    return 32 * max(VARIANTS[(storage, direction)]["warp"]) * VEC[storage]
-
-
-def _plan_warp(storage: str, direction: str, rows: int, cols: int, need: int, dev: Device) -> Plan:
-    # The NV that processes the fewest padded slots, the largest on ties: more
-    # bytes per thread in flight, fewer shuffles.
-    vec = VEC[storage]
-    best = None
-    for nv in VARIANTS[(storage, direction)]["warp"]:
-        width = launch.next_pow2(-(-need // (nv * vec)))
-        if width <= 32:
-            key = (-width * nv, nv)
-            if best is None or key > best[0]:
-                best = (key, nv, width)
-    _, nv, width = best
-    rpb = WARP_BLOCK_THREADS // width
-    grid = int(min(-(-rows // rpb), blocks_per_sm(dev, "warp", WARP_BLOCK_THREADS) * dev.n_sm * 4, MAX_GRID))
-    res = _resident(dev, "warp", WARP_BLOCK_THREADS, 0, grid)
-    per_block = min(rpb, rows) * cols * _itemsize(storage) * _arrays(direction)
-    return Plan("warp", kernel_name(direction, "warp", nv, storage), grid, WARP_BLOCK_THREADS, width=width,
-                resident=res, inflight_bytes_per_sm=res * per_block)
-
-
-def _row_shapes(storage: str, direction: str, need: int, dev: Device):
-    """Every (nv, threads, ss, smem) that holds `need` slot-grid elements in one block."""
-    slots = -(-need // VEC[storage])
-    arrays = _arrays(direction)
-    nvs = VARIANTS[(storage, direction)]["row"]
-    if FORCE_REGIME == "stage":
-        nvs = nvs[:1]
-    for nv in nvs:
-        exact = min(ROW_MAX_THREADS, max(ROW_MIN_THREADS, -(-(-(-slots // nv)) // 32) * 32))
-        for threads in sorted({exact, 256, 512, 1024}):
-            if FORCE_REGIME == "stage":
-                threads = ROW_MIN_THREADS
-            ss = max(0, -(-slots // threads) - nv)
-            if FORCE_REGIME == "stage":
-                ss = max(ss, 1)
-            smem = ss * threads * SLOT_BYTES * arrays
-            if smem + STATIC_SMEM_MAX > dev.smem_per_block:
-                continue
-            yield nv, threads, ss, smem
-
-
-def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev: Device) -> Plan | None:
-    """One block per row, the row on chip (registers, then shared memory). Among
-    the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then two
-    resident blocks rather than one (one loads while the other reduces), then no
-    shared memory, then the least shared memory, the most bytes in flight, the
-    most threads."""
-    row_bytes = cols * _itemsize(storage) * _arrays(direction)
-    best = None
-    for nv, threads, ss, smem in _row_shapes(storage, direction, need, dev):
-        occ = blocks_per_sm(dev, "row", threads, smem)
-        if occ < 1:
-            continue
-        grid = int(min(rows, occ * dev.n_sm * ROW_GRID_WAVES, MAX_GRID))
-        res = min(occ, -(-grid // dev.n_sm))
-        inflight = res * row_bytes
-        key = (min(inflight, INFLIGHT_GOOD), min(res, 2), ss == 0, -smem, inflight, threads)
-        if best is None or key > best[0]:
-            best = (key, Plan("row", kernel_name(direction, "row", nv, storage), grid, threads, k=1, chunk=cols,
-                              ss=ss, smem=smem, resident=res, inflight_bytes_per_sm=inflight))
-    return None if best is None else best[1]
-
-
-def row_capacity(storage: str, direction: str, dev: Device) -> int:
-    """Largest `need` (row length plus misalignment) the row regime holds on `dev`:
-    1024 threads, the largest NV in registers, the rest of the opt-in shared memory
-    staged (the planner's row-regime edge; longer rows stream)."""
-    nv = max(VARIANTS[(storage, direction)]["row"])
-    per_slot_column = ROW_MAX_THREADS * SLOT_BYTES * _arrays(direction)
-    ss = (dev.smem_per_block - STATIC_SMEM_MAX) // per_slot_column
-    while ss > 0 and blocks_per_sm(dev, "row", ROW_MAX_THREADS, ss * per_slot_column) < 1:
-        ss -= 1
-    return ROW_MAX_THREADS * (nv + ss) * VEC[storage]
-
-
-def _split_shape(storage: str, direction: str, need: int) -> tuple[int, int] | None:
-    """(NV, threads) of a split kernel holding `need` elements: the smallest NV for
-    which at most SPLIT_THREADS threads do (more threads, fewer registers)."""
-    vec = VEC[storage]
-    for nv in VARIANTS[(storage, direction)]["split"]:
-        threads = max(128, -(-(-(-need // (nv * vec))) // 32) * 32)
-        if threads <= SPLIT_THREADS:
-            return nv, threads
-    return None
-
-
-def _plan_split(storage: str, direction: str, rows: int, cols: int, mis: int, dev: Device) -> Plan | None:
-    """k co-resident blocks per row, each holding a chunk in registers."""
-    vec = VEC[storage]
-    nv = max(VARIANTS[(storage, direction)]["split"])
-    per_sm = blocks_per_sm(dev, "split", SPLIT_THREADS)
-    cap = (SPLIT_THREADS * nv * vec - mis) // vec * vec  # largest chunk one block holds
-    k_fit = -(-cols // cap)
-    if k_fit > per_sm * dev.n_sm:
-        return None
-    k_busy = -(-dev.n_sm // rows)
-    k = max(k_fit, min(k_busy, cols // MIN_SPLIT_CHUNK), 1)
-    chunk = -(-(-(-cols // k)) // vec) * vec
-    k = -(-cols // chunk)
-    if k == 1:
-        return None  # one block holds the row: the row regime does it without a workspace
-    nv, threads = _split_shape(storage, direction, chunk + mis)
-    occ = blocks_per_sm(dev, "split", threads)
-    groups = min(rows, occ * dev.n_sm // k)
-    if groups < 1:
-        return None
-    grid = groups * k
-    res = min(occ, -(-grid // dev.n_sm))
-    chunk_bytes = chunk * _itemsize(storage) * _arrays(direction)
-    return Plan("split", kernel_name(direction, "split", nv, storage), grid, threads, k=k, chunk=chunk,
-                groups=groups, resident=res, inflight_bytes_per_sm=res * chunk_bytes)
-
-
-def _plan_stream(storage: str, direction: str, rows: int, cols: int, dev: Device) -> Plan:
-    """Online (max, sum) read + backwards write read. k > 1 co-resident blocks per
-    row only when rows are fewer than SMs. When the resident rows do not fit in L2,
-    rows in flight are cut (with unused dynamic shared memory) to the fewest that
-    keep INFLIGHT_TARGET per SM: the second read then hits L2 for more of each row."""
-    vec = VEC[storage]
-    nv = VARIANTS[(storage, direction)]["stream"][0]
-    name = kernel_name(direction, "stream", nv, storage)
-    arrays = _arrays(direction)
-    occ = blocks_per_sm(dev, "stream", STREAM_THREADS)
-    res_total = occ * dev.n_sm
-    k = max(1, min(-(-dev.n_sm // rows), cols // STREAM_MIN_CHUNK, res_total))
-    k = max(k, -(-cols // (1 << 30)))  # chunks stay below 2**30 elements
-    chunk = -(-(-(-cols // k)) // vec) * vec
-    k = -(-cols // chunk)
-    tile_bytes = STREAM_THREADS * nv * SLOT_BYTES * arrays
-    chunk_bytes = chunk * _itemsize(storage) * arrays
-    if k == 1:
-        want = occ
-        if occ * dev.n_sm * chunk_bytes > dev.l2_bytes:
-            want = min(occ, max(1, -(-INFLIGHT_TARGET // tile_bytes)))
-        smem = 0
-        if want < occ:
-            # Pad the dynamic shared memory so that `want` + 1 blocks do not fit on
-            # an SM even if the kernel had no static shared memory at all.
-            smem = dev.smem_per_sm // (want + 1) - SMEM_RESERVED_PER_BLOCK + 1
-            smem = min(smem, dev.smem_per_block - STATIC_SMEM_MAX)
-            if blocks_per_sm(dev, "stream", STREAM_THREADS, smem) != want:
-                smem = 0
-        grid = int(min(rows, MAX_GRID))
-        res = _resident(dev, "stream", STREAM_THREADS, smem, grid)
-        return Plan("stream", name, grid, STREAM_THREADS, k=1, chunk=cols, smem=smem, resident=res,
-                    inflight_bytes_per_sm=res * min(tile_bytes, chunk_bytes))
-    groups = min(rows, res_total // k)
-    if groups < 1:
-        raise RuntimeError(f"row of {cols} elements needs {k} co-resident blocks but only {res_total} fit on this GPU")
-    grid = groups * k
-    res = min(occ, -(-grid // dev.n_sm))
-    return Plan("stream", name, grid, STREAM_THREADS, k=k, chunk=chunk, groups=groups, resident=res,
-                inflight_bytes_per_sm=res * min(tile_bytes, chunk_bytes))
-
-
-def _plan_lse(storage: str, rows: int, cols: int, need: int, dev: Device) -> Plan:
-    vec = VEC[storage]
-    itemsize = _itemsize(storage)
-    if cols <= LSE_WARP_MAX_COLS:
-        nv = VARIANTS[(storage, "lse")]["warp"][0]
-        width = min(32, launch.next_pow2(-(-need // (nv * vec))))
-        rpb = WARP_BLOCK_THREADS // width
-        grid = int(min(-(-rows // rpb), blocks_per_sm(dev, "warp", WARP_BLOCK_THREADS) * dev.n_sm * 4, MAX_GRID))
-        res = _resident(dev, "warp", WARP_BLOCK_THREADS, 0, grid)
-        per_block = min(rpb, rows) * min(cols, width * nv * vec) * itemsize
-        return Plan("warp", kernel_name("lse", "warp", nv, storage), grid, WARP_BLOCK_THREADS, width=width,
-                    resident=res, inflight_bytes_per_sm=res * per_block)
-    nv = VARIANTS[(storage, "lse")]["block"][0]
-    name = kernel_name("lse", "block", nv, storage)
-    occ = blocks_per_sm(dev, "block", LSE_THREADS)
-    res_total = occ * dev.n_sm
-    k = max(1, min(-(-dev.n_sm // rows), cols // LSE_MIN_CHUNK, res_total))
-    k = max(k, -(-cols // (1 << 30)))
-    chunk = -(-(-(-cols // k)) // vec) * vec
-    k = -(-cols // chunk)
-    tile_bytes = LSE_THREADS * nv * SLOT_BYTES
-    if k == 1:
-        grid = int(min(rows, MAX_GRID))
-        res = _resident(dev, "block", LSE_THREADS, 0, grid)
-        return Plan("stream", name, grid, LSE_THREADS, k=1, chunk=cols, resident=res,
-                    inflight_bytes_per_sm=res * min(tile_bytes, cols * itemsize))
-    groups = min(rows, res_total // k)
-    if groups < 1:
-        raise RuntimeError(f"row of {cols} elements needs {k} co-resident blocks but only {res_total} fit on this GPU")
-    grid = groups * k
-    res = min(occ, -(-grid // dev.n_sm))
-    return Plan("split", name, grid, LSE_THREADS, k=k, chunk=chunk, groups=groups, resident=res,
-                inflight_bytes_per_sm=res * min(tile_bytes, chunk * itemsize))
-
-
-# ----------------------------------------------------------------------------------
-# device facts and launches (cached per device / stream)
-
-_devices: dict[int, Device] = {}
+# The planner's knobs for every call of this module (plan.Policy; the default is
+# normal use). Tests replace it with another frozen Policy to reach every regime.
+POLICY: Policy = DEFAULT_POLICY
 
 
 def current_device() -> Device:
-    """Device description of CuPy's current device (read once per device)."""
-    dev_id = launch.device_id()
-    d = _devices.get(dev_id)
-    if d is None:
-        import cupy
-
-        attrs = cupy.cuda.Device(dev_id).attributes
-        d = Device(
-            name=f"cuda:{dev_id}",
-            n_sm=launch.sm_count(),
-            threads_per_sm=int(attrs.get("MaxThreadsPerMultiProcessor", 2048)),
-            regs_per_sm=int(attrs.get("MaxRegistersPerMultiprocessor", 65536)),
-            smem_per_sm=int(attrs.get("MaxSharedMemoryPerMultiprocessor", 233472)),
-            smem_per_block=int(attrs.get("MaxSharedMemoryPerBlockOptin", 232448)),
-            l2_bytes=int(attrs.get("L2CacheSize", 50 << 20)),
-            max_blocks_per_sm=int(attrs.get("MaxBlocksPerMultiprocessor", 32)),
-        )
-        _devices[dev_id] = d
-    return d
+    """Description of CuPy's current device (read once per device, device.py)."""
+    return device.current().desc
 
 
 def plan_for(direction: str, storage: str, rows: int, cols: int, mis: int = 0, dev: Device | None = None) -> Plan:
     """The plan a call would get (for benchmarks: Plan.inflight_bytes_per_sm etc.)."""
-    return plan(storage, direction, rows, cols, mis, current_device() if dev is None else dev)
+    return plan(storage, direction, rows, cols, mis, current_device() if dev is None else dev, POLICY)
 
 
-# (device, kernel) -> [RawKernel, its driver Function, dynamic smem opted in]: the
-# per-call path skips RawModule.get_function and RawKernel's own dispatch.
-_kernels: dict[tuple[int, str], list] = {}
+def _launch(ds: device.DeviceState, p: Plan, args: tuple) -> None:
+    ds.launch(FAMILY, p.kernel, p.grid, p.block, args, p.smem, p.cooperative)
 
 
-def _launch(p: Plan, args: tuple) -> None:
-    key = (launch.device_id(), p.kernel)
-    entry = _kernels.get(key)
-    if entry is None:
-        rk = loader.get_function(FAMILY, p.kernel)
-        entry = _kernels[key] = [rk, rk.kernel, 0]
-    if p.smem > 48 * 1024 and entry[2] < p.smem:
-        # Above 48 KiB a kernel must opt in to its dynamic shared memory (once per device).
-        entry[0].max_dynamic_shared_size_bytes = p.smem
-        entry[2] = p.smem
-    # Blocks of a split row wait for each other: the driver must guarantee the
-    # grid is co-resident, and a cooperative launch refuses rather than hangs.
-    # (grid, block, args, shared_mem, stream=None: CuPy's current stream, cooperative)
-    entry[1]((p.grid, 1, 1), (p.block, 1, 1), args, p.smem, None, p.cooperative)
-
-
-_workspaces: dict[tuple[int, int, str], tuple] = {}
-
-
-def _workspace(p: Plan, part_dtype):
-    """Partials ([group][2 rounds][k][2]) and per-group counters ([2][groups]), one
-    set per (device, stream, dtype), grown when needed. The kernels leave the
-    counters at zero when they finish (group_release), so they are zeroed only when
-    allocated; launches on one stream are ordered, so reuse across calls is safe."""
-    import cupy
-
+def _workspace(ds: device.DeviceState, p: Plan, part_dtype):
+    """The split workspace (device.DeviceState.workspace), or dummies when no row splits."""
     if p.k <= 1:
         return launch.dummy("part", part_dtype), launch.dummy("cnt", np.uint64)
-    key = (launch.device_id(), cupy.cuda.get_current_stream().ptr, part_dtype)
-    ws = _workspaces.get(key)
-    if ws is None or ws[0].size < p.groups * 4 * p.k or ws[1].size < 2 * p.groups:
-        n_part = max(p.groups * 4 * p.k, 0 if ws is None else ws[0].size)
-        n_cnt = max(2 * p.groups, 0 if ws is None else ws[1].size)
-        ws = (cupy.empty(n_part, dtype=part_dtype), cupy.zeros(n_cnt, dtype=np.uint64))
-        _workspaces[key] = ws
-    return ws
+    return ds.workspace(p.groups, p.k, part_dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -566,7 +136,7 @@ def _workspace(p: Plan, part_dtype):
 
 def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
     """Shared body of softmax / log_softmax / logsumexp on a CuPy array."""
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(x.dtype, storage)
     acc = launch.acc_dtype(st)
@@ -578,11 +148,10 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
             return cupy.full(layout.reduced_shape, fill, dtype=acc)
         xc = launch.rows_last(x, layout)
         lse = cupy.empty(rows, dtype=acc)
-        p = plan(st, "lse", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-        args = (xc, lse, *p.scalars(rows, cols, None))
-        if p.regime != "warp":
-            args += _workspace(p, np.float64)
-        _launch(p, args)
+        ds = device.current()
+        p = plan(st, "lse", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), ds.desc, POLICY)
+        bound = p.bind(rows, cols, None)
+        _launch(ds, p, bound(xc, lse) if p.regime == "warp" else bound(xc, lse, *_workspace(ds, p, np.float64)))
         return lse.reshape(layout.reduced_shape)
 
     if rows == 0 or cols == 0:
@@ -597,11 +166,10 @@ def _forward(x, layout: RowLayout, out, op: int, storage: str | None):
         and (out.data.ptr == xc.data.ptr or not launch.overlaps(out, xc))
     )
     y = out if direct else cupy.empty(xc.shape, dtype=xc.dtype)
-    p = plan(st, "fwd", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), current_device())
-    args = (xc, y, *p.scalars(rows, cols, op))
-    if p.regime not in ("warp", "row"):
-        args += _workspace(p, acc)
-    _launch(p, args)
+    ds = device.current()
+    p = plan(st, "fwd", rows, cols, worst_misalignment(xc.data.ptr, cols, xc.itemsize), ds.desc, POLICY)
+    bound = p.bind(rows, cols, op)
+    _launch(ds, p, bound(xc, y) if p.regime in ("warp", "row") else bound(xc, y, *_workspace(ds, p, acc)))
     if direct:
         return out
     if layout.inner != 1:
@@ -631,7 +199,7 @@ def logsumexp(a: SoftmaxArgs, *, storage: str | None = None):
 
 
 def _backward(grad_y, y, layout: RowLayout, op: int, storage: str | None):
-    import cupy
+    cupy = launch.cupy()
 
     st = launch.storage_of(y.dtype, storage)
     launch.storage_of(grad_y.dtype, storage)
@@ -641,11 +209,11 @@ def _backward(grad_y, y, layout: RowLayout, op: int, storage: str | None):
     yc = launch.rows_last(y, layout)
     gc = launch.rows_last(grad_y, layout)
     gx = cupy.empty(yc.shape, dtype=yc.dtype)
-    p = plan(st, "bwd", rows, cols, worst_misalignment(yc.data.ptr, cols, yc.itemsize), current_device())
-    args = (gc, yc, gx, *p.scalars(rows, cols, op))
-    if p.regime not in ("warp", "row"):
-        args += _workspace(p, np.float64)  # backward sums run in float64
-    _launch(p, args)
+    ds = device.current()
+    p = plan(st, "bwd", rows, cols, worst_misalignment(yc.data.ptr, cols, yc.itemsize), ds.desc, POLICY)
+    bound = p.bind(rows, cols, op)
+    ws = () if p.regime in ("warp", "row") else _workspace(ds, p, np.float64)  # backward sums run in float64
+    _launch(ds, p, bound(gc, yc, gx, *ws))
     if layout.inner != 1:
         gx = cupy.ascontiguousarray(cupy.moveaxis(gx, -1, layout.axis))
     return gx
@@ -669,8 +237,6 @@ def forward_raw(x, axis: int = -1, op: str = "softmax", out=None, *, storage: st
     """softmax / log_softmax / logsumexp of a CuPy array with an explicit storage
     override: ``storage="bfloat16"`` reads ``x`` (dtype uint16) as bfloat16 words.
     No argument checks beyond shapes; the public API goes through _checks."""
-    from .._checks import normalize_axis
-
     layout = row_layout(x.shape, normalize_axis(axis, x.ndim))
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
         raise ValueError("out must have x's shape and dtype")
@@ -679,8 +245,6 @@ def forward_raw(x, axis: int = -1, op: str = "softmax", out=None, *, storage: st
 
 def backward_raw(grad_y, y, axis: int = -1, op: str = "softmax_backward", *, storage: str | None = None):
     """softmax_backward / log_softmax_backward with a storage override (see forward_raw)."""
-    from .._checks import normalize_axis
-
     if grad_y.shape != y.shape or grad_y.dtype != y.dtype:
         raise ValueError("grad_y and y must share shape and dtype")
     layout = row_layout(y.shape, normalize_axis(axis, y.ndim))

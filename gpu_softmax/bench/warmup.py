@@ -66,19 +66,14 @@ def plan_info(op: str, dtype: str, rows: int, cols: int) -> dict | None:
     """The launch plan our kernels choose for this case (never raises: None if unknown).
     `bytes_in_flight_per_sm` is recorded where the plan states it."""
     try:
-        # Imported here, guarded: the planners' layout is being reworked, and a plan the
-        # bench cannot read must cost its row the plan column, never the run.
         from gpu_softmax._cuda import cross_entropy as ce_mod
-        from gpu_softmax._cuda import launch
         from gpu_softmax._cuda import softmax as sm_mod
 
         direction = {"logsumexp": "lse", "softmax_backward": "bwd", "log_softmax_backward": "bwd"}.get(op, "fwd")
         if op.startswith("cross_entropy"):
-            p = ce_mod.plan(dtype, rows, cols, 0, False, launch.sm_count(), ce_mod._occupancy)
-        elif hasattr(sm_mod, "plan_for"):
-            p = sm_mod.plan_for(direction, dtype, rows, cols)
+            p = ce_mod.plan_for(dtype, rows, cols)
         else:
-            p = sm_mod.plan(dtype, direction, rows, cols, 0, launch.sm_count(), sm_mod._occupancy)
+            p = sm_mod.plan_for(direction, dtype, rows, cols)
         info = {k: getattr(p, k) for k in ("regime", "kernel", "grid", "block", "k", "smem", "resident")
                 if hasattr(p, k)}
         info["bytes_in_flight_per_sm"] = getattr(p, "bytes_in_flight_per_sm", getattr(p, "inflight_bytes_per_sm", None))

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpu_softmax._cuda import loader  # noqa: E402
+from gpu_softmax._cuda import abi, kernels, loader  # noqa: E402
 
 MAX_ARGS = 20
 
@@ -46,18 +46,34 @@ template <class T> static T gs_emu_arg(unsigned long long bits) {
         return (T)bits;
     }
 }
+// The kind code of a C parameter type: what the kernel table (abi.py) declares.
+template <class T> static constexpr char gs_emu_code() {
+    if constexpr (std::is_pointer_v<T>) return 'p';
+    else if constexpr (std::is_same_v<T, int>) return 'i';
+    else if constexpr (std::is_same_v<T, long long>) return 'q';
+    else if constexpr (std::is_same_v<T, unsigned long long>) return 'Q';
+    else if constexpr (std::is_same_v<T, float>) return 'f';
+    else if constexpr (std::is_same_v<T, double>) return 'd';
+    else return '?';
+}
 template <class... P, size_t... I>
 static void gs_emu_call(void (*f)(P...), const unsigned long long* a, std::index_sequence<I...>) {
     f(gs_emu_arg<P>(a[I])...);
 }
 template <class... P>
 static int gs_emu_launch_fn(void (*f)(P...), unsigned grid, unsigned block, const unsigned long long* aa,
-                            unsigned smem, int cooperative) {
+                            unsigned smem, int cooperative, const char* codes) {
+    // The compiled signature must be the one the table declares, parameter by parameter.
+    const char compiled[] = {gs_emu_code<P>()..., 0};
+    if (strcmp(compiled, codes)) {
+        fprintf(stderr, "emulator: compiled signature %s, kernel table declares %s\n", compiled, codes);
+        return 6;
+    }
     std::vector<unsigned long long> a(aa, aa + %(max_args)d);
     return emu_run(grid, block, smem, cooperative != 0, [=] { gs_emu_call(f, a.data(), std::index_sequence_for<P...>{}); });
 }
 extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, const unsigned long long* a,
-                          unsigned smem, int cooperative) {
+                          unsigned smem, int cooperative, const char* codes) {
 %(cases)s
     return 1;
 }
@@ -106,7 +122,7 @@ def emulated_source(family: str, entry_points) -> str:
         raise RuntimeError("emulated shared memory buffer too small")
     src = re.sub(r'extern\s+"C"\s+__global__', 'extern "C"', src)
     cases = "\n".join(
-        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem, cooperative);' for n in entry_points
+        f'    if (!strcmp(name, "{n}")) return gs_emu_launch_fn(&{n}, grid, block, a, smem, cooperative, codes);' for n in entry_points
     )
     return (
         '#include "prelude.h"\n' + src + LAUNCHER.replace("%(max_args)d", str(MAX_ARGS)).replace("%(cases)s", cases)
@@ -204,6 +220,9 @@ def install_fake_cupy(sm_count: int = 3):
 
 
 def _arg_bits(a) -> int:
+    """The 64-bit slot one argument travels in (floats as float64 bits). Only called
+    after abi.check_args: every scalar already has exactly its declared type, so the
+    widening here cannot hide a width mismatch."""
     if isinstance(a, np.ndarray):
         return a.ctypes.data
     if isinstance(a, (float, np.floating)):
@@ -216,6 +235,9 @@ _LAUNCH_ERRORS = {
     2: "block size is not a multiple of 32",
     4: "barrier deadlock: threads of a block wait at different barriers",
     5: "spin-wait timeout: a block waits for another block that is not co-resident (not a cooperative launch?)",
+    6: "the compiled C signature differs from the kernel table's",
+    7: "the kernel trapped: a block of a split row waited past the spin bound for blocks that never ran "
+       "(grid not co-resident)",
 }
 
 
@@ -224,47 +246,99 @@ class Emulator:
 
     def __init__(self, so: Path):
         self.lib = ctypes.CDLL(str(so))
+        self.lib.emu_set_timer_scale.argtypes = [ctypes.c_double]
         self.launches: list[tuple[str, int, int]] = []
+
+    def set_timer_scale(self, scale: float) -> None:
+        """Emulated %globaltimer = steady clock x scale (default 1e-3: the kernels'
+        spin bound is out of reach; 1e3 reaches it in about a millisecond)."""
+        self.lib.emu_set_timer_scale(scale)
 
     def launch(self, name: str, grid: int, block: int, args, smem: int = 0, cooperative: bool = False) -> None:
         """Run one launch. Only a cooperative launch has all its blocks live at once:
-        any other launch whose blocks wait for each other fails (spin timeout)."""
+        any other launch whose blocks wait for each other fails (spin timeout).
+        Every argument is checked against the kernel table's C signature first
+        (abi.check_args: TypeError on a wrong scalar type or width)."""
+        entry = kernels.ENTRIES.get(name)
+        if entry is None:
+            raise RuntimeError(f"emulated launch of {name}: not in the kernel table")
+        abi.check_args(entry, args)
         vals = [_arg_bits(a) for a in args]
         assert len(vals) <= MAX_ARGS
         arr = (ctypes.c_ulonglong * MAX_ARGS)(*(vals + [0] * (MAX_ARGS - len(vals))))
-        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem), ctypes.c_int(int(cooperative)))
+        rc = self.lib.emu_launch(name.encode(), grid, block, arr, ctypes.c_uint(smem), ctypes.c_int(int(cooperative)),
+                                 entry.sig.codes.encode())
         if rc:
             why = _LAUNCH_ERRORS.get(rc, "unknown error")
             raise RuntimeError(f"emulated launch of {name} (grid {grid}, block {block}) failed ({rc}): {why}")
         self.launches.append((name, grid, block))
 
 
-def setup(family: str, out_dir: Path, occupancy: int = 1, sm_count: int = 3):
-    """Fake CuPy in place, the family's module built, its launches routed to the emulator.
+class EmulatedKernel:
+    """Stands for a loaded CUDA function in the device state: called as the launch
+    path calls a driver Function (grid, block, args, smem, stream, cooperative)."""
+
+    def __init__(self, emu: Emulator, name: str):
+        self.emu, self.name = emu, name
+        self.max_dynamic_shared_size_bytes = 0
+        self.ptr = 0
+
+    def __call__(self, grid, block, args, smem=0, stream=None, cooperative=False):
+        self.emu.launch(self.name, grid[0], block[0], args, smem, cooperative=cooperative)
+
+
+# What the emulator's "driver" reports as resident blocks per SM for the
+# cooperative-grid guard: it runs any cooperative grid with every block live.
+DRIVER_BLOCKS_PER_SM = 32
+
+
+def emulated_device(sm_count: int = 3, **fields):
+    """A 3-SM GPU with a small L2 (so the stream regime's L2 rule is reached)."""
+    from gpu_softmax._cuda import plan
+
+    return plan.Device("emulated", sm_count, l2_bytes=1 << 16, **fields)
+
+
+def use_device(desc) -> None:
+    """Make `desc` the current device's description (plans are keyed by it)."""
+    from gpu_softmax._cuda import device
+
+    device.current().desc = desc
+
+
+def setup(family: str, out_dir: Path, sm_count: int = 3):
+    """Fake CuPy in place, the family's module built, its launches routed to the
+    emulator through the real device state (kernel handles replaced by
+    EmulatedKernel; the grid guard asks a fake driver).
 
     Returns (cupy stand-in, launch module, Emulator)."""
     cp = install_fake_cupy(sm_count)
     import importlib
 
-    from gpu_softmax._cuda import launch
+    from gpu_softmax._cuda import device, launch
 
     mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
-    emu = Emulator(build(family, mod.ENTRY_POINTS, out_dir))
-    launch.occupancy = lambda fam, name, threads: occupancy
+    emu = Emulator(build(family, kernels.entry_points(family), out_dir))
     launch.sm_count = lambda: sm_count
-    if family == "softmax":
-        # A 3-SM GPU with a small L2 (so the stream regime's L2 rule is reached),
-        # and row grids of one wave, so every block walks several rows.
-        mod.current_device = lambda: mod.Device("emulated", sm_count, l2_bytes=1 << 16)
-        mod.ROW_GRID_WAVES = 1
+    device.driver_occupancy = lambda fn, block, smem: DRIVER_BLOCKS_PER_SM
+    ds = device.DeviceState(0, emulated_device(sm_count))
 
-        def run(p, args):
+    def handle(fam, name):
+        k = EmulatedKernel(emu, name)
+        h = ds.kernels[name] = [k, k, 0]
+        return h
+
+    ds._handle = handle
+    device._states[0] = ds
+    if family == "softmax":
+        # Row grids of one wave, so every block walks several rows.
+        mod.POLICY = mod.POLICY.replace(row_grid_waves=1)
+        launch_plan = mod._launch
+
+        def run(ds, p, args):
             assert p.kernel in mod.ENTRY_POINTS and p.block <= 1024 and p.smem <= mod.H100.smem_per_block
             assert p.cooperative == (p.k > 1)
-            emu.launch(p.kernel, p.grid, p.block, args, p.smem, cooperative=p.cooperative)
+            launch_plan(ds, p, args)
 
         mod._launch = run
-    else:
-        mod._launch = lambda name, grid, block, args, cooperative=False: emu.launch(
-            name, grid, block, args, cooperative=cooperative)
     return cp, mod, emu

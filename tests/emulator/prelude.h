@@ -199,8 +199,28 @@ static void ctx_init(BlockCtx* c, unsigned block, unsigned smem) {
     c->dyn.assign((smem + 15) / 16, uint4{0xABABABABu, 0xABABABABu, 0xABABABABu, 0xABABABABu});
 }
 
-enum { EMU_OK = 0, EMU_DEADLOCK = 4, EMU_SPIN_TIMEOUT = 5 };
+enum { EMU_OK = 0, EMU_DEADLOCK = 4, EMU_SPIN_TIMEOUT = 5, EMU_TRAP = 7 };
 static std::atomic<int> g_fail;
+// The device's %globaltimer: steady-clock nanoseconds times a scale the harness
+// sets. The default (1e-3) keeps the kernels' spin bound out of reach of a wait
+// that is only slow on the CPU; a test raises it to watch the bound trap.
+static std::atomic<double> g_timer_scale{1e-3};
+extern "C" void emu_set_timer_scale(double s) { g_timer_scale = s; }
+namespace gs {
+inline unsigned long long globaltimer_ns() {
+    const double ns = (double)std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now().time_since_epoch()).count();
+    return (unsigned long long)(ns * g_timer_scale.load());
+}
+}
+// __trap() ends the launch: the scheduler sees g_fail and returns; this fiber stays
+// suspended (as after any failed launch).
+inline void __trap() {
+    fprintf(stderr, "emulator: __trap() (a block waited past the spin bound)\n");
+    g_fail = EMU_TRAP;
+    t_fiber->spun = true;  // not a barrier deadlock: the scheduler returns EMU_TRAP next round
+    for (;;) gs_emu_yield();
+}
 // Runs the fibers until all have exited. A round in which no fiber arrives at a
 // barrier or exits, and none spins, is a barrier deadlock; spinning without
 // progress for `spin_limit_s` is a wait that no other block will ever satisfy.

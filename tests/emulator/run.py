@@ -123,10 +123,9 @@ def softmax_suites(cp, SM, rng, emu):
 
     def long_rows():
         n = 0
-        SM.SPLIT_MIN_COLS = 1
+        base = SM.POLICY
         for force in ("split", "stream"):
-            SM.FORCE_REGIME = force
-            SM.STREAM_MIN_CHUNK = 1000
+            SM.POLICY = base.replace(force_regime=force, split_min_cols=1, stream_min_chunk=1000)
             for dt in (np.float32, np.float16, np.float64):
                 for rows, cols in [(1, 5003), (2, 4099), (3, 9000)]:
                     n += check(rand((rows, cols), dt), what=f"{force} {rows}x{cols} {dt.__name__}")
@@ -135,7 +134,7 @@ def softmax_suites(cp, SM, rng, emu):
                 x[2, 9] = np.inf
                 x[3, :] = -np.inf
                 n += check(x, what=f"{force} special", special=True)
-        SM.FORCE_REGIME = None
+        SM.POLICY = base
         return n
 
     def bf16_check(bits, what):
@@ -179,10 +178,9 @@ def softmax_suites(cp, SM, rng, emu):
         at sizes that reach it on the emulated 3-SM GPU: both alignments, a tail,
         NaN / inf rows, float16, bfloat16, float32, float64."""
         n = 0
-        SM.SPLIT_MIN_COLS = 1
+        base = SM.POLICY
         for force in (None, "stage", "split", "stream"):
-            SM.FORCE_REGIME = force
-            SM.STREAM_MIN_CHUNK = 1000
+            SM.POLICY = base.replace(force_regime=force, split_min_cols=1, stream_min_chunk=1000)
             for dt in (np.float32, np.float16, np.float64):
                 for rows, cols in [(5, 1031), (4, 2053), (2, 4103)]:
                     x = rand((rows, cols), dt)
@@ -205,9 +203,10 @@ def softmax_suites(cp, SM, rng, emu):
             n += bf16_check(bits, f"{force}")
             flat = (rand((5 * 2055 + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
             n += bf16_check(flat[1:].reshape(5, 2055), f"{force} unaligned")
-        SM.FORCE_REGIME = None
+        SM.POLICY = base
         # split kernels leave their cached workspace's counters at zero for the next call
-        assert SM._workspaces and all(not cnt.any() for _, cnt in SM._workspaces.values())
+        workspaces = SM.device.current().workspaces
+        assert workspaces and all(not cnt.any() for _, cnt in workspaces.values())
         # every regime and variant of a regime was reached
         seen = {(p.regime, p.ss > 0, p.k > 1, p.smem > 0) for p in plans}
         for want in [("row", False, False, False), ("row", True, False, True), ("split", False, True, False),
@@ -529,7 +528,9 @@ def cross_entropy_suites(cp, CE, rng):
             return launch_fn(name, *args, **kw)
 
         CE._launch = recording
-        CE.SPLIT_MAX_CHUNK = 512
+        base = CE.POLICY
+        CE.POLICY = base.replace(ce_split_max_chunk=512)
+        desc = CE.device.current().desc
         try:
             for dt in (np.float32, np.float16, np.float64):
                 for cols, rows in [(1025, 3), (1031, 5)]:
@@ -547,8 +548,7 @@ def cross_entropy_suites(cp, CE, rng):
                                label_smoothing=0.1, z_loss=1e-3)
             # Several row groups in flight (6 resident blocks, k = 2): rows 0..2 start
             # together, then each group takes its next row (the rounds' parity buffers).
-            occupancy = CE._occupancy
-            CE._occupancy = lambda name, threads: 2
+            harness.use_device(harness.emulated_device(max_blocks_per_sm=2))
             try:
                 for dt in (np.float32, np.float16):
                     x = (rng.standard_normal((7, 900)) * 3).astype(dt)
@@ -556,7 +556,7 @@ def cross_entropy_suites(cp, CE, rng):
                     t[3] = -100
                     n += check(x, t, f"split groups {dt.__name__}", label_smoothing=0.1)
             finally:
-                CE._occupancy = occupancy
+                harness.use_device(desc)
             x = rng.standard_normal((6, 1300)).astype(np.float32)
             x[0, 700] = np.nan
             x[1, 3] = np.inf
@@ -586,8 +586,12 @@ def cross_entropy_suites(cp, CE, rng):
             n += check(rng.standard_normal((2, 1500)).astype(np.float32),
                        (tt / tt.sum(-1, keepdims=True)).astype(np.float32), "soft stays stream")
         finally:
-            CE.SPLIT_MAX_CHUNK = None
+            CE.POLICY = base
             CE._launch = launch_fn
+            harness.use_device(desc)
+        # the split kernels leave their cached workspace's counters at zero
+        workspaces = CE.device.current().workspaces
+        assert workspaces and all(not cnt.any() for _, cnt in workspaces.values())
         assert {CE.split_name(s) for s in ("float32", "float16", "float64", "bfloat16")} <= seen, seen
         assert CE.stream_name("float32", True) in seen and CE.stream_name("float32", False) not in seen, seen
         return n
@@ -626,7 +630,69 @@ def cross_entropy_suites(cp, CE, rng):
                         n += 1
         return n
 
-    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow, "split": split, "scale": scale}
+    def variants():
+        """Every fused entry point of the kernel table, launched with a hand-made plan
+        (as the softmax variants suite does) on unaligned rows that fill the variant's
+        registers, against the reference; with the other suites, every CE entry point."""
+        n = 0
+        plan, launch_fn = CE.plan, CE._launch
+        forced, launched, wanted = [], set(), set()
+        CE.plan = lambda *a: forced[0]
+        CE._launch = lambda name, *a, **k: (launched.add(name), launch_fn(name, *a, **k))
+        threads = 128
+        try:
+            for storage, v in CE.VARIANTS.items():
+                vec = CE.VEC[storage]
+                cases = [(CE.warp_name(nv, storage), "warp", 32 * nv * vec - (vec - 1), nv) for nv in v["warp"]]
+                cases += [(CE.block_name(nv, storage), "row", threads * nv * vec - (vec - 1), nv) for nv, _ in v["block"]]
+                cases += [(CE.stream_name(storage, soft), "stream", 3001, soft) for soft in (False, True)]
+                nv = v["split"][0]
+                chunk = (threads * nv * vec - (vec - 1)) // vec * vec
+                cases.append((CE.split_name(storage), "split", 2 * chunk - 3, chunk))
+                for name, regime, cols, extra in cases:
+                    wanted.add(name)
+                    if regime == "warp":
+                        p = CE.Plan("warp", name, 2, CE.WARP_BLOCK_THREADS, width=32)
+                    elif regime == "split":
+                        p = CE.Plan("split", name, 4, threads, k=2, chunk=extra, groups=2)
+                    else:
+                        p = CE.Plan(regime, name, 2, threads)
+                    forced[:] = [p]
+                    dt = np.float32 if storage == "bfloat16" else np.dtype(storage).type
+                    rows = 3
+                    buf = (rng.standard_normal(rows * cols + 1) * 3).astype(dt)
+                    if storage == "bfloat16":
+                        bits = (buf.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                        xf = (bits.astype(np.uint32) << 16).view(np.float32)[1:].reshape(rows, cols)
+                        t = rng.integers(0, cols, rows)
+                        if regime == "stream" and extra:
+                            tt = rng.random((rows, cols))
+                            t = (tt / tt.sum(-1, keepdims=True)).astype(np.float32)
+                        a = dataclasses.replace(_checks.check_cross_entropy(xf, t, label_smoothing=0.1), kind="cupy",
+                                                logits=cp.asarray(bits)[1:].reshape(rows, cols), target=cp.asarray(t))
+                        loss, grad = CE.cross_entropy_with_grad(a, False, storage="bfloat16")
+                        wl, wg = reference.cross_entropy_with_grad(xf, t, label_smoothing=0.1)
+                        g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
+                        assert_close(g, wg, "bfloat16", f"{name} grad", atol=8e-3 * np.abs(wg).max())
+                        assert_close(cp.asnumpy(loss), wl, "float32", f"{name} loss", atol=1e-5)
+                        n += 1
+                    else:
+                        x = buf[1:].reshape(rows, cols)
+                        if regime == "stream" and extra:
+                            tt = rng.random((rows, cols))
+                            t = (tt / tt.sum(-1, keepdims=True)).astype(dt)
+                        else:
+                            t = rng.integers(0, cols, rows)
+                            t[0] = cols - 1
+                        n += check(x, t, f"variant {name}", label_smoothing=0.1, z_loss=1e-3)
+        finally:
+            CE.plan, CE._launch = plan, launch_fn
+        fused = {n for n in CE.ENTRY_POINTS if n.split("_")[2].rstrip("0123456789") in ("warp", "block", "stream", "split")}
+        assert wanted == fused and wanted <= launched, (sorted(fused - wanted), sorted(wanted - launched))
+        return n
+
+    return {"hard": hard, "soft": soft, "special": special, "layouts": layouts, "overflow": overflow, "split": split,
+            "scale": scale, "variants": variants}
 
 
 def main(argv=None) -> int:
