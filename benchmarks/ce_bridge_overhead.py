@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         import gpu_softmax.torch as gst
 
         torch.set_num_threads(1)  # no intra-op thread pool: it only adds wake-up latency here
-        from gpu_softmax import _torch_bridge as bridge
+        from gpu_softmax.torch import _bridge as bridge
 
         loss_out = np.zeros((), np.float32)
         grad_out = np.zeros((rows, cols), np.float32)

@@ -1,4 +1,4 @@
-"""Cross-rank checks of the vocabulary-parallel loss (gpu_softmax.torch_parallel).
+"""Cross-rank checks of the vocabulary-parallel loss (gpu_softmax.torch.parallel).
 
 Every rank describes its call in one short row of int64 (:func:`describe`); one
 all-gather gives every rank the same table, and :func:`agree` reads it. Because all

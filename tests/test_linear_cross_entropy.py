@@ -35,8 +35,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
-from gpu_softmax import torch_linear  # noqa: E402
-from gpu_softmax import _torch_bridge as tb  # noqa: E402
+from gpu_softmax.torch import linear as torch_linear  # noqa: E402
+from gpu_softmax.torch import _bridge as tb  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

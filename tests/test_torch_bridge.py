@@ -453,8 +453,16 @@ def test_import_gpu_softmax_does_not_import_torch():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(gst, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 5 and result.failed == 0
+    import importlib
+    import pkgutil
+
+    attempted = 0
+    for info in pkgutil.iter_modules(gst.__path__, gst.__name__ + "."):
+        result = doctest.testmod(importlib.import_module(info.name),
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted >= 5
 
 
 # ----------------------------------------------------------------------------------
@@ -519,7 +527,7 @@ def emulated_cuda(monkeypatch, host_handover):
     import contextlib
     import dataclasses
 
-    from gpu_softmax import _torch_bridge as bridge
+    from gpu_softmax.torch import _bridge as bridge
     from gpu_softmax import reference
     from gpu_softmax._cuda import cross_entropy as ce_launch
     from gpu_softmax._cuda import softmax as sm_launch

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _checks, _chunking, reference
-from . import _torch_bridge as _bridge
-from ._cuda.linear_cross_entropy import Wants
+from .. import _checks, _chunking, reference
+from . import _bridge
+from .._cuda.linear_cross_entropy import Wants
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -125,7 +125,7 @@ def _free_device_bytes(device: torch.device) -> int:
 
 def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
               bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int | None):
-    from ._cuda import linear_cross_entropy as launch
+    from .._cuda import linear_cross_entropy as launch
 
     free = None if chunk is not None else _free_device_bytes(hidden.device)
     with _bridge.cupy_on(hidden.device):

@@ -43,10 +43,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _checks
-from . import _parallel_checks as pc
-from . import _torch_bridge as _bridge
-from . import vocab_parallel as vp
+from .. import _checks
+from .. import _parallel_checks as pc
+from . import _bridge
+from .. import vocab_parallel as vp
 
 __all__ = ["vocab_parallel_cross_entropy"]
 

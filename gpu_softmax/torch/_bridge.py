@@ -1,5 +1,5 @@
 """The one home of the torch <-> NumPy/CuPy crossing, shared by :mod:`gpu_softmax.torch`
-and :mod:`gpu_softmax.torch_parallel` (neither imports the other for it).
+and :mod:`gpu_softmax.torch.parallel` (neither imports the other for it).
 
 - **Checks.** :func:`describe` turns a tensor into an :class:`_checks.ArrayDesc`
   (shape, dtype, kind): the shared checks of :mod:`gpu_softmax._checks` run on it
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import ArrayDesc
+from .._checks import ArrayDesc
 
 # ----------------------------------------------------------------------------------
 # arguments
@@ -213,7 +213,7 @@ def acc_float(t: Tensor | None) -> Tensor | None:
 
 
 # ----------------------------------------------------------------------------------
-# the cross-entropy backward shared by gpu_softmax.torch and gpu_softmax.torch_parallel
+# the cross-entropy backward shared by gpu_softmax.torch and gpu_softmax.torch.parallel
 
 
 def _scale_compute(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
@@ -232,7 +232,7 @@ def _scale_compute(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
         return
     if kind != "cuda":
         raise unsupported(grad)
-    from ._cuda import cross_entropy as launch
+    from .._cuda import cross_entropy as launch
 
     cols = int(grad.shape[class_dim]) if grad.dim() else 1
     inner = math.prod(grad.shape[class_dim + 1:]) if grad.dim() else 1
