@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .options import REDUCTIONS, CEOptions
+from .options import CEOptions
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -44,6 +44,15 @@ class ArrayDesc:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+
+def standin(a: Any, shape: tuple[int, ...] | None = None, dtype: Any = None) -> ArrayDesc | None:
+    """The one stand-in for an array the checks should see but not read: a's shape (or
+    `shape`) and dtype (or `dtype`), kind "standin" (callers put the real kind back)."""
+    if a is None:
+        return None
+    shape = tuple(int(n) for n in (a.shape if shape is None else shape))
+    return ArrayDesc(shape, np.dtype(a.dtype if dtype is None else dtype), "standin")
 
 
 def _is_cupy_array(a: Any) -> bool:
@@ -89,7 +98,9 @@ def common_kind(named_arrays: dict[str, Any]) -> str:
     kinds = {name: array_kind(a, name) for name, a in named_arrays.items() if a is not None}
     found = set(kinds.values())
     if len(found) > 1:
-        listing = ", ".join(f"{n} is {k}" for n, k in kinds.items())
+        found.discard("standin")  # a stand-in takes the kind of the real arrays beside it
+    if len(found) > 1:
+        listing = ", ".join(f"{n} is {k}" for n, k in kinds.items() if k != "standin")
         raise TypeError(
             f"cannot mix CuPy and NumPy arrays in one call ({listing}); "
             "move them to one side with cupy.asarray or cupy.asnumpy"
@@ -97,7 +108,7 @@ def common_kind(named_arrays: dict[str, Any]) -> str:
     if kinds:
         kind = found.pop()
         if kind == "cupy":
-            devices = {n: a.device.id for n, a in named_arrays.items() if a is not None}
+            devices = {n: named_arrays[n].device.id for n, k in kinds.items() if k == "cupy"}
             if len(set(devices.values())) > 1:
                 listing = ", ".join(f"{n} on device {d}" for n, d in devices.items())
                 raise ValueError(f"all arrays must be on one GPU ({listing})")
@@ -317,7 +328,7 @@ def check_cross_entropy(
             raise ValueError(f"weight has shape {weight.shape}, expected ({layout.cols},): one weight per class")
 
     if options is None:
-        options = CEOptions.checked(**option_values)
+        options = CEOptions.from_keywords(option_values, "cross_entropy")
     elif option_values:
         raise TypeError(f"pass the options either as options= or by name, not both: {sorted(option_values)}")
     reduction = options.reduction
@@ -410,15 +421,38 @@ def hard_targets_int64(xp, target, classes: int, ignore_index: int):
     return xp.ascontiguousarray(t, dtype=np.int64)
 
 
-def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None) -> None:
-    """The one error text for hard targets outside [0, C) (validate=True)."""
+VALIDATE_HINT = "pass validate=False to skip this check (such rows then get a NaN loss)"
+
+
+def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None, *,
+                      hint: str = VALIDATE_HINT) -> None:
+    """The one error for hard targets outside [0, C) (validate=True); every backend only counts.
+
+    `hint`: how the caller's user gets past the check (the torch bridge has no
+    ``validate`` switch, so it says what it does instead)."""
     if n_bad:
         ex = f" (e.g. {example})" if example is not None else ""
         raise ValueError(
             f"{n_bad} target value(s){ex} outside [0, {classes}) and not equal to "
-            f"ignore_index={ignore_index}; pass validate=False to skip this check "
-            "(such rows then get a NaN loss)"
+            f"ignore_index={ignore_index}; {hint}"
         )
+
+
+def count_bad_targets(xp, target: Any, classes: int, ignore_index: int) -> tuple[int, int | None]:
+    """(how many hard targets lie outside [0, classes) and differ from ignore_index, the first
+    of them): the count of a backend that has the targets at hand (NumPy, or CuPy with a sync)."""
+    t = hard_targets_int64(xp, target, classes, ignore_index)
+    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return 0, None
+    return n_bad, int(target.reshape(-1)[int(xp.flatnonzero(bad)[0])])
+
+
+def validate_targets(xp, target: Any, classes: int, ignore_index: int, *, hint: str = VALIDATE_HINT) -> None:
+    """count_bad_targets, then raise_bad_targets."""
+    n_bad, example = count_bad_targets(xp, target, classes, ignore_index)
+    raise_bad_targets(n_bad, classes, ignore_index, example, hint=hint)
 
 
 # ----------------------------------------------------------------------------------
@@ -451,14 +485,6 @@ class LinearCrossEntropyArgs:
         return tuple(self.hidden.shape[:-1])
 
 
-def shape_standin(a: Any) -> np.ndarray | None:
-    """A NumPy array with a's shape and dtype that owns one element (checks read only those)."""
-    if a is None:
-        return None
-    shape = tuple(int(s) for s in a.shape)
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=a.dtype), shape, (0,) * len(shape))
-
-
 def refuse_class_weight(class_weight: Any) -> None:
     if class_weight is not None:
         raise NotImplementedError(
@@ -473,17 +499,15 @@ def check_linear_cross_entropy(
     target: Any,
     bias: Any = None,
     *,
-    ignore_index: Any = -100,
-    label_smoothing: Any = 0.0,
-    reduction: Any = "mean",
-    validate: Any = True,
-    z_loss: Any = 0.0,
-    logit_softcap: Any = None,
     chunk_size: Any = None,
     grad_output: Any = None,
     class_weight: Any = None,
+    options: CEOptions | None = None,
+    **option_values: Any,
 ) -> LinearCrossEntropyArgs:
-    """Checks for linear_cross_entropy_with_grad (and the torch bridge, on stand-ins)."""
+    """Checks for linear_cross_entropy_with_grad (and the torch bridge, on stand-ins).
+
+    The options come checked (`options`) or by name (checked here, as check_cross_entropy)."""
     refuse_class_weight(class_weight)
     named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     if grad_output is not None and not _is_scalar(grad_output):
@@ -526,14 +550,9 @@ def check_linear_cross_entropy(
             raise TypeError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    logits = np.lib.stride_tricks.as_strided(
-        np.zeros(1, dtype=hidden.dtype), tuple(hidden.shape[:-1]) + (classes,), (0,) * hidden.ndim
-    )
-    go = grad_output if grad_output is None or _is_scalar(grad_output) else shape_standin(grad_output)
-    ce = check_cross_entropy(
-        logits, shape_standin(target), axis=-1, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap, grad_output=go,
-    )
+    logits = standin(hidden, tuple(hidden.shape[:-1]) + (classes,))
+    go = grad_output if grad_output is None or _is_scalar(grad_output) else standin(grad_output)
+    ce = check_cross_entropy(logits, standin(target), axis=-1, grad_output=go, options=options, **option_values)
     if go is not None and not _is_scalar(go):
         ce = replace(ce, grad_output=grad_output)
     return LinearCrossEntropyArgs(

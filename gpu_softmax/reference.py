@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _checks
 from ._checks import BackwardArgs, CrossEntropyArgs, LinearCrossEntropyArgs, SoftmaxArgs
+from .options import CEOptions
 
 __all__ = [
     "softmax",
@@ -133,16 +134,11 @@ def _rows_last(x: np.ndarray, axis: int, cols: int) -> np.ndarray:
     return np.moveaxis(x, axis, -1).reshape(-1, cols).astype(np.float64)
 
 
-def hard_target_check(a: CrossEntropyArgs) -> None:
+def hard_target_check(a: CrossEntropyArgs, hint: str = _checks.VALIDATE_HINT) -> None:
     """validate=True for NumPy input: every target in [0, C) or == ignore_index."""
     if a.soft or not a.validate:
         return
-    t = _checks.hard_targets_int64(np, a.target, a.layout.cols, a.ignore_index)
-    bad = (t != a.ignore_index) & ((t < 0) | (t >= a.layout.cols))
-    n_bad = int(bad.sum())
-    if n_bad:
-        example = a.target.reshape(-1)[np.flatnonzero(bad)[0]]
-        _checks.raise_bad_targets(n_bad, a.layout.cols, a.ignore_index, int(example))
+    _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index, hint=hint)
 
 
 def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
@@ -348,19 +344,13 @@ def cross_entropy(
     *,
     axis: int = -1,
     weight: np.ndarray | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     return_logsumexp: bool = False,
+    **options: Any,
 ) -> Any:
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap,
-    )
+    """``gpu_softmax.cross_entropy`` on NumPy arrays; ``options`` (ignore_index, label_smoothing,
+    reduction, validate, z_loss, logit_softcap) and semantics as there."""
+    opts = CEOptions.from_keywords(options, "cross_entropy")
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, options=opts)
     _require_numpy(a.kind)
     return cross_entropy_checked(a, return_logsumexp)
 
@@ -371,21 +361,15 @@ def cross_entropy_with_grad(
     *,
     axis: int = -1,
     weight: np.ndarray | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     grad_output: Any = 1.0,
     inplace: bool = False,
     return_logsumexp: bool = False,
+    **options: Any,
 ) -> Any:
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap, grad_output=grad_output, inplace=inplace,
-    )
+    """``gpu_softmax.cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    opts = CEOptions.from_keywords(options, "cross_entropy_with_grad")
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, grad_output=grad_output,
+                                    inplace=inplace, options=opts)
     _require_numpy(a.kind)
     return cross_entropy_with_grad_checked(a, return_logsumexp)
 
@@ -396,19 +380,13 @@ def linear_cross_entropy_with_grad(
     target: np.ndarray,
     bias: np.ndarray | None = None,
     *,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     chunk_size: int | None = None,
     grad_output: Any = 1.0,
+    **options: Any,
 ) -> tuple:
-    a = _checks.check_linear_cross_entropy(
-        hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap,
-        chunk_size=chunk_size, grad_output=grad_output,
-    )
+    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    opts = CEOptions.from_keywords(options, "linear_cross_entropy_with_grad")
+    a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
+                                           grad_output=grad_output, options=opts)
     _require_numpy(a.kind)
     return linear_cross_entropy_with_grad_checked(a)

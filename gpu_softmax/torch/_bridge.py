@@ -87,6 +87,11 @@ def describe(t: Tensor | None) -> ArrayDesc | None:
     return ArrayDesc(tuple(t.shape), _numpy_dtype(t.dtype))
 
 
+# The bridge has no validate switch: on CPU it checks targets, on CUDA it does not (no host sync).
+CPU_TARGETS_HINT = ("gpu_softmax.torch checks targets on CPU tensors (on CUDA tensors it does not, to avoid a "
+                    "host sync, and such rows get a NaN loss)")
+
+
 def device_kind(t: Tensor) -> str:
     """'cpu' (the NumPy reference) or 'cuda' (our kernels); one place to dispatch on."""
     return t.device.type

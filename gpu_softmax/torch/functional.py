@@ -110,14 +110,7 @@ def _ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_in
             weight=_bridge.to_numpy(weight),
             inplace=inplace and not bf16,  # bf16: computed in float32, copied back below
         )
-        try:
-            reference.hard_target_check(rec)
-        except ValueError as exc:
-            # The NumPy API's text offers validate=False, a switch this bridge does not have.
-            raise ValueError(
-                str(exc).split("; pass validate=False")[0] + "; gpu_softmax.torch checks targets on CPU "
-                "tensors (on CUDA tensors it does not, to avoid a host sync, and such rows get a NaN loss)"
-            ) from None
+        reference.hard_target_check(rec, hint=_bridge.CPU_TARGETS_HINT)
         rec = rec.with_options(validate=False)  # checked just above
         if not want_grad:
             return _bridge.from_numpy(reference.cross_entropy_checked(rec), logits.dtype), None
