@@ -225,8 +225,9 @@ def _reduce(a: CrossEntropyArgs, ce, zl, divisor, n_valid):
     return loss.astype(a.loss_dtype)
 
 
-def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False):
-    hard_target_check(a)
+def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
+                          hint: str = _checks.VALIDATE_HINT):
+    hard_target_check(a, hint)
     ce, zl, lse, _, divisor, n_valid, _ = _cross_entropy_rows(a, want_grad=False)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     if return_logsumexp:
@@ -234,8 +235,10 @@ def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False):
     return loss
 
 
-def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool = False):
-    hard_target_check(a)
+def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
+                                    hint: str = _checks.VALIDATE_HINT):
+    """`hint`: the bad-target error's advice (see _checks.raise_bad_targets)."""
+    hard_target_check(a, hint)
     ce, zl, lse, valid, divisor, n_valid, pieces = _cross_entropy_rows(a, want_grad=True)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     p, q, qsum, dcap, valid, bad = pieces

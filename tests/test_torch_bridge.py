@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
+from gpu_softmax.options import CEOptions  # noqa: E402
 
 C = 7
 
@@ -506,8 +507,8 @@ def test_torch_compile_fullgraph_inplace_backward_cpu():
 def test_fake_implementations_agree_with_real_ones():
     x, t = make((3, C, 2), "hard", torch.float32)
     for reduction in REDUCTIONS:
-        torch.library.opcheck(torch.ops.gpu_softmax.cross_entropy.default,
-                              (x, t, None, -100, reduction, 0.1, 0.0, None, True))
+        opts = CEOptions.checked(reduction=reduction, label_smoothing=0.1)  # the schema takes op_args()
+        torch.library.opcheck(torch.ops.gpu_softmax.cross_entropy.default, (x, t, None, *opts.op_args(), True))
     torch.library.opcheck(torch.ops.gpu_softmax.softmax.default, (x, 1))
     torch.library.opcheck(torch.ops.gpu_softmax.logsumexp.default, (x, -1))
     torch.library.opcheck(torch.ops.gpu_softmax.log_softmax_backward.default, (x, torch.log_softmax(x, 0), 0))

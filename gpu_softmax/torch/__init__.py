@@ -65,8 +65,10 @@ no double backward; the deprecated ``size_average``/``reduce`` arguments are abs
 
 from __future__ import annotations
 
-from .functional import CrossEntropyLoss, cross_entropy, log_softmax, logsumexp, softmax
-from .linear import LinearCrossEntropyLoss, linear_cross_entropy
+from . import _autograd  # noqa: F401  (registers the operators' autograd formulas)
+from .functional import cross_entropy, log_softmax, logsumexp, softmax
+from .linear import linear_cross_entropy
+from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
 from .parallel import vocab_parallel_cross_entropy
 
 __all__ = [

@@ -40,7 +40,7 @@ from ..options import CEOptions
 from . import _bridge
 from .._chunking import Wants
 
-__all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+__all__ = ["linear_cross_entropy"]
 
 
 NO_GRAD = Wants(False, False, False)
@@ -224,45 +224,3 @@ def linear_cross_entropy(
     if not torch.is_grad_enabled():  # eval: the loss only (apply would still see requires_grad)
         return _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]
     return _LinearCrossEntropy.apply(hidden, weight, bias, target, a)
-
-
-class LinearCrossEntropyLoss(torch.nn.Module):
-    """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
-
-    Example:
-        >>> import torch, gpu_softmax.torch as gst
-        >>> head = torch.nn.Linear(8, 100)
-        >>> loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1)
-        >>> loss = loss_fn(torch.randn(4, 8), head.weight, torch.tensor([1, 2, 3, 4]), head.bias)
-        >>> loss.backward(); head.weight.grad.shape
-        torch.Size([100, 8])
-    """
-
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, logit_softcap: float | None = None, chunk_size: int | None = None,
-                 class_weight: Tensor | None = None) -> None:
-        super().__init__()
-        _checks.refuse_class_weight(class_weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
-        self.logit_softcap = logit_softcap
-        self.chunk_size = chunk_size
-
-    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None) -> Tensor:
-        return linear_cross_entropy(
-            hidden, weight, target, bias, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, z_loss=self.z_loss, logit_softcap=self.logit_softcap,
-            chunk_size=self.chunk_size,
-        )
-
-    def extra_repr(self) -> str:
-        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        for name in ("label_smoothing", "z_loss"):
-            if getattr(self, name):
-                parts.append(f"{name}={getattr(self, name)}")
-        for name in ("logit_softcap", "chunk_size"):
-            if getattr(self, name) is not None:
-                parts.append(f"{name}={getattr(self, name)}")
-        return ", ".join(parts)

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .. import _checks
 from .. import _parallel_checks as pc
-from . import _bridge
+from . import _autograd, _bridge
 from .. import vocab_parallel as vp
 from ..options import CEOptions
 
@@ -115,9 +115,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         # The saved local gradient scaled in place and handed on: nothing of the
         # shard's size is read or written when grad_output is 1 (decided on the device).
-        _bridge.check_not_spent(ctx, "vocab_parallel_cross_entropy")
+        _autograd.check_not_spent(ctx, "vocab_parallel_cross_entropy")
         (grad,) = ctx.saved_tensors
-        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
+        return (_autograd.scale_by_grad_output(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
                 None, None, None, None, None, None)
 
 
