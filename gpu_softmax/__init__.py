@@ -33,7 +33,7 @@ __all__ = [
 _launchers: dict[str, Any] = {}
 
 
-def _cuda(name: str):
+def _launcher(name: str):
     """The CUDA launcher of public function `name`: the CuPy launch modules are imported on
     the first CuPy call (a NumPy-only install never imports them), then one look-up per call."""
     if not _launchers:
@@ -72,7 +72,7 @@ def softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
     a = _checks.check_softmax(x, axis, out)
     if a.kind == "numpy":
         return reference.softmax_checked(a)
-    return _cuda("softmax")(a)
+    return _launcher("softmax")(a)
 
 
 def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
@@ -88,7 +88,7 @@ def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
     a = _checks.check_softmax(x, axis, out)
     if a.kind == "numpy":
         return reference.log_softmax_checked(a)
-    return _cuda("log_softmax")(a)
+    return _launcher("log_softmax")(a)
 
 
 def logsumexp(x: Any, axis: int = -1) -> Any:
@@ -106,7 +106,7 @@ def logsumexp(x: Any, axis: int = -1) -> Any:
     a = _checks.check_softmax(x, axis)
     if a.kind == "numpy":
         return reference.logsumexp_checked(a)
-    return _cuda("logsumexp")(a)
+    return _launcher("logsumexp")(a)
 
 
 def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -124,7 +124,7 @@ def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
     a = _checks.check_backward(grad_y, y, axis)
     if a.kind == "numpy":
         return reference.softmax_backward_checked(a)
-    return _cuda("softmax_backward")(a)
+    return _launcher("softmax_backward")(a)
 
 
 def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -139,7 +139,7 @@ def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
     a = _checks.check_backward(grad_y, y, axis)
     if a.kind == "numpy":
         return reference.log_softmax_backward_checked(a)
-    return _cuda("log_softmax_backward")(a)
+    return _launcher("log_softmax_backward")(a)
 
 
 def cross_entropy(
@@ -198,7 +198,7 @@ def cross_entropy(
     a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, options=opts)
     if a.kind == "numpy":
         return reference.cross_entropy_checked(a, return_logsumexp)
-    return _cuda("cross_entropy")(a, return_logsumexp)
+    return _launcher("cross_entropy")(a, return_logsumexp)
 
 
 def cross_entropy_with_grad(
@@ -243,7 +243,7 @@ def cross_entropy_with_grad(
                                     inplace=inplace, options=opts)
     if a.kind == "numpy":
         return reference.cross_entropy_with_grad_checked(a, return_logsumexp)
-    return _cuda("cross_entropy_with_grad")(a, return_logsumexp)
+    return _launcher("cross_entropy_with_grad")(a, return_logsumexp)
 
 
 def linear_cross_entropy_with_grad(
@@ -290,7 +290,7 @@ def linear_cross_entropy_with_grad(
                                            grad_output=grad_output, options=opts)
     if a.kind == "numpy":
         return reference.linear_cross_entropy_with_grad_checked(a)
-    return _cuda("linear_cross_entropy_with_grad")(a)
+    return _launcher("linear_cross_entropy_with_grad")(a)
 
 
 def backend_info() -> dict:

@@ -131,7 +131,9 @@ def log_softmax_backward_checked(a: BackwardArgs) -> np.ndarray:
 
 def _rows_last(x: np.ndarray, axis: int, cols: int) -> np.ndarray:
     """(rows, C) float64 view-or-copy with the class axis last."""
-    return np.moveaxis(x, axis, -1).reshape(-1, cols).astype(np.float64)
+    if axis != x.ndim - 1:  # (moveaxis costs more than a tiny row's whole computation)
+        x = np.moveaxis(x, axis, -1)
+    return x.reshape(-1, cols).astype(np.float64)
 
 
 def hard_target_check(a: CrossEntropyArgs, hint: str = _checks.VALIDATE_HINT) -> None:
@@ -141,7 +143,7 @@ def hard_target_check(a: CrossEntropyArgs, hint: str = _checks.VALIDATE_HINT) ->
     _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index, hint=hint)
 
 
-def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
+def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool, hint: str):
     """Per-row terms, all float64.
 
     Returns (ce, zl, lse, valid, divisor, n_valid, grad_pieces) where the loss of
@@ -155,7 +157,7 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
     x = _rows_last(a.logits, a.layout.axis, C)
     R = x.shape[0]
     eps = a.label_smoothing
-    w = np.ones(C) if a.weight is None else a.weight.astype(np.float64)
+    w = None if a.weight is None else a.weight.astype(np.float64)  # None: all ones
 
     with np.errstate(all="ignore"):
         if a.logit_softcap is not None:
@@ -173,7 +175,9 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
 
         if a.soft:
             t = _rows_last(a.target, a.layout.axis, C)
-            q = w * (t * (1.0 - eps) + eps / C)
+            q = t * (1.0 - eps) + eps / C
+            if w is not None:
+                q = w * q
             ce = -(q * lp).sum(axis=1)
             valid = np.ones(R, dtype=bool)
             bad = np.zeros(R, dtype=bool)
@@ -183,15 +187,20 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
             valid = t != a.ignore_index
             in_range = (t >= 0) & (t < C)
             bad = valid & ~in_range
+            if a.validate:  # the count that validate=True raises on (the one error: _checks)
+                n_bad = int(bad.sum())
+                if n_bad:
+                    example = int(a.target.reshape(-1)[np.flatnonzero(bad)[0]])
+                    _checks.raise_bad_targets(n_bad, C, a.ignore_index, example, hint=hint)
             ok = valid & in_range
             tt = np.where(ok, t, 0)
-            w_t = np.where(ok, w[tt], 0.0)
+            w_t = ok.astype(np.float64) if w is None else np.where(ok, w[tt], 0.0)
             rows = np.arange(R)
             ce = np.where(ok, -w_t * lp[rows, tt], 0.0)
             if eps > 0.0:
                 # Only when smoothing is on, as in torch: a -inf logit makes this
                 # term +inf, and 0 * inf must not turn an unsmoothed loss into NaN.
-                smooth = np.where(ok, -(lp * w).sum(axis=1), 0.0)
+                smooth = np.where(ok, -(lp if w is None else lp * w).sum(axis=1), 0.0)
                 ce = (1.0 - eps) * ce + (eps / C) * smooth
             divisor = float(w_t.sum())
             q = None
@@ -199,12 +208,12 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
                 q = np.zeros((R, C))
                 q[rows[ok], tt[ok]] = (1.0 - eps) * w_t[ok]
                 if eps > 0.0:
-                    q[ok] += (eps / C) * w
+                    q[ok] += (eps / C) * (1.0 if w is None else w)
         zl = np.where(valid, a.z_loss * lse * lse, 0.0) if a.z_loss else np.zeros(R)
         n_valid = float(valid.sum())
         # validate=False: an out-of-range target poisons its row and the mean.
-        ce = np.where(bad, np.nan, ce)
         if bad.any():
+            ce = np.where(bad, np.nan, ce)
             divisor = np.nan
 
         pieces = None
@@ -227,8 +236,7 @@ def _reduce(a: CrossEntropyArgs, ce, zl, divisor, n_valid):
 
 def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
                           hint: str = _checks.VALIDATE_HINT):
-    hard_target_check(a, hint)
-    ce, zl, lse, _, divisor, n_valid, _ = _cross_entropy_rows(a, want_grad=False)
+    ce, zl, lse, _, divisor, n_valid, _ = _cross_entropy_rows(a, False, hint)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     if return_logsumexp:
         return loss, lse.reshape(a.loss_shape).astype(a.loss_dtype)
@@ -238,8 +246,7 @@ def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *
 def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
                                     hint: str = _checks.VALIDATE_HINT):
     """`hint`: the bad-target error's advice (see _checks.raise_bad_targets)."""
-    hard_target_check(a, hint)
-    ce, zl, lse, valid, divisor, n_valid, pieces = _cross_entropy_rows(a, want_grad=True)
+    ce, zl, lse, valid, divisor, n_valid, pieces = _cross_entropy_rows(a, True, hint)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     p, q, qsum, dcap, valid, bad = pieces
     g = np.asarray(a.grad_output, dtype=np.float64)
@@ -259,10 +266,15 @@ def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool 
             grad = grad * dcap
         # Ignored rows get an exact zero gradient (no read of their logits needed);
         # rows with an out-of-range target get NaN.
-        grad = np.where(valid[:, None], grad, 0.0)
-        grad = np.where(bad[:, None], np.nan, grad)
-    moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
-    grad = np.moveaxis(grad.reshape(moved), -1, a.layout.axis)
+        if not valid.all():
+            grad = np.where(valid[:, None], grad, 0.0)
+        if bad.any():
+            grad = np.where(bad[:, None], np.nan, grad)
+    if a.layout.axis == a.logits.ndim - 1:
+        grad = grad.reshape(a.logits.shape)
+    else:
+        moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
+        grad = np.moveaxis(grad.reshape(moved), -1, a.layout.axis)
     if a.inplace:
         a.logits[...] = grad
         grad_out = a.logits

@@ -9,6 +9,7 @@ without graph breaks. The cross-entropy operators take the options as
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Any, Callable
@@ -73,18 +74,29 @@ def CEGrad(b: dict) -> Tensor:  # noqa: N802
     return logits.new_empty(logits.shape) if b["want_grad"] else logits.new_empty(0)
 
 
-def gs_op(name: str, *, result: Any, mutates_args: tuple[str, ...] = ()) -> Callable:
+# The options' part of an operator schema, from CEOptions' fields (one declaration).
+_SCHEMA_TYPE = {"int": "SymInt", "float": "float", "str": "str", "float | None": "float?", "bool": "bool"}
+OPTIONS_SCHEMA = ", ".join(f"{_SCHEMA_TYPE[f.type]} {f.name}" for f in dataclasses.fields(CEOptions))
+
+
+def gs_op(name: str, *, result: Any, mutates_args: tuple[str, ...] = (), schema: str | None = None) -> Callable:
     """Register the decorated function as ``gpu_softmax::name`` with its fake.
 
     `result`: a rule (a callable of the bound arguments), a tuple of rules for several
-    results, or None for an operator that only mutates."""
+    results, or None for an operator that only mutates. `schema`: for a function that
+    takes the options as ``*args`` (then the rules see the schema's argument names)."""
 
     def register(fn: Callable) -> Any:
-        op = torch.library.custom_op(f"{_NS}::{name}", mutates_args=mutates_args)(fn)
-        signature = inspect.signature(fn)
+        op = torch.library.custom_op(f"{_NS}::{name}", mutates_args=mutates_args, schema=schema)(fn)
+        if schema is None:
+            signature = inspect.signature(fn)
+            bind = lambda *args, **kwargs: signature.bind(*args, **kwargs).arguments  # noqa: E731
+        else:
+            names = [arg.split()[-1] for arg in schema[schema.index("(") + 1 : schema.index(")")].split(",")]
+            bind = lambda *args, **kwargs: {**dict(zip(names, args)), **kwargs}  # noqa: E731
 
         def fake(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs).arguments
+            bound = bind(*args, **kwargs)
             if result is None:
                 return None
             if isinstance(result, tuple):
@@ -111,7 +123,7 @@ def ce_args(logits: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptio
     torch.compile, where the public function does not): the second ask is a hit."""
     strides = logits.stride()  # in-place on logits whose elements share memory is refused
     key = (logits.shape, strides, logits.dtype, target.shape, target.dtype,
-           None if weight is None else (weight.shape, weight.dtype), opts, type(inplace), inplace)
+           None if weight is None else (weight.shape, weight.dtype), opts.op_args(), type(inplace), inplace)
     a = _CE_CHECKED.get(key)
     if a is None:
         a = _checks.check_cross_entropy(
@@ -176,22 +188,22 @@ def ce_compute(logits: Tensor, target: Tensor, weight: Tensor | None, a: CrossEn
     return _ce_cuda(logits, target, weight, a, want_grad, inplace)
 
 
-@gs_op("cross_entropy", result=(CELoss, CEGrad))
-def ce_op(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, label_smoothing: float,
-          reduction: str, z_loss: float, logit_softcap: float | None, validate: bool,
-          want_grad: bool) -> tuple[Tensor, Tensor]:
-    """(loss, grad) with grad = d loss / d logits (empty when want_grad is False)."""
-    opts = CEOptions.from_op_args((ignore_index, label_smoothing, reduction, z_loss, logit_softcap, validate))
+@gs_op("cross_entropy", result=(CELoss, CEGrad),
+       schema=f"(Tensor logits, Tensor target, Tensor? weight, {OPTIONS_SCHEMA}, bool want_grad) -> (Tensor, Tensor)")
+def ce_op(logits: Tensor, target: Tensor, weight: Tensor | None, *op_args: Any) -> tuple[Tensor, Tensor]:
+    """(loss, grad) with grad = d loss / d logits (empty when want_grad is False); ``op_args`` is
+    ``CEOptions.op_args()`` then want_grad."""
+    *options, want_grad = op_args
+    opts = CEOptions.from_op_args(tuple(options))
     loss, grad = ce_compute(logits, target, weight, ce_args(logits, target, weight, opts), want_grad)
     return loss, (grad if grad is not None else logits.new_empty(0))
 
 
-@gs_op("cross_entropy_inplace_", result=CELoss, mutates_args=("logits",))
-def ce_inplace_op(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-                  label_smoothing: float, reduction: str, z_loss: float, logit_softcap: float | None,
-                  validate: bool) -> Tensor:
-    """The loss; d loss / d logits overwrites logits."""
-    opts = CEOptions.from_op_args((ignore_index, label_smoothing, reduction, z_loss, logit_softcap, validate))
+@gs_op("cross_entropy_inplace_", result=CELoss, mutates_args=("logits",),
+       schema=f"(Tensor(a!) logits, Tensor target, Tensor? weight, {OPTIONS_SCHEMA}) -> Tensor")
+def ce_inplace_op(logits: Tensor, target: Tensor, weight: Tensor | None, *op_args: Any) -> Tensor:
+    """The loss; d loss / d logits overwrites logits. ``op_args``: ``CEOptions.op_args()``."""
+    opts = CEOptions.from_op_args(op_args)
     a = ce_args(logits, target, weight, opts, True)
     return ce_compute(logits, target, weight, a, want_grad=True, inplace=True)[0]
 

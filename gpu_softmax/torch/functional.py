@@ -90,18 +90,16 @@ def logsumexp(input: Tensor, dim: int = -1) -> Tensor:
 _OPTIONS: dict[tuple, CEOptions] = {}
 
 
-def _options(ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any, logit_softcap: Any) -> CEOptions:
-    """CEOptions.checked, remembered by each option's type and value (True == 1, but only one
-    of them is a valid label_smoothing): a repeat costs a dictionary lookup."""
-    key = (type(ignore_index), ignore_index, type(reduction), reduction, type(label_smoothing), label_smoothing,
-           type(z_loss), z_loss, type(logit_softcap), logit_softcap)
+def _options(raw: dict[str, Any]) -> CEOptions:
+    """CEOptions.checked(**raw), remembered by each option's type and value (True == 1, but only
+    one of them is a valid label_smoothing): a repeat costs a dictionary lookup."""
+    key = tuple((type(v), v) for v in raw.values())
     try:
         opts = _OPTIONS.get(key)
     except TypeError:  # an unhashable option: let the checks name it
         key, opts = None, None
     if opts is None:
-        opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-                                 z_loss=z_loss, logit_softcap=logit_softcap)
+        opts = CEOptions.checked(**raw)
         if key is not None:
             if len(_OPTIONS) >= 256:
                 _OPTIONS.clear()
@@ -176,7 +174,8 @@ def cross_entropy(
         torch.Size([2, 3])
     """
     _bridge.require_tensors(input=input, target=target, weight=weight)
-    opts = _options(ignore_index, reduction, label_smoothing, z_loss, logit_softcap)
+    opts = _options(dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                         z_loss=z_loss, logit_softcap=logit_softcap))
     grad_on = torch.is_grad_enabled()
     if grad_on:
         _refuse_grads_we_do_not_give(target, weight)
