@@ -101,13 +101,14 @@ def main(argv=None) -> int:
 
     cp = install_fake_cupy()
     import gpu_softmax
-    from gpu_softmax import _checks
+    from gpu_softmax import _arrays, _checks
     from gpu_softmax._cuda import cross_entropy as ce
 
     # The stand-in is a NumPy subclass: make the checks route it as CuPy (the real
     # array_kind does one isinstance more for a real CuPy array).
     numpy_kind = _checks.array_kind
-    _checks.array_kind = lambda a, name: "cupy" if type(a) is ndarray else numpy_kind(a, name)
+    routed = lambda a, name: "cupy" if type(a) is ndarray else numpy_kind(a, name)  # noqa: E731
+    _arrays.array_kind = _checks.array_kind = routed  # (_checks re-exports _arrays' function)
 
     launches = []
     ce._launch = lambda name, grid, block, a, cooperative=False: launches.append(name)
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
         import gpu_softmax.torch as gst
 
         torch.set_num_threads(1)  # no intra-op thread pool: it only adds wake-up latency here
-        from gpu_softmax import _torch_bridge as bridge
+        from gpu_softmax.torch import _bridge as bridge
 
         loss_out = np.zeros((), np.float32)
         grad_out = np.zeros((rows, cols), np.float32)

@@ -2,6 +2,11 @@
 
     PYTHONPATH=. python benchmarks/host_overhead.py [--calls N] [--json FILE]
 
+``--json`` writes every figure, among them ``softmax_us`` (``gpu_softmax.softmax`` on an
+8x32 input), ``torch_ce_fwd_bwd_us`` (``gpu_softmax.torch.cross_entropy`` forward and
+backward on an 8x16 CPU tensor) and ``torch_reference_ce_fwd_bwd_us`` (torch's own
+``F.cross_entropy`` forward and backward on the same tensor, same run), so runs compare.
+
 Measures what the issue's host-overhead goal counts (call time on a tiny input
 minus the time of an empty launch) on the CPU side: the kernel launch itself is
 replaced by a stub that records its arguments, so what is timed is our Python
@@ -143,15 +148,49 @@ def measure(calls: int = 2000, fake: bool | None = None) -> dict[str, float]:
     return res
 
 
+def measure_torch_ce(calls: int = 2000, rows: int = 8, classes: int = 16) -> dict[str, float]:
+    """Microseconds per forward+backward on a tiny CPU tensor: ``gpu_softmax.torch.cross_entropy``
+    (its CPU path: the checks, the NumPy reference, the saved-gradient backward) and torch's own
+    ``F.cross_entropy``, same process, same tensors. Empty dict without torch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return {}
+    import gpu_softmax.torch as gst
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(rows, classes, generator=gen)
+    t = torch.randint(0, classes, (rows,), generator=gen)
+
+    def step(loss_fn):
+        def run():
+            x = x0.detach().requires_grad_()
+            loss_fn(x, t).backward()
+        return run
+
+    res = {
+        "torch_ce_fwd_bwd_us": round(_per_call_us(step(gst.cross_entropy), calls), 3),
+        "torch_reference_ce_fwd_bwd_us": round(_per_call_us(step(F.cross_entropy), calls), 3),
+        "torch_threads": torch.get_num_threads(),
+        "torch_ce_shape": [rows, classes],
+    }
+    res["torch_ce_ratio"] = round(res["torch_ce_fwd_bwd_us"] / res["torch_reference_ce_fwd_bwd_us"], 3)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--fake-cupy", action="store_true", help="use the NumPy stand-in even with a GPU")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    torch_res = measure_torch_ce(args.calls)  # before the CuPy stand-in goes into sys.modules
     res = measure(args.calls, fake=True if args.fake_cupy else None)
+    res["softmax_us"] = res["gpu_softmax.softmax(x)"]
+    res.update(torch_res)
     for k, v in res.items():
-        print(f"{k:<52} {v if isinstance(v, str) else f'{v:8.2f} us'}")
+        print(f"{k:<52} {f'{v:8.2f} us' if isinstance(v, float) and k.endswith(('us', ')', ']')) else v}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _checks, reference
+from .options import CEOptions
 
 __version__ = "0.1.0"
 
@@ -29,34 +30,26 @@ __all__ = [
 ]
 
 
-_cuda_ops: dict[tuple[str, str], Any] = {}
+_launchers: dict[str, Any] = {}
 
 
-def _cuda_op(family: str, name: str):
-    """The CUDA launcher `name` of op family `family` (imported on first CuPy call,
-    then one dictionary look-up per call)."""
-    fn = _cuda_ops.get((family, name))
-    if fn is None:
-        fn = _cuda_ops[(family, name)] = _find_cuda_op(family, name)
-    return fn
+def _launcher(name: str):
+    """The CUDA launcher of public function `name`: the CuPy launch modules are imported on
+    the first CuPy call (a NumPy-only install never imports them), then one look-up per call."""
+    if not _launchers:
+        from ._cuda import cross_entropy, linear_cross_entropy, softmax
 
-
-def _find_cuda_op(family: str, name: str):
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"gpu_softmax._cuda.{family}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"gpu_softmax._cuda.{family}":
-            raise
-        mod = None
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise NotImplementedError(
-            f"gpu_softmax.{name} has no CUDA kernel in this version yet; call it on a NumPy "
-            "array (cupy.asnumpy) to use the reference implementation"
-        )
-    return fn
+        _launchers.update({
+            "softmax": softmax.softmax,
+            "log_softmax": softmax.log_softmax,
+            "logsumexp": softmax.logsumexp,
+            "softmax_backward": softmax.softmax_backward,
+            "log_softmax_backward": softmax.log_softmax_backward,
+            "cross_entropy": cross_entropy.cross_entropy,
+            "cross_entropy_with_grad": cross_entropy.cross_entropy_with_grad,
+            "linear_cross_entropy_with_grad": linear_cross_entropy.linear_cross_entropy_with_grad,
+        })
+    return _launchers[name]
 
 
 def softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
@@ -79,7 +72,7 @@ def softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
     a = _checks.check_softmax(x, axis, out)
     if a.kind == "numpy":
         return reference.softmax_checked(a)
-    return _cuda_op("softmax", "softmax")(a)
+    return _launcher("softmax")(a)
 
 
 def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
@@ -95,7 +88,7 @@ def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
     a = _checks.check_softmax(x, axis, out)
     if a.kind == "numpy":
         return reference.log_softmax_checked(a)
-    return _cuda_op("softmax", "log_softmax")(a)
+    return _launcher("log_softmax")(a)
 
 
 def logsumexp(x: Any, axis: int = -1) -> Any:
@@ -113,7 +106,7 @@ def logsumexp(x: Any, axis: int = -1) -> Any:
     a = _checks.check_softmax(x, axis)
     if a.kind == "numpy":
         return reference.logsumexp_checked(a)
-    return _cuda_op("softmax", "logsumexp")(a)
+    return _launcher("logsumexp")(a)
 
 
 def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -131,7 +124,7 @@ def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
     a = _checks.check_backward(grad_y, y, axis)
     if a.kind == "numpy":
         return reference.softmax_backward_checked(a)
-    return _cuda_op("softmax", "softmax_backward")(a)
+    return _launcher("softmax_backward")(a)
 
 
 def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -146,7 +139,7 @@ def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
     a = _checks.check_backward(grad_y, y, axis)
     if a.kind == "numpy":
         return reference.log_softmax_backward_checked(a)
-    return _cuda_op("softmax", "log_softmax_backward")(a)
+    return _launcher("log_softmax_backward")(a)
 
 
 def cross_entropy(
@@ -200,14 +193,12 @@ def cross_entropy(
         >>> round(float(gpu_softmax.cross_entropy(logits, np.array([0, 2]))), 4)
         0.6691
     """
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap,
-    )
+    opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                             validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, options=opts)
     if a.kind == "numpy":
         return reference.cross_entropy_checked(a, return_logsumexp)
-    return _cuda_op("cross_entropy", "cross_entropy")(a, return_logsumexp)
+    return _launcher("cross_entropy")(a, return_logsumexp)
 
 
 def cross_entropy_with_grad(
@@ -246,14 +237,13 @@ def cross_entropy_with_grad(
         >>> grad
         array([[ 0.5, -0.5]])
     """
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap, grad_output=grad_output, inplace=inplace,
-    )
+    opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                             validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, grad_output=grad_output,
+                                    inplace=inplace, options=opts)
     if a.kind == "numpy":
         return reference.cross_entropy_with_grad_checked(a, return_logsumexp)
-    return _cuda_op("cross_entropy", "cross_entropy_with_grad")(a, return_logsumexp)
+    return _launcher("cross_entropy_with_grad")(a, return_logsumexp)
 
 
 def linear_cross_entropy_with_grad(
@@ -294,14 +284,13 @@ def linear_cross_entropy_with_grad(
         >>> round(float(loss), 4)
         0.3133
     """
-    a = _checks.check_linear_cross_entropy(
-        hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap,
-        chunk_size=chunk_size, grad_output=grad_output,
-    )
+    opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                             validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
+    a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
+                                           grad_output=grad_output, options=opts)
     if a.kind == "numpy":
         return reference.linear_cross_entropy_with_grad_checked(a)
-    return _cuda_op("linear_cross_entropy", "linear_cross_entropy_with_grad")(a)
+    return _launcher("linear_cross_entropy_with_grad")(a)
 
 
 def backend_info() -> dict:

@@ -9,6 +9,7 @@ backend the caller ends up on.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, replace
@@ -16,120 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from .options import REDUCTIONS, CEOptions
+from .options import CEOptions
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-def result_dtype(dtype: np.dtype) -> np.dtype:
-    """Dtype of per-row statistics (losses, logsumexp): the accumulation dtype."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-# ----------------------------------------------------------------------------------
-# array kinds
-
-
-@dataclass(frozen=True)
-class ArrayDesc:
-    """What the checks read of an array, for callers whose arrays are neither NumPy
-    nor CuPy (the torch bridge describes its tensors): shape, a NumPy dtype, and
-    the kind the caller dispatches on. Building one costs far less than a stand-in
-    array, and the checks raise the same errors for it."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    kind: str = "torch"
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-
-def _is_cupy_array(a: Any) -> bool:
-    # Checked by type name so that NumPy-only installs never import CuPy.
-    mod = type(a).__module__ or ""
-    return type(a).__name__ == "ndarray" and mod.split(".")[0] == "cupy"
-
-
-# NumPy subclasses whose data mean what a plain ndarray's would. Others (masked
-# arrays, np.matrix, ...) carry meaning the kernels would silently drop: a mask, or
-# 2-D-only results that break keepdims.
-_PLAIN_SUBCLASSES = (np.memmap,)
-
-
-def array_kind(a: Any, name: str) -> str:
-    """'numpy' or 'cupy'; TypeError for anything else, NumPy subclasses included."""
-    if isinstance(a, np.ndarray):
-        # (the test emulator's stand-in for cupy.ndarray is a NumPy subclass: let it by)
-        if type(a) is not np.ndarray and not isinstance(a, _PLAIN_SUBCLASSES) and not _is_cupy_array(a):
-            cls = f"{type(a).__module__}.{type(a).__qualname__}"
-            if isinstance(a, np.ma.MaskedArray):
-                why, fix = "its mask would be ignored", f"{name}.filled(value) or np.asarray({name})"
-            elif isinstance(a, np.matrix):
-                why, fix = "it stays 2-D, so results cannot drop an axis", f"np.asarray({name})"
-            else:
-                why, fix = "what it adds to the data would be ignored", f"np.asarray({name})"
-            raise TypeError(
-                f"{name} is a {cls}, a NumPy array subclass gpu_softmax does not support ({why}); "
-                f"pass a plain ndarray: {fix}"
-            )
-        return "numpy"
-    if isinstance(a, ArrayDesc):
-        return a.kind
-    if _is_cupy_array(a):
-        return "cupy"
-    raise TypeError(
-        f"{name} must be a NumPy or CuPy array, got {type(a).__module__}.{type(a).__name__}"
-    )
-
-
-def common_kind(named_arrays: dict[str, Any]) -> str:
-    """The one array module shared by all given (non-None) arrays."""
-    kinds = {name: array_kind(a, name) for name, a in named_arrays.items() if a is not None}
-    found = set(kinds.values())
-    if len(found) > 1:
-        listing = ", ".join(f"{n} is {k}" for n, k in kinds.items())
-        raise TypeError(
-            f"cannot mix CuPy and NumPy arrays in one call ({listing}); "
-            "move them to one side with cupy.asarray or cupy.asnumpy"
-        )
-    if kinds:
-        kind = found.pop()
-        if kind == "cupy":
-            devices = {n: a.device.id for n, a in named_arrays.items() if a is not None}
-            if len(set(devices.values())) > 1:
-                listing = ", ".join(f"{n} on device {d}" for n, d in devices.items())
-                raise ValueError(f"all arrays must be on one GPU ({listing})")
-        return kind
-    return "numpy"
-
-
-def dtype_name(dtype: Any) -> str:
-    """How an error names a dtype: a bridge's stand-in for a dtype NumPy lacks (torch's
-    float8 types, ...) carries the real name in its metadata."""
-    meta = getattr(dtype, "metadata", None) or {}
-    return meta.get("name", str(dtype))
-
-
-def require_native(dtype: Any, name: str) -> None:
-    """TypeError for floats in a non-native byte order (the kernels read native floats; a
-    byte-swapped array would otherwise be rejected as "got dtype >f4" with no way out)."""
-    dt = np.dtype(dtype)
-    if dt.kind == "f" and not dt.isnative:
-        order = "big" if dt.byteorder == ">" else "little"
-        raise TypeError(
-            f"{name} has dtype {dt.str}: {order}-endian {dt.newbyteorder('=').name} is not supported; "
-            f"use {name}.astype('={dt.kind}{dt.itemsize}')"
-        )
-
-
-def require_float(a: Any, name: str) -> None:
-    require_native(a.dtype, name)
-    if np.dtype(a.dtype) not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be float16, float32 or float64, got dtype {dtype_name(a.dtype)}"
-        )
+# The array-kind and dtype checks live in _arrays; re-exported here, the one module the backends import.
+from ._arrays import (  # noqa: E402,F401
+    FLOAT_DTYPES,
+    ArrayDesc,
+    array_kind,
+    common_kind,
+    dtype_name,
+    require_float,
+    require_native,
+    result_dtype,
+    standin,
+)
 
 
 def normalize_axis(axis: Any, ndim: int, name: str = "x") -> int:
@@ -166,7 +67,9 @@ class RowLayout:
         return self.shape[: self.axis] + self.shape[self.axis + 1 :]
 
 
+@functools.lru_cache(maxsize=512)
 def row_layout(shape: tuple[int, ...], axis: int) -> RowLayout:
+    """The layout of `shape` reduced along `axis` (remembered: a repeat costs one lookup)."""
     return RowLayout(
         shape=tuple(shape),
         axis=axis,
@@ -190,7 +93,7 @@ class SoftmaxArgs:
 
 def check_softmax(x: Any, axis: Any, out: Any = None, *, name: str = "x") -> SoftmaxArgs:
     """softmax / log_softmax / logsumexp (logsumexp passes out=None)."""
-    kind = common_kind({name: x, "out": out})
+    kind = array_kind(x, name) if out is None else common_kind({name: x, "out": out})
     require_float(x, name)
     ax = normalize_axis(axis, x.ndim, name)
     if out is not None:
@@ -317,7 +220,7 @@ def check_cross_entropy(
             raise ValueError(f"weight has shape {weight.shape}, expected ({layout.cols},): one weight per class")
 
     if options is None:
-        options = CEOptions.checked(**option_values)
+        options = CEOptions.from_keywords(option_values, "cross_entropy")
     elif option_values:
         raise TypeError(f"pass the options either as options= or by name, not both: {sorted(option_values)}")
     reduction = options.reduction
@@ -410,15 +313,38 @@ def hard_targets_int64(xp, target, classes: int, ignore_index: int):
     return xp.ascontiguousarray(t, dtype=np.int64)
 
 
-def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None) -> None:
-    """The one error text for hard targets outside [0, C) (validate=True)."""
+VALIDATE_HINT = "pass validate=False to skip this check (such rows then get a NaN loss)"
+
+
+def raise_bad_targets(n_bad: int, classes: int, ignore_index: int, example: int | None = None, *,
+                      hint: str = VALIDATE_HINT) -> None:
+    """The one error for hard targets outside [0, C) (validate=True); every backend only counts.
+
+    `hint`: how the caller's user gets past the check (the torch bridge has no
+    ``validate`` switch, so it says what it does instead)."""
     if n_bad:
         ex = f" (e.g. {example})" if example is not None else ""
         raise ValueError(
             f"{n_bad} target value(s){ex} outside [0, {classes}) and not equal to "
-            f"ignore_index={ignore_index}; pass validate=False to skip this check "
-            "(such rows then get a NaN loss)"
+            f"ignore_index={ignore_index}; {hint}"
         )
+
+
+def count_bad_targets(xp, target: Any, classes: int, ignore_index: int) -> tuple[int, int | None]:
+    """(how many hard targets lie outside [0, classes) and differ from ignore_index, the first
+    of them): the count of a backend that has the targets at hand (NumPy, or CuPy with a sync)."""
+    t = hard_targets_int64(xp, target, classes, ignore_index)
+    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return 0, None
+    return n_bad, int(target.reshape(-1)[int(xp.flatnonzero(bad)[0])])
+
+
+def validate_targets(xp, target: Any, classes: int, ignore_index: int, *, hint: str = VALIDATE_HINT) -> None:
+    """count_bad_targets, then raise_bad_targets."""
+    n_bad, example = count_bad_targets(xp, target, classes, ignore_index)
+    raise_bad_targets(n_bad, classes, ignore_index, example, hint=hint)
 
 
 # ----------------------------------------------------------------------------------
@@ -451,14 +377,6 @@ class LinearCrossEntropyArgs:
         return tuple(self.hidden.shape[:-1])
 
 
-def shape_standin(a: Any) -> np.ndarray | None:
-    """A NumPy array with a's shape and dtype that owns one element (checks read only those)."""
-    if a is None:
-        return None
-    shape = tuple(int(s) for s in a.shape)
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=a.dtype), shape, (0,) * len(shape))
-
-
 def refuse_class_weight(class_weight: Any) -> None:
     if class_weight is not None:
         raise NotImplementedError(
@@ -473,17 +391,15 @@ def check_linear_cross_entropy(
     target: Any,
     bias: Any = None,
     *,
-    ignore_index: Any = -100,
-    label_smoothing: Any = 0.0,
-    reduction: Any = "mean",
-    validate: Any = True,
-    z_loss: Any = 0.0,
-    logit_softcap: Any = None,
     chunk_size: Any = None,
     grad_output: Any = None,
     class_weight: Any = None,
+    options: CEOptions | None = None,
+    **option_values: Any,
 ) -> LinearCrossEntropyArgs:
-    """Checks for linear_cross_entropy_with_grad (and the torch bridge, on stand-ins)."""
+    """Checks for linear_cross_entropy_with_grad (and the torch bridge, on stand-ins).
+
+    The options come checked (`options`) or by name (checked here, as check_cross_entropy)."""
     refuse_class_weight(class_weight)
     named = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     if grad_output is not None and not _is_scalar(grad_output):
@@ -526,14 +442,9 @@ def check_linear_cross_entropy(
             raise TypeError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    logits = np.lib.stride_tricks.as_strided(
-        np.zeros(1, dtype=hidden.dtype), tuple(hidden.shape[:-1]) + (classes,), (0,) * hidden.ndim
-    )
-    go = grad_output if grad_output is None or _is_scalar(grad_output) else shape_standin(grad_output)
-    ce = check_cross_entropy(
-        logits, shape_standin(target), axis=-1, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap, grad_output=go,
-    )
+    logits = standin(hidden, tuple(hidden.shape[:-1]) + (classes,))
+    go = grad_output if grad_output is None or _is_scalar(grad_output) else standin(grad_output)
+    ce = check_cross_entropy(logits, standin(target), axis=-1, grad_output=go, options=options, **option_values)
     if go is not None and not _is_scalar(go):
         ce = replace(ce, grad_output=grad_output)
     return LinearCrossEntropyArgs(

@@ -8,6 +8,14 @@ chunk is the only temporary that grows with V and N together.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _checks
+from ._checks import LinearCrossEntropyArgs
+
 # Chunk buffer ceiling: large enough that the grad_weight product (k = chunk rows)
 # stays compute-bound on tensor cores (k >= 2048 for bfloat16 at V = 128256, where
 # each chunk also reads and writes the float32 accumulator), small enough for the
@@ -61,3 +69,80 @@ def unfused_bytes(rows: int, classes: int, itemsize: int) -> int:
     logits in the input dtype and the float32 (float64) log-probabilities autograd saves
     for the backward. (Its forward briefly holds a float32 copy as well.)"""
     return rows * classes * (itemsize + max(4, itemsize))
+
+
+# ----------------------------------------------------------------------------------
+# the chunk loop, one for every backend
+
+
+@dataclasses.dataclass(frozen=True)
+class Wants:
+    """Which gradients to compute (a frozen weight skips its product and accumulator)."""
+
+    hidden: bool = True
+    weight: bool = True
+    bias: bool = True
+
+    @property
+    def any(self) -> bool:
+        return self.hidden or self.weight or self.bias
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkOps:
+    """One backend's pieces of the loop (CuPy + cuBLAS + our kernel, or torch CPU + the reference).
+
+    `allocate(wants, per_row_loss)` gives (loss, grad_hidden, grad_weight, grad_bias), the
+    unwanted ones None; `mean_scale(target)` 1 / (non-ignored rows) in whatever form the
+    backend scales by (a device scalar on the GPU: no sync); `logits(start, stop)` the rows'
+    ``hidden @ weight.T (+ bias)``; `cross_entropy(rec, want_grad)` (loss part as the loss
+    holds it, the gradient over the chunk's logits or None); the three products write or
+    accumulate into the allocated gradients (`first`: the first chunk, nothing to add to)."""
+
+    kind: str
+    allocate: Callable[[Wants, bool], tuple]
+    mean_scale: Callable[[Any], Any]
+    logits: Callable[[int, int], Any]
+    cross_entropy: Callable[[Any, bool], tuple]
+    grad_hidden: Callable[[Any, int, int, Any], None]
+    grad_weight: Callable[[Any, int, int, bool, Any], None]
+    grad_bias: Callable[[Any, int, int, bool, Any], None]
+
+
+def run_chunks(a: LinearCrossEntropyArgs, wants: Wants, ops: ChunkOps, target: Any, grad_output: Any,
+               chunk: int) -> tuple:
+    """(loss, grad_hidden, grad_weight, grad_bias) of ``a`` chunk by chunk; gradients of
+    ``loss * grad_output`` (a scalar, or one value per row for reduction="none").
+
+    Chunks reduce with "sum" (or "none"); the mean's divisor over ALL rows scales every
+    chunk's gradient through grad_output and the summed loss once at the end."""
+    ce, n_rows, classes = a.ce, a.rows, a.classes
+    wants = dataclasses.replace(wants, bias=wants.bias and a.bias is not None)
+    none = ce.reduction == "none"
+    per_row_go = none and getattr(grad_output, "ndim", 0) > 0
+    scale = ops.mean_scale(target) if ce.reduction == "mean" else None
+    go = grad_output if scale is None else scale * grad_output
+    loss, grad_h, grad_w, grad_b = ops.allocate(wants, none)
+    chunk_opts = ce.opts.replace(reduction="none" if none else "sum", validate=False)
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        rec = dataclasses.replace(
+            ce, opts=chunk_opts, kind=ops.kind, logits=ops.logits(start, stop), target=target[start:stop],
+            layout=_checks.row_layout((stop - start, classes), 1), inplace=wants.any,
+            grad_output=go[start:stop] if per_row_go else go,
+        )
+        part, grad = ops.cross_entropy(rec, wants.any)
+        if none:
+            loss[start:stop] = part
+        else:
+            loss += part
+        if wants.hidden:
+            ops.grad_hidden(grad, start, stop, grad_h)
+        if wants.weight:
+            ops.grad_weight(grad, start, stop, start == 0, grad_w)
+        if wants.bias:
+            ops.grad_bias(grad, start, stop, start == 0, grad_b)
+    if scale is not None:
+        with np.errstate(invalid="ignore"):  # all rows ignored: 0 * inf = NaN, as torch
+            loss = loss * scale
+    return loss, grad_h, grad_w, grad_b

@@ -1,4 +1,4 @@
-"""Cross-rank checks of the vocabulary-parallel loss (gpu_softmax.torch_parallel).
+"""Cross-rank checks of the vocabulary-parallel loss (gpu_softmax.torch.parallel).
 
 Every rank describes its call in one short row of int64 (:func:`describe`); one
 all-gather gives every rank the same table, and :func:`agree` reads it. Because all
@@ -20,7 +20,7 @@ FIELDS = ("error", "rows", "width", "vocab_start", "vocab_size", "dtype", "ignor
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 NOT_GIVEN = -1
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-from .options import REDUCTIONS
+from .options import REDUCTIONS, CEOptions
 # compared as they are; the layout fields and the checksums have their own rules
 SAME_EVERYWHERE = {
     "rows": "the number of loss rows (logits' size without the class dim)",
@@ -53,8 +53,8 @@ def _show(field: str, v: int) -> str:
 
 
 def describe(*, rows: int, width: int, vocab_start: int | None, vocab_size: int | None, dtype: str,
-             ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, weight_len: int | None,
-             validate: bool, target_range: tuple[int, int] | None = None) -> list[int]:
+             opts: CEOptions, weight_len: int | None, validate: bool,
+             target_range: tuple[int, int] | None = None) -> list[int]:
     """This rank's row of the table (checksums 0: the caller fills them in with validate=True).
 
     ``target_range``: (min, max) of the non-ignored targets when they are range-checked
@@ -65,10 +65,10 @@ def describe(*, rows: int, width: int, vocab_start: int | None, vocab_size: int 
     row[INDEX["vocab_start"]] = NOT_GIVEN if vocab_start is None else int(vocab_start)
     row[INDEX["vocab_size"]] = NOT_GIVEN if vocab_size is None else int(vocab_size)
     row[INDEX["dtype"]] = DTYPES.index(dtype)
-    row[INDEX["ignore_index"]] = int(ignore_index)
-    row[INDEX["reduction"]] = REDUCTIONS.index(reduction)
-    row[INDEX["label_smoothing"]] = float_bits(label_smoothing)
-    row[INDEX["z_loss"]] = float_bits(z_loss)
+    row[INDEX["ignore_index"]] = int(opts.ignore_index)
+    row[INDEX["reduction"]] = REDUCTIONS.index(opts.reduction)
+    row[INDEX["label_smoothing"]] = float_bits(opts.label_smoothing)
+    row[INDEX["z_loss"]] = float_bits(opts.z_loss)
     row[INDEX["weight_len"]] = NOT_GIVEN if weight_len is None else int(weight_len)
     row[INDEX["validate"]] = int(bool(validate))
     row[INDEX["target_min"]], row[INDEX["target_max"]] = target_range or (0, 0)

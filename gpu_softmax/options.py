@@ -103,6 +103,16 @@ class CEOptions:
             validate=check_flag(validate, "validate"),
         )
 
+    @classmethod
+    def from_keywords(cls, options: dict[str, Any], where: str) -> CEOptions:
+        """:meth:`checked` on a function's ``**options``; TypeError naming `where` for an unknown one."""
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise TypeError(
+                f"{where}() got unexpected option(s) {', '.join(unknown)}; the options are {', '.join(OPTION_NAMES)}"
+            )
+        return cls.checked(**options)
+
     def replace(self, **changes: Any) -> CEOptions:
         return dataclasses.replace(self, **changes)
 
@@ -111,8 +121,9 @@ class CEOptions:
         return REDUCTION_CODE[self.reduction]
 
     def op_args(self) -> tuple:
-        """The options as the positional scalars of a torch custom op (which takes no objects)."""
-        return (self.ignore_index, self.reduction, self.label_smoothing, self.z_loss, self.logit_softcap,
+        """The options as the positional scalars of a torch custom op (which takes no objects),
+        in field order; :meth:`from_op_args` inverts it."""
+        return (self.ignore_index, self.label_smoothing, self.reduction, self.z_loss, self.logit_softcap,
                 self.validate)
 
     @classmethod
@@ -121,6 +132,10 @@ class CEOptions:
 
 
 DEFAULT = CEOptions()
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CEOptions))
+# How many trailing positional slots the options take in a torch custom op's schema
+# (so a backward's None count follows the options instead of being counted by hand).
+OP_ARG_COUNT = len(DEFAULT.op_args())
 
-__all__ = ["CEOptions", "DEFAULT", "REDUCTIONS", "REDUCTION_CODE", "check_real", "check_int", "check_flag",
-           "check_softcap"]
+__all__ = ["CEOptions", "DEFAULT", "OPTION_NAMES", "OP_ARG_COUNT", "REDUCTIONS", "REDUCTION_CODE", "check_real",
+           "check_int", "check_flag", "check_softcap"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _checks
 from ._checks import BackwardArgs, CrossEntropyArgs, LinearCrossEntropyArgs, SoftmaxArgs
+from .options import CEOptions
 
 __all__ = [
     "softmax",
@@ -130,22 +131,19 @@ def log_softmax_backward_checked(a: BackwardArgs) -> np.ndarray:
 
 def _rows_last(x: np.ndarray, axis: int, cols: int) -> np.ndarray:
     """(rows, C) float64 view-or-copy with the class axis last."""
-    return np.moveaxis(x, axis, -1).reshape(-1, cols).astype(np.float64)
+    if axis != x.ndim - 1:  # (moveaxis costs more than a tiny row's whole computation)
+        x = np.moveaxis(x, axis, -1)
+    return x.reshape(-1, cols).astype(np.float64)
 
 
-def hard_target_check(a: CrossEntropyArgs) -> None:
+def hard_target_check(a: CrossEntropyArgs, hint: str = _checks.VALIDATE_HINT) -> None:
     """validate=True for NumPy input: every target in [0, C) or == ignore_index."""
     if a.soft or not a.validate:
         return
-    t = _checks.hard_targets_int64(np, a.target, a.layout.cols, a.ignore_index)
-    bad = (t != a.ignore_index) & ((t < 0) | (t >= a.layout.cols))
-    n_bad = int(bad.sum())
-    if n_bad:
-        example = a.target.reshape(-1)[np.flatnonzero(bad)[0]]
-        _checks.raise_bad_targets(n_bad, a.layout.cols, a.ignore_index, int(example))
+    _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index, hint=hint)
 
 
-def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
+def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool, hint: str):
     """Per-row terms, all float64.
 
     Returns (ce, zl, lse, valid, divisor, n_valid, grad_pieces) where the loss of
@@ -159,7 +157,7 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
     x = _rows_last(a.logits, a.layout.axis, C)
     R = x.shape[0]
     eps = a.label_smoothing
-    w = np.ones(C) if a.weight is None else a.weight.astype(np.float64)
+    w = None if a.weight is None else a.weight.astype(np.float64)  # None: all ones
 
     with np.errstate(all="ignore"):
         if a.logit_softcap is not None:
@@ -177,7 +175,9 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
 
         if a.soft:
             t = _rows_last(a.target, a.layout.axis, C)
-            q = w * (t * (1.0 - eps) + eps / C)
+            q = t * (1.0 - eps) + eps / C
+            if w is not None:
+                q = w * q
             ce = -(q * lp).sum(axis=1)
             valid = np.ones(R, dtype=bool)
             bad = np.zeros(R, dtype=bool)
@@ -187,15 +187,20 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
             valid = t != a.ignore_index
             in_range = (t >= 0) & (t < C)
             bad = valid & ~in_range
+            if a.validate:  # the count that validate=True raises on (the one error: _checks)
+                n_bad = int(bad.sum())
+                if n_bad:
+                    example = int(a.target.reshape(-1)[np.flatnonzero(bad)[0]])
+                    _checks.raise_bad_targets(n_bad, C, a.ignore_index, example, hint=hint)
             ok = valid & in_range
             tt = np.where(ok, t, 0)
-            w_t = np.where(ok, w[tt], 0.0)
+            w_t = ok.astype(np.float64) if w is None else np.where(ok, w[tt], 0.0)
             rows = np.arange(R)
             ce = np.where(ok, -w_t * lp[rows, tt], 0.0)
             if eps > 0.0:
                 # Only when smoothing is on, as in torch: a -inf logit makes this
                 # term +inf, and 0 * inf must not turn an unsmoothed loss into NaN.
-                smooth = np.where(ok, -(lp * w).sum(axis=1), 0.0)
+                smooth = np.where(ok, -(lp if w is None else lp * w).sum(axis=1), 0.0)
                 ce = (1.0 - eps) * ce + (eps / C) * smooth
             divisor = float(w_t.sum())
             q = None
@@ -203,12 +208,12 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool):
                 q = np.zeros((R, C))
                 q[rows[ok], tt[ok]] = (1.0 - eps) * w_t[ok]
                 if eps > 0.0:
-                    q[ok] += (eps / C) * w
+                    q[ok] += (eps / C) * (1.0 if w is None else w)
         zl = np.where(valid, a.z_loss * lse * lse, 0.0) if a.z_loss else np.zeros(R)
         n_valid = float(valid.sum())
         # validate=False: an out-of-range target poisons its row and the mean.
-        ce = np.where(bad, np.nan, ce)
         if bad.any():
+            ce = np.where(bad, np.nan, ce)
             divisor = np.nan
 
         pieces = None
@@ -229,18 +234,19 @@ def _reduce(a: CrossEntropyArgs, ce, zl, divisor, n_valid):
     return loss.astype(a.loss_dtype)
 
 
-def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False):
-    hard_target_check(a)
-    ce, zl, lse, _, divisor, n_valid, _ = _cross_entropy_rows(a, want_grad=False)
+def cross_entropy_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
+                          hint: str = _checks.VALIDATE_HINT):
+    ce, zl, lse, _, divisor, n_valid, _ = _cross_entropy_rows(a, False, hint)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     if return_logsumexp:
         return loss, lse.reshape(a.loss_shape).astype(a.loss_dtype)
     return loss
 
 
-def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool = False):
-    hard_target_check(a)
-    ce, zl, lse, valid, divisor, n_valid, pieces = _cross_entropy_rows(a, want_grad=True)
+def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool = False, *,
+                                    hint: str = _checks.VALIDATE_HINT):
+    """`hint`: the bad-target error's advice (see _checks.raise_bad_targets)."""
+    ce, zl, lse, valid, divisor, n_valid, pieces = _cross_entropy_rows(a, True, hint)
     loss = _reduce(a, ce, zl, divisor, n_valid)
     p, q, qsum, dcap, valid, bad = pieces
     g = np.asarray(a.grad_output, dtype=np.float64)
@@ -260,10 +266,15 @@ def cross_entropy_with_grad_checked(a: CrossEntropyArgs, return_logsumexp: bool 
             grad = grad * dcap
         # Ignored rows get an exact zero gradient (no read of their logits needed);
         # rows with an out-of-range target get NaN.
-        grad = np.where(valid[:, None], grad, 0.0)
-        grad = np.where(bad[:, None], np.nan, grad)
-    moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
-    grad = np.moveaxis(grad.reshape(moved), -1, a.layout.axis)
+        if not valid.all():
+            grad = np.where(valid[:, None], grad, 0.0)
+        if bad.any():
+            grad = np.where(bad[:, None], np.nan, grad)
+    if a.layout.axis == a.logits.ndim - 1:
+        grad = grad.reshape(a.logits.shape)
+    else:
+        moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
+        grad = np.moveaxis(grad.reshape(moved), -1, a.layout.axis)
     if a.inplace:
         a.logits[...] = grad
         grad_out = a.logits
@@ -348,19 +359,13 @@ def cross_entropy(
     *,
     axis: int = -1,
     weight: np.ndarray | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     return_logsumexp: bool = False,
+    **options: Any,
 ) -> Any:
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap,
-    )
+    """``gpu_softmax.cross_entropy`` on NumPy arrays; ``options`` (ignore_index, label_smoothing,
+    reduction, validate, z_loss, logit_softcap) and semantics as there."""
+    opts = CEOptions.from_keywords(options, "cross_entropy")
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, options=opts)
     _require_numpy(a.kind)
     return cross_entropy_checked(a, return_logsumexp)
 
@@ -371,21 +376,15 @@ def cross_entropy_with_grad(
     *,
     axis: int = -1,
     weight: np.ndarray | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     grad_output: Any = 1.0,
     inplace: bool = False,
     return_logsumexp: bool = False,
+    **options: Any,
 ) -> Any:
-    a = _checks.check_cross_entropy(
-        logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, logit_softcap=logit_softcap, grad_output=grad_output, inplace=inplace,
-    )
+    """``gpu_softmax.cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    opts = CEOptions.from_keywords(options, "cross_entropy_with_grad")
+    a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, grad_output=grad_output,
+                                    inplace=inplace, options=opts)
     _require_numpy(a.kind)
     return cross_entropy_with_grad_checked(a, return_logsumexp)
 
@@ -396,19 +395,13 @@ def linear_cross_entropy_with_grad(
     target: np.ndarray,
     bias: np.ndarray | None = None,
     *,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    validate: bool = True,
-    z_loss: float = 0.0,
-    logit_softcap: float | None = None,
     chunk_size: int | None = None,
     grad_output: Any = 1.0,
+    **options: Any,
 ) -> tuple:
-    a = _checks.check_linear_cross_entropy(
-        hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, validate=validate, z_loss=z_loss, logit_softcap=logit_softcap,
-        chunk_size=chunk_size, grad_output=grad_output,
-    )
+    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    opts = CEOptions.from_keywords(options, "linear_cross_entropy_with_grad")
+    a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
+                                           grad_output=grad_output, options=opts)
     _require_numpy(a.kind)
     return linear_cross_entropy_with_grad_checked(a)

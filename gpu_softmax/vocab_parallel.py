@@ -47,20 +47,13 @@ import numpy as np
 from . import _checks, reference
 from ._checks import CrossEntropyArgs
 from ._cuda.kernels import RECORD_FIELDS, RECORD_WIDTH  # the kernels' record layout, re-exported
+from .options import CEOptions
 
 __all__ = ["check_args", "partial_stats", "merge_stats", "finish", "RECORD_FIELDS"]
 
 
 # ----------------------------------------------------------------------------------
 # argument checks (through gpu_softmax._checks, on the full-vocabulary shape)
-
-
-def _standin(a: Any, shape: tuple[int, ...] | None = None) -> Any:
-    """A NumPy array of a's dtype and `shape` (a's own by default), one element of memory."""
-    if a is None:
-        return None
-    shape = tuple(a.shape) if shape is None else shape
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=a.dtype), shape, (0,) * len(shape))
 
 
 def _check_int(value: Any, name: str) -> int:
@@ -76,14 +69,11 @@ def check_args(
     vocab_size: Any,
     *,
     weight: Any = None,
-    ignore_index: Any = -100,
-    label_smoothing: Any = 0.0,
-    reduction: Any = "mean",
-    z_loss: Any = 0.0,
-    validate: Any = True,
     grad_output: Any = None,
     inplace: Any = False,
     storage: str | None = None,
+    options: CEOptions | None = None,
+    **option_values: Any,
 ) -> CrossEntropyArgs:
     """The checks of ``cross_entropy_with_grad`` for the full (..., V) logits, plus the shard's place.
 
@@ -119,13 +109,15 @@ def check_args(
         )
     full_shape = tuple(local_logits.shape[:-1]) + (vocab_size,)
     go = grad_output
-    go_standin = _standin(go) if go is not None and not isinstance(go, numbers.Real) else go
+    go_standin = _checks.standin(go) if go is not None and not isinstance(go, numbers.Real) else go
     a = _checks.check_cross_entropy(
-        _standin(np.empty(0, logits_dtype), full_shape), _standin(target), axis=-1, weight=_standin(weight),
-        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, validate=validate,
-        z_loss=z_loss, grad_output=go_standin, inplace=inplace,
+        _checks.standin(local_logits, full_shape, logits_dtype), _checks.standin(target), axis=-1,
+        weight=_checks.standin(weight), grad_output=go_standin, inplace=inplace,
         logits_strides=tuple(int(np.prod(full_shape[i + 1:])) for i in range(len(full_shape))),
+        options=options, **option_values,
     )
+    if a.logit_softcap is not None:
+        raise NotImplementedError("vocabulary-parallel cross entropy has no logit_softcap yet; leave it None")
     if a.inplace and kind == "numpy" and not local_logits.flags.writeable:
         raise ValueError("inplace=True needs writable logits")
     if a.inplace:  # the stand-in above is contiguous: check the real shard
@@ -139,14 +131,8 @@ def check_args(
 
 def _bad_targets_check(a: CrossEntropyArgs) -> None:
     """validate=True on NumPy: targets in [0, V) or == ignore_index (V = the full vocabulary)."""
-    if not a.validate:
-        return
-    V = a.layout.cols
-    t = _checks.hard_targets_int64(np, a.target, V, a.ignore_index)
-    bad = (t != a.ignore_index) & ((t < 0) | (t >= V))
-    n_bad = int(bad.sum())
-    if n_bad:
-        _checks.raise_bad_targets(n_bad, V, a.ignore_index, int(a.target.reshape(-1)[np.flatnonzero(bad)[0]]))
+    if a.validate:
+        _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index)
 
 
 def _local_weight(a: CrossEntropyArgs, vocab_start: int, width: int) -> np.ndarray:
@@ -194,10 +180,8 @@ def partial_stats(
     vocab_size: int,
     *,
     weight: Any = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    validate: bool = True,
     storage: str | None = None,
+    **options: Any,
 ) -> Any:
     """(rows, 5) records [max, sum - 1, target logit or 0, sum_c w_c (max - x_c), sum_c w_c] of this shard.
 
@@ -207,8 +191,8 @@ def partial_stats(
     class ids, ``weight`` the full (V,) class weight. NumPy: float64 records; CuPy:
     the accumulation dtype (``storage="bfloat16"`` reads uint16 words as bfloat16).
     """
-    a = check_args(local_logits, target, vocab_start, vocab_size, weight=weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, validate=validate, storage=storage)
+    opts = CEOptions.from_keywords(options, "partial_stats")
+    a = check_args(local_logits, target, vocab_start, vocab_size, weight=weight, storage=storage, options=opts)
     return _partial_stats_checked(a, int(vocab_start), storage)
 
 
@@ -338,15 +322,11 @@ def finish(
     records: Any,
     *,
     weight: Any = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    z_loss: float = 0.0,
-    validate: bool = True,
     grad_output: Any = 1.0,
     want_grad: bool = True,
     inplace: bool = False,
     storage: str | None = None,
+    **options: Any,
 ):
     """(loss, local gradient) from the gathered (P, rows, 5) records of every rank.
 
@@ -354,9 +334,9 @@ def finish(
     same); the gradient is d(loss * grad_output)/d local_logits (None when
     ``want_grad`` is False). ``inplace=True`` writes it over ``local_logits``.
     """
-    a = check_args(local_logits, target, vocab_start, vocab_size, weight=weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss, validate=validate,
-                   grad_output=grad_output, inplace=inplace, storage=storage)
+    opts = CEOptions.from_keywords(options, "finish")
+    a = check_args(local_logits, target, vocab_start, vocab_size, weight=weight, grad_output=grad_output,
+                   inplace=inplace, storage=storage, options=opts)
     return _finish_checked(a, int(vocab_start), records, want_grad, storage)
 
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
-from gpu_softmax import _torch_bridge as bridge  # noqa: E402
+from gpu_softmax.torch import _bridge as bridge  # noqa: E402
 
 # An H100/H200 whose SMs hold 2 blocks of our split kernels (their launch bounds'
 # promise) and no more, whatever their thread count: the planner's occupancy model
@@ -264,6 +264,9 @@ def test_bridge_modules_do_not_import_each_other():
     from pathlib import Path
 
     root = Path(gst.__file__).parent
-    tree = ast.parse((root / "torch_parallel.py").read_text())
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert "torch" not in imported and "_torch_bridge" in imported
+    tree = ast.parse((root / "parallel.py").read_text())
+    froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported = {a.name for n in froms for a in n.names}
+    modules = {n.module for n in froms}
+    assert "torch" not in imported and "functional" not in imported and "functional" not in modules
+    assert "_bridge" in imported

@@ -112,7 +112,7 @@ def test_scale_kernel_leaves_the_gradient_alone_for_one(dtype):
     before = g.clone()
     for go, want in ((1.0, before), (2.0, before.float() * 2), (float("nan"), None)):
         gg = before.clone()
-        gst._bridge.scale_grad_(gg, torch.tensor(go, device=DEV), 1)
+        gst._ops.scale_grad_(gg, torch.tensor(go, device=DEV), 1)
         if want is None:
             assert torch.isnan(gg.float()).all()
         elif go == 1.0:
@@ -121,7 +121,7 @@ def test_scale_kernel_leaves_the_gradient_alone_for_one(dtype):
             torch.testing.assert_close(gg.float(), want.to(dtype).float(), rtol=0, atol=0)
     rows = torch.rand(37, device=DEV) + 0.5
     gg = before.clone()
-    gst._bridge.scale_grad_(gg, rows, 1)
+    gst._ops.scale_grad_(gg, rows, 1)
     torch.testing.assert_close(gg.float(), (before.float() * rows[:, None]).to(dtype).float(), rtol=1e-2, atol=0)
 
 

@@ -35,8 +35,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
-from gpu_softmax import torch_linear  # noqa: E402
-from gpu_softmax import _torch_bridge as tb  # noqa: E402
+from gpu_softmax.torch import linear as torch_linear  # noqa: E402
+from gpu_softmax.torch import _bridge as tb  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -244,7 +244,7 @@ def emulated_launcher(monkeypatch):
 def run_launcher(hid, w, t, b=None, wants=lce.Wants(), storage=None, **kw):
     if storage == "bfloat16":
         words = [None if a is None else _f64_to_bf16(a) for a in (hid, w, b)]
-        std = [None if a is None else _checks.shape_standin(a.astype(np.float16)) for a in (hid, w, b)]
+        std = [None if a is None else _checks.standin(a.astype(np.float16)) for a in (hid, w, b)]
         a = _checks.check_linear_cross_entropy(std[0], std[1], t, std[2], **kw)
         a = dataclasses.replace(a, kind="cupy", hidden=words[0], weight=words[1], bias=words[2],
                                 ce=dataclasses.replace(a.ce, kind="cupy"))

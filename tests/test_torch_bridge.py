@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
+from gpu_softmax.options import CEOptions  # noqa: E402
 
 C = 7
 
@@ -453,8 +454,16 @@ def test_import_gpu_softmax_does_not_import_torch():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(gst, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 5 and result.failed == 0
+    import importlib
+    import pkgutil
+
+    attempted = 0
+    for info in pkgutil.iter_modules(gst.__path__, gst.__name__ + "."):
+        result = doctest.testmod(importlib.import_module(info.name),
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted >= 5
 
 
 # ----------------------------------------------------------------------------------
@@ -498,8 +507,8 @@ def test_torch_compile_fullgraph_inplace_backward_cpu():
 def test_fake_implementations_agree_with_real_ones():
     x, t = make((3, C, 2), "hard", torch.float32)
     for reduction in REDUCTIONS:
-        torch.library.opcheck(torch.ops.gpu_softmax.cross_entropy.default,
-                              (x, t, None, -100, reduction, 0.1, 0.0, None, True))
+        opts = CEOptions.checked(reduction=reduction, label_smoothing=0.1)  # the schema takes op_args()
+        torch.library.opcheck(torch.ops.gpu_softmax.cross_entropy.default, (x, t, None, *opts.op_args(), True))
     torch.library.opcheck(torch.ops.gpu_softmax.softmax.default, (x, 1))
     torch.library.opcheck(torch.ops.gpu_softmax.logsumexp.default, (x, -1))
     torch.library.opcheck(torch.ops.gpu_softmax.log_softmax_backward.default, (x, torch.log_softmax(x, 0), 0))
@@ -519,7 +528,7 @@ def emulated_cuda(monkeypatch, host_handover):
     import contextlib
     import dataclasses
 
-    from gpu_softmax import _torch_bridge as bridge
+    from gpu_softmax.torch import _bridge as bridge
     from gpu_softmax import reference
     from gpu_softmax._cuda import cross_entropy as ce_launch
     from gpu_softmax._cuda import softmax as sm_launch

@@ -1,5 +1,5 @@
 """Vocabulary-parallel cross entropy: the building blocks, the kernels (emulated), and
-gpu_softmax.torch_parallel over real torch.distributed process groups.
+gpu_softmax.torch.parallel over real torch.distributed process groups.
 
 - NumPy blocks (gpu_softmax.vocab_parallel) against the reference on the full logits.
 - The CUDA kernels on the host emulator (tests/emulator/run_vocab_parallel.py).
@@ -226,7 +226,7 @@ def _rank_checks(rank: int, world: int, device: str) -> int:
     import torch
     import torch.nn.functional as F
 
-    from gpu_softmax.torch_parallel import vocab_parallel_cross_entropy as vpce
+    from gpu_softmax.torch.parallel import vocab_parallel_cross_entropy as vpce
 
     dev = torch.device(device)
     rng = np.random.default_rng(1234 + world)
@@ -406,7 +406,7 @@ def test_nccl_ranks_match_unsharded_reference():
 @pytest.mark.gpu
 @pytest.mark.skipif(_gpu_count() < 1, reason="needs a CUDA GPU")
 def test_nccl_single_rank_cuda_plumbing():
-    """One GPU, one NCCL rank: the CUDA path of torch_parallel (DLPack, streams, kernels)."""
+    """One GPU, one NCCL rank: the CUDA path of gpu_softmax.torch.parallel (DLPack, streams, kernels)."""
     import torch.distributed as dist
 
     if not dist.is_nccl_available():
@@ -418,7 +418,7 @@ def test_needs_initialised_process_group():
     torch = pytest.importorskip("torch")
     import torch.distributed as dist
 
-    from gpu_softmax.torch_parallel import vocab_parallel_cross_entropy
+    from gpu_softmax.torch.parallel import vocab_parallel_cross_entropy
 
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
@@ -487,7 +487,7 @@ def _misuse_worker(rank: int, world: int, port: int, outdir: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from gpu_softmax.torch_parallel import vocab_parallel_cross_entropy as vpce
+    from gpu_softmax.torch.parallel import vocab_parallel_cross_entropy as vpce
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)

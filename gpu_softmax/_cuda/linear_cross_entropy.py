@@ -27,12 +27,10 @@ CuPy and a column-major GEMM emulator standing in for cuBLAS.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import numpy as np
 
 from .. import _checks, _chunking
+from .._chunking import Wants
 from .._checks import LinearCrossEntropyArgs
 from . import cross_entropy as ce_launch
 from . import launch
@@ -80,26 +78,6 @@ def _gemm(trans_a: int, trans_b: int, m: int, n: int, k: int, a, lda: int, b, ld
                   beta_h.ctypes.data, c.data.ptr, c_type, ldc, compute, GEMM_DEFAULT)
 
 
-@dataclasses.dataclass(frozen=True)
-class Wants:
-    """Which gradients to compute (a frozen weight skips its product and accumulator)."""
-
-    hidden: bool = True
-    weight: bool = True
-    bias: bool = True
-
-    @property
-    def any(self) -> bool:
-        return self.hidden or self.weight or self.bias
-
-
-def _count_bad_targets(xp, t, classes: int, ignore_index: int) -> None:
-    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
-    n_bad = int(xp.count_nonzero(bad))  # the one host read of validate=True
-    if n_bad:
-        _checks.raise_bad_targets(n_bad, classes, ignore_index, int(t[int(xp.flatnonzero(bad)[0])]))
-
-
 def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | None = None,
         free_bytes: int | None = None):
     """(loss, grad_hidden, grad_weight_acc, grad_bias_acc); gradients not wanted are None.
@@ -112,86 +90,65 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
     st = launch.storage_of(a.hidden.dtype, storage)
     acc = launch.acc_dtype(st)
     n_rows, feats, classes = a.rows, a.features, a.classes
-    opts = a.ce
-    wants = dataclasses.replace(wants, bias=wants.bias and a.bias is not None)
-    grad_on = wants.any
-
-    t = _checks.hard_targets_int64(xp, a.target, classes, opts.ignore_index)
-    if opts.validate:
-        _count_bad_targets(xp, t, classes, opts.ignore_index)
+    t = _checks.hard_targets_int64(xp, a.target, classes, a.ce.ignore_index)
+    if a.ce.validate:
+        _checks.validate_targets(xp, t, classes, a.ce.ignore_index)  # the one host read of validate=True
     h = xp.ascontiguousarray(a.hidden).reshape(n_rows, feats)
     w = xp.ascontiguousarray(a.weight)
     b = None if a.bias is None else xp.ascontiguousarray(a.bias)
-
-    none = opts.reduction == "none"
-    go = opts.grad_output
-    per_row_go = none and getattr(go, "ndim", 0) > 0
-    if per_row_go:
+    go = a.ce.grad_output
+    if getattr(go, "ndim", 0) > 0:
         go = xp.ascontiguousarray(go, dtype=acc).reshape(n_rows)
-    if opts.reduction == "mean":
-        # The divisor of the mean over ALL rows, on the device; each chunk's gradient is
-        # scaled by it through grad_output (chunks reduce with "sum"). 1/0 = inf for
-        # all rows ignored: no row has a gradient to scale, and the loss is 0 * inf = NaN.
-        with np.errstate(divide="ignore"):  # counted in int64: exact past float32's 2**24
-            scale = xp.asarray(1.0 / (t != opts.ignore_index).sum()).astype(acc)
-        go = scale * go
-    loss = xp.empty(n_rows, dtype=acc) if none else xp.zeros((), dtype=acc)
-
-    grad_h = xp.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None
-    grad_w = xp.empty((classes, feats), dtype=acc) if wants.weight else None
-    grad_b = xp.empty(classes, dtype=acc) if wants.bias else None
-    if n_rows == 0:
-        for g in (grad_w, grad_b):
-            if g is not None:
-                g[...] = 0
     chunk = a.chunk_size or _chunking.chunk_rows(
         n_rows, classes, h.itemsize, _free_bytes() if free_bytes is None else free_bytes)
     buf = xp.empty((min(chunk, max(n_rows, 1)), classes), dtype=h.dtype)
-    ones = None
-    if wants.bias:
-        ones = xp.full(buf.shape[0], BF16_ONE if st == "bfloat16" else 1, dtype=h.dtype)
+    ones = xp.full(buf.shape[0], BF16_ONE if st == "bfloat16" else 1, dtype=h.dtype) if b is not None else None
 
-    for start in range(0, n_rows, chunk):
-        stop = min(n_rows, start + chunk)
-        rows = stop - start
-        first = start == 0
-        hc, logits = h[start:stop], buf[:rows]
+    def allocate(wants: Wants, per_row: bool):
+        sums = xp.empty if n_rows else xp.zeros  # the first chunk's products overwrite (beta 0)
+        grads = (xp.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None,
+                 sums((classes, feats), dtype=acc) if wants.weight else None,
+                 sums(classes, dtype=acc) if wants.bias else None)
+        return (xp.empty(n_rows, dtype=acc) if per_row else xp.zeros((), dtype=acc),) + grads
+
+    def mean_scale(target):
+        # 1/0 = inf for all rows ignored: no row has a gradient to scale, and the loss is
+        # 0 * inf = NaN. Counted in int64: exact past float32's 2**24. On the device.
+        with np.errstate(divide="ignore"):
+            return xp.asarray(1.0 / (target != a.ce.ignore_index).sum()).astype(acc)
+
+    def logits(start: int, stop: int):
+        out = buf[: stop - start]
         if b is not None:
-            logits[...] = b
+            out[...] = b
         # logits^T (V, rows) = W^T^T (W is col-major (H, V)) @ hc^T (col-major (H, rows))
-        _gemm(OP_T, OP_N, classes, rows, feats, w, feats, hc, feats, logits, classes,
+        _gemm(OP_T, OP_N, classes, stop - start, feats, w, feats, h[start:stop], feats, out, classes,
               1.0 if b is not None else 0.0, st)
-        rec = dataclasses.replace(
-            opts.with_options(reduction="none" if none else "sum", validate=False), kind="cupy", logits=logits,
-            target=t[start:stop], layout=_checks.row_layout((rows, classes), 1), inplace=grad_on,
-            grad_output=go[start:stop] if per_row_go else go,
-        )
-        if not grad_on:
-            part = ce_launch.cross_entropy(rec, storage=storage)
-        else:
-            part, grad = ce_launch.cross_entropy_with_grad(rec, storage=storage)
-        if none:
-            loss[start:stop] = part
-        else:
-            loss += part
-        if not grad_on:
-            continue
-        if wants.hidden:
-            # grad_h^T (H, rows) = W^T (col-major (H, V)) @ grad^T (col-major (V, rows))
-            _gemm(OP_N, OP_N, feats, rows, classes, w, feats, grad, classes, grad_h[start:stop], feats, 0.0, st)
-        if wants.weight:
-            # grad_w^T (H, V) += hc^T (col-major (H, rows)) @ grad (grad^T is col-major (V, rows))
-            _gemm(OP_N, OP_T, feats, classes, rows, hc, feats, grad, classes, grad_w, feats,
-                  0.0 if first else 1.0, st)
-        if wants.bias:
-            # grad_b (V, 1) += grad^T (col-major (V, rows)) @ ones (rows, 1)
-            _gemm(OP_N, OP_N, classes, 1, rows, grad, classes, ones, rows, grad_b, classes,
-                  0.0 if first else 1.0, st)
+        return out
 
-    if opts.reduction == "mean":
-        with np.errstate(invalid="ignore"):
-            loss = loss * scale
-    return (loss.reshape(a.loss_shape) if none else loss,
+    def cross_entropy(rec, want_grad: bool):
+        if not want_grad:
+            return ce_launch.cross_entropy(rec, storage=storage), None
+        return ce_launch.cross_entropy_with_grad(rec, storage=storage)
+
+    def grad_hidden(grad, start: int, stop: int, out) -> None:
+        # grad_h^T (H, rows) = W^T (col-major (H, V)) @ grad^T (col-major (V, rows))
+        _gemm(OP_N, OP_N, feats, stop - start, classes, w, feats, grad, classes, out[start:stop], feats, 0.0, st)
+
+    def grad_weight(grad, start: int, stop: int, first: bool, out) -> None:
+        # grad_w^T (H, V) += hc^T (col-major (H, rows)) @ grad (grad^T is col-major (V, rows))
+        _gemm(OP_N, OP_T, feats, classes, stop - start, h[start:stop], feats, grad, classes, out, feats,
+              0.0 if first else 1.0, st)
+
+    def grad_bias(grad, start: int, stop: int, first: bool, out) -> None:
+        # grad_b (V, 1) += grad^T (col-major (V, rows)) @ ones (rows, 1)
+        _gemm(OP_N, OP_N, classes, 1, stop - start, grad, classes, ones, stop - start, out, classes,
+              0.0 if first else 1.0, st)
+
+    ops = _chunking.ChunkOps("cupy", allocate, mean_scale, logits, cross_entropy, grad_hidden, grad_weight,
+                             grad_bias)
+    loss, grad_h, grad_w, grad_b = _chunking.run_chunks(a, wants, ops, t, go, chunk)
+    return (loss.reshape(a.loss_shape) if a.ce.reduction == "none" else loss,
             None if grad_h is None else grad_h.reshape(a.hidden.shape), grad_w, grad_b)
 
 

@@ -43,10 +43,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _checks
-from . import _parallel_checks as pc
-from . import _torch_bridge as _bridge
-from . import vocab_parallel as vp
+from .. import _checks
+from .. import _parallel_checks as pc
+from . import _autograd, _bridge
+from .. import vocab_parallel as vp
+from ..options import CEOptions
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -114,9 +115,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         # The saved local gradient scaled in place and handed on: nothing of the
         # shard's size is read or written when grad_output is 1 (decided on the device).
-        _bridge.check_not_spent(ctx, "vocab_parallel_cross_entropy")
+        _autograd.check_not_spent(ctx, "vocab_parallel_cross_entropy")
         (grad,) = ctx.saved_tensors
-        return (_bridge.scale_saved_grad(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
+        return (_autograd.scale_by_grad_output(ctx, grad, grad_loss, max(grad.dim() - 1, 0), eager=True),
                 None, None, None, None, None, None)
 
 
@@ -140,8 +141,7 @@ def _int_or_0(v: Any) -> int:
         return 0  # check_args names the type
 
 
-def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
-                   z_loss, validate) -> list[int]:
+def _describe_call(local_logits, target, weight, vocab_start, vocab_size, opts: CEOptions, validate) -> list[int]:
     """This rank's row of the agreement table, after every check that needs only its own
     arguments (vocab_start/vocab_size as given, or provisional ones that cannot fail)."""
     if not isinstance(validate, bool):
@@ -156,7 +156,7 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
         size = int(weight.shape[0]) if weight is not None else max(width + _int_or_0(start), 1)
     a = vp.check_args(
         _bridge.describe(local_logits), _bridge.describe(target), start, size, weight=_bridge.describe(weight),
-        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+        options=opts,
     )
     if torch.is_grad_enabled() and weight is not None and weight.requires_grad:
         raise NotImplementedError(
@@ -169,9 +169,7 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
         t = t[t != a.ignore_index]
         target_range = (int(t.min()), int(t.max())) if t.size else (0, 0)
     return pc.describe(rows=a.layout.rows, width=width, vocab_start=vocab_start, vocab_size=vocab_size,
-                       dtype=dtype, ignore_index=a.ignore_index, reduction=a.reduction,
-                       label_smoothing=a.label_smoothing, z_loss=a.z_loss,
-                       weight_len=None if weight is None else int(weight.shape[0]), validate=validate,
+                       dtype=dtype, opts=a.opts, weight_len=None if weight is None else int(weight.shape[0]), validate=validate,
                        target_range=target_range)
 
 
@@ -236,9 +234,9 @@ def vocab_parallel_cross_entropy(
         )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
+    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss)
     if check_ranks is False:
-        return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
-                          label_smoothing, reduction, z_loss, validate)
+        return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, options, validate)
     if check_ranks is not True:
         raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
     dev = local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
@@ -246,8 +244,8 @@ def vocab_parallel_cross_entropy(
     # the others would otherwise wait for it forever.
     local_error = None
     try:
-        row = _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index,
-                             label_smoothing, reduction, z_loss, validate)
+        opts = CEOptions.checked(**options)
+        row = _describe_call(local_logits, target, weight, vocab_start, vocab_size, opts, validate)
     except (TypeError, ValueError, NotImplementedError, OverflowError) as exc:
         local_error, row = exc, pc.error_row()
     meta = torch.tensor(row, dtype=torch.int64, device=dev)
@@ -257,28 +255,25 @@ def vocab_parallel_cross_entropy(
     if local_error is not None:
         raise local_error
     vocab_start, vocab_size = pc.agree(table, rank)
-    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
-                label_smoothing, reduction, z_loss)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, opts)
 
 
-def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-               reduction, z_loss, validate) -> Tensor:
+def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, options: dict,
+               validate) -> Tensor:
     """check_ranks=False: the caller vouches for the layout; no agreement gather."""
     if vocab_start is None or vocab_size is None:
         raise ValueError("check_ranks=False needs vocab_start and vocab_size (finding them takes a collective)")
     if validate:
         raise ValueError("validate=True compares the ranks' arguments, which check_ranks=False skips")
-    _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
-                   z_loss, False)
-    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-                reduction, z_loss)
+    opts = CEOptions.checked(**options)
+    _describe_call(local_logits, target, weight, vocab_start, vocab_size, opts, False)
+    return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, opts)
 
 
-def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-         reduction, z_loss) -> Tensor:
+def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, opts: CEOptions) -> Tensor:
     a = vp.check_args(
         _bridge.describe(local_logits), _bridge.describe(target), vocab_start, vocab_size, weight=_bridge.describe(weight),
-        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+        options=opts,
     )
     vocab_start = int(vocab_start)
     if torch.is_grad_enabled() and local_logits.requires_grad:

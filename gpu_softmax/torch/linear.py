@@ -35,18 +35,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _checks, _chunking, reference
-from . import _torch_bridge as _bridge
-from ._cuda.linear_cross_entropy import Wants
+from .. import _checks, _chunking, reference
+from ..options import CEOptions
+from . import _bridge
+from .._chunking import Wants
 
-__all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+__all__ = ["linear_cross_entropy"]
 
 
 NO_GRAD = Wants(False, False, False)
-
-
-def _loss_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------
@@ -55,62 +52,54 @@ def _loss_dtype(t: Tensor) -> torch.dtype:
 
 def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int):
-    acc = _loss_dtype(hidden)
+    acc = _bridge.acc_dtype(hidden)
     n_rows, feats, classes = a.rows, a.features, a.classes
     h = hidden.detach().reshape(n_rows, feats)
     w = weight.detach()
     b = None if bias is None else bias.detach()
     t = _bridge.to_numpy(target.reshape(n_rows))
-    reference.hard_target_check(dataclasses.replace(a.ce, kind="numpy", target=t))
-    opts = a.ce
-    none = opts.reduction == "none"
+    reference.hard_target_check(dataclasses.replace(a.ce, kind="numpy", target=t), hint=_bridge.CPU_TARGETS_HINT)
     go = grad_output.detach().double().numpy() if isinstance(grad_output, Tensor) else float(grad_output)
-    per_row_go = none and go.ndim > 0 if isinstance(go, np.ndarray) else False
-    if per_row_go:
+    if isinstance(go, np.ndarray) and go.ndim:
         go = go.reshape(n_rows)
-    if opts.reduction == "mean":
-        n_valid = int((t != opts.ignore_index).sum())
-        scale = 1.0 / n_valid if n_valid else float("inf")
-        go = go * scale
-    wants = dataclasses.replace(wants, bias=wants.bias and b is not None)
-    grad_on = wants.any
-
-    loss = torch.empty(n_rows, dtype=acc) if none else torch.zeros((), dtype=acc)
-    grad_h = torch.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None
-    grad_w = torch.zeros((classes, feats), dtype=acc) if wants.weight else None
-    grad_b = torch.zeros(classes, dtype=acc) if wants.bias else None
     bf16 = h.dtype == torch.bfloat16
-    for start in range(0, n_rows, chunk):
-        stop = min(n_rows, start + chunk)
+
+    def allocate(wants: Wants, per_row: bool):
+        return (torch.empty(n_rows, dtype=acc) if per_row else torch.zeros((), dtype=acc),
+                torch.empty((n_rows, feats), dtype=h.dtype) if wants.hidden else None,
+                torch.zeros((classes, feats), dtype=acc) if wants.weight else None,
+                torch.zeros(classes, dtype=acc) if wants.bias else None)
+
+    def mean_scale(target) -> float:
+        n_valid = int((target != a.ce.ignore_index).sum())
+        return 1.0 / n_valid if n_valid else float("inf")
+
+    def logits(start: int, stop: int) -> np.ndarray:
         hc = h[start:stop]
-        logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
-        rec = dataclasses.replace(
-            opts.with_options(reduction="none" if none else "sum", validate=False), kind="numpy",
-            logits=_bridge.to_numpy(logits), target=t[start:stop],
-            layout=_checks.row_layout((stop - start, classes), 1), inplace=grad_on, grad_output=go[start:stop] if per_row_go else go,
-        )
-        if not grad_on:
-            part = reference.cross_entropy_checked(rec)
+        chunk_logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
+        return _bridge.to_numpy(chunk_logits)  # a view (a float32 copy for bf16)
+
+    def cross_entropy(rec, want_grad: bool):
+        if not want_grad:
+            part, grad = reference.cross_entropy_checked(rec), None
         else:
             part, g = reference.cross_entropy_with_grad_checked(rec)
             # In place: the chunk's logits now hold their gradient (a float32 copy for bf16).
-            grad = torch.from_numpy(g).to(h.dtype) if bf16 else logits
-        part = torch.from_numpy(np.asarray(part)).to(acc)
-        if none:
-            loss[start:stop] = part
-        else:
-            loss += part
-        if not grad_on:
-            continue
-        if wants.hidden:
-            torch.mm(grad, w, out=grad_h[start:stop])
-        if wants.weight:
-            grad_w.addmm_(grad.T.to(acc), hc.to(acc))
-        if wants.bias:
-            grad_b += grad.sum(dim=0, dtype=acc)
-    if opts.reduction == "mean":
-        loss = loss * scale
-    return loss, grad_h, grad_w, grad_b
+            grad = torch.from_numpy(g).to(h.dtype) if bf16 else torch.from_numpy(g)
+        return torch.from_numpy(np.asarray(part)).to(acc), grad
+
+    def grad_hidden(grad, start: int, stop: int, out) -> None:
+        torch.mm(grad, w, out=out[start:stop])
+
+    def grad_weight(grad, start: int, stop: int, first: bool, out) -> None:
+        out.addmm_(grad.T.to(acc), h[start:stop].to(acc))
+
+    def grad_bias(grad, start: int, stop: int, first: bool, out) -> None:
+        out += grad.sum(dim=0, dtype=acc)
+
+    ops = _chunking.ChunkOps("numpy", allocate, mean_scale, logits, cross_entropy, grad_hidden, grad_weight,
+                             grad_bias)
+    return _chunking.run_chunks(a, wants, ops, t, go, chunk)
 
 
 # ----------------------------------------------------------------------------------
@@ -125,11 +114,11 @@ def _free_device_bytes(device: torch.device) -> int:
 
 def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
               bias: Tensor | None, target: Tensor, grad_output: Any, chunk: int | None):
-    from ._cuda import linear_cross_entropy as launch
+    from .._cuda import linear_cross_entropy as launch
 
     free = None if chunk is not None else _free_device_bytes(hidden.device)
     with _bridge.cupy_on(hidden.device):
-        go = _bridge.to_cupy(grad_output.detach().to(_loss_dtype(hidden))) if isinstance(grad_output, Tensor) \
+        go = _bridge.to_cupy(grad_output.detach().to(_bridge.acc_dtype(hidden))) if isinstance(grad_output, Tensor) \
             else float(grad_output)
         rec = dataclasses.replace(
             a, kind="cupy", hidden=_bridge.to_cupy(hidden), weight=_bridge.to_cupy(weight), bias=_bridge.to_cupy(bias),
@@ -137,7 +126,7 @@ def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, w
             ce=dataclasses.replace(a.ce.with_options(validate=False), kind="cupy", grad_output=go),
         )
         loss, gh, gw, gb = launch.run(rec, wants, storage=_bridge.storage(hidden), free_bytes=free)
-        acc = _loss_dtype(hidden)
+        acc = _bridge.acc_dtype(hidden)
         return (_bridge.from_cupy(loss, acc), None if gh is None else _bridge.from_cupy(gh, hidden.dtype),
                 None if gw is None else _bridge.from_cupy(gw, acc), None if gb is None else _bridge.from_cupy(gb, acc))
 
@@ -226,53 +215,12 @@ def linear_cross_entropy(
         # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there
         raise TypeError("hidden, weight and bias must share one dtype, got "
                         + ", ".join(str(t.dtype) for t in floats))
+    opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                             z_loss=z_loss, logit_softcap=logit_softcap)
     a = _checks.check_linear_cross_entropy(
-        _bridge.describe(hidden), _bridge.describe(weight), _bridge.describe(target), _bridge.describe(bias), ignore_index=ignore_index,
-        label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss, logit_softcap=logit_softcap,
-        chunk_size=chunk_size, class_weight=_bridge.describe(class_weight),
+        _bridge.describe(hidden), _bridge.describe(weight), _bridge.describe(target), _bridge.describe(bias),
+        chunk_size=chunk_size, class_weight=_bridge.describe(class_weight), options=opts,
     )
     if not torch.is_grad_enabled():  # eval: the loss only (apply would still see requires_grad)
         return _compute(a, NO_GRAD, hidden, weight, bias, target, 1.0)[0]
     return _LinearCrossEntropy.apply(hidden, weight, bias, target, a)
-
-
-class LinearCrossEntropyLoss(torch.nn.Module):
-    """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
-
-    Example:
-        >>> import torch, gpu_softmax.torch as gst
-        >>> head = torch.nn.Linear(8, 100)
-        >>> loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1)
-        >>> loss = loss_fn(torch.randn(4, 8), head.weight, torch.tensor([1, 2, 3, 4]), head.bias)
-        >>> loss.backward(); head.weight.grad.shape
-        torch.Size([100, 8])
-    """
-
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, logit_softcap: float | None = None, chunk_size: int | None = None,
-                 class_weight: Tensor | None = None) -> None:
-        super().__init__()
-        _checks.refuse_class_weight(class_weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
-        self.logit_softcap = logit_softcap
-        self.chunk_size = chunk_size
-
-    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None) -> Tensor:
-        return linear_cross_entropy(
-            hidden, weight, target, bias, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, z_loss=self.z_loss, logit_softcap=self.logit_softcap,
-            chunk_size=self.chunk_size,
-        )
-
-    def extra_repr(self) -> str:
-        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        for name in ("label_smoothing", "z_loss"):
-            if getattr(self, name):
-                parts.append(f"{name}={getattr(self, name)}")
-        for name in ("logit_softcap", "chunk_size"):
-            if getattr(self, name) is not None:
-                parts.append(f"{name}={getattr(self, name)}")
-        return ", ".join(parts)

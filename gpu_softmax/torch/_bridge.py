@@ -1,5 +1,5 @@
 """The one home of the torch <-> NumPy/CuPy crossing, shared by :mod:`gpu_softmax.torch`
-and :mod:`gpu_softmax.torch_parallel` (neither imports the other for it).
+and :mod:`gpu_softmax.torch.parallel` (neither imports the other for it).
 
 - **Checks.** :func:`describe` turns a tensor into an :class:`_checks.ArrayDesc`
   (shape, dtype, kind): the shared checks of :mod:`gpu_softmax._checks` run on it
@@ -16,14 +16,13 @@ and :mod:`gpu_softmax.torch_parallel` (neither imports the other for it).
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import ArrayDesc
+from .._checks import ArrayDesc
 
 # ----------------------------------------------------------------------------------
 # arguments
@@ -85,6 +84,11 @@ def describe(t: Tensor | None) -> ArrayDesc | None:
     if t is None:
         return None
     return ArrayDesc(tuple(t.shape), _numpy_dtype(t.dtype))
+
+
+# The bridge has no validate switch: on CPU it checks targets, on CUDA it does not (no host sync).
+CPU_TARGETS_HINT = ("gpu_softmax.torch checks targets on CPU tensors (on CUDA tensors it does not, to avoid a "
+                    "host sync, and such rows get a NaN loss)")
 
 
 def device_kind(t: Tensor) -> str:
@@ -210,91 +214,3 @@ def storage_name(t: Tensor) -> str:
 def acc_float(t: Tensor | None) -> Tensor | None:
     """bf16 weights/soft targets as float32 (CuPy cannot hold bf16 there)."""
     return t.float() if t is not None and t.dtype == torch.bfloat16 else t
-
-
-# ----------------------------------------------------------------------------------
-# the cross-entropy backward shared by gpu_softmax.torch and gpu_softmax.torch_parallel
-
-
-def _scale_compute(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
-    """grad *= grad_output in place, grad_output (a scalar, or one value per row)
-    broadcast over the class dim, taken in the kernels' accumulation dtype.
-
-    CUDA: the scale kernel reads the scalar on the device and returns at once when it
-    is 1 (no N x C traffic, no host sync, capturable in a CUDA graph). CPU: the same
-    decision on the host, so both leave the buffer untouched for grad_output == 1."""
-    g = grad_output.detach().to(acc_dtype(grad))
-    kind = device_kind(grad)
-    if kind == "cpu" or not grad.is_contiguous():
-        if g.dim() == 0 and kind == "cpu" and bool(g == 1):
-            return
-        grad.mul_(g.unsqueeze(class_dim) if g.dim() else g)
-        return
-    if kind != "cuda":
-        raise unsupported(grad)
-    from ._cuda import cross_entropy as launch
-
-    cols = int(grad.shape[class_dim]) if grad.dim() else 1
-    inner = math.prod(grad.shape[class_dim + 1:]) if grad.dim() else 1
-    with cupy_on(grad.device):
-        launch.scale_grad(to_cupy(grad), to_cupy(g.contiguous()), cols, inner,
-                          storage=storage(grad))
-
-
-@torch.library.custom_op("gpu_softmax::scale_grad_", mutates_args=("grad",))
-def scale_grad_(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
-    """In place: grad *= grad_output (see _scale_compute). The backward of both
-    cross-entropy bridges: their forwards save the gradient for grad_output = 1."""
-    _scale_compute(grad, grad_output, class_dim)
-
-
-@scale_grad_.register_fake
-def _(grad, grad_output, class_dim):
-    return None
-
-
-def scaled_copy(grad: Tensor, grad_loss: Tensor, class_dim: int) -> Tensor:
-    """grad * grad_output without touching grad; grad itself for a scalar 1 (host-decided: CPU only)."""
-    if grad_loss.dim() == 0 and not torch.compiler.is_compiling() and bool(grad_loss == 1):
-        return grad
-    return scale_grad_copy(grad, grad_loss, class_dim)
-
-
-@torch.library.custom_op("gpu_softmax::scale_grad", mutates_args=())
-def scale_grad_copy(grad: Tensor, grad_output: Tensor, class_dim: int) -> Tensor:
-    """grad * grad_output, grad_output broadcast over the class dim (reduction='none')."""
-    g = grad_output.unsqueeze(class_dim) if grad_output.dim() else grad_output
-    return (grad * g).to(grad.dtype)
-
-
-@scale_grad_copy.register_fake
-def _(grad, grad_output, class_dim):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
-
-
-def check_not_spent(ctx, what: str) -> None:
-    """A second backward after scale_saved_grad scaled in place: a clear error, not autograd's version one."""
-    if getattr(ctx, "spent", False):
-        raise RuntimeError(
-            f"{what} on CUDA scales its saved gradient in place in backward, so a second backward through "
-            "the same loss (retain_graph=True) is not supported; compute the loss again"
-        )
-
-
-def scale_saved_grad(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int, eager: bool = False) -> Tensor:
-    """The backward of a loss whose forward saved d loss / d logits for grad_output = 1.
-
-    CUDA: scaled in place and handed on, the scale kernel deciding on the device
-    (grad_output == 1 reads, writes and allocates nothing of size N x C; no host
-    sync, CUDA-graph safe); the saved buffer is then spent (check_not_spent). CPU:
-    the saved buffer itself for a scalar 1, else a scaled copy (repeatable, e.g.
-    by gradcheck). `eager`: called from an autograd.Function in eager mode, where the
-    in-place scale runs directly (no custom-op dispatch; `ctx.spent` guards reuse)."""
-    if device_kind(grad) == "cuda" and grad.is_contiguous():
-        if eager:
-            _scale_compute(grad, grad_loss, class_dim)
-        else:
-            scale_grad_(grad, grad_loss, class_dim)
-        ctx.spent = True
-        return grad
-    return scaled_copy(grad, grad_loss, class_dim)
