@@ -5,10 +5,10 @@ vocabulary (as in Megatron-LM), rank p holds ``logits[..., vocab_start : vocab_s
 width]`` of the full V classes. :func:`vocab_parallel_cross_entropy` gives, on every
 rank, exactly the loss ``cross_entropy`` gives on the gathered full-vocabulary logits
 (label smoothing over the full vocabulary, class weights, ``ignore_index``, z-loss,
-the three reductions), and the gradient of that loss with respect to the LOCAL
+``logit_softcap``, the three reductions), and the gradient of that loss with respect to the LOCAL
 logits, without ever gathering the logits:
 
-0. one tiny all-gather of a 16-int64 row per rank that checks the ranks agree (shard
+0. one tiny all-gather of a 19-int64 row per rank that checks the ranks agree (shard
    layout, row count, dtype, options; ``gpu_softmax._parallel_checks``), read on the
    host, so a misuse raises the same error on every rank instead of hanging;
 1. per row, the local statistics ``[max, sum exp(x - max) - 1, target logit if the
@@ -86,8 +86,8 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
     with _bridge.cupy_on(logits.device):
         rec = dataclasses.replace(
             a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(target),
-            weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=False,
-        )
+            weight=_bridge.to_cupy(_bridge.acc_float(weight)), inplace=False,
+        ).with_options(validate=False)
         stats = _bridge.from_cupy(vp._partial_stats_checked(rec, vocab_start, storage), acc)
     if rows:
         gathered = _all_gather_stacked(stats, group, world)
@@ -141,7 +141,7 @@ def _int_or_0(v: Any) -> int:
 
 
 def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
-                   z_loss, validate) -> list[int]:
+                   z_loss, logit_softcap, validate) -> list[int]:
     """This rank's row of the agreement table, after every check that needs only its own
     arguments (vocab_start/vocab_size as given, or provisional ones that cannot fail)."""
     if not isinstance(validate, bool):
@@ -157,6 +157,7 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
     a = vp.check_args(
         _bridge.describe(local_logits), _bridge.describe(target), start, size, weight=_bridge.describe(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+        logit_softcap=logit_softcap,
     )
     if torch.is_grad_enabled() and weight is not None and weight.requires_grad:
         raise NotImplementedError(
@@ -170,7 +171,7 @@ def _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore
         target_range = (int(t.min()), int(t.max())) if t.size else (0, 0)
     return pc.describe(rows=a.layout.rows, width=width, vocab_start=vocab_start, vocab_size=vocab_size,
                        dtype=dtype, ignore_index=a.ignore_index, reduction=a.reduction,
-                       label_smoothing=a.label_smoothing, z_loss=a.z_loss,
+                       label_smoothing=a.label_smoothing, z_loss=a.z_loss, logit_softcap=a.logit_softcap,
                        weight_len=None if weight is None else int(weight.shape[0]), validate=validate,
                        target_range=target_range)
 
@@ -187,6 +188,7 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     z_loss: float = 0.0,
+    logit_softcap: float | None = None,
     validate: bool = False,
     check_ranks: bool = True,
 ) -> Tensor:
@@ -200,8 +202,9 @@ def vocab_parallel_cross_entropy(
     ``vocab_size`` to the sum of all widths. Every rank returns
     the same loss, that of ``torch.nn.functional.cross_entropy(full_logits, target,
     weight, ignore_index=..., reduction=..., label_smoothing=...)`` (plus ``z_loss *
-    logsumexp**2`` per non-ignored row, averaged over them under ``mean``), and
-    backpropagates into its own shard only.
+    logsumexp**2`` per non-ignored row, averaged over them under ``mean``; with
+    ``logit_softcap`` the logits are first capped to ``cap * tanh(x / cap)``, as in
+    ``gpu_softmax.torch.cross_entropy``), and backpropagates into its own shard only.
 
     Checked across ranks on every call (docs/vocab_parallel_checks.md): the shard
     layout (the shards must cover [0, V) exactly once, whether ``vocab_start`` /
@@ -212,7 +215,7 @@ def vocab_parallel_cross_entropy(
     capture of a step whose layout was checked before); it needs ``vocab_start`` and
     ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error.
 
-    Cost per call: one all-gather of a 16-int64 row per rank (the checks above; on CUDA
+    Cost per call: one all-gather of a 19-int64 row per rank (the checks above; on CUDA
     it is read on the host, one sync), then one all-gather of a (rows, 5) float32
     (float64 for float64 logits) buffer per rank; two passes over the local logits in
     the forward (statistics, then loss + gradient), none in the backward.
@@ -238,7 +241,7 @@ def vocab_parallel_cross_entropy(
     rank = dist.get_rank(group)
     if check_ranks is False:
         return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
-                          label_smoothing, reduction, z_loss, validate)
+                          label_smoothing, reduction, z_loss, logit_softcap, validate)
     if check_ranks is not True:
         raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
     dev = local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
@@ -247,7 +250,7 @@ def vocab_parallel_cross_entropy(
     local_error = None
     try:
         row = _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index,
-                             label_smoothing, reduction, z_loss, validate)
+                             label_smoothing, reduction, z_loss, logit_softcap, validate)
     except (TypeError, ValueError, NotImplementedError, OverflowError) as exc:
         local_error, row = exc, pc.error_row()
     meta = torch.tensor(row, dtype=torch.int64, device=dev)
@@ -258,27 +261,28 @@ def vocab_parallel_cross_entropy(
         raise local_error
     vocab_start, vocab_size = pc.agree(table, rank)
     return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index,
-                label_smoothing, reduction, z_loss)
+                label_smoothing, reduction, z_loss, logit_softcap)
 
 
 def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-               reduction, z_loss, validate) -> Tensor:
+               reduction, z_loss, logit_softcap, validate) -> Tensor:
     """check_ranks=False: the caller vouches for the layout; no agreement gather."""
     if vocab_start is None or vocab_size is None:
         raise ValueError("check_ranks=False needs vocab_start and vocab_size (finding them takes a collective)")
     if validate:
         raise ValueError("validate=True compares the ranks' arguments, which check_ranks=False skips")
     _describe_call(local_logits, target, weight, vocab_start, vocab_size, ignore_index, label_smoothing, reduction,
-                   z_loss, False)
+                   z_loss, logit_softcap, False)
     return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-                reduction, z_loss)
+                reduction, z_loss, logit_softcap)
 
 
 def _run(local_logits, target, weight, group, world, vocab_start, vocab_size, ignore_index, label_smoothing,
-         reduction, z_loss) -> Tensor:
+         reduction, z_loss, logit_softcap) -> Tensor:
     a = vp.check_args(
         _bridge.describe(local_logits), _bridge.describe(target), vocab_start, vocab_size, weight=_bridge.describe(weight),
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+        logit_softcap=logit_softcap,
     )
     vocab_start = int(vocab_start)
     if torch.is_grad_enabled() and local_logits.requires_grad:
