@@ -169,16 +169,26 @@ __device__ __forceinline__ A ce_grad(const CeScale<A>& k, A v, long long c, long
 
 // What every regime stores at class c: 0 in an ignored row, NaN in a row whose
 // target is out of range (validate=False: a NaN loss and gradient, never an
-// out-of-bounds read), the gradient otherwise. The class weight w[c] is read here,
-// only for a row that needs it and only when `smooth_w` (hard labels with
-// smoothing; soft labels pass q_c instead): loading it ahead of the status test
-// costs the held regimes registers they do not have.
+// out-of-bounds read), the gradient otherwise. Two forms of that one rule, which
+// differ only in who reads the class weight; each is the one its callers compile
+// without spills at the register caps (sm_80 and sm_90, tests/test_compile.py).
+// This form reads w[c] itself, after the status test and only when `smooth_w`
+// (hard labels with smoothing): the held regimes (warp, block, split) have no
+// register to spare for a weight loaded ahead of the test.
 template <class A>
 __device__ __forceinline__ A ce_grad_at(const CeScale<A>& k, CeRow tr, A v, long long c, const A* w, bool smooth_w,
                                         A qc, bool soft, bool z_on) {
     if (tr.status == CE_IGNORED) return A(0);
     if (tr.status == CE_BAD) return nan_of(A(0));
     return ce_grad(k, v, c, tr.t, smooth_w ? weight_at(w, c) : A(0), qc, soft, z_on);
+}
+// This form takes the weight wc as read by the caller (the stream row helper, for
+// every element of a row it walks).
+template <class A>
+__device__ __forceinline__ A ce_grad_at(const CeScale<A>& k, CeRow tr, A v, long long c, A wc, A qc, bool soft,
+                                        bool z_on) {
+    if (tr.status == CE_OK) return ce_grad(k, v, c, tr.t, wc, qc, soft, z_on);
+    return tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
 }
 
 // ---------------------------------------------------------------------------
@@ -395,13 +405,16 @@ __device__ __forceinline__ void ce_stream_grad(const typename S::T* xr, typename
                     const long long e = e0 + i;
                     const bool in = e >= 0 && e < n;
                     const A xc = capped(v[j * VEC + i], k.cap, in);
-                    const A qc = (SOFT && in) ? weight_at(w, v0 + e) * (tr_soft[e] * (A(1) - eps) + eps * inv_cols)
-                                              : A(0);
-                    v[j * VEC + i] = in ? ce_grad_at(k, tr, xc, v0 + e, w, !SOFT && eps > A(0), qc, SOFT, z_on) : A(0);
+                    A qc = A(0), wc = A(0);
+                    if (in) {
+                        wc = (SOFT || eps > A(0)) ? weight_at(w, v0 + e) : A(0);
+                        if (SOFT) qc = wc * (tr_soft[e] * (A(1) - eps) + eps * inv_cols);
+                    }
+                    v[j * VEC + i] = in ? ce_grad_at(k, tr, xc, v0 + e, wc, qc, SOFT, z_on) : A(0);
                 }
             } else {  // no logit read: the store rule needs only the row's status
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) v[j * VEC + i] = ce_grad_at(k, tr, A(0), 0, w, false, A(0), SOFT, false);
+                for (int i = 0; i < VEC; ++i) v[j * VEC + i] = ce_grad_at(k, tr, A(0), 0, A(0), A(0), SOFT, false);
             }
             store_slot<S>(gr, e0, n, vec_out, v + j * VEC);
         }

@@ -238,7 +238,9 @@ def suites(cp, CE, rng):
                     continue
                 for o in opts:
                     kw = options_for(o, rows, V, dt)
-                    x = (rng.standard_normal((rows, V)) * 8).astype(dt)  # past the cap
+                    # past the cap, not so far that its derivative 1 - tanh^2 is all float32
+                    # rounding (the fused kernels compute it the same way)
+                    x = (rng.standard_normal((rows, V)) * 3).astype(dt)
                     t = rng.integers(0, V, rows)
                     t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
                     what = f"softcap {dt.__name__} {rows}x{widths} {o}"
