@@ -159,3 +159,179 @@ def test_check_quick_without_gpu_compiles_one_architecture_with_progress(monkeyp
     compiled.clear()
     selfcheck.run(quick=False)
     assert {a for _, a in compiled} == set(cc.ARCHS)
+
+
+# ----------------------------------------------------------------------------------
+# the cross-entropy gradient's floor (issue 24, item 1): what `gpu-softmax check`,
+# gpu_cases.py and the bench's sampled check compare with (selfcheck.compare)
+
+
+def _ce_inputs(dtype, cols, seed, rows=3):
+    """As `gpu-softmax check` draws them (selfcheck._inputs): scale 4, 10% ignored."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, cols)) * 4).astype(dtype)
+    t = rng.integers(0, cols, size=rows)
+    t[1] = -100  # one ignored row in every case (the draw's 10% may leave none)
+    return x, t
+
+
+def _kernel_like_grad(x, t, dtype, label_smoothing=0.0, reduction="mean", z_loss=0.0, cap=None):
+    """The gradient as the kernels form it, in float32 arithmetic: p = exp(xc - m) / s,
+    (p * sum(q) - q) * scale + 2 z lse p * scale_z, times 1 - th**2 under a cap, then
+    stored in `dtype`. Hard labels, no class weights. exp carries __expf's documented
+    worst error (2 ulp + |arg| * 2**-24, relative), all of it one way."""
+    f = np.float32
+    xf = x.astype(f)
+    th = np.tanh(xf / f(cap)) if cap else None
+    xc = f(cap) * th if cap else xf
+    m = xc.max(axis=1, keepdims=True)
+    arg = xc - m
+    e = np.exp(arg) * (f(1) + f(2 * 2.0**-23) + np.abs(arg) * f(2.0**-24))
+    s = e.sum(axis=1, keepdims=True, dtype=f)
+    p = e * (f(1) / s)
+    lse = m + np.log(s)
+    rows, cols = x.shape
+    valid = t != -100
+    eps = f(label_smoothing)
+    q = np.zeros_like(p)
+    q[np.flatnonzero(valid), t[valid]] = f(1) - eps
+    q += eps / f(cols)
+    qsum = (f(1) - eps) + eps
+    n_valid = f(valid.sum())
+    scale = f(1) if reduction == "sum" else f(1) / n_valid
+    g = (p * qsum - q) * scale
+    if z_loss:
+        g += f(2 * z_loss) * lse * p * scale
+    if cap:
+        g *= f(1) - th * th
+    g[~valid] = 0
+    return g.astype(dtype)
+
+
+def _small_zeroed(g, want, dtype):
+    """Every entry under the old floor (rtol * max|grad|) set to zero."""
+    bad = g.copy()
+    bad[np.abs(want) < selfcheck.tolerance(dtype)[0] * np.abs(want).max()] = 0
+    return bad
+
+
+def _every_other_zeroed(g, want, dtype):
+    bad = g.copy()
+    bad[:, ::2] = 0
+    return bad
+
+
+def _wrong_inverse_sum_on_small(g, want, dtype):
+    """The small entries (under the old floor) from a row sum 1% too small: p = e / (0.99 s)."""
+    bad = g.astype(np.float64)
+    small = (np.abs(want) < selfcheck.tolerance(dtype)[0] * np.abs(want).max()) & (want != 0)
+    bad[small] /= 0.99
+    return bad.astype(dtype)
+
+
+PERTURBATIONS = [_every_other_zeroed, _small_zeroed, _wrong_inverse_sum_on_small]
+
+
+@pytest.mark.parametrize("cols", [1000, 50257, 262144])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_check_accepts_a_kernel_quality_gradient(dtype, cols):
+    x, t = _ce_inputs(dtype, cols, seed=cols)
+    loss, want = reference.cross_entropy_with_grad(x, t, **selfcheck.CE_KW)  # float64, rounded to dtype
+    assert want.dtype == np.dtype(dtype)
+    selfcheck.compare("cross_entropy_with_grad", dtype, (x, t), (loss, want), selfcheck.CE_KW)
+    ours = _kernel_like_grad(x, t, dtype, **selfcheck.CE_KW)
+    selfcheck.compare("cross_entropy_with_grad", dtype, (x, t), (loss, ours), selfcheck.CE_KW)
+
+
+@pytest.mark.parametrize("perturb", PERTURBATIONS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("cols", [1000, 50257, 262144])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_check_rejects_a_wrong_gradient(dtype, cols, perturb):
+    x, t = _ce_inputs(dtype, cols, seed=cols)
+    loss, want = reference.cross_entropy_with_grad(x, t, **selfcheck.CE_KW)
+    bad = perturb(want, want.astype(np.float64), dtype)
+    assert (bad != want).any()
+    with pytest.raises(AssertionError, match="grad: .* elements off"):
+        selfcheck.compare("cross_entropy_with_grad", dtype, (x, t), (loss, bad), selfcheck.CE_KW)
+
+
+def test_the_old_floor_accepted_the_small_entries_zeroed():
+    """Why the floor changed: at 3 x 262144 float32, rtol * max|grad| lies above almost
+    every entry, so a gradient with all of those zeroed passed."""
+    x, t = _ce_inputs("float32", 262144, seed=262144)
+    _, want = reference.cross_entropy_with_grad(x, t, **selfcheck.CE_KW)
+    bad = _small_zeroed(want, want.astype(np.float64), "float32")
+    assert (bad == 0).mean() > 0.9
+    old_floor = 1e-5 * float(np.abs(want.astype(np.float64)).max())
+    assert_close(bad, want.astype(np.float64), "float32", atol=old_floor)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kw", [{"z_loss": 1e-2, "reduction": "mean"}, {"logit_softcap": 5.0, "reduction": "sum"},
+                                {"z_loss": 1e-3, "logit_softcap": 4.0, "label_smoothing": 0.2, "reduction": "mean"}],
+                         ids=["z_loss", "softcap", "all"])
+def test_floor_with_z_loss_and_softcap(dtype, kw):
+    x, t = _ce_inputs(dtype, 50257, seed=5)
+    loss, want = reference.cross_entropy_with_grad(x, t, **kw)
+    ours = _kernel_like_grad(x, t, dtype, kw.get("label_smoothing", 0.0), kw["reduction"], kw.get("z_loss", 0.0),
+                             kw.get("logit_softcap"))
+    selfcheck.compare("cross_entropy_with_grad", dtype, (x, t), (loss, ours), kw)
+    with pytest.raises(AssertionError, match="grad"):
+        selfcheck.compare("cross_entropy_with_grad", dtype, (x, t),
+                          (loss, _small_zeroed(ours, want.astype(np.float64), dtype)), kw)
+
+
+def test_floor_is_per_entry_and_zero_on_ignored_rows():
+    from gpu_softmax.testing import ce_grad_atol
+
+    x, t = _ce_inputs("float32", 1000, seed=1)
+    floor = ce_grad_atol(x, t, 1e-5)
+    _, want = reference.cross_entropy_with_grad(x.astype(np.float64), t)
+    assert floor.shape == x.shape
+    assert (floor[1] == np.finfo(np.float32).tiny).all()  # the ignored row: only the stored step
+    valid = np.array([0, 2])
+    non_target = np.ones_like(want, dtype=bool)
+    non_target[valid, t[valid]] = False
+    # p * sum(q) - q with q = 0 off the target: the floor is rtol times the entry itself
+    np.testing.assert_allclose(floor[valid][non_target[valid]] - np.finfo(np.float32).tiny,
+                               1e-5 * np.abs(want[valid][non_target[valid]]), rtol=1e-9)
+    # axis=1 layouts: the floor comes back in the logits' own layout
+    x3 = np.moveaxis(x.reshape(3, 1000, 1), 1, 1)
+    f3 = ce_grad_atol(x3, t.reshape(3, 1), 1e-5, axis=1)
+    np.testing.assert_array_equal(f3[:, :, 0], floor)
+
+
+# ----------------------------------------------------------------------------------
+# poison (issue 24, item 2)
+
+
+def test_poison_is_nan_in_every_float_format():
+    from gpu_softmax.testing import poisoned
+
+    for dt in (np.float16, np.float32, np.float64):
+        assert np.isnan(poisoned(np, (3, 5), dt)).all(), dt
+    words = poisoned(np, 7, np.uint16)  # bfloat16 travels as 16-bit words
+    assert np.isnan((words.astype(np.uint32) << 16).view(np.float32)).all()
+    assert np.isnan(torch.from_numpy(words.view(np.int16)).view(torch.bfloat16).float().numpy()).all()
+    assert (poisoned(np, 4, np.int64) == -1).all()
+    # The old poison, a float32 NaN fill, is no poison for float16: half of it reads as 0.
+    old = np.full(4, np.nan, dtype=np.float32).view(np.float16)
+    assert not np.isnan(old).all()
+
+
+def test_pool_poison_blocks_are_all_ones_bytes():
+    from gpu_softmax.testing import poison_pool
+
+    made = []
+
+    class FakeCupy:
+        uint8 = np.uint8
+
+        @staticmethod
+        def full(n, value, dtype):
+            made.append(np.full(n, value, dtype=dtype))
+            return made[-1]
+
+    poison_pool(FakeCupy, 4096, copies=2)
+    assert len(made) == 2 and all(b.nbytes == 4096 and (b == 0xFF).all() for b in made)
+    assert np.isnan(made[0].view(np.float16)).all() and np.isnan(made[0].view(np.float32)).all()
