@@ -124,6 +124,13 @@ _STORED_STEP = {
 }
 
 
+def stored_step(dtype) -> float:
+    """The smallest step a kernel's result stored in `dtype` takes near zero (see above):
+    the absolute part of one rounding that no relative bound covers."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return _STORED_STEP[name]
+
+
 def _grad_scales(a, divisor: float, n_valid: float):
     """(cross-entropy scale, z-loss scale) of each row's gradient: grad_output, over
     the mean's divisors; as the reference's cross_entropy_with_grad applies them."""
@@ -168,8 +175,7 @@ def ce_grad_atol(logits, target, rtol: float, *, dtype=None, grad_output=1.0, at
             terms = terms * (2.0 - dcap)  # 1 + th**2
         floor = rtol * terms
     floor = np.where(np.isfinite(floor) & valid[:, None], floor, 0.0)
-    name = np.dtype(a.logits.dtype).name if dtype is None else (dtype if isinstance(dtype, str) else np.dtype(dtype).name)
-    floor = floor + _STORED_STEP[name]
+    floor = floor + stored_step(a.logits.dtype if dtype is None else dtype)
     if at_most is not None:
         floor = np.minimum(floor, at_most)
     moved = np.moveaxis(a.logits, a.layout.axis, -1).shape

@@ -34,7 +34,7 @@ def test_grad_leaves_are_separate_leaves_for_float32():
         xd = x.to(dtype)
         xr, xa = ttg.grad_leaves(xd)
         assert xr.is_leaf and xa.is_leaf and xr is not xa and xa is not xd and not xd.requires_grad
-        assert xr.dtype == torch.float32 and xa.dtype == dtype
+        assert xr.dtype == torch.float64 and xa.dtype == dtype
         torch.softmax(xr, -1).square().sum().backward()
         torch.softmax(xa.float(), -1).square().sum().backward()
         assert xr.grad is not None and xa.grad is not None
@@ -198,7 +198,7 @@ def _kernel_like_grad(x, t, dtype, label_smoothing=0.0, reduction="mean", z_loss
     q += eps / f(cols)
     qsum = (f(1) - eps) + eps
     n_valid = f(valid.sum())
-    scale = f(1) if reduction == "sum" else f(1) / n_valid
+    scale = f(1) / n_valid if reduction == "mean" else f(1)
     g = (p * qsum - q) * scale
     if z_loss:
         g += f(2 * z_loss) * lse * p * scale
@@ -335,3 +335,77 @@ def test_pool_poison_blocks_are_all_ones_bytes():
     poison_pool(FakeCupy, 4096, copies=2)
     assert len(made) == 2 and all(b.nbytes == 4096 and (b == 0xFF).all() for b in made)
     assert np.isnan(made[0].view(np.float16)).all() and np.isnan(made[0].view(np.float32)).all()
+
+
+# ----------------------------------------------------------------------------------
+# the torch GPU tests' floors (issue 24, item 3)
+
+
+def _torch_case(dtype, shape=(8, 50000), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen) * 2).to(dtype)
+
+
+def _forward(op, x, dim=-1):
+    """torch's float64 result, as the GPU tests take it, and ours as a kernel gives it
+    (computed in float32, stored in x's dtype)."""
+    theirs = getattr(torch, op)(x.double(), dim)
+    ours = getattr(torch, op)(x.float(), dim).to(x.dtype)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_torch_forward_floor_accepts_a_correct_result(op, dtype):
+    x = _torch_case(dtype)
+    ours, theirs = _forward(op, x)
+    ttg.within(ours.float(), theirs.to(dtype).float(), ttg.TOL[dtype][0], ttg.forward_floor(op, x, -1), op)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_torch_forward_floor_rejects_zeros_and_a_wrong_sum(dtype):
+    x = _torch_case(dtype)
+    ours, theirs = _forward("softmax", x)
+    expected = theirs.to(dtype).float()
+    floor = ttg.forward_floor("softmax", x, -1)
+    zeros = torch.zeros_like(ours)
+    if dtype == torch.bfloat16:  # the fixed floor of 4e-3 lay above 99.9 % of the entries
+        assert (expected < ttg.TOL[dtype][1]).float().mean() > 0.999
+    with pytest.raises(AssertionError, match="elements off"):
+        ttg.within(zeros.float(), expected, ttg.TOL[dtype][0], floor, "softmax of zeros")
+    # log_softmax with the row's lse off by 2 % of its size (a wrong row sum, e.g. a partial one)
+    ours, theirs = _forward("log_softmax", x)
+    lse = torch.logsumexp(x.double(), -1, keepdim=True)
+    wrong = (x.double() - lse * 1.02).to(dtype)
+    with pytest.raises(AssertionError, match="elements off"):
+        ttg.within(wrong.float(), theirs.to(dtype).float(), ttg.TOL[dtype][0], ttg.forward_floor("log_softmax", x, -1),
+                   "log_softmax, wrong lse")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1, "reduction": "sum"}, {"reduction": "none"}],
+                         ids=["mean", "smooth-sum", "none"])
+def test_torch_ce_grad_floor_accepts_a_kernel_and_rejects_zeroed_small_entries(dtype, kw):
+    x = _torch_case(dtype)
+    t = torch.randint(0, x.shape[1], (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    t[3] = -100
+    red = kw.get("reduction", "mean")
+    go = (torch.rand(x.shape[0]) + 0.5).to(dtype) if red == "none" else torch.ones((), dtype=dtype)
+    expected = _torch_ce_grad(x, t, go, **kw)
+    ours = _kernel_like_grad(x.float().numpy(), t.numpy(), np.float32, kw.get("label_smoothing", 0.0), red)
+    if red == "none":
+        ours = ours * go.float().numpy()[:, None]
+    ours = torch.from_numpy(ours).to(dtype).float()
+    floor = ttg.ce_grad_floor(x, t, go, **kw)
+    rtol = ttg.TOL[dtype][0]
+    ttg.within(ours, expected.to(dtype).float(), rtol, floor, "kernel-like grad")
+    small = expected.abs() < rtol * expected.abs().max()
+    with pytest.raises(AssertionError, match="elements off"):
+        ttg.within(torch.where(small, 0.0, ours), expected.to(dtype).float(), rtol, floor, "small entries zeroed")
+
+
+def _torch_ce_grad(x, t, go, **kw):
+    """torch's float64 gradient of (F.cross_entropy * go).sum(), as ref_and_ours takes it."""
+    xr = x.detach().double().requires_grad_()
+    (torch.nn.functional.cross_entropy(xr, t, **kw) * go.double()).sum().backward()
+    return xr.grad
