@@ -8,6 +8,9 @@ relative bound.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 
 from gpu_softmax import _checks, reference
@@ -203,3 +206,29 @@ def poison_pool(cp, nbytes: int, copies: int = 3) -> None:
     allocations of that size start as NaN whatever their dtype."""
     blocks = [cp.full(max(int(nbytes), 1), POISON_BYTE, dtype=cp.uint8) for _ in range(copies)]
     del blocks
+
+
+# ----------------------------------------------------------------------------------
+# host synchronisation
+
+
+@contextlib.contextmanager
+def no_host_sync(cupyx, torch=None):
+    """Within: any host synchronisation raises. torch's sync debug mode ("error") sees
+    torch's own syncs only; CuPy's guard (`cupyx.allow_synchronize(False)`, this
+    thread) sees CuPy's: `.get()`, `int(cupy_scalar)`, `asnumpy`. Pass the modules
+    (cupyx, and torch where torch runs too); both are restored on the way out."""
+    prev = torch.cuda.get_sync_debug_mode() if torch is not None else None
+    with warnings.catch_warnings():
+        # Deprecated since CuPy 10 with no replacement, and still the only guard CuPy has.
+        warnings.filterwarnings("ignore", message=r"cupyx\.allow_synchronize")
+        guard = cupyx.allow_synchronize(False)
+        guard.__enter__()
+    try:
+        if torch is not None:
+            torch.cuda.set_sync_debug_mode("error")
+        yield
+    finally:
+        if torch is not None:
+            torch.cuda.set_sync_debug_mode(prev)
+        guard.__exit__(None, None, None)

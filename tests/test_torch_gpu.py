@@ -17,7 +17,7 @@ F = torch.nn.functional
 pytest.importorskip("cupy", reason="gpu test: CuPy is not importable")
 
 import gpu_softmax.torch as gst  # noqa: E402
-from gpu_softmax.testing import backward_atol, ce_grad_atol, stored_step, tolerance  # noqa: E402
+from gpu_softmax.testing import backward_atol, ce_grad_atol, no_host_sync, stored_step, tolerance  # noqa: E402
 
 from conftest import GPU_SKIP_REASON  # noqa: E402
 
@@ -252,19 +252,24 @@ def test_inplace_backward_cuda(dtype):
 
 
 def test_no_host_sync_in_forward_and_backward():
+    import cupyx
+
     x, t = make((64, 32000), "hard_ignored", torch.bfloat16)
     w = torch.rand(32000, device=DEV) + 0.5
     x.requires_grad_()
-    gst.cross_entropy(x, t, weight=w).backward()  # warm-up: compile, occupancy queries
-    torch.cuda.synchronize()
-    prev = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for kw in ({}, {"weight": w, "label_smoothing": 0.1}, {"reduction": "sum", "z_loss": 1e-4}):
-            gst.cross_entropy(x, t, **kw).backward()
+    steps = ({}, {"weight": w, "label_smoothing": 0.1}, {"reduction": "sum", "z_loss": 1e-4},
+             {"inplace_backward": True, "label_smoothing": 0.1})
+
+    def run_steps():
+        for kw in steps:
+            # in place: the gradient overwrites its input, so that input is an intermediate
+            gst.cross_entropy(x * 1.0 if kw.get("inplace_backward") else x, t, **kw).backward()
             gst.log_softmax(x.detach().requires_grad_(), -1).sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(prev)
+
+    run_steps()  # warm-up: compile, occupancy queries
+    torch.cuda.synchronize()
+    with no_host_sync(cupyx, torch):  # torch's syncs and CuPy's (.get(), int(cupy scalar), ...)
+        run_steps()
 
 
 def test_out_of_range_target_gives_nan_without_sync():
@@ -307,12 +312,15 @@ def test_cuda_graph_capture_and_replay_of_a_training_step(inplace):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = step(model, opt)
-    losses = []
-    for _ in range(5):
-        graph.replay()
-        losses.append(static_loss.item())
+    import cupyx
+
+    losses = torch.empty(5, device=DEV)
+    with no_host_sync(cupyx, torch):  # replay and keep each loss on the device
+        for i in range(5):
+            graph.replay()
+            losses[i].copy_(static_loss)
     ref = [step(ref_model, ref_opt).item() for _ in range(5)]
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses.cpu(), torch.tensor(ref), rtol=1e-4, atol=1e-5)
     assert losses[-1] < losses[0]
 
 
