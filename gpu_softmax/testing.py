@@ -3,12 +3,16 @@
 One place states how close a kernel's output must be to the float64 reference.
 CuPy compiles with -ftz=true, so results that the reference gives as denormals
 come back as zero: every comparison carries an absolute floor next to the
-relative bound.
+relative bound. Where a result is a difference that cancels, that floor comes
+from the terms it is a difference of, element by element (backward_atol,
+ce_grad_atol). Also here: the poison for outputs (0xFF bytes, NaN in every float
+format), the guard against host synchronisation, and a watchdog for spawned ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 
 import numpy as np
@@ -232,3 +236,25 @@ def no_host_sync(cupyx, torch=None):
         if torch is not None:
             torch.cuda.set_sync_debug_mode(prev)
         guard.__exit__(None, None, None)
+
+
+# ----------------------------------------------------------------------------------
+# spawned ranks
+
+
+def spawn_with_watchdog(mp, fn, args: tuple, nprocs: int, timeout_s: float) -> None:
+    """torch.multiprocessing's spawn (`mp`), joined with a deadline: ranks still running
+    after `timeout_s` (a collective that never completes waits forever) are killed, and
+    TimeoutError says so. A rank's own exception propagates as with mp.spawn."""
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+        if time.monotonic() < deadline:
+            continue
+        alive = [p for p in ctx.processes if p.is_alive()]
+        for p in alive:
+            p.kill()
+        for p in alive:
+            p.join(10)
+        raise TimeoutError(f"{len(alive)} of {nprocs} spawned ranks still running after {timeout_s:.0f} s "
+                           f"(a collective that never completed?): killed")

@@ -463,3 +463,35 @@ def test_graph_and_no_sync_gpu_tests_collect_and_skip_without_a_gpu():
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "5 skipped" in p.stdout and "error" not in p.stdout.lower(), p.stdout[-2000:]
+
+
+# ----------------------------------------------------------------------------------
+# the NCCL spawn's watchdog (issue 24, item 9)
+
+
+def _rank_sleeps(rank, seconds):
+    import time
+
+    time.sleep(seconds if rank == 1 else 0)
+
+
+def _rank_fails(rank):
+    raise ValueError(f"rank {rank} failed")
+
+
+@pytest.mark.slow
+def test_spawn_watchdog_kills_hung_ranks_and_passes_errors_on():
+    import time
+
+    import torch.multiprocessing as mp
+
+    from gpu_softmax.testing import spawn_with_watchdog
+
+    spawn_with_watchdog(mp, _rank_sleeps, (0.0,), 2, timeout_s=60)  # both finish
+    t0 = time.monotonic()
+    # (each rank imports this module, torch with it, first: rank 0 is done well within 40 s)
+    with pytest.raises(TimeoutError, match="1 of 2 spawned ranks still running after 40 s"):
+        spawn_with_watchdog(mp, _rank_sleeps, (600.0,), 2, timeout_s=40)
+    assert time.monotonic() - t0 < 90
+    with pytest.raises(Exception, match="rank 0 failed"):
+        spawn_with_watchdog(mp, _rank_fails, (), 1, timeout_s=60)

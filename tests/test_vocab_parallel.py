@@ -376,6 +376,11 @@ def _spawn(world: int, backend: str) -> None:
     if backend == "gloo" and not dist.is_gloo_available():
         pytest.skip("torch.distributed has no gloo backend")
     assert torch is not None
+    if backend == "nccl":  # a collective that never completes must not hang the device check
+        from gpu_softmax.testing import spawn_with_watchdog
+
+        spawn_with_watchdog(mp, _worker, (world, _free_port(), backend), world, timeout_s=120)
+        return
     mp.spawn(_worker, args=(world, _free_port(), backend), nprocs=world, join=True)
 
 
