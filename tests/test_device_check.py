@@ -421,3 +421,16 @@ def test_compile_step_builds_the_families_side_by_side(monkeypatch, capfd):
     assert dc.step_command("compile", None, None, Path("/w"))[-1] == "--compile-step"
     monkeypatch.setattr(dc, "COMPILE_ONE", "import sys; sys.exit(sys.argv[1] == %r)" % fams[0])
     assert dc.compile_families() == 1
+
+
+def test_docs_state_the_plan_the_script_has():
+    text = (ROOT / "docs" / "gpu_checks.md").read_text()
+    rows = dict(re.findall(r"^\| ([\w, ]+) \| .* \| ([\d, ]+) \|$", text, re.MULTILINE))
+    limits = {"fixed": dc.FIXED_S, **dc.STEP_LIMITS_S}
+    for names, values in rows.items():
+        for name, value in zip(names.split(", "), values.split(", ")):
+            assert limits[name] == int(value), (name, value)
+    assert set(limits) <= {n for names in rows for n in names.split(", ")}
+    total = dc.worst_case_seconds(dc.plan_steps())
+    assert f"worst case is {total} s" in text and f"budget {dc.DEFAULT_BUDGET_S} s" in text
+    assert f"({total} s in all" in (ROOT / "benchmarks" / "README.md").read_text()
