@@ -124,9 +124,11 @@ def plan_text(skip_tests: bool = False, full_bench: bool = False) -> str:
     for sanitizer, title in variants:
         steps = plan_steps(skip_tests, full_bench, sanitizer)
         lines.append(f"{title}:")
-        lines.append(f"  {'fixed':<15} {FIXED_S:>4}  start-up, device (nvidia-smi <= {NVIDIA_SMI_TIMEOUT_S} s), results")
+        lines.append(f"  {'fixed':<15} {FIXED_S:>4}  start-up, device (nvidia-smi <= {NVIDIA_SMI_TIMEOUT_S} s), "
+                     "results")
         lines += [f"  {name:<15} {limit:>4}" for name, limit in steps]
-        lines.append(f"  {'total':<15} {worst_case_seconds(steps):>4}  of {CALL_LIMIT_S} (the device tool's longest command)")
+        lines.append(f"  {'total':<15} {worst_case_seconds(steps):>4}  of {CALL_LIMIT_S} "
+                     "(the device tool's longest command)")
     lines.append(f"budget (--budget): {DEFAULT_BUDGET_S} s; any one test: {TEST_TIMEOUT_S} s "
                  f"({MEMCHECK_TEST_TIMEOUT_S} s under memcheck); at most {MAX_OUT_FILES} files to $OUT")
     return "\n".join(lines)
@@ -615,7 +617,8 @@ def closing_line(doc: dict) -> str:
         if name in s:
             parts.append(f"{name}: {s[name].get('verdict')}")
     if "bench" in s:
-        parts.append(f"bench: {s['bench'].get('elapsed_s')} s" + (" (TIMED OUT)" if s["bench"].get("timed_out") else ""))
+        parts.append(f"bench: {s['bench'].get('elapsed_s')} s"
+                     + (" (TIMED OUT)" if s["bench"].get("timed_out") else ""))
     parts.append(f"total {doc.get('total_seconds')} s")
     return "; ".join(parts)
 

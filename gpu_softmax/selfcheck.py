@@ -2,10 +2,10 @@
 
 Each case draws fresh random inputs, poisons the output buffer with 0xFF bytes (NaN
 in every float format) where the op takes `out=`, runs the kernel, and compares with
-the reference at the tolerances of gpu_softmax.testing (`compare`, which the benchmark's own check reuses). Without a GPU
-the CUDA cases are reported as skipped (with the reason) and the kernels are
-compile-checked with NVRTC instead, when NVRTC is present (`--quick`: for one
-architecture).
+the reference at the tolerances of gpu_softmax.testing (`compare`, which the
+benchmark's own check reuses). Without a GPU the CUDA cases are reported as skipped
+(with the reason) and the kernels are compile-checked with NVRTC instead, when NVRTC
+is present (`--quick`: for one architecture).
 """
 
 from __future__ import annotations

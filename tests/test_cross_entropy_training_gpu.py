@@ -93,9 +93,10 @@ def test_gradients_through_the_bridge(opts, shape, dtype, reduction):
     # the old row-wide max(atol, rtol * max|grad|), which lay above most entries of a long row.
     old_floor = max(atol, rtol * float(x64.grad.abs().max()))
     kw_np = {k: (v.double().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    floor = ce_grad_atol(x.double().cpu().numpy(), t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy(),
-                         rtol, dtype=str(dtype).removeprefix("torch."), reduction=reduction, at_most=old_floor,
-                         grad_output=1.0 if go is None else go.to(loss.dtype).double().cpu().numpy(), **kw_np)
+    t_np = t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+    go_np = 1.0 if go is None else go.to(loss.dtype).double().cpu().numpy()
+    floor = ce_grad_atol(x.double().cpu().numpy(), t_np, rtol, dtype=str(dtype).removeprefix("torch."),
+                         reduction=reduction, at_most=old_floor, grad_output=go_np, **kw_np)
     expected = x64.grad.to(dtype).double()
     bound = torch.as_tensor(floor, device=DEV) + rtol * 2 * expected.abs()
     worst = ((xa.grad.double() - expected).abs() - bound).max().item()
