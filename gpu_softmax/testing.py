@@ -219,23 +219,22 @@ def poison_pool(cp, nbytes: int, copies: int = 3) -> None:
 @contextlib.contextmanager
 def no_host_sync(cupyx, torch=None):
     """Within: any host synchronisation raises. torch's sync debug mode ("error") sees
-    torch's own syncs only; CuPy's guard (`cupyx.allow_synchronize(False)`, this
-    thread) sees CuPy's: `.get()`, `int(cupy_scalar)`, `asnumpy`. Pass the modules
-    (cupyx, and torch where torch runs too); both are restored on the way out."""
-    prev = torch.cuda.get_sync_debug_mode() if torch is not None else None
-    with warnings.catch_warnings():
-        # Deprecated since CuPy 10 with no replacement, and still the only guard CuPy has.
-        warnings.filterwarnings("ignore", message=r"cupyx\.allow_synchronize")
-        guard = cupyx.allow_synchronize(False)
-        guard.__enter__()
-    try:
+    torch's own syncs only; CuPy's guard (`cupyx.allow_synchronize(False)`) sees CuPy's:
+    `.get()`, `int(cupy_scalar)`, `asnumpy`. CuPy's guard holds for this thread only,
+    and autograd runs a CUDA backward on a thread of its own: with torch, backward runs
+    on the calling thread here (multithreaded autograd off), where the guard sees it.
+    Pass the modules (cupyx, and torch where torch runs too); all is restored on exit."""
+    with contextlib.ExitStack() as stack:
+        with warnings.catch_warnings():
+            # Deprecated since CuPy 10 with no replacement, and still the only guard CuPy has.
+            warnings.filterwarnings("ignore", message=r"cupyx\.allow_synchronize")
+            stack.enter_context(cupyx.allow_synchronize(False))
         if torch is not None:
+            stack.enter_context(torch.autograd.set_multithreading_enabled(False))
+            prev = torch.cuda.get_sync_debug_mode()
             torch.cuda.set_sync_debug_mode("error")
+            stack.callback(torch.cuda.set_sync_debug_mode, prev)
         yield
-    finally:
-        if torch is not None:
-            torch.cuda.set_sync_debug_mode(prev)
-        guard.__exit__(None, None, None)
 
 
 # ----------------------------------------------------------------------------------

@@ -432,13 +432,23 @@ def test_no_host_sync_arms_cupys_guard_and_torchs_and_restores_both():
             self.calls.append(mode)
             self.mode = mode
 
-    fake_torch = type("FakeTorch", (), {"cuda": FakeCuda()})()
+    threads = []
+
+    class FakeAutograd:
+        @staticmethod
+        @__import__("contextlib").contextmanager
+        def set_multithreading_enabled(on):
+            threads.append(on)
+            yield
+            threads.append("restored")
+
+    fake_torch = type("FakeTorch", (), {"cuda": FakeCuda(), "autograd": FakeAutograd})()
     syncdetect._declare_synchronize()  # allowed outside
     with no_host_sync(cupyx, fake_torch):
-        assert fake_torch.cuda.mode == "error"
+        assert fake_torch.cuda.mode == "error" and threads == [False]  # backward on this thread, under the guard
         with pytest.raises(cupyx.DeviceSynchronized):
             syncdetect._declare_synchronize()  # what .get(), int(cupy scalar), asnumpy call first
-    assert fake_torch.cuda.calls == ["error", 0]
+    assert fake_torch.cuda.calls == ["error", 0] and threads == [False, "restored"]
     syncdetect._declare_synchronize()
     with pytest.raises(KeyError), no_host_sync(cupyx):  # restored on an error too
         raise KeyError("inside")
