@@ -532,6 +532,7 @@ def run_steps(doc: dict, args, sanitizer: str | None, stem: str, log_path: Path,
 def main(argv=None) -> int:
     global T_START
     T_START = time.perf_counter()
+    _copied_out.clear()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", action="store_true", help="print the steps, their limits and their sum; run nothing")
     ap.add_argument("--skip-tests", action="store_true", help="no tests, self-check, sanitizers or huge case")
