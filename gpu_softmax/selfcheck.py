@@ -1,7 +1,8 @@
 """`gpu-softmax check`: our CUDA results against the NumPy reference, on this machine.
 
 Each case draws fresh random inputs, poisons the output buffer with 0xFF bytes (NaN
-in every float format) where the op takes `out=`, runs the kernel, and compares with
+in every float format) where the op takes `out=` (and CuPy's memory pool, which the
+other outputs come from, where it does not), runs the kernel, and compares with
 the reference at the tolerances of gpu_softmax.testing (`compare`, which the
 benchmark's own check reuses). Without a GPU the CUDA cases are reported as skipped
 (with the reason) and the kernels are compile-checked with NVRTC instead, when NVRTC
@@ -18,7 +19,8 @@ import numpy as np
 import gpu_softmax as gs
 from gpu_softmax import reference
 from gpu_softmax._checks import result_dtype
-from gpu_softmax.testing import assert_close, backward_atol, ce_grad_atol, max_relative_error, poisoned, tolerance
+from gpu_softmax.testing import (assert_close, backward_atol, ce_grad_atol, max_relative_error, poison_pool, poisoned,
+                                 tolerance)
 
 OPS = ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
        "cross_entropy", "cross_entropy_with_grad")
@@ -114,12 +116,9 @@ def _run_case(cp, op, dtype, rows, cols, rng) -> Result:
         if op in ("softmax", "log_softmax"):
             out = poisoned(cp, args[0].shape, args[0].dtype)
             got = getattr(gs, op)(args[0], out=out)
-        elif op == "cross_entropy_with_grad":
-            got = gs.cross_entropy_with_grad(*args, **CE_KW)
-        elif op == "cross_entropy":
-            got = gs.cross_entropy(*args, **CE_KW)
         else:
-            got = getattr(gs, op)(*args)
+            poison_pool(cp, args[0].nbytes)  # the outputs come from the pool: unwritten elements read NaN
+            got = getattr(gs, op)(*args, **(CE_KW if op.startswith("cross_entropy") else {}))
         got_np = tuple(cp.asnumpy(g) for g in got) if isinstance(got, tuple) else cp.asnumpy(got)
         err = compare(op, dtype, args_np, got_np, CE_KW)
         return Result(name, "pass", f"max rel err {err:.2e}")
