@@ -159,9 +159,9 @@ def ce_grad_atol(logits, target, rtol: float, *, dtype=None, grad_output=1.0, at
     in it is relative to the terms it subtracts, not to the (possibly tiny or
     cancelled) difference: rtol * (p_c |sum q| |s| + |q_c| |s| + 2 |z lse| p_c |s_z|)
     * (1 + th_c**2), plus the smallest step of the stored `dtype` (default: the
-    logits' own). Zero for ignored rows, whose gradient is exactly zero. Each entry's
-    floor follows its own p_c: a long row's small entries are held to their own size,
-    where a floor of rtol * max|grad| lay above almost all of them.
+    logits' own); that step alone for ignored rows, whose gradient is exactly zero.
+    Each entry's floor follows its own p_c: a long row's small entries are held to
+    their own size, where a floor of rtol * max|grad| lay above almost all of them.
 
     `at_most`: a floor the comparison had before (a number, or an array that
     broadcasts), which no entry's floor may exceed: replacing it tightens the small
@@ -184,7 +184,7 @@ def ce_grad_atol(logits, target, rtol: float, *, dtype=None, grad_output=1.0, at
     floor = np.where(np.isfinite(floor) & valid[:, None], floor, 0.0)
     floor = floor + stored_step(a.logits.dtype if dtype is None else dtype)
     if at_most is not None:
-        floor = np.minimum(floor, at_most)
+        floor = np.fmin(floor, at_most)  # (a NaN old floor, from a NaN row, caps nothing)
     moved = np.moveaxis(a.logits, a.layout.axis, -1).shape
     return np.moveaxis(floor.reshape(moved), -1, a.layout.axis)
 
