@@ -298,7 +298,7 @@ def test_at_most_eight_files_go_out_also_with_the_full_bench(tmp_path, monkeypat
         return [out_dir / n for n in names]
 
     monkeypatch.setattr(report, "write_results", many_files)
-    monkeypatch.setattr(bench, "markdown_table", lambda doc: "")
+    monkeypatch.setattr(report, "markdown_table", lambda doc: "")
     rows = json.dumps({"rows": [{"op": "softmax"}], "elapsed_s": 1.0})
     bench_cmd = ("import os, pathlib, sys; d = pathlib.Path(os.environ['GS_BENCH_DIR']); d.mkdir(exist_ok=True); "
                  f"(d / 'results.json').write_text({rows!r})")
