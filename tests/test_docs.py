@@ -292,3 +292,61 @@ def test_install_hints_name_commands_that_work_from_the_checkout():
         assert "gpu-softmax[" not in path.read_text(), f"{path.relative_to(ROOT)} names gpu-softmax[...]"
     docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "torch.md").read_text()
     assert 'pip install -e ".[cuda12x,torch]"' in docs
+
+
+def test_readme_install_steps_compose_top_to_bottom():
+    # Once README has installed the package editable (the test command), no later line may
+    # replace that with a copy: every later install of the checkout is editable too.
+    text = (ROOT / "README.md").read_text()
+    installs = re.findall(r"pip install (-e )?\"\.\[([\w,]+)\]\"", text)
+    assert len(installs) >= 4, installs  # main job, tests, torch, examples
+    first_editable = next(i for i, (e, _) in enumerate(installs) if e)
+    assert first_editable == 1  # the test command
+    assert all(e for e, _ in installs[first_editable:]), installs
+    for doc in ("install.md", "torch.md"):
+        for e, extras in re.findall(r"pip install (-e )?\"\.\[([\w,]+)\]\"", (ROOT / "docs" / doc).read_text()):
+            assert e, f"docs/{doc} installs .[{extras}] without -e"
+
+
+def test_cuda_requirements_are_stated_where_the_user_chooses():
+    from gpu_softmax._cuda import compile_check, info
+
+    readme = (ROOT / "README.md").read_text()
+    install = (ROOT / "docs" / "install.md").read_text()
+    # torch==2.13.0 from the package index is a CUDA 13 build: README says which driver that needs.
+    assert "That wheel is a CUDA 13 build: its GPU needs a CUDA 13 driver (R580 or newer)" in " ".join(readme.split())
+    assert "(docs/install.md)" in readme
+    assert info.DRIVER_NEEDS == {12: "R525 or newer", 13: "R580 or newer"}
+    for needs in info.DRIVER_NEEDS.values():
+        assert needs.split()[0] in install
+    # Both recipes, complete: a CUDA 12 torch for a CUDA 12 driver; cu130 torch with cupy-cuda13x.
+    cuda12 = install[install.index("## A host with a CUDA 12 driver"):install.index("## The CUDA 13 stack")]
+    assert info.TORCH_CUDA12.removeprefix("pip install ") in cuda12
+    assert 'pip install -e ".[cuda12x,torch,bench,test]"' in cuda12 and "pytest" in cuda12
+    cuda13 = install[install.index("## The CUDA 13 stack"):]
+    assert 'pip install -e ".[cuda13x,torch,bench,test]"' in cuda13 and "uninstall -y cupy-cuda12x" in cuda13
+    # The supported architectures, as compile-check states them.
+    assert "sm_80 to sm_90" in compile_check.SUPPORTED and "sm_80 to sm_90" in readme
+    assert "sm_80 to sm_90" in install and "sm_70/sm_75" in install and "sm_100" in install
+
+
+def test_torch_bridge_on_cpu_is_said_to_be_slow_where_the_user_chooses():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## PyTorch"):readme.index("```python", readme.index("## PyTorch"))]
+    torch_doc = (ROOT / "docs" / "torch.md").read_text()
+    intro = torch_doc[:torch_doc.index("```python")]
+    for text in (" ".join(section.split()), " ".join(intro.split())):
+        assert "float64" in text and "slower than `F.cross_entropy`" in text, text
+    # The snippet's comment says what runs for the tensors it makes (CPU ones).
+    (block,) = [b for b in readme_python_blocks() if "gst.cross_entropy(" in b]
+    for line in block.splitlines():
+        if "torch.randn(" in line and ".cuda()" not in line.split("#")[0] and "device=" not in line:
+            assert "CUDA tensors" not in line, line
+
+
+def test_api_table_lists_every_public_function():
+    table = (ROOT / "docs" / "api.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)\(", table, re.MULTILINE))
+    functions = {n for n in gpu_softmax.__all__ if callable(getattr(gpu_softmax, n))}
+    assert "linear_cross_entropy_with_grad" in functions
+    assert functions <= rows, functions - rows
