@@ -322,6 +322,7 @@ def test_cuda_requirements_are_stated_where_the_user_chooses():
     # Both recipes, complete: a CUDA 12 torch for a CUDA 12 driver; cu130 torch with cupy-cuda13x.
     cuda12 = install[install.index("## A host with a CUDA 12 driver"):install.index("## The CUDA 13 stack")]
     assert info.TORCH_CUDA12.removeprefix("pip install ") in cuda12
+    assert re.search(r'"torch==[\w.]+"', readme_commands()[1]).group(0) in info.TORCH_CUDA12  # README's pin
     assert 'pip install -e ".[cuda12x,torch,bench,test]"' in cuda12 and "pytest" in cuda12
     cuda13 = install[install.index("## The CUDA 13 stack"):]
     assert 'pip install -e ".[cuda13x,torch,bench,test]"' in cuda13 and "uninstall -y cupy-cuda12x" in cuda13

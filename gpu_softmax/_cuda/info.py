@@ -30,10 +30,10 @@ def _in_checkout() -> bool:
 
 def gpu_install() -> str:
     if _in_checkout():
-        return ('pip install -e ".[cuda12x]" in the checkout (a CUDA 12 or 13 driver), or -e ".[cuda13x]" '
-                "(the CUDA 13 stack: a CUDA 13 driver)")
-    return (f"pip install {CUDA12_PACKAGES} (a CUDA 12 or 13 driver), or {CUDA13_PACKAGES} "
-            "(the CUDA 13 stack: a CUDA 13 driver)")
+        return (f'pip install -e ".[cuda12x]" in the checkout (a CUDA 12 or 13 driver, {DRIVER_NEEDS[12]}), or '
+                f'-e ".[cuda13x]" (the CUDA 13 stack: a CUDA 13 driver, {DRIVER_NEEDS[13]})')
+    return (f"pip install {CUDA12_PACKAGES} (a CUDA 12 or 13 driver, {DRIVER_NEEDS[12]}), or {CUDA13_PACKAGES} "
+            f"(the CUDA 13 stack: a CUDA 13 driver, {DRIVER_NEEDS[13]})")
 
 
 def torch_install() -> str:
