@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -267,8 +269,6 @@ class _TickingProgress:
     (a single NVRTC compile can take half a minute), so that no silence reads as a hang."""
 
     def __init__(self, every_s: float = 5.0):
-        import threading
-
         self.every_s = every_s
         self.step = None
         self.step_started = self.last_line = 0.0
@@ -278,16 +278,12 @@ class _TickingProgress:
         self.thread.start()
 
     def __call__(self, msg: str) -> None:
-        import time
-
         with self.lock:
             self.step, self.step_started = msg, time.monotonic()
             self.last_line = self.step_started
             print(f"  {msg}", file=sys.stderr, flush=True)
 
     def _tick(self) -> None:
-        import time
-
         while not self.done.wait(min(0.5, self.every_s / 4)):
             with self.lock:
                 now = time.monotonic()
@@ -307,13 +303,11 @@ def cmd_check(args) -> int:
     from gpu_softmax._cuda.info import gpu_status
 
     print(_backend_banner(), flush=True)
-    if not gpu_status()[0]:
-        archs = cc.ARCHS[-1:] if args.quick else cc.ARCHS
-        where = ", ".join(f"sm_{a}" for a in archs)
-        print("No GPU: the CUDA kernels cannot run here, so this checks the NumPy reference only"
-              + (f"; compiling every kernel with NVRTC for {where} (about 20-45 s per architecture)" if args.compile
-                 else f"; add --compile to also compile every kernel with NVRTC for {where} "
-                      "(about 20-45 s per architecture)") + ".", flush=True)
+    if not gpu_status()[0]:  # said before anything slow starts
+        where = ", ".join(f"sm_{a}" for a in (cc.ARCHS[-1:] if args.quick else cc.ARCHS))
+        compile_plan = ("compiling every kernel" if args.compile else "add --compile to also compile every kernel")
+        print(f"No GPU: the CUDA kernels cannot run here, so this checks the NumPy reference only; {compile_plan} "
+              f"with NVRTC for {where} (about 20-45 s per architecture).", flush=True)
     progress = _TickingProgress()
     try:
         results = selfcheck.run(quick=args.quick, progress=progress, compile_without_gpu=args.compile)

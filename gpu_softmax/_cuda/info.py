@@ -136,9 +136,9 @@ def cuda_version_warnings(torch_cuda: str | None, driver: int | None, cupy_cuda:
                    f"{_cuda_text(driver)}): use CuPy for CUDA 12 ({CUDA12_PACKAGES}, the cuda12x extra)")
     if torch_cuda and cupy_cuda and _cuda_int(torch_cuda) // 1000 != cupy_cuda // 1000:
         out.append(f"torch uses CUDA {torch_cuda} and CuPy CUDA {_cuda_text(cupy_cuda)}: one process then loads two "
-                   "CUDA runtimes, a combination this project does not test. For one stack install matching "
-                   "builds: torch cu130 with the cuda13x extra (a CUDA 13 driver), or a CUDA 12 torch with the "
-                   "cuda12x extra (docs/install.md)")
+                   "CUDA runtimes, which needs a driver for the newer one and is not the single stack the project's "
+                   "GPU measurements used. For one stack install matching builds: torch cu130 with the cuda13x "
+                   "extra (a CUDA 13 driver), or a CUDA 12 torch with the cuda12x extra (docs/install.md)")
     return out
 
 
