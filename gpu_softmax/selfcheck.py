@@ -4,8 +4,8 @@ Each case draws fresh random inputs, poisons the output buffer with NaN where th
 takes `out=`, runs the kernel, and compares with the reference at the tolerances of
 gpu_softmax.testing (`compare`, which the benchmark's own check reuses). Without a GPU
 the CUDA cases are reported as skipped (with the reason) and the kernels are
-compile-checked with NVRTC instead, when NVRTC is present (`--quick`: for one
-architecture).
+compile-checked with NVRTC instead, when NVRTC is present and the caller asks
+(`compile_without_gpu`; the CLI's `check --compile`; `--quick`: for one architecture).
 """
 
 from __future__ import annotations
