@@ -53,7 +53,8 @@ RUN python -m pip install --no-cache-dir ".[${CUPY_EXTRA},bench]"
 
 # Not root: a user of its own, whose results folder (the default volume) it can write. HOME
 # (/tmp) is emptied of whatever a root build step left there, so every cache in it is the user's.
-RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp gpu-softmax \
+RUN groupadd --gid 10001 gpu-softmax \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp gpu-softmax \
  && install -d -m 1777 /results \
  && find /tmp -mindepth 1 -delete
 USER 10001:10001

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from . import loader
 
 ARCHS: tuple[int, ...] = (80, 90)
-# The architectures whose compile is clean (sm_80, 86, 89, 90). Below (sm_70, sm_75) and above
-# (Blackwell, sm_100 and sm_120) ptxas spills registers in some kernels: not supported.
+# The architectures the kernels are written for (sm_80, 86, 89, 90). Below (sm_70, sm_75) and
+# above (Blackwell, sm_100 and sm_120) ptxas spills registers in several kernels: not supported.
 SUPPORTED_ARCHS = range(80, 91)
 SUPPORTED = "sm_80 to sm_90 (A100, A10/A40/RTX 30xx, L4/L40/RTX 40xx, H100/H200)"
 
