@@ -204,9 +204,13 @@ def check_cross_entropy(
     elif tdt in FLOAT_DTYPES:
         soft = True
         if target.shape != logits.shape:
+            # The usual cause: class ids stored as floats, e.g. labels loaded as float64.
+            looks_like = ("its shape is that of class indices" if target.shape == layout.reduced_shape
+                          else "class indices must be integers")
             raise ValueError(
-                f"target has shape {target.shape}; class probabilities must have logits' "
-                f"shape, {logits.shape}"
+                f"target has shape {target.shape}: a float target is read as class "
+                f"probabilities, and class probabilities must have logits' shape, {logits.shape}; "
+                f"{looks_like}: pass them as integers, target.astype(np.int64) (torch: target.long())"
             )
     else:
         raise TypeError(

@@ -1,8 +1,8 @@
-"""`gpu-softmax` command line (also `python -m gpu_softmax`).
+"""gpu-softmax command line (also python -m gpu_softmax).
 
     gpu-softmax bench [--op ...] [--dtype ...] [--shapes 4096x32768,...] [--quick] [--out DIR]
                       [--reps N] [--skip torch.compile,...] [--no-compile] [--no-baselines]
-    gpu-softmax check [--quick]
+    gpu-softmax check [--quick] [--compile]
     gpu-softmax info [--json]
     gpu-softmax compile-check [--arch 80,90]
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -47,10 +49,12 @@ def _parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
 
 def cmd_info(args) -> int:
     import gpu_softmax
-    from gpu_softmax._cuda.info import torch_bridge_status
+    from gpu_softmax._cuda.compile_check import unsupported_note
+    from gpu_softmax._cuda.info import cuda_version_warnings, cuda_versions, torch_bridge_status
     from gpu_softmax.bench.identity import package_versions
 
     info = gpu_softmax.backend_info()
+    info["cuda_warnings"] = cuda_version_warnings(**cuda_versions())
     info["baseline_versions"] = package_versions()
     # Whether the bridge imports, not whether its file exists (it needs torch).
     bridge_ok, info["torch_bridge"] = torch_bridge_status()
@@ -59,13 +63,17 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(_backend_banner())
+    for warning in info["cuda_warnings"]:
+        print(f"  warning: {warning}")
     for k, v in info.items():
-        if k in ("baselines", "baseline_versions", "devices"):
+        if k in ("baselines", "baseline_versions", "devices", "cuda_warnings"):
             continue
         print(f"  {k:<15} {v}")
     for d in info.get("devices") or []:
-        print(f"  device {d['index']:<8} {d['name']}, sm_{d['compute_capability'].replace('.', '')}, "
-              f"{d['multiprocessors']} SMs, {d['memory_gib']} GiB")
+        arch = int(d["compute_capability"].replace(".", ""))
+        note = unsupported_note(arch)
+        print(f"  device {d['index']:<8} {d['name']}, sm_{arch}, {d['multiprocessors']} SMs, {d['memory_gib']} GiB"
+              + (f"; warning: {note}" if note else ""))
     print("  baselines and bench tools:")
     for name, ver in info["baseline_versions"].items():
         if name != "gpu_softmax.torch":  # listed above as torch_bridge
@@ -256,12 +264,55 @@ def _progress():
     return _PlainProgress()
 
 
+class _TickingProgress:
+    """Progress lines on stderr, plus a line every `every_s` seconds while one step runs on
+    (a single NVRTC compile can take half a minute), so that no silence reads as a hang."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self.step = None
+        self.step_started = self.last_line = 0.0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.thread.start()
+
+    def __call__(self, msg: str) -> None:
+        with self.lock:
+            self.step, self.step_started = msg, time.monotonic()
+            self.last_line = self.step_started
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    def _tick(self) -> None:
+        while not self.done.wait(min(0.5, self.every_s / 4)):
+            with self.lock:
+                now = time.monotonic()
+                if self.step is not None and now - self.last_line >= self.every_s:
+                    print(f"  ... {self.step}: {now - self.step_started:.0f} s so far", file=sys.stderr, flush=True)
+                    self.last_line = now
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def cmd_check(args) -> int:
     """Ours against the reference on many shapes and dtypes; exit 1 on any failure."""
     from gpu_softmax import selfcheck
+    from gpu_softmax._cuda import compile_check as cc
+    from gpu_softmax._cuda.info import gpu_status
 
     print(_backend_banner(), flush=True)
-    results = selfcheck.run(quick=args.quick, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    if not gpu_status()[0]:  # said before anything slow starts
+        where = ", ".join(f"sm_{a}" for a in (cc.ARCHS[-1:] if args.quick else cc.ARCHS))
+        compile_plan = ("compiling every kernel" if args.compile else "add --compile to also compile every kernel")
+        print(f"No GPU: the CUDA kernels cannot run here, so this checks the NumPy reference only; {compile_plan} "
+              f"with NVRTC for {where} (about 20-45 s per architecture).", flush=True)
+    progress = _TickingProgress()
+    try:
+        results = selfcheck.run(quick=args.quick, progress=progress, compile_without_gpu=args.compile)
+    finally:
+        progress.close()
     print(selfcheck.format_table(results))
     failed = [r for r in results if r.status == "FAIL"]
     print(f"{sum(r.status == 'pass' for r in results)} passed, {len(failed)} failed, "
@@ -272,7 +323,13 @@ def cmd_check(args) -> int:
 def cmd_compile_check(args) -> int:
     from gpu_softmax._cuda import compile_check as cc
 
-    archs = tuple(int(a) for a in args.arch.split(","))
+    try:
+        archs = cc.parse_archs(args.arch)
+    except ValueError as exc:
+        raise SystemExit(f"compile-check: {exc}")
+    notes = [note for note in map(cc.unsupported_note, archs) if note]
+    for note in notes:
+        print(f"note: {note}", flush=True)
     try:
         reports = cc.run_all(archs)
     except cc.NvrtcUnavailable as exc:
@@ -283,6 +340,8 @@ def cmd_compile_check(args) -> int:
     for p in probs:
         print("PROBLEM:", p)
     print("compile-check: " + ("clean" if not probs else f"{len(probs)} problem(s)"))
+    if probs and notes:
+        print("compile-check: " + "; ".join(notes))
     return 1 if probs else 0
 
 
@@ -300,8 +359,10 @@ def _shapes_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from gpu_softmax import __version__
+    from gpu_softmax._cuda.compile_check import SUPPORTED
 
-    p = argparse.ArgumentParser(prog="gpu-softmax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="gpu-softmax", description=f"{__doc__}\nSupported GPUs: {SUPPORTED}.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="{bench,check,info,compile-check}")
     b = sub.add_parser("bench", help="time our kernels against the baselines present")
@@ -325,13 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     c = sub.add_parser("check", help="correctness self-test against the reference")
     c.add_argument("--quick", action="store_true",
-                   help="fewer cases (3-row inputs of 5 lengths); without a GPU, compile for one architecture only")
+                   help="fewer cases (3-row inputs of 5 lengths); with --compile and no GPU, compile for one "
+                        "architecture only")
+    c.add_argument("--compile", action="store_true",
+                   help="without a GPU, also compile every kernel with NVRTC (tens of seconds; skipped otherwise); "
+                        "on a GPU the kernels are compiled and run anyway")
     c.set_defaults(func=cmd_check)
     i = sub.add_parser("info", help="device, CUDA, CuPy, NVRTC, cache, baselines")
     i.add_argument("--json", action="store_true", help="print the same as one JSON object")
     i.set_defaults(func=cmd_info)
     k = sub.add_parser("compile-check", help="compile every kernel with NVRTC; report registers and spills")
-    k.add_argument("--arch", default="80,90", help="comma-separated SM architectures (default 80,90)")
+    k.add_argument("--arch", default="80,90", help=f"comma-separated SM architectures (default 80,90); the kernels "
+                                                   f"support {SUPPORTED}")
     k.set_defaults(func=cmd_compile_check)
     return p
 

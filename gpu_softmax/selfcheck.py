@@ -6,7 +6,8 @@ other outputs come from, where it does not), runs the kernel, and compares with
 the reference at the tolerances of gpu_softmax.testing (`compare`, which the
 benchmark's own check reuses). Without a GPU the CUDA cases are reported as skipped
 (with the reason) and the kernels are compile-checked with NVRTC instead, when NVRTC
-is present (`--quick`: for one architecture).
+is present and the caller asks (`compile_without_gpu`; the CLI's `check --compile`;
+`--quick`: for one architecture).
 """
 
 from __future__ import annotations
@@ -167,8 +168,10 @@ def _reference_results(rng) -> list[Result]:
     return out
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> list[Result]:
-    """Every check; `progress(msg)` hears about each step (NVRTC compiles, op groups)."""
+def run(quick: bool = False, progress: Callable[[str], None] | None = None,
+        compile_without_gpu: bool = True) -> list[Result]:
+    """Every check; `progress(msg)` hears about each step (NVRTC compiles, op groups).
+    Without a GPU the NVRTC compile takes tens of seconds: `compile_without_gpu=False` skips it."""
     from gpu_softmax._cuda import compile_check as cc
     from gpu_softmax._cuda.info import gpu_status
 
@@ -178,7 +181,10 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> l
     ok, reason = gpu_status()
     if not ok:
         # The full check compiles for every supported architecture; --quick for the newest only.
-        results += _compile_results(cc.ARCHS[-1:] if quick else cc.ARCHS, say)
+        if compile_without_gpu:
+            results += _compile_results(cc.ARCHS[-1:] if quick else cc.ARCHS, say)
+        else:
+            results.append(Result("NVRTC compile of cuda_src", "skip", "not asked for (check --compile runs it)"))
         results.append(Result("CUDA kernels against the reference", "skip", f"no GPU: {reason}"))
         return results
     import cupy as cp

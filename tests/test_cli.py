@@ -44,7 +44,7 @@ def test_bench_quick_on_numpy_writes_files(tmp_path):
     assert "using the NumPy reference" in p.stdout and gpu_status()[1] in p.stdout
     assert "cudaError" not in p.stdout  # the CUDA runtime's "driver version is insufficient" misleads here
     # How to get the CUDA kernels: a command that works from the checkout (or, with CuPy in place, a GPU).
-    assert 'pip install ".[cuda12x]"' in p.stdout or "CuPy is installed" in p.stdout
+    assert 'pip install -e ".[cuda12x]"' in p.stdout or "CuPy is installed" in p.stdout
     doc = json.loads((tmp_path / "results.json").read_text())
     assert DOC_KEYS <= set(doc)
     assert doc["backend"] == "numpy"
@@ -168,7 +168,7 @@ def test_info_says_when_the_torch_bridge_cannot_import(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as where torch is not installed
     info = json.loads(info_output(capsys, "--json"))
     assert info["torch_bridge"].startswith("not importable: torch is not installed")
-    assert 'pip install ".[torch]"' in info["torch_bridge"]
+    assert 'pip install -e ".[torch]"' in info["torch_bridge"]
     assert info["baseline_versions"]["gpu_softmax.torch"] is None
     out = info_output(capsys)
     assert re.search(r"torch_bridge\s+not importable", out), out
@@ -192,7 +192,114 @@ def test_no_gpu_reason_says_so_instead_of_the_driver_error(monkeypatch):
     assert "cudaErrorInsufficientDriver" in old_driver and "update the driver" in old_driver
     # The install hint names a command that works from the checkout (the package is on no index).
     monkeypatch.setattr(info, "_present", lambda mod: False)
-    assert 'pip install ".[cuda12x]"' in info.install_hint() and "gpu-softmax[" not in info.install_hint()
+    assert 'pip install -e ".[cuda12x]"' in info.install_hint() and "gpu-softmax[" not in info.install_hint()
+
+
+def test_install_hints_for_a_wheel_installed_away_from_the_checkout_name_packages(monkeypatch):
+    from gpu_softmax._cuda import info
+
+    monkeypatch.setattr(info, "_present", lambda mod: False)
+    assert info._in_checkout()  # these tests run from the checkout
+    monkeypatch.setattr(info, "_in_checkout", lambda: False)
+    for hint in (info.install_hint(), info.torch_install()):
+        assert "checkout" not in hint and '".[' not in hint, hint
+    assert "pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12" in info.install_hint()
+    assert "cupy-cuda13x" in info.install_hint() and "CUDA 13 driver" in info.install_hint()
+    assert info.torch_install().startswith("pip install ")
+
+
+def test_cupy_without_a_gpu_does_not_read_as_if_the_kernels_ran(monkeypatch):
+    from gpu_softmax._cuda import info
+
+    monkeypatch.setattr(info, "_present", lambda mod: mod == "cupy")
+    hint = info.install_hint()
+    assert hint.startswith("CuPy is installed") and "did not run here" in hint
+    assert "the CUDA kernels run on" not in hint
+
+
+def test_cuda_version_warnings_with_faked_versions():
+    from gpu_softmax._cuda.info import cuda_version_warnings
+
+    # README's test command on a CUDA 12.8 driver: torch's CUDA 13 build cannot use the GPU, and
+    # torch and CuPy sit on different CUDA majors.
+    newer, majors = cuda_version_warnings(torch_cuda="13.0", driver=12080, cupy_cuda=12090)
+    assert "torch is built for CUDA 13.0, newer than this driver supports (CUDA 12.8)" in newer
+    assert "cannot use the GPU" in newer and "--index-url https://download.pytorch.org/whl/cu126" in newer
+    assert "R580" in newer
+    assert "torch uses CUDA 13.0 and CuPy CUDA 12.9" in majors and "cuda13x" in majors
+    # The same torch on a CUDA 13 driver: only the majors differ.
+    (only,) = cuda_version_warnings(torch_cuda="13.0", driver=13000, cupy_cuda=12090)
+    assert only.startswith("torch uses CUDA 13.0 and CuPy CUDA 12.9")
+    # Matching stacks: nothing to say.
+    assert cuda_version_warnings(torch_cuda="12.6", driver=12080, cupy_cuda=12090) == []
+    assert cuda_version_warnings(torch_cuda="13.0", driver=13000, cupy_cuda=13020) == []
+    assert cuda_version_warnings(torch_cuda="12.6", driver=13000, cupy_cuda=12090) == []
+    # A newer minor than the driver's: minor-version compatibility, said as such.
+    (minor,) = cuda_version_warnings(torch_cuda="12.8", driver=12040, cupy_cuda=12040)
+    assert "newer than this driver's CUDA 12.4" in minor and "minor-version compatibility" in minor
+    # CuPy for CUDA 13 on a CUDA 12 driver.
+    (cupy13,) = cuda_version_warnings(torch_cuda=None, driver=12080, cupy_cuda=13020)
+    assert "CuPy is built for CUDA 13.2, newer than this driver supports (CUDA 12.8)" in cupy13
+    # No driver, no torch, a CPU torch: nothing to compare.
+    assert cuda_version_warnings(torch_cuda="13.0", driver=None, cupy_cuda=12090)[:1] == [majors]
+    assert cuda_version_warnings(torch_cuda=None, driver=None, cupy_cuda=None) == []
+
+
+def test_info_prints_the_cuda_warnings(capsys, monkeypatch):
+    from gpu_softmax._cuda import info
+
+    monkeypatch.setattr(info, "cuda_versions", lambda: {"torch_cuda": "13.0", "driver": 12080, "cupy_cuda": 12090})
+    out = info_output(capsys)
+    assert "  warning: torch is built for CUDA 13.0, newer than this driver supports (CUDA 12.8)" in out
+    assert "  warning: torch uses CUDA 13.0 and CuPy CUDA 12.9" in out
+    assert out.index("warning:") < out.index("baselines and bench tools:")
+    doc = json.loads(info_output(capsys, "--json"))
+    assert len(doc["cuda_warnings"]) == 2
+    monkeypatch.setattr(info, "cuda_versions", lambda: {"torch_cuda": "12.6", "driver": 12080, "cupy_cuda": 12090})
+    assert "warning:" not in info_output(capsys)
+
+
+def test_compile_check_bad_arch_is_a_clear_error_not_a_traceback():
+    p = run_cli("compile-check", "--arch", "foo")
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr + p.stdout
+    assert "compile-check: bad --arch entry 'foo': expected an SM architecture number" in p.stderr
+    from gpu_softmax._cuda import compile_check as cc
+
+    assert cc.parse_archs("80, sm_90") == (80, 90)
+    for bad in ("", "80,", "sm80x", "9"):
+        with pytest.raises(ValueError, match="bad --arch entry"):
+            cc.parse_archs(bad)
+
+
+def test_compile_check_says_which_architectures_are_supported(capsys, monkeypatch):
+    from gpu_softmax._cuda import compile_check as cc
+
+    def spilling(archs):  # what ptxas reports for sm_75: spills in cross_entropy.cu
+        entry = cc.EntryReport("gs_ce_warp1_f64", archs[0], registers=255, stack_bytes=8, spill_store_bytes=4,
+                               spill_load_bytes=4)
+        return [cc.FamilyReport(family="cross_entropy", arch=archs[0], seconds=0.0, log="",
+                                entries={entry.name: entry})]
+
+    monkeypatch.setattr(cc, "run_all", spilling)
+    assert cli.main(["compile-check", "--arch", "75"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("note: sm_75 is not a supported architecture")
+    assert out.rstrip().endswith(f"compile-check: sm_75 is not a supported architecture (the kernels support "
+                                 f"{cc.SUPPORTED}); ptxas spills registers there, which compile-check reports as "
+                                 "problems")
+    assert cc.unsupported_note(80) is None and cc.unsupported_note(90) is None
+    assert cc.unsupported_note(100) and cc.unsupported_note(70)
+    assert "sm_80 to sm_90" in cc.SUPPORTED
+
+
+def test_help_shows_no_markdown_backticks():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = [parser.format_help()] + [p.format_help() for p in sub.choices.values()]
+    for text in texts:
+        assert "`" not in text, text
+    assert "Supported GPUs: sm_80 to sm_90" in texts[0]
 
 
 def test_info_text_lists_baselines(capsys):
@@ -203,25 +310,64 @@ def test_info_text_lists_baselines(capsys):
         assert name in out
 
 
+def stand_in_report(family, arch, spills=0):
+    from gpu_softmax._cuda import compile_check as cc
+
+    entry = cc.EntryReport("gs_kernel", arch, registers=32, stack_bytes=0, spill_store_bytes=spills,
+                           spill_load_bytes=0)
+    return cc.FamilyReport(family=family, arch=arch, seconds=0.0, log="", entries={entry.name: entry})
+
+
 @pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU behaviour")
-def test_check_without_gpu_compiles_and_reports_skip(capsys, monkeypatch):
+def test_check_with_compile_without_gpu_compiles_and_reports_skip(capsys, monkeypatch):
     # The real NVRTC compile of every family and architecture is tests/test_compile.py's (the same
     # compile_check.check_family); a stand-in report here keeps this a test of the command: its rows,
     # its summary, and its exit status on a clean and on a spilling compile.
     from gpu_softmax._cuda import compile_check as cc
 
-    def report(family, arch, spills=0):
-        entry = cc.EntryReport("gs_kernel", arch, registers=32, stack_bytes=0, spill_store_bytes=spills,
-                               spill_load_bytes=0)
-        return cc.FamilyReport(family=family, arch=arch, seconds=0.0, log="", entries={entry.name: entry})
-
-    monkeypatch.setattr(cc, "check_family", report)
-    assert cli.main(["check", "--quick"]) == 0
+    monkeypatch.setattr(cc, "check_family", stand_in_report)
+    assert cli.main(["check", "--quick", "--compile"]) == 0
     out = capsys.readouterr().out
     assert "using the NumPy reference" in out
+    assert f"No GPU: the CUDA kernels cannot run here, so this checks the NumPy reference only; compiling every " \
+           f"kernel with NVRTC for sm_{cc.ARCHS[-1]}" in out
     assert "reference identities float32" in out
     assert "CUDA kernels against the reference" in out and "skip" in out
     assert " FAIL " not in out and "0 failed" in out
-    monkeypatch.setattr(cc, "check_family", lambda family, arch: report(family, arch, spills=8))
-    assert cli.main(["check", "--quick"]) == 1
+    monkeypatch.setattr(cc, "check_family", lambda family, arch: stand_in_report(family, arch, spills=8))
+    assert cli.main(["check", "--quick", "--compile"]) == 1
     assert " FAIL " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU behaviour")
+def test_check_quick_without_gpu_says_so_first_and_skips_the_compile(capsys, monkeypatch):
+    from gpu_softmax._cuda import compile_check as cc
+
+    compiled = []
+    monkeypatch.setattr(cc, "check_family", lambda family, arch: compiled.append(arch) or stand_in_report(family, arch))
+    assert cli.main(["check", "--quick"]) == 0
+    captured = capsys.readouterr()
+    assert compiled == [] and "compiling" not in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("backend: no NVIDIA GPU found")
+    no_gpu = next(i for i, ln in enumerate(lines) if ln.startswith("No GPU: the CUDA kernels cannot run here"))
+    assert "add --compile to also compile every kernel with NVRTC" in lines[no_gpu]
+    assert no_gpu < next(i for i, ln in enumerate(lines) if ln.startswith("case "))  # before any result
+    assert re.search(r"NVRTC compile of cuda_src\s+skip\s+not asked for \(check --compile runs it\)", captured.out)
+    assert "0 failed" in captured.out
+    assert "--compile" in subcommand_help("check")
+
+
+def test_ticking_progress_speaks_during_a_long_step(capsys):
+    import time
+
+    progress = cli._TickingProgress(every_s=0.2)
+    try:
+        progress("compiling softmax for sm_90 with NVRTC")
+        time.sleep(0.9)
+    finally:
+        progress.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "  compiling softmax for sm_90 with NVRTC"
+    ticks = [ln for ln in err[1:] if re.fullmatch(r"  \.\.\. compiling softmax for sm_90 with NVRTC: \d+ s so far", ln)]
+    assert len(ticks) >= 2 and len(ticks) == len(err) - 1, err

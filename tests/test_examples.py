@@ -73,7 +73,7 @@ def test_examples_extra_installs_what_the_examples_import():
 
 def test_readme_says_how_to_run_every_example():
     readme = (ROOT / "README.md").read_text()
-    install = re.search(r'pip install "\.\[([\w,]+)\]"', readme[readme.index("## Examples"):])
+    install = re.search(r'pip install (?:-e )?"\.\[([\w,]+)\]"', readme[readme.index("## Examples"):])
     assert install and "examples" in install.group(1).split(","), "README installs the examples extra"
     for path in sorted(EXAMPLES.glob("*.py")):
         assert f"python examples/{path.name}" in readme, path.name

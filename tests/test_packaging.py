@@ -1,9 +1,11 @@
-"""The built wheel carries the kernel sources and the installed package finds them."""
+"""The built wheel and sdist carry the kernel sources and the LICENSE; the installed package finds them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
@@ -30,6 +32,35 @@ def test_wheel_contains_every_kernel_source(wheel):
     assert "common.cuh" in sources
     for s in sources:
         assert f"gpu_softmax/cuda_src/{s}" in names, f"{s} missing from {wheel.name}"
+
+
+def assert_is_the_license(text: str, where: str) -> None:
+    assert text == (ROOT / "LICENSE").read_text(), f"{where} carries a LICENSE other than the checkout's"
+    assert text.startswith("MIT License") and "Copyright (c) 2026 the gpu_softmax developers" in text
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_mit_license(wheel):
+    archive = zipfile.ZipFile(wheel)
+    (path,) = [n for n in archive.namelist() if re.fullmatch(r"gpu_softmax-[\w.]+\.dist-info/licenses/LICENSE", n)]
+    assert_is_the_license(archive.read(path).decode(), wheel.name)
+    metadata = archive.read(path.replace("licenses/LICENSE", "METADATA")).decode()
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+
+
+@pytest.mark.slow
+def test_sdist_carries_the_license_and_the_container_files(tmp_path):
+    pytest.importorskip("build")
+    p = subprocess.run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (sdist,) = tmp_path.glob("gpu_softmax-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        top = archive.getnames()[0].split("/")[0]
+        names = set(archive.getnames())
+        assert_is_the_license(archive.extractfile(f"{top}/LICENSE").read().decode(), sdist.name)
+    for name in ("Dockerfile", ".dockerignore", "constraints.txt", "README.md", "cuda_src/common.cuh"):
+        assert f"{top}/{name}" in names, f"{name} missing from {sdist.name}"
 
 
 @pytest.mark.slow

@@ -16,6 +16,10 @@ from . import kernels, loader
 from .plan import STATIC_SMEM_MAX
 
 ARCHS: tuple[int, ...] = (80, 90)
+# The architectures the kernels are written for (sm_80, 86, 89, 90). Below (sm_70, sm_75) and
+# above (Blackwell, sm_100 and sm_120) ptxas spills registers in several kernels: not supported.
+SUPPORTED_ARCHS = range(80, 91)
+SUPPORTED = "sm_80 to sm_90 (A100, A10/A40/RTX 30xx, L4/L40/RTX 40xx, H100/H200)"
 
 @dataclass
 class EntryReport:
@@ -56,7 +60,7 @@ def _nvrtc_compile(source: str, name: str, options: list[str]) -> tuple[str, boo
             from cuda.bindings import nvrtc as bnv
         except Exception as exc_b:
             raise NvrtcUnavailable(
-                "no NVRTC binding: pip install \".[cuda12x]\" or \".[cuda13x]\" from the checkout "
+                "no NVRTC binding: install CuPy and NVRTC (cupy-cuda12x nvidia-cuda-nvrtc-cu12: the cuda12x extra) "
                 f"(cupy_backends: {exc_cupy}; cuda.bindings: {exc_b})"
             ) from exc_b
         err, prog = bnv.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
@@ -118,6 +122,26 @@ def parse_ptxas_log(log: str, arch: int) -> dict[str, EntryReport]:
                                            static_smem_bytes=int(smem.group(1)) if smem else 0)
             current = None
     return reports
+
+
+def parse_archs(text: str) -> tuple[int, ...]:
+    """--arch's "80,90" (or "sm_80,sm_90") as (80, 90); ValueError naming a bad entry."""
+    archs = []
+    for part in text.split(","):
+        digits = part.strip().lower().removeprefix("sm_")
+        if not digits.isdigit() or not 10 <= int(digits) <= 199:
+            raise ValueError(f"bad --arch entry {part.strip()!r}: expected an SM architecture number such as 80 "
+                             f"or 90 (sm_80, sm_90); the kernels support {SUPPORTED}")
+        archs.append(int(digits))
+    return tuple(archs)
+
+
+def unsupported_note(arch: int) -> str | None:
+    """Why a compile for `arch` is expected to fail the check, or None for a supported arch."""
+    if arch in SUPPORTED_ARCHS:
+        return None
+    return (f"sm_{arch} is not a supported architecture (the kernels support {SUPPORTED}); "
+            "ptxas spills registers there, which compile-check reports as problems")
 
 
 def compile_options(arch: int) -> list[str]:

@@ -12,12 +12,37 @@ import numpy as np
 
 from . import loader
 
-# gpu_softmax is installed from its checkout (it is not on a package index), so the
-# hints name the checkout's extras.
-GPU_INSTALL = 'pip install ".[cuda12x]" (CUDA 12 driver) or ".[cuda13x]" (CUDA 13 driver) from the checkout'
-TORCH_INSTALL = 'pip install ".[torch]" from the checkout'
+# The hints name the checkout's extras where there is a checkout, and otherwise (a
+# wheel installed elsewhere) the packages those extras hold, which install anywhere.
+CUDA12_PACKAGES = "cupy-cuda12x nvidia-cuda-nvrtc-cu12"
+CUDA13_PACKAGES = "cupy-cuda13x nvidia-cuda-nvrtc"
 NO_GPU = "no NVIDIA GPU found"
-INSTALL_HINT = f"for the CUDA kernels, on a machine with an NVIDIA GPU: {GPU_INSTALL}"
+# The CUDA 13 driver branch starts at R580; CUDA 12 drivers are R525 and newer.
+DRIVER_NEEDS = {12: "R525 or newer", 13: "R580 or newer"}
+# A CUDA 12 build of torch: PyTorch's own index serves one per release; the package
+# index's plain `torch` wheel is a CUDA 13 build (docs/install.md).
+TORCH_CUDA12 = 'pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu126'
+
+
+def _in_checkout() -> bool:
+    """Whether this package runs from its source checkout, where ".[extra]" installs work."""
+    root = Path(__file__).resolve().parents[2]
+    return (root / "pyproject.toml").is_file() and (root / "cuda_src").is_dir()
+
+
+def gpu_install() -> str:
+    if _in_checkout():
+        return (f'pip install -e ".[cuda12x]" in the checkout (a CUDA 12 or 13 driver, {DRIVER_NEEDS[12]}), or '
+                f'-e ".[cuda13x]" (the CUDA 13 stack: a CUDA 13 driver, {DRIVER_NEEDS[13]})')
+    return (f"pip install {CUDA12_PACKAGES} (a CUDA 12 or 13 driver, {DRIVER_NEEDS[12]}), or {CUDA13_PACKAGES} "
+            f"(the CUDA 13 stack: a CUDA 13 driver, {DRIVER_NEEDS[13]})")
+
+
+def torch_install() -> str:
+    if _in_checkout():
+        return 'pip install -e ".[torch]" in the checkout'
+    return 'pip install "torch>=2.4"'
+
 
 BASELINES = ("torch", "triton", "cupyx", "liger_kernel", "quack")
 
@@ -65,15 +90,78 @@ def _device_count_failure(exc: Exception) -> str:
     # reads as "upgrade your driver" on a machine that has no GPU at all.
     if getattr(exc, "status", None) == 100 or not _nvidia_driver_present():  # 100: cudaErrorNoDevice
         return NO_GPU
-    return (f"CuPy cannot use the NVIDIA driver ({type(exc).__name__}: {exc}); update the driver, or install "
-            "the CuPy extra that matches it (cuda12x for a CUDA 12 driver, cuda13x for CUDA 13)")
+    return (f"CuPy cannot use the NVIDIA driver ({type(exc).__name__}: {exc}); update the driver (CUDA 13 needs "
+            f"{DRIVER_NEEDS[13]}), or use CuPy for CUDA 12 (the cuda12x extra), which runs under CUDA 12 and 13 drivers")
 
 
 def install_hint() -> str:
     """What to do to run the CUDA kernels, given what is installed here."""
     if not _present("cupy"):
-        return INSTALL_HINT
-    return "CuPy is installed: the CUDA kernels run on a machine with an NVIDIA GPU and its driver"
+        return f"for the CUDA kernels, on a machine with an NVIDIA GPU: {gpu_install()}"
+    return ("CuPy is installed, but the CUDA kernels did not run here: they need a machine with an NVIDIA GPU "
+            "and its driver")
+
+
+def _cuda_text(version: int) -> str:
+    """12080 (CUDA's integer form) as "12.8"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _cuda_int(text: str) -> int:
+    """torch.version.cuda's "13.0" as 13000."""
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major) * 1000 + int(minor) * 10
+
+
+def cuda_version_warnings(torch_cuda: str | None, driver: int | None, cupy_cuda: int | None) -> list[str]:
+    """What is wrong with this combination of CUDA builds, as sentences (empty when nothing).
+
+    torch_cuda: torch.version.cuda ("13.0"; None for a CPU build or no torch); driver: the
+    newest CUDA the driver supports (12080; None without a driver); cupy_cuda: the CUDA
+    CuPy is built for (12090; None without CuPy).
+    """
+    out = []
+    if torch_cuda and driver:
+        wanted = _cuda_int(torch_cuda)
+        if wanted // 1000 > driver // 1000:
+            fix = (TORCH_CUDA12 if driver // 1000 == 12 else "a torch build for this driver's CUDA")
+            out.append(f"torch is built for CUDA {torch_cuda}, newer than this driver supports (CUDA "
+                       f"{_cuda_text(driver)}): torch cannot use the GPU, so the torch GPU tests skip and the torch "
+                       f"baselines are missing. Install {fix}, or update the driver (CUDA {wanted // 1000} needs "
+                       f"{DRIVER_NEEDS.get(wanted // 1000, 'a newer driver')})")
+        elif wanted > driver:
+            out.append(f"torch is built for CUDA {torch_cuda}, newer than this driver's CUDA {_cuda_text(driver)}: it "
+                       "runs only through CUDA's minor-version compatibility, where a kernel that needs PTX JIT "
+                       "compilation fails; updating the driver removes the doubt")
+    if cupy_cuda and driver and cupy_cuda // 1000 > driver // 1000:
+        out.append(f"CuPy is built for CUDA {_cuda_text(cupy_cuda)}, newer than this driver supports (CUDA "
+                   f"{_cuda_text(driver)}): use CuPy for CUDA 12 ({CUDA12_PACKAGES}, the cuda12x extra)")
+    if torch_cuda and cupy_cuda and _cuda_int(torch_cuda) // 1000 != cupy_cuda // 1000:
+        out.append(f"torch uses CUDA {torch_cuda} and CuPy CUDA {_cuda_text(cupy_cuda)}: one process then loads two "
+                   "CUDA runtimes, which needs a driver for the newer one and is not the single stack the project's "
+                   "GPU measurements used. For one stack install matching builds: torch cu130 with the cuda13x "
+                   "extra (a CUDA 13 driver), or a CUDA 12 torch with the cuda12x extra (docs/install.md)")
+    return out
+
+
+def cuda_versions() -> dict:
+    """The versions cuda_version_warnings compares, read from this machine (None where absent)."""
+    found = {"torch_cuda": None, "driver": None, "cupy_cuda": None}
+    try:
+        import cupy
+
+        found["cupy_cuda"] = int(cupy.cuda.runtime.runtimeGetVersion()) or None
+        found["driver"] = int(cupy.cuda.runtime.driverGetVersion()) or None  # 0: no driver
+    except Exception:
+        pass
+    if _present("torch"):
+        try:
+            import torch
+
+            found["torch_cuda"] = torch.version.cuda
+        except Exception:
+            pass
+    return found
 
 
 def torch_bridge_status() -> tuple[bool, str]:
@@ -84,7 +172,7 @@ def torch_bridge_status() -> tuple[bool, str]:
         import torch
     except Exception as exc:
         if not _present("torch"):
-            return False, f"not importable: torch is not installed ({TORCH_INSTALL})"
+            return False, f"not importable: torch is not installed ({torch_install()})"
         return False, f"not importable: torch does not import ({type(exc).__name__}: {exc})"
     if not _present("gpu_softmax.torch"):
         return False, "not importable: the gpu_softmax.torch module is missing from this install"
