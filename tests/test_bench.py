@@ -540,3 +540,59 @@ def test_one_adapter_shape_derives_the_training_step_from_the_forward_loss():
     assert baselines.resolve(missing, "softmax") == (None, "GoneLib not installed or not importable (ModuleNotFoundError)")
     every = {a.name for a in baselines.BASELINES}
     assert every == set(cases.BASELINE_IMPLS)
+
+
+# ----------------------------------------------------------------------------------
+# readable plots and tables of a CPU run (issue 25 item 4)
+
+
+def _cpu_plot_doc():
+    """A CPU run as the main command makes it: the memcpy ceiling far above the rows, two
+    shapes that differ in rows and columns, a slow float16 row."""
+    def row(dtype, shape, gbps):
+        nbytes = cases.op_bytes("softmax", *shape, cases.itemsize(dtype))
+        return asdict(cases.Row("softmax", cases.REFERENCE_IMPL, dtype, list(shape), nbytes / gbps / 1e6, 0, 0,
+                                gbps, 100 * gbps / 14.6, "numpy", bytes=nbytes))
+
+    return {"backend": "numpy", "device": "CPU", "date": "2026-12-04", "copy_gbps": 14.6, "read_gbps": 20.0,
+            "rows": [row("float32", (64, 1000), 0.41), row("float32", (4, 32000), 0.12),
+                     row("float16", (64, 1000), 0.04), row("float16", (4, 32000), 0.013)]}
+
+
+def test_cpu_plot_axis_fits_the_data_and_points_are_not_a_trend():
+    if not HAVE_MPL:
+        pytest.skip("matplotlib not installed: no plots")
+    doc = _cpu_plot_doc()
+    rows = [r for r in doc["rows"] if r["dtype"] == "float16"]
+    fig = plot.case_figure(doc, "softmax", "float16", rows)
+    (ax,) = fig.axes
+    lo, hi = ax.get_ylim()
+    # scaled to the data: the fastest row fills most of the height, the ceiling is said in words
+    assert lo == 0 and 0.04 < hi <= 0.06, (lo, hi)
+    assert [t.get_text() for t in ax.texts if "above this axis" in t.get_text()] == \
+        ["above this axis: copy bandwidth 14.6 GB/s"]
+    assert not [ln for ln in ax.get_lines() if "ceiling" in ln.get_label()]
+    (ours,) = [ln for ln in ax.get_lines() if ln.get_label() == cases.REFERENCE_IMPL]
+    assert ours.get_linestyle() == "None"  # 64x1000 and 4x32000 differ in both dimensions: points
+    texts = [t for t in ax.texts] + list(ax.get_legend().get_texts()) + ax.get_yticklabels() + ax.get_xticklabels()
+    assert texts and min(t.get_fontsize() for t in texts) >= 9
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    # a GPU run near its ceiling keeps the linear axis from zero, and one row count is a trend
+    gpu = {"backend": "cuda", "device": "GPU", "date": "x", "copy_gbps": 3000.0,
+           "rows": [dict(r, impl="gpu_softmax", shape=[8, c], gbps=g, backend="cuda")
+                    for r, c, g in zip(doc["rows"], (1024, 65536), (2100.0, 2700.0))]}
+    fig = plot.case_figure(gpu, "softmax", "float32", gpu["rows"])
+    (ax,) = fig.axes
+    assert ax.get_ylim()[0] == 0 and 3000 <= ax.get_ylim()[1] <= 3800
+    assert [ln for ln in ax.get_lines() if "ceiling" in ln.get_label()]  # near the data: drawn
+    assert [ln for ln in ax.get_lines() if ln.get_label() == "gpu_softmax"][0].get_linestyle() == "-"
+    plt.close(fig)
+
+
+def test_slow_rows_print_enough_digits():
+    header, cells = report.table(_cpu_plot_doc())
+    gbps = [c[header.index("GB/s")] for c in cells]
+    assert gbps == ["0.410", "0.120", "0.0400", "0.0130"]
+    assert "0.0" not in gbps and all(c[header.index("% copy")] not in ("0.0", "") for c in cells)
