@@ -596,3 +596,55 @@ def test_slow_rows_print_enough_digits():
     gbps = [c[header.index("GB/s")] for c in cells]
     assert gbps == ["0.410", "0.120", "0.0400", "0.0130"]
     assert "0.0" not in gbps and all(c[header.index("% copy")] not in ("0.0", "") for c in cells)
+
+
+# ----------------------------------------------------------------------------------
+# what the results say about themselves (issue 25 item 9)
+
+
+def test_results_record_the_version_and_where_the_commit_came_from(monkeypatch, tmp_path):
+    import gpu_softmax
+
+    monkeypatch.setenv(identity.COMMIT_ENV, "0123abcd")  # a container build argument, no .git
+    ident = identity.source_identity()
+    assert ident["commit"] == "0123abcd" and ident["commit_source"] == "GPU_SOFTMAX_COMMIT"
+    assert ident["package_version"] == gpu_softmax.__version__
+    monkeypatch.delenv(identity.COMMIT_ENV)
+    monkeypatch.setattr(identity, "_ROOT", tmp_path)  # an installed wheel: no checkout around it
+    ident = identity.source_identity()
+    assert ident["commit"] is None and ident["commit_source"] is None and ident["cuda_src_tree"] is None
+    assert ident["package_version"] == gpu_softmax.__version__
+    md = report.markdown_table(dict(_doc(), **ident))
+    assert f"gpu-softmax {gpu_softmax.__version__}, commit unknown" in md
+
+
+def test_bridge_version_follows_torch(monkeypatch):
+    real_dist, real_importable = identity._dist_version, identity._importable
+    monkeypatch.setattr(identity, "_dist_version", lambda dists: None if dists == ["torch"] else real_dist(dists))
+    monkeypatch.setattr(identity, "_importable", lambda mod: False if mod == "torch" else real_importable(mod))
+    v = identity.package_versions()
+    assert v["torch"] is None and v["gpu_softmax.torch"] is None  # the file ships, but cannot work without torch
+    monkeypatch.setattr(identity, "_dist_version", lambda dists: "9.9" if dists == ["torch"] else None)
+    assert identity.package_versions()["gpu_softmax.torch"] == "9.9"
+
+
+def test_bfloat16_note_without_gpu_says_what_is_needed():
+    doc = runner.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    (note,) = [n for n in doc["notes"] if "bfloat16" in n]
+    assert "needs PyTorch and a GPU" not in note
+    assert "needs an NVIDIA GPU" in note and "NumPy has no bfloat16" in note and "CPU tensors" in note
+
+
+def test_cli_elapsed_is_the_commands_wall_time(tmp_path):
+    import subprocess
+
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "gpu_softmax", "bench", "--op", "softmax", "--dtype", "float32",
+                        "--shapes", "4x64", "--no-baselines", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("elapsed "))
+    said = float(line.split()[1])
+    loop = json.loads((tmp_path / "results.json").read_text())["elapsed_s"]
+    assert said > loop and 0.6 * wall <= said <= wall + 0.05, (line, wall)

@@ -90,8 +90,9 @@ def _preamble(doc: dict) -> list[str]:
         f"read-only: {doc.get('read_gbps', float('nan')):.1f} GB/s",
         "",
     ]
-    if doc.get("commit"):
-        lines += [f"Commit {doc['commit']}, cuda_src tree {doc.get('cuda_src_tree')}.", ""]
+    if doc.get("package_version") or doc.get("commit"):
+        built = f", commit {doc['commit']}" if doc.get("commit") else ", commit unknown"
+        lines += [f"gpu-softmax {doc.get('package_version', '?')}{built}, cuda_src tree {doc.get('cuda_src_tree')}.", ""]
     if doc.get("timing"):
         lines += [f"Timing: {doc['timing']}. GB/s counts the fewest bytes each op must move (inputs read once, "
                   "outputs written once); speed-up is baseline time / our time.", ""]
