@@ -100,7 +100,7 @@ def _preamble(doc: dict) -> list[str]:
         lines += [f"No GPU: every row times the NumPy reference on the CPU (impl \"{REFERENCE_IMPL}\"); "
                   "these are not GPU numbers.", ""]
     if doc.get("elapsed_s") is not None:
-        lines += [f"Elapsed {doc['elapsed_s']:.1f} s. {compile_summary(doc)}".rstrip(), ""]
+        lines += [f"Elapsed {doc['elapsed_s']:.1f} s in the benchmark loop. {compile_summary(doc)}".rstrip(), ""]
     return lines
 
 
