@@ -540,3 +540,111 @@ def test_one_adapter_shape_derives_the_training_step_from_the_forward_loss():
     assert baselines.resolve(missing, "softmax") == (None, "GoneLib not installed or not importable (ModuleNotFoundError)")
     every = {a.name for a in baselines.BASELINES}
     assert every == set(cases.BASELINE_IMPLS)
+
+
+# ----------------------------------------------------------------------------------
+# readable plots and tables of a CPU run (issue 25 item 4)
+
+
+def _cpu_plot_doc():
+    """A CPU run as the main command makes it: the memcpy ceiling far above the rows, two
+    shapes that differ in rows and columns, a slow float16 row."""
+    def row(dtype, shape, gbps):
+        nbytes = cases.op_bytes("softmax", *shape, cases.itemsize(dtype))
+        return asdict(cases.Row("softmax", cases.REFERENCE_IMPL, dtype, list(shape), nbytes / gbps / 1e6, 0, 0,
+                                gbps, 100 * gbps / 14.6, "numpy", bytes=nbytes))
+
+    return {"backend": "numpy", "device": "CPU", "date": "2026-12-04", "copy_gbps": 14.6, "read_gbps": 20.0,
+            "rows": [row("float32", (64, 1000), 0.41), row("float32", (4, 32000), 0.12),
+                     row("float16", (64, 1000), 0.04), row("float16", (4, 32000), 0.013)]}
+
+
+def test_cpu_plot_axis_fits_the_data_and_points_are_not_a_trend():
+    if not HAVE_MPL:
+        pytest.skip("matplotlib not installed: no plots")
+    doc = _cpu_plot_doc()
+    rows = [r for r in doc["rows"] if r["dtype"] == "float16"]
+    fig = plot.case_figure(doc, "softmax", "float16", rows)
+    (ax,) = fig.axes
+    lo, hi = ax.get_ylim()
+    # scaled to the data: the fastest row fills most of the height, the ceiling is said in words
+    assert lo == 0 and 0.04 < hi <= 0.06, (lo, hi)
+    assert [t.get_text() for t in ax.texts if "above this axis" in t.get_text()] == \
+        ["above this axis: copy bandwidth 14.6 GB/s"]
+    assert not [ln for ln in ax.get_lines() if "ceiling" in ln.get_label()]
+    (ours,) = [ln for ln in ax.get_lines() if ln.get_label() == cases.REFERENCE_IMPL]
+    assert ours.get_linestyle() == "None"  # 64x1000 and 4x32000 differ in both dimensions: points
+    texts = [t for t in ax.texts] + list(ax.get_legend().get_texts()) + ax.get_yticklabels() + ax.get_xticklabels()
+    assert texts and min(t.get_fontsize() for t in texts) >= 9
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    # a GPU run near its ceiling keeps the linear axis from zero, and one row count is a trend
+    gpu = {"backend": "cuda", "device": "GPU", "date": "x", "copy_gbps": 3000.0,
+           "rows": [dict(r, impl="gpu_softmax", shape=[8, c], gbps=g, backend="cuda")
+                    for r, c, g in zip(doc["rows"], (1024, 65536), (2100.0, 2700.0))]}
+    fig = plot.case_figure(gpu, "softmax", "float32", gpu["rows"])
+    (ax,) = fig.axes
+    assert ax.get_ylim()[0] == 0 and 3000 <= ax.get_ylim()[1] <= 3800
+    assert [ln for ln in ax.get_lines() if "ceiling" in ln.get_label()]  # near the data: drawn
+    assert [ln for ln in ax.get_lines() if ln.get_label() == "gpu_softmax"][0].get_linestyle() == "-"
+    plt.close(fig)
+
+
+def test_slow_rows_print_enough_digits():
+    header, cells = report.table(_cpu_plot_doc())
+    gbps = [c[header.index("GB/s")] for c in cells]
+    assert gbps == ["0.410", "0.120", "0.0400", "0.0130"]
+    assert "0.0" not in gbps and all(c[header.index("% copy")] not in ("0.0", "") for c in cells)
+
+
+# ----------------------------------------------------------------------------------
+# what the results say about themselves (issue 25 item 9)
+
+
+def test_results_record_the_version_and_where_the_commit_came_from(monkeypatch, tmp_path):
+    import gpu_softmax
+
+    monkeypatch.setenv(identity.COMMIT_ENV, "0123abcd")  # a container build argument, no .git
+    ident = identity.source_identity()
+    assert ident["commit"] == "0123abcd" and ident["commit_source"] == "GPU_SOFTMAX_COMMIT"
+    assert ident["package_version"] == gpu_softmax.__version__
+    monkeypatch.delenv(identity.COMMIT_ENV)
+    monkeypatch.setattr(identity, "_ROOT", tmp_path)  # an installed wheel: no checkout around it
+    ident = identity.source_identity()
+    assert ident["commit"] is None and ident["commit_source"] is None and ident["cuda_src_tree"] is None
+    assert ident["package_version"] == gpu_softmax.__version__
+    md = report.markdown_table(dict(_doc(), **ident))
+    assert f"gpu-softmax {gpu_softmax.__version__}, commit unknown" in md
+
+
+def test_bridge_version_follows_torch(monkeypatch):
+    real_dist, real_importable = identity._dist_version, identity._importable
+    monkeypatch.setattr(identity, "_dist_version", lambda dists: None if dists == ["torch"] else real_dist(dists))
+    monkeypatch.setattr(identity, "_importable", lambda mod: False if mod == "torch" else real_importable(mod))
+    v = identity.package_versions()
+    assert v["torch"] is None and v["gpu_softmax.torch"] is None  # the file ships, but cannot work without torch
+    monkeypatch.setattr(identity, "_dist_version", lambda dists: "9.9" if dists == ["torch"] else None)
+    assert identity.package_versions()["gpu_softmax.torch"] == "9.9"
+
+
+def test_bfloat16_note_without_gpu_says_what_is_needed():
+    doc = runner.run(["softmax"], ["bfloat16"], [(4, 64)], backend="numpy", bandwidth={"copy_gbps": 1, "read_gbps": 1})
+    (note,) = [n for n in doc["notes"] if "bfloat16" in n]
+    assert "needs PyTorch and a GPU" not in note
+    assert "needs an NVIDIA GPU" in note and "NumPy has no bfloat16" in note and "CPU tensors" in note
+
+
+def test_cli_elapsed_is_the_commands_wall_time(tmp_path):
+    import subprocess
+
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "gpu_softmax", "bench", "--op", "softmax", "--dtype", "float32",
+                        "--shapes", "4x64", "--no-baselines", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("elapsed "))
+    said = float(line.split()[1])
+    loop = json.loads((tmp_path / "results.json").read_text())["elapsed_s"]
+    assert said > loop and 0.6 * wall <= said <= wall + 0.05, (line, wall)

@@ -206,7 +206,12 @@ def ours_for_check(op: str, dtype: str) -> Callable | None:
 
 def _cpu_implementations(op: str, dtype: str) -> tuple[dict[str, Callable], dict[str, str]]:
     if dtype in TORCH_ONLY_DTYPES:
-        return {}, {REFERENCE_IMPL: f"{dtype} needs PyTorch and a GPU (the torch bridge)"}
+        # What the row lacks is a GPU, not torch: the bridge computes bfloat16 on CPU
+        # tensors too, but through the same NumPy reference the CPU rows already time.
+        return {}, {REFERENCE_IMPL: f"{dtype} rows time our CUDA kernels through gpu_softmax.torch on CUDA "
+                                    f"tensors, which needs an NVIDIA GPU; NumPy has no {dtype}, so a CPU run "
+                                    f"has no {dtype} row (gpu_softmax.torch itself computes {dtype} on CPU "
+                                    "tensors, through the float64 reference)"}
     return {REFERENCE_IMPL: ours(op)}, {}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,16 @@ def _fmt(v, spec: str) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return ""
     return format(v, spec)
+
+
+def _fmt_rate(v) -> str:
+    """One decimal from 10 up, three significant digits below: a slow CPU float16 row
+    reads 0.0400 GB/s, not 0.0."""
+    if v is None or v != v:
+        return ""
+    if v == 0 or abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{min(8, 2 - math.floor(math.log10(abs(v))))}f}"
 
 
 def _spread(lo, hi) -> str:
@@ -46,8 +57,8 @@ def _row_cells(r: dict) -> list[str]:
     gpu = r.get("backend") == "cuda"  # without a GPU call and kernel time are one host-clock time
     return [r["op"], r["impl"], r["dtype"], f"{r['shape'][0]}x{r['shape'][1]}", _fmt(r["ms"], ".4f"),
             _spread(r["ms_p10"], r["ms_p90"]), _fmt(r.get("call_ms"), ".4f") if gpu else "",
-            _spread(r.get("call_p10"), r.get("call_p90")) if gpu else "", _fmt(r["gbps"], ".1f"),
-            _fmt(r["pct_copy"], ".1f"), _matched_cell(r), sp, _fmt_bytes(r.get("peak_mem_bytes")),
+            _spread(r.get("call_p10"), r.get("call_p90")) if gpu else "", _fmt_rate(r["gbps"]),
+            _fmt_rate(r["pct_copy"]), _matched_cell(r), sp, _fmt_bytes(r.get("peak_mem_bytes")),
             _fmt(r.get("host_overhead_us"), ".1f"), str(r.get("note", "")).replace("|", "/").replace("\n", " ")]
 
 
@@ -79,8 +90,9 @@ def _preamble(doc: dict) -> list[str]:
         f"read-only: {doc.get('read_gbps', float('nan')):.1f} GB/s",
         "",
     ]
-    if doc.get("commit"):
-        lines += [f"Commit {doc['commit']}, cuda_src tree {doc.get('cuda_src_tree')}.", ""]
+    if doc.get("package_version") or doc.get("commit"):
+        built = f", commit {doc['commit']}" if doc.get("commit") else ", commit unknown"
+        lines += [f"gpu-softmax {doc.get('package_version', '?')}{built}, cuda_src tree {doc.get('cuda_src_tree')}.", ""]
     if doc.get("timing"):
         lines += [f"Timing: {doc['timing']}. GB/s counts the fewest bytes each op must move (inputs read once, "
                   "outputs written once); speed-up is baseline time / our time.", ""]
@@ -88,7 +100,7 @@ def _preamble(doc: dict) -> list[str]:
         lines += [f"No GPU: every row times the NumPy reference on the CPU (impl \"{REFERENCE_IMPL}\"); "
                   "these are not GPU numbers.", ""]
     if doc.get("elapsed_s") is not None:
-        lines += [f"Elapsed {doc['elapsed_s']:.1f} s. {compile_summary(doc)}".rstrip(), ""]
+        lines += [f"Elapsed {doc['elapsed_s']:.1f} s in the benchmark loop. {compile_summary(doc)}".rstrip(), ""]
     return lines
 
 
