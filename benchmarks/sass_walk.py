@@ -796,3 +796,29 @@ class Thread:
                 return self._unknown(ins, a)
             return self.set_reg(a[0], hi << 16 | lo)
         self._unknown(ins, a)
+
+    # predicates saved in and restored from a register (P2R/R2P): bit i is Pi,
+    # in byte 1, 2 or 3 with .B1/.B2/.B3
+    def _byte_shift(self, ins) -> int:
+        return next((8 * int(m[1]) for m in ins.mods if re.fullmatch(r"B[123]", m)), 0)
+
+    def _op_P2R(self, ins, a):
+        base, mask = self.reg(a[2]), self.reg(a[3])
+        if base is None or mask is None:
+            return self.set_reg(a[0], None)
+        sh = self._byte_shift(ins)
+        bits = 0
+        for i in range(7):
+            if mask >> i & 1:
+                v = self.p.get(i)
+                if v is None:
+                    return self.set_reg(a[0], None)
+                bits |= int(v) << i
+        self.set_reg(a[0], (base & ~(mask << sh)) | (bits << sh))
+
+    def _op_R2P(self, ins, a):
+        val, mask = self.reg(a[1]), self.reg(a[2])
+        sh = self._byte_shift(ins)
+        for i in range(7):
+            if mask is not None and mask >> i & 1:
+                self.p[i] = None if val is None else bool(val >> (i + sh) & 1)
