@@ -82,8 +82,17 @@ struct BF16 {
 // math on the accumulation type
 
 // fmaxf drops NaN; the reference (np.max, torch.max) propagates it, and a NaN
-// max is what makes a NaN row come out all NaN.
-__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+// max is what makes a NaN row come out all NaN. sm_80+ has that max as one
+// instruction (FMNMX.NAN); the compare-and-select form costs four dependent ones.
+__device__ __forceinline__ float nan_max(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a > b || a != a) ? a : b;
+#endif
+}
 __device__ __forceinline__ double nan_max(double a, double b) { return (a > b || a != a) ? a : b; }
 
 // Memory-bound kernels can afford one MUFU ex2 per element but not the full
@@ -95,6 +104,52 @@ __device__ __forceinline__ float acc_log1p(float x) { return log1pf(x); }
 __device__ __forceinline__ double acc_log1p(double x) { return log1p(x); }
 __device__ __forceinline__ bool is_inf(float x) { return fabsf(x) == inf_of(x); }
 __device__ __forceinline__ bool is_inf(double x) { return fabs(x) == inf_of(x); }
+
+// 2^x on the MUFU (one EX2): callers fold log2(e) into an FMA they already need.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// The exponent offset of a set of values: their max when finite, else 0. A -inf
+// max (all padding, or an all -inf row) then gives exp(-inf) = 0, a sum of 0;
+// with a +inf or NaN max the row's results come from the max alone (the
+// epilogues), so its exponentials only have to stay free of inf - inf. One
+// select per thread and row instead of an equal-argument test per element.
+template <class A>
+__device__ __forceinline__ A exp_offset(A m) {
+    return fabs(m) < inf_of(m) ? m : A(0);
+}
+
+// exp(x - m) for many x at one FFMA + EX2 each: exp2(x * L - hi) with hi = m * L
+// rounded. The rounding error lo = m * L - hi (exact, one FMA) makes every term
+// 2^lo too large: a common factor, undone once by `fix` = 2^-lo (to second order:
+// |lo| <= ulp(hi) / 2), which callers fold into a per-thread or per-row scale.
+// float64 keeps exp(x - m) itself (fix = 1).
+template <class A>
+struct ExpShift {
+    A hi;
+    A fix;
+};
+__device__ __forceinline__ ExpShift<float> exp_shift(float m) {
+    const float L = 1.4426950408889634f;
+    ExpShift<float> s;
+    s.hi = m * L;
+    const float u = -fmaf(m, L, -s.hi) * 0.6931471805599453f;
+    s.fix = fmaf(u, fmaf(u, 0.5f, 1.0f), 1.0f);
+    return s;
+}
+__device__ __forceinline__ ExpShift<double> exp_shift(double m) {
+    ExpShift<double> s;
+    s.hi = m;
+    s.fix = 1.0;
+    return s;
+}
+__device__ __forceinline__ float shifted_exp(float x, ExpShift<float> s) {
+    return fast_exp2(fmaf(x, 1.4426950408889634f, -s.hi));
+}
+__device__ __forceinline__ double shifted_exp(double x, ExpShift<double> s) { return exp(x - s.hi); }
 
 // exp(a - b) for b = max(a, ...): equal arguments give exactly 1, so two
 // infinities of the same sign (an empty or all -inf partial meeting another)
@@ -145,24 +200,36 @@ __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> a, MaxSum<A> b) {
     return o;
 }
 
-// (m, r) of a thread's values, plus exp(v - m) in e[] when KEEP (softmax keeps the
-// exponentials so the write needs no second exp). Values exactly at the max are
-// counted, not summed, so r = (count - 1) + (sum of the others) loses nothing.
-template <bool KEEP, class V, class A, int EPT>
-__device__ __forceinline__ MaxSum<A> values_stats(V (&v)[EPT]) {
-    V mv = -inf_of(V(0));
+template <class V, int EPT>
+__device__ __forceinline__ V values_max(const V (&v)[EPT], V mv) {
 #pragma unroll
     for (int i = 0; i < EPT; ++i) mv = nan_max(mv, v[i]);
-    const A m = A(mv);
-    A c = A(0), t = A(0);
+    return mv;
+}
+
+// Adds exp(v - ms) of a thread's values to (c, t): values exactly at ms give
+// exactly 1 (ms is finite, v - ms = 0) and are counted in c, the others summed
+// in t, so r = (c - 1) + t keeps the relative accuracy of a tiny r (one
+// dominant element: log_softmax and the loss there are -r). e[] gets the
+// exponentials when KEEP.
+template <bool KEEP, class V, class A, int EPT>
+__device__ __forceinline__ void count_sum(V (&v)[EPT], A ms, A& c, A& t) {
 #pragma unroll
     for (int i = 0; i < EPT; ++i) {
-        const A e = rel_exp(A(v[i]), m);
+        const A e = fast_exp(A(v[i]) - ms);
         if (KEEP) v[i] = V(e);
         const bool one = (e == A(1));
         c += one ? A(1) : A(0);
         t += one ? A(0) : e;
     }
+}
+
+// (m, r) of a thread's values, plus exp(v - m) in v[] when KEEP.
+template <bool KEEP, class V, class A, int EPT>
+__device__ __forceinline__ MaxSum<A> values_stats(V (&v)[EPT]) {
+    const A m = A(values_max(v, -inf_of(V(0))));
+    A c = A(0), t = A(0);
+    count_sum<KEEP>(v, exp_offset(m), c, t);
     MaxSum<A> o;
     o.m = m;
     o.r = (c - A(1)) + t;
@@ -210,6 +277,38 @@ __device__ __forceinline__ MaxSum<A> block_merge_1b(MaxSum<A> v, MaxSum<A>* slot
     w.m = __shfl_sync(0xffffffffu, w.m, 0);
     w.r = __shfl_sync(0xffffffffu, w.r, 0);
     return w;
+}
+
+// NaN-propagating max over a warp and over a block (one barrier; `slots` as for
+// block_merge_1b). max is symmetric, so every lane holds the same result.
+template <class A>
+__device__ __forceinline__ A warp_max(A v, int width = 32) {
+    for (int off = width >> 1; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off, width));
+    return v;
+}
+
+template <class A>
+__device__ __forceinline__ A block_max_1b(A v, A* slots /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nwarps ? slots[lane] : -inf_of(A(0)));
+}
+
+// Two sums in one single-barrier block reduction (`slots` as for block_merge_1b).
+template <class A>
+__device__ __forceinline__ void block_sum2_1b(A& a, A& b, MaxSum<A>* slots /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    a = warp_sum(a, 32);
+    b = warp_sum(b, 32);
+    if (lane == 0) {
+        slots[warp].m = a;
+        slots[warp].r = b;
+    }
+    __syncthreads();
+    a = warp_sum(lane < nwarps ? slots[lane].m : A(0), 32);
+    b = warp_sum(lane < nwarps ? slots[lane].r : A(0), 32);
 }
 
 // Sums are bitwise symmetric under the xor butterfly, so every lane already
@@ -283,7 +382,18 @@ __device__ __forceinline__ void load_slot(const typename S::T* p, I e0, I n, boo
     }
 }
 
-template <class S, class I>
+// One 16-byte store. Written out because the union store below is split by
+// SROA into four (or two plus one 64-bit) scalar stores the vectoriser cannot
+// merge back: it cannot prove the 16-byte alignment the slot layout guarantees.
+__device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
+    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
+// V4 = false keeps the union store (split into scalar stores, but free of the
+// aligned register quad STG.128 needs): for paths where registers are scarcer
+// than store instructions.
+template <class S, class I, bool V4 = true>
 __device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec_ok, const typename S::A* src) {
     typedef typename S::T T;
     constexpr int VEC = S::VEC;
@@ -294,7 +404,11 @@ __device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec
         } buf;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) buf.t[i] = S::from_acc(src[i]);
-        *reinterpret_cast<uint4*>(p + e0) = buf.u;
+        if (V4) {
+            st_global_v4(p + e0, buf.u);
+        } else {
+            *reinterpret_cast<uint4*>(p + e0) = buf.u;
+        }
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
@@ -302,6 +416,30 @@ __device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec
             if (e >= 0 && e < n) p[e] = S::from_acc(src[i]);
         }
     }
+}
+
+// A slot known to lie inside the row (16-byte aligned by the slot layout).
+template <class S>
+__device__ __forceinline__ void load_full(const typename S::T* p, typename S::A* dst) {
+    union {
+        uint4 u;
+        typename S::T t[S::VEC];
+    } buf;
+    buf.u = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < S::VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+}
+
+// A slot known to lie inside the row and to be 16-byte aligned.
+template <class S>
+__device__ __forceinline__ void store_full(typename S::T* p, const typename S::A* src) {
+    union {
+        uint4 u;
+        typename S::T t[S::VEC];
+    } buf;
+#pragma unroll
+    for (int i = 0; i < S::VEC; ++i) buf.t[i] = S::from_acc(src[i]);
+    st_global_v4(p, buf.u);
 }
 
 // First element of slot j for thread `lane` of a `width`-thread group, tile at `base`.
@@ -349,6 +487,17 @@ __device__ __forceinline__ void stage_slot(const typename S::T* p, int e0, int n
         }
         *dst = buf.u;
     }
+}
+
+template <class S>
+__device__ __forceinline__ void unstage_full(const uint4* src, typename S::A* dst) {
+    union {
+        uint4 u;
+        typename S::T t[S::VEC];
+    } buf;
+    buf.u = *src;
+#pragma unroll
+    for (int i = 0; i < S::VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
 }
 
 template <class S>

@@ -67,6 +67,48 @@ __device__ __forceinline__ MaxSum<A> held_stats(A (&v)[EPT], int op) {
     return op == OP_SOFTMAX ? values_stats<true, A, A>(v) : values_stats<false, A, A>(v);
 }
 
+// Rows wholly on chip (warp and row regimes) need no online merge: the row max
+// m first, then the exponentials against it. softmax: v[] becomes exp2(x L - hi)
+// (ExpShift, one FFMA + EX2) and a = their sum: the ExpShift factor is common to
+// the row and cancels in v / a. log_softmax: (a, b) = (count at the max, sum of
+// the others), as count_sum. row_sums gives the thread's part, row_finish the
+// outputs from the row's totals.
+template <class A, int EPT>
+__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, ExpShift<A> sh, A m, A& a, A& b) {
+    if (op == OP_SOFTMAX) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) {
+            v[i] = shifted_exp(v[i], sh);
+            a += v[i];
+        }
+    } else {
+        count_sum<false>(v, exp_offset(m), a, b);
+    }
+}
+
+// An infinite max gives the reference's NaN row (as inv_sum_of, log_sum_of).
+template <class A>
+__device__ __forceinline__ A row_inv(A m, A a) {
+    return is_inf(m) ? nan_of(m) : A(1) / a;
+}
+template <class A>
+__device__ __forceinline__ A row_log_sum(A m, A a, A b) {
+    MaxSum<A> r;
+    r.m = m;
+    r.r = (a - A(1)) + b;
+    return log_sum_of(r);
+}
+template <class A, int EPT>
+__device__ __forceinline__ void row_finish(A (&v)[EPT], int op, A m, A inv, A ls) {
+    if (op == OP_SOFTMAX) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) v[i] *= inv;
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) v[i] = (v[i] - m) - ls;
+    }
+}
+
 // Backward: the row sum is accumulated in double whatever the storage. Products
 // of float16/float32 values are exact in double, and the epilogue subtracts from
 // grad_y: a float sum there would carry its rounding error straight into every
@@ -132,9 +174,12 @@ __device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* 
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             load_slot<S>(x + off, slot_start<S>(0, j, lane, width, mis), n, true, v + j * VEC, -inf_of(A(0)));
-        const MaxSum<A> t = held_stats(v, op);
-        const MaxSum<A> r = warp_merge(t, width);
-        held_finish(v, op, t.m, r);
+        const A m = warp_max(values_max(v, -inf_of(A(0))), width);
+        A a = A(0), b = A(0);
+        row_sums(v, op, exp_shift(exp_offset(m)), m, a, b);
+        a = warp_sum(a, width);
+        if (op != OP_SOFTMAX) b = warp_sum(b, width);
+        row_finish(v, op, m, row_inv(m, a), row_log_sum(m, a, b));
         const bool vec_out = misalign<S>(y + off) == mis;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
@@ -183,6 +228,30 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
 // around the staging buffer. Rows fit in int here (the planner holds at most
 // what one SM can).
 
+// Staged slots j < staged_full(...) lie wholly inside the row: a staged slot is
+// never a row's first (the held slots come first), so only the end can cut it.
+template <class S>
+__device__ __forceinline__ int staged_full(int cols, int mis, int tid, int nt, int nv, int ss) {
+    const int last = (cols + mis) / S::VEC - 1 - tid;  // the last whole slot, less this thread's offset
+    const int n = last < 0 ? 0 : last / nt - nv + 1;
+    return n < 0 ? 0 : (n < ss ? n : ss);
+}
+
+// One staged slot read back as accumulators: FULL slots skip the element bounds.
+template <class S, bool FULL>
+__device__ __forceinline__ void unstage(const uint4* src, int e0, int n, typename S::A* dst, typename S::A pad) {
+    if (FULL) {
+        unstage_full<S>(src, dst);
+    } else {
+        unstage_slot<S>(src, e0, n, dst, pad);
+    }
+}
+
+template <bool B>
+struct Full {
+    static constexpr bool value = B;
+};
+
 template <class S, int NV>
 __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
                                         int ss) {
@@ -191,51 +260,115 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
     extern __shared__ uint4 gs_stage[];
     __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
     const int tid = threadIdx.x, nt = blockDim.x;
-    int parity = 0;
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x, parity ^= 1) {
+    // slots: the max reduction uses the first 32 entries, the sums the other 32;
+    // consecutive reductions alternate, as block_merge_1b needs.
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const typename S::T* xr = x + row * cols;
         typename S::T* yr = y + row * cols;
         const int mis = misalign<S>(xr);
         for (int j = 0; j < ss; ++j)
             stage_slot<S>(xr, slot_start<S>(0, NV + j, tid, nt, mis), cols, true, gs_stage + j * nt + tid);
+        // This thread's held slots all inside the row: one test for all of them.
+        const bool held_full = (tid > 0 || mis == 0) && ((NV - 1) * nt + tid + 1) * VEC <= cols + mis;
         A v[EPT];
+        if (held_full) {
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
-            load_slot<S>(xr, slot_start<S>(0, j, tid, nt, mis), cols, true, v + j * VEC, -inf_of(A(0)));
-        cp_async_wait_all();
-        const MaxSum<A> own = held_stats(v, op);
-        MaxSum<A> t = own;
-        for (int j = 0; j < ss; ++j) {
-            A w[VEC];
-            unstage_slot<S>(gs_stage + j * nt + tid, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
-                            -inf_of(A(0)));
-            t = merge(t, values_stats<false, A, A>(w));
+            for (int j = 0; j < NV; ++j) load_full<S>(xr + slot_start<S>(0, j, tid, nt, mis), v + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                load_slot<S>(xr, slot_start<S>(0, j, tid, nt, mis), cols, true, v + j * VEC, -inf_of(A(0)));
         }
-        const MaxSum<A> r = block_merge_1b(t, slots + 32 * parity);
-        held_finish(v, op, own.m, r);
-        const bool vec_out = misalign<S>(yr) == mis;
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-            store_slot<S>(yr, slot_start<S>(0, j, tid, nt, mis), cols, vec_out, v + j * VEC);
-        const A inv = inv_sum_of(r);
-        const A ls = log_sum_of(r);
-        for (int j = 0; j < ss; ++j) {
-            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+        const int full = staged_full<S>(cols, mis, tid, nt, NV, ss);
+        // Runs body(j, Full<true>) over the first `whole` staged slots, body(j, Full<false>) over the rest.
+        // Whole slots four at a time (one loop test per four); float64 rows spill so.
+        constexpr int UNROLL = sizeof(A) == 8 ? 1 : 4;
+        auto each_staged = [&](auto body, int whole) {
+#pragma unroll(UNROLL)
+            for (int j = 0; j < whole; ++j) body(j, Full<true>());
+            for (int j = whole; j < ss; ++j) body(j, Full<false>());
+        };
+        cp_async_wait_all();
+        // The whole row is on chip, so no online (max, sum) merge: the row max
+        // first (one reduction), then the exponentials against it (a second),
+        // which also makes the ExpShift factor common to the row: it cancels.
+        A mv = values_max(v, -inf_of(A(0)));
+        each_staged([&](int j, auto f) {
             A w[VEC];
-            unstage_slot<S>(gs_stage + j * nt + tid, e0, cols, w, A(0));
-            if (op == OP_SOFTMAX) {
+            unstage<S, decltype(f)::value>(gs_stage + j * nt + tid, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
+                                           -inf_of(A(0)));
+            mv = values_max(w, mv);
+        }, full);
+        const A m = block_max_1b(mv, reinterpret_cast<A*>(slots));
+        const ExpShift<A> sh = exp_shift(exp_offset(m));
+        A a = A(0), b = A(0);
+        row_sums(v, op, sh, m, a, b);
+        // float32 softmax writes the exponentials back over its staged slots (the
+        // write then needs no second exp); 16-bit slots hold the raw 16-bit words.
+        constexpr bool KEEP = sizeof(typename S::T) == sizeof(A);
+        each_staged([&](int j, auto f) {
+            A w[VEC];
+            uint4* slot = gs_stage + j * nt + tid;
+            unstage<S, decltype(f)::value>(slot, slot_start<S>(0, NV + j, tid, nt, mis), cols, w, -inf_of(A(0)));
+            row_sums(w, op, sh, m, a, b);
+            if constexpr (KEEP) {
+                if (op == OP_SOFTMAX) {
+                    union {
+                        uint4 u;
+                        A t[VEC];
+                    } buf;
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) w[i] = fast_exp(w[i] - r.m) * inv;
-            } else {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) w[i] = (w[i] - r.m) - ls;
+                    for (int i = 0; i < VEC; ++i) buf.t[i] = w[i];
+                    *slot = buf.u;
+                }
             }
-            store_slot<S>(yr, e0, cols, vec_out, w);
+        }, full);
+        if (op == OP_SOFTMAX) {
+            a = block_sum_1b(a, reinterpret_cast<A*>(slots + 32));
+        } else {
+            block_sum2_1b(a, b, slots + 32);
+        }
+        const A inv = row_inv(m, a);
+        const A ls = row_log_sum(m, a, b);
+        row_finish(v, op, m, inv, ls);
+        const bool vec_out = misalign<S>(yr) == mis;
+        if (held_full && vec_out) {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) store_full<S>(yr + slot_start<S>(0, j, tid, nt, mis), v + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                store_slot<S>(yr, slot_start<S>(0, j, tid, nt, mis), cols, vec_out, v + j * VEC);
+        }
+        // Whole staged slots go straight to one vector store when y shares x's alignment.
+        const int whole_out = vec_out ? full : 0;
+        auto write_staged = [&](auto value) {
+            each_staged([&](int j, auto f) {
+                constexpr bool FULL = decltype(f)::value;
+                const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
+                A w[VEC];
+                unstage<S, FULL>(gs_stage + j * nt + tid, e0, cols, w, A(0));
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) w[i] = value(w[i]);
+                if (FULL) {
+                    store_full<S>(yr + e0, w);
+                } else {
+                    store_slot<S>(yr, e0, cols, vec_out, w);
+                }
+            }, whole_out);
+        };
+        if (op == OP_SOFTMAX) {
+            write_staged([&](A w) { return (KEEP ? w : shifted_exp(w, sh)) * inv; });
+        } else {
+            write_staged([&](A w) { return (w - m) - ls; });
         }
     }
 }
 
-// Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's.
+// Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's. The sum
+// stays in float64 and the stores stay union stores here: the float versions and
+// STG.128's aligned register quads do not fit NV = 4 float32 under 64 registers
+// without spills (issue 20 leaves this kernel for the kernel table's variants).
 template <class S, int NV>
 __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
                                         long long rows, int cols, int op, int ss) {
@@ -277,14 +410,14 @@ __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename 
         held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
-            store_slot<S>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
+            store_slot<S, int, false>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
         for (int j = 0; j < ss; ++j) {
             const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
             A a[VEC], b[VEC];
             unstage_slot<S>(sy + j * nt + tid, e0, cols, a, A(0));
             unstage_slot<S>(sg + j * nt + tid, e0, cols, b, A(0));
             held_bwd_finish<S>(a, b, op, s);
-            store_slot<S>(gx + off, e0, cols, vec_o, b);
+            store_slot<S, int, false>(gx + off, e0, cols, vec_o, b);
         }
     }
 }
@@ -403,7 +536,8 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
         const MaxSum<A> r0 = block_merge_1b(t, slots + 32 * (round & 1));
         const MaxSum<A> r = k > 1 ? group_merge(r0, part, cnt, g, k, p, round, scratch) : r0;
         const bool vec_out = misalign<S>(y + off) == mis;
-        const A inv = inv_sum_of(r);
+        const ExpShift<A> sh = exp_shift(r.m);
+        const A inv = inv_sum_of(r) * sh.fix;
         const A ls = log_sum_of(r);
         for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
             A v[EPT];
@@ -413,7 +547,7 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
                              A(0));
             if (op == OP_SOFTMAX) {
 #pragma unroll
-                for (int i = 0; i < EPT; ++i) v[i] = fast_exp(v[i] - r.m) * inv;
+                for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], sh) * inv;
             } else {
 #pragma unroll
                 for (int i = 0; i < EPT; ++i) v[i] = (v[i] - r.m) - ls;

@@ -146,6 +146,11 @@ inline void nanosleep_ns(unsigned) { t_fiber->spun = true; gs_emu_yield(); }
 // cp.async has no host form: a plain copy, already complete when wait_all runs.
 inline void cp_async16(uint4* smem, const void* gmem) { memcpy(smem, gmem, 16); }
 inline void cp_async_wait_all() {}
+// max.NaN.f32: NaN if either input is NaN.
+inline float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+inline void st_global_v4(void* p, uint4 v) { memcpy(p, &v, 16); }
+// ex2.approx.ftz.f32: subnormal results flushed to zero, as __expf above.
+inline float fast_exp2(float x) { float r = exp2f(x); return (std::fabs(r) < 1.17549435e-38f) ? 0.0f : r; }
 }
 
 
