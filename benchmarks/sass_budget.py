@@ -39,6 +39,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
@@ -140,13 +142,6 @@ def compile_sass(source: str, name: str, options: list[str]) -> tuple[str, str]:
     return sass, log
 
 
-def keep_entries(source: str, names: set[str]) -> str:
-    """The source with only the GS_ENTRY* instantiation lines of `names` (one line each)."""
-    def keep(m):
-        return m.group(0) if m.group(1) in names else ""
-    return re.sub(r"^[ \t]*GS_ENTRY\w*\(\s*(\w+)\s*,.*$", keep, source, flags=re.MULTILINE)
-
-
 def registers(log: str) -> dict[str, int]:
     out, cur = {}, None
     for line in log.splitlines():
@@ -175,55 +170,62 @@ class Launch:
 
 
 def adapter(what: str, case: dict | None = None, occupancy=None):
-    """Everything sass_budget needs from gpu_softmax: `what` = "source" (case = {"family"}: the
-    loader's text), "options" (the loader's NVRTC options for sm_90), or "launch" (a goal case:
-    its plan as a Launch; `occupancy(kernel, threads)` gives resident blocks for the CE planner)."""
-    import numpy as np
-
-    from gpu_softmax._cuda import compile_check, loader
+    """Everything sass_budget needs from gpu_softmax: `what` = "source" (case = {"family",
+    "kernels"}: the loader's text with only those entry points), "options" (the loader's NVRTC
+    options for sm_90), or "launch" (a goal case: its plan on an H200 as a Launch, the arguments
+    packed and typed from the kernel table). `occupancy` is unused: both planners model
+    occupancy from the launch bounds (gpu_softmax._cuda.plan)."""
+    from gpu_softmax._cuda import abi, compile_check, kernels, loader
     from gpu_softmax._cuda import cross_entropy as ce
     from gpu_softmax._cuda import softmax as sm
+    from gpu_softmax._cuda.plan import H200
 
     if what == "source":
-        return loader.module_source(case["family"])
+        family = case["family"]
+        text = loader.module_source(family)
+        if case.get("kernels") is None:
+            return text
+        wanted = abi.generated_source((kernels.ENTRIES[n] for n in sorted(case["kernels"])), family)
+        return text.replace(kernels.generated_entries(family), wanted)
     if what == "options":
         return compile_check.compile_options(ARCH)
     storage, rows, cols = case["dtype"], case["rows"], case["cols"]
     ptrs = iter(0x7F0000000000 + (i << 36) for i in range(32))
 
-    def typed(v):
-        if isinstance(v, np.int64):
-            return ("i64", int(v))
-        if isinstance(v, np.int32):
-            return ("i32", int(v))
-        if isinstance(v, np.float64):
-            return ("f64", int(np.float64(v).view(np.uint64)))
-        return ("ptr", int(v))
+    def typed(kernel: str, values: tuple) -> list:
+        kinds = {"long long": "i64", "int": "i32", "unsigned long long": "i64", "double": "f64", "float": "f32"}
+        out = []
+        for param, v in zip(kernels.ENTRIES[kernel].sig.params, values):
+            if param.pointer:
+                out.append(("ptr", int(v)))
+            elif param.ctype in ("double", "float"):
+                bits = np.float64(v).view(np.uint64) if param.ctype == "double" else np.float32(v).view(np.uint32)
+                out.append((kinds[param.ctype], int(bits)))
+            else:
+                out.append((kinds[param.ctype], int(v)))
+        return out
 
     if case["op"] in ("softmax", "log_softmax", "softmax_backward"):
         direction = "bwd" if case["op"].endswith("backward") else "fwd"
-        p = sm.plan_for(direction, storage, rows, cols, 0, sm.H200)
+        p = sm.plan_for(direction, storage, rows, cols, 0, H200)
         op = {"softmax": sm.OP_SOFTMAX, "log_softmax": sm.OP_LOG_SOFTMAX,
               "softmax_backward": sm.OP_SOFTMAX_BWD}[case["op"]]
-        args = [("ptr", next(ptrs)) for _ in range(3 if direction == "bwd" else 2)]
-        args += [typed(v) for v in p.scalars(rows, cols, op)]
-        if p.regime not in ("warp", "row"):
-            args += [("ptr", next(ptrs)), ("ptr", next(ptrs))]
-        return Launch("softmax", p.kernel, p.grid, p.block, args)
+        n_ptrs = sum(q.pointer for q in kernels.ENTRIES[p.kernel].sig.params)
+        values = p.bind(rows, cols, op)(*(next(ptrs) for _ in range(n_ptrs)))
+        return Launch("softmax", p.kernel, p.grid, p.block, typed(p.kernel, values))
     # cross entropy with its gradient, hard labels, default options (no weight, smoothing, z-loss, cap)
-    p = ce.plan(storage, rows, cols, 0, False, N_SM, occupancy, True)
+    p = ce.plan_for(storage, rows, cols, 0, False, H200)
     x, grad, tgt, coef, row_loss = (next(ptrs) for _ in range(5))
-    null = 0
-    args = [("ptr", x), ("ptr", grad), ("ptr", tgt), ("ptr", null), ("ptr", null), ("ptr", coef),
-            ("ptr", null), ("ptr", row_loss), ("ptr", null), ("i64", rows), ("i64", cols), ("i64", -100),
-            typed(np.float64(0)), typed(np.float64(0)), typed(np.float64(0))]
+    named = dict(x=x, grad=grad, tgt=tgt, soft_t=0, w=0, coef=coef, g_rows=0, row_loss=row_loss, row_lse=0,
+                 rows=rows, cols=cols, ignore=-100, eps=0.0, z=0.0, cap=0.0)
     if p.regime == "warp":
-        args.append(("i32", p.width))
+        named["width"] = p.width
     elif p.regime == "split":
-        args += [("i32", p.k), ("i64", p.chunk), ("ptr", next(ptrs)), ("ptr", next(ptrs))]
+        named.update(k=p.k, chunk=p.chunk, part=next(ptrs), cnt=next(ptrs))
+    values = kernels.ENTRIES[p.kernel].sig.pack(**named)
     target = cols // 2 + 3  # a class inside some block's chunk, not at an edge
     memory = {tgt + 8 * r: target for r in range(rows)}
-    return Launch("cross_entropy", p.kernel, p.grid, p.block, args, memory)
+    return Launch("cross_entropy", p.kernel, p.grid, p.block, typed(p.kernel, values), memory)
 
 
 # ----------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def const_bank(launch: Launch) -> dict[int, int]:
     bank = {0x0: launch.block, 0x4: 1, 0x8: 1, 0xC: launch.grid, 0x10: 1, 0x14: 1, 0x28: 0xFFFC00}
     off = 0x210
     for kind, value in launch.args:
-        size = 4 if kind == "i32" else 8
+        size = 4 if kind in ("i32", "f32") else 8
         off = -(-off // size) * size
         value &= (1 << (8 * size)) - 1
         bank[off] = value & 0xFFFFFFFF
@@ -308,7 +310,7 @@ def per_element(case: dict, launch: Launch, w: sass_walk.Walk) -> dict:
 
 
 def _family_sass(family: str, kernels: set[str]) -> tuple[dict[str, sass_walk.Function], dict[str, int]]:
-    source = keep_entries(adapter("source", {"family": family}), kernels)
+    source = adapter("source", {"family": family, "kernels": kernels})
     sass, log = compile_sass(source, f"{family}.cu", list(adapter("options")))
     return sass_walk.parse_sass(sass), registers(log)
 
