@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from gpu_softmax._cuda import loader
+from gpu_softmax._cuda import plan as P
 from gpu_softmax._cuda import softmax as sm
 
 MAX_GRID = 2**31 - 1
 DIRECTIONS = ("fwd", "bwd", "lse")
 SMALL = sm.Device("small", 20, smem_per_sm=101376, smem_per_block=101376 - 1024, l2_bytes=4 << 20)
-DEVICES = (sm.H100, sm.A100, SMALL)
+DEVICES = (sm.H100, P.A100, SMALL)
 
 
 def _nv(p: sm.Plan) -> int:
@@ -38,7 +39,7 @@ def check_plan(p: sm.Plan, storage: str, direction: str, rows: int, cols: int, m
     assert occ >= 1, p
     assert 1 <= p.resident <= occ, p
     assert p.inflight_bytes_per_sm > 0, p
-    assert p.smem + sm.STATIC_SMEM_MAX <= dev.smem_per_block, p
+    assert p.smem + P.STATIC_SMEM_MAX <= dev.smem_per_block, p
     assert p.cooperative == (p.k > 1)
     nv = _nv(p)
     if p.regime == "warp":
@@ -116,7 +117,7 @@ def test_row_count_edge_at_the_sm_count(storage, direction):
 
 @pytest.mark.parametrize("storage", sm.STORAGES)
 @pytest.mark.parametrize("direction", ("fwd", "bwd"))
-@pytest.mark.parametrize("dev", (sm.H100, sm.A100), ids=lambda d: d.name)
+@pytest.mark.parametrize("dev", (sm.H100, P.A100), ids=lambda d: d.name)
 def test_capacity_edges(storage, direction, dev):
     """Each regime's last length, one more, and the same at the worst misalignment."""
     vec = sm.VEC[storage]
@@ -155,12 +156,12 @@ def test_occupancy_model_matches_the_cuda_calculator():
     assert sm.blocks_per_sm(h, "row", 512, 114000) == 1
     assert sm.blocks_per_sm(h, "warp", 128) == 6  # (128, 6): at most 85 registers
     assert sm.blocks_per_sm(h, "stream", 512) == 2
-    assert sm.blocks_per_sm(sm.A100, "row", 512, 98304) == 1
+    assert sm.blocks_per_sm(P.A100, "row", 512, 98304) == 1
     assert sm.blocks_per_sm(h, "row", 1024, h.smem_per_block) == 0
     for template, (maxt, minb) in sm.BOUNDS.items():
         # the launch bounds' promise: minb blocks of maxt threads fit
         assert sm.blocks_per_sm(h, template, maxt) >= minb
-        assert sm.blocks_per_sm(sm.A100, template, maxt) >= minb
+        assert sm.blocks_per_sm(P.A100, template, maxt) >= minb
 
 
 # The issue's goal shapes: forward (softmax and log_softmax share a plan) for
@@ -177,7 +178,7 @@ def test_littles_law_bytes_in_flight_on_goal_shapes(dev, storage):
     cases = [("fwd", r, c) for r, c in GOAL_FWD] + [(d, r, c) for d in ("bwd", "lse") for r, c in GOAL_BWD]
     for direction, rows, cols in cases:
         p = sm.plan(storage, direction, rows, cols, 0, dev)
-        assert p.inflight_bytes_per_sm >= sm.INFLIGHT_TARGET, (direction, rows, cols, p)
+        assert p.inflight_bytes_per_sm >= P.INFLIGHT_TARGET, (direction, rows, cols, p)
         assert p.k == 1, p  # rows >= SMs on every goal shape
 
 
@@ -197,8 +198,8 @@ def test_stream_limits_rows_in_flight_when_they_overflow_l2():
     assert p.regime == "stream" and p.smem > 0 and p.resident == 1, p
     assert sm.blocks_per_sm(sm.H100, "stream", p.block, p.smem) == 1
     # the padding holds whatever the kernel's real static shared memory is
-    assert 2 * (p.smem + sm.SMEM_RESERVED_PER_BLOCK) > sm.H100.smem_per_sm
-    assert p.inflight_bytes_per_sm >= sm.INFLIGHT_TARGET
+    assert 2 * (p.smem + P.SMEM_RESERVED_PER_BLOCK) > sm.H100.smem_per_sm
+    assert p.inflight_bytes_per_sm >= P.INFLIGHT_TARGET
     big_l2 = sm.Device("big L2", 132, l2_bytes=1 << 30)
     p = sm.plan("float32", "fwd", 1024, 131072, 0, big_l2)
     assert p.smem == 0 and p.resident == 2, p

@@ -17,6 +17,15 @@ from .abi import cdiv, round_up
 from .kernels import ENTRIES
 
 
+def _hash_fields_once(self) -> int:
+    """A frozen dataclass's hash, computed from its fields on first use and kept."""
+    h = self.__dict__.get("_hash")
+    if h is None:
+        h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+        object.__setattr__(self, "_hash", h)
+    return h
+
+
 @dataclass(frozen=True)
 class Device:
     """What the planners need to know about a GPU (per SM unless said)."""
@@ -31,12 +40,7 @@ class Device:
     max_blocks_per_sm: int = 32
     cooperative: bool = True  # whether the device launches cooperative grids
 
-    def __hash__(self) -> int:  # part of every plan-cache key: hash the fields once
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
-            object.__setattr__(self, "_hash", h)
-        return h
+    __hash__ = _hash_fields_once  # part of every plan-cache key
 
 
 H100 = Device("H100 SXM", 132, l2_bytes=50 << 20)
@@ -135,12 +139,7 @@ class Policy:
     def replace(self, **changes) -> Policy:
         return replace(self, **changes)
 
-    def __hash__(self) -> int:  # part of every plan-cache key: hash the fields once
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
-            object.__setattr__(self, "_hash", h)
-        return h
+    __hash__ = _hash_fields_once  # part of every plan-cache key
 
 
 DEFAULT_POLICY = Policy()

@@ -59,21 +59,7 @@ from .._checks import BackwardArgs, RowLayout, SoftmaxArgs, normalize_axis, row_
 from . import device, kernels, launch
 from .kernels import BOUNDS, VARIANTS, kernel_name  # noqa: F401  (re-exported)
 from .launch import STORAGES, SUFFIX, VEC, worst_misalignment  # noqa: F401  (re-exported)
-from .plan import (  # noqa: F401  (re-exported: the planner's public names)
-    A100,
-    DEFAULT_POLICY,
-    H100,
-    H200,
-    INFLIGHT_GOOD,
-    INFLIGHT_TARGET,
-    MAX_GRID,
-    SLOT_BYTES,
-    SMEM_RESERVED_PER_BLOCK,
-    STATIC_SMEM_MAX,
-    Device,
-    Plan,
-    Policy,
-)
+from .plan import DEFAULT_POLICY, H100, H200, Device, Plan, Policy  # noqa: F401  (re-exported)
 from .softmax_plan import (  # noqa: F401  (re-exported)
     LSE_THREADS,
     MIN_SPLIT_CHUNK,
