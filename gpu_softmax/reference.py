@@ -304,7 +304,8 @@ def linear_cross_entropy_with_grad_checked(a: LinearCrossEntropyArgs, want_grad:
         logits += a.bias.astype(np.float64)
     go = a.ce.grad_output
     rec = dataclasses.replace(
-        a.ce, kind="numpy", logits=logits, target=a.target.reshape(n), layout=_checks.row_layout((n, v), 1),
+        a.ce, kind="numpy", logits=logits, target=a.target.reshape((n, v) if a.ce.soft else n),
+        layout=_checks.row_layout((n, v), 1),
         grad_output=go.reshape(n) if isinstance(go, np.ndarray) and go.ndim else go, inplace=True,
     )
     loss_dtype = _checks.result_dtype(a.hidden.dtype)
@@ -395,13 +396,20 @@ def linear_cross_entropy_with_grad(
     target: np.ndarray,
     bias: np.ndarray | None = None,
     *,
+    class_weight: np.ndarray | None = None,
     chunk_size: int | None = None,
     grad_output: Any = 1.0,
+    grad_weight_acc: str = "float32",
+    skip_ignored: bool = True,
     **options: Any,
 ) -> tuple:
-    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`;
+    `chunk_size`, `grad_weight_acc` and `skip_ignored` are checked and have no effect: the
+    oracle builds the float64 logits in full)."""
     opts = CEOptions.from_keywords(options, "linear_cross_entropy_with_grad")
     a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
-                                           grad_output=grad_output, options=opts)
+                                           grad_output=grad_output, class_weight=class_weight,
+                                           grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored,
+                                           options=opts)
     _require_numpy(a.kind)
     return linear_cross_entropy_with_grad_checked(a)

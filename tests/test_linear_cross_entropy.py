@@ -201,13 +201,15 @@ def _colmajor(buf, rows, cols, ld):
 @pytest.fixture
 def emulated_launcher(monkeypatch):
     """The launcher's loop on NumPy: column-major GEMM emulator, reference CE in place."""
-    log = types.SimpleNamespace(allocations=[], chunks=[], gemms=0)
+    log = types.SimpleNamespace(allocations=[], chunks=[], gemms=0, capturing=False, gemm_shapes=[])
 
     def to_f64(a, storage):
         return _bf16_to_f64(a) if storage == "bfloat16" else np.asarray(a, dtype=np.float64)
 
     def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, beta, storage):
         log.gemms += 1
+        log.gemm_shapes.append((m, n, k))
+        assert min(m, n, k, lda, ldb, ldc) >= 1, "cuBLAS refuses empty products and leading dimensions of 0"
         assert a.dtype == b.dtype
         A = _colmajor(a, *((m, k) if trans_a == lce.OP_N else (k, m)), lda)
         B = _colmajor(b, *((k, n) if trans_b == lce.OP_N else (n, k)), ldb)
@@ -233,7 +235,8 @@ def emulated_launcher(monkeypatch):
         return loss, rec.logits
 
     monkeypatch.setattr(lce, "_xp", lambda: PoisonedNumpy(log.allocations))
-    monkeypatch.setattr(lce, "_gemm", gemm)
+    monkeypatch.setattr(lce, "_cublas_gemm", gemm)
+    monkeypatch.setattr(lce, "_capturing", lambda: log.capturing)
     monkeypatch.setattr(lce, "_free_bytes", lambda: 1 << 40)
     monkeypatch.setattr(ce_launch, "cross_entropy", lambda rec, storage=None: ce(rec, False, storage))
     monkeypatch.setattr(ce_launch, "cross_entropy_with_grad",
@@ -286,9 +289,9 @@ def test_launcher_loop_matches_reference(emulated_launcher, storage, reduction, 
     rtol, atol = LAUNCH_TOL[storage]
     got = (loss, gh, gw) + ((gb,) if bias else ())
     check_all(got, want, rtol, atol, f"{storage} {reduction}")
-    expected_chunk = min(chunk or n, n)
-    assert emulated_launcher.chunks[0] == (expected_chunk, v)
-    assert sum(c[0] for c in emulated_launcher.chunks) == n
+    kept = int((t != -100).sum())  # ignored rows never enter a product
+    assert emulated_launcher.chunks[0] == (min(chunk or kept, kept), v)
+    assert sum(c[0] for c in emulated_launcher.chunks) == kept
 
 
 def test_launcher_all_ignored_and_empty(emulated_launcher):
@@ -433,7 +436,7 @@ def test_torch_cpu_matches_unfused(name, kw, reduction, dtype):
     hid, w, t, b = torch_inputs(33, 8, 31, dtype, ignore=(2, 30), ignore_index=kw.get("ignore_index", -100))
     go = (torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5) if reduction == "none" \
         else torch.tensor(0.8)
-    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=10, **kw)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction, chunk_size=10, **kw)
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
     assert [g.dtype for g in got[1:]] == [dtype] * 3
@@ -444,14 +447,14 @@ def test_torch_cpu_matches_unfused(name, kw, reduction, dtype):
 @pytest.mark.parametrize("n,v,chunk", [(1, 1, None), (33, 31, 4), (33, 1025, 32), (7, 5, 3)], ids=str)
 def test_torch_cpu_odd_sizes_and_leading_dims(n, v, chunk):
     hid, w, t, b = torch_inputs(n, 3, v, torch.float64, bias=True, ignore=(0,) if n > 1 else ())
-    loss = gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=chunk)
     got = torch.autograd.grad(loss, (hid, w, b))
     want = torch_expected(hid, w, t, b, "mean", torch.tensor(1.0))
     torch.testing.assert_close(loss.detach(), want[0])
     for g, e in zip(got, want[1:]):
         torch.testing.assert_close(g, e)
     h3 = hid.detach().reshape(1, n, 3).requires_grad_()
-    loss3 = gst.linear_cross_entropy(h3, w, t.reshape(1, n), b, reduction="none", chunk_size=chunk)
+    loss3 = gst.linear_cross_entropy(h3, w, t.reshape(1, n), linear_bias=b, reduction="none", chunk_size=chunk)
     assert loss3.shape == (1, n)
     loss3.sum().backward()
     assert h3.grad.shape == (1, n, 3)
@@ -462,7 +465,7 @@ def test_torch_cpu_odd_sizes_and_leading_dims(n, v, chunk):
                          ids=["plain", "extras"])
 def test_torch_cpu_gradcheck(reduction, kw):
     hid, w, t, b = torch_inputs(5, 3, 4, torch.float64, ignore=(1,))
-    fn = lambda h_, w_, b_: gst.linear_cross_entropy(h_, w_, t, b_, reduction=reduction, chunk_size=2, **kw)  # noqa
+    fn = lambda h_, w_, b_: gst.linear_cross_entropy(h_, w_, t, linear_bias=b_, reduction=reduction, chunk_size=2, **kw)  # noqa
     assert torch.autograd.gradcheck(fn, (hid, w, b))
 
 
@@ -472,18 +475,18 @@ def test_frozen_inputs_skip_their_gradients_and_products(monkeypatch):
     real = torch_linear._cpu_run
     monkeypatch.setattr(torch_linear, "_cpu_run", lambda a, wants, *rest: calls.append(wants) or real(a, wants, *rest))
     w_frozen = w.detach()
-    loss = gst.linear_cross_entropy(hid, w_frozen, t, b)
+    loss = gst.linear_cross_entropy(hid, w_frozen, t, linear_bias=b)
     loss.backward()
     assert calls == [lce.Wants(hidden=True, weight=False, bias=True)]
     assert hid.grad is not None and b.grad is not None
     with torch.no_grad():
-        gst.linear_cross_entropy(hid, w, t, b)
+        gst.linear_cross_entropy(hid, w, t, linear_bias=b)
     assert calls[-1] == lce.Wants(False, False, False)
 
 
 def test_saved_gradients_scale_with_grad_output_and_survive_retain_graph():
     hid, w, t, b = torch_inputs(6, 3, 5, torch.float64)
-    loss = gst.linear_cross_entropy(hid, w, t, b)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b)
     (3 * loss).backward(retain_graph=True)
     want = torch_expected(hid, w, t, b, "mean", torch.tensor(3.0))
     torch.testing.assert_close(w.grad, want[2])
@@ -491,17 +494,26 @@ def test_saved_gradients_scale_with_grad_output_and_survive_retain_graph():
     torch.testing.assert_close(w.grad, want[2] * 4 / 3)
 
 
-def test_module_form():
-    head = torch.nn.Linear(6, 11, dtype=torch.float64)
-    hid = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("class_weights", [False, True])
+def test_module_loads_a_torch_state_dict_and_matches_it(bias, class_weights):
+    torch.manual_seed(0)
+    cw = torch.rand(11, dtype=torch.float64) + 0.1 if class_weights else None
+    theirs = torch.nn.LinearCrossEntropyLoss(6, 11, bias=bias, weight=cw, dtype=torch.float64, label_smoothing=0.1)
+    ours = gst.LinearCrossEntropyLoss(6, 11, bias=bias, weight=None if cw is None else torch.zeros(11),
+                                      dtype=torch.float64, label_smoothing=0.1, chunk_size=4)
+    ours.load_state_dict(theirs.state_dict())  # strict: the same keys and shapes
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    assert "label_smoothing=0.1" in repr(ours) and "chunk_size=4" in repr(ours)
+    hid = torch.randn(9, 6, dtype=torch.float64)
     t = torch.randint(0, 11, (9,))
-    loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1, chunk_size=4)
-    assert "label_smoothing=0.1" in repr(loss_fn) and "chunk_size=4" in repr(loss_fn)
-    loss = loss_fn(hid, head.weight, t, head.bias)
-    loss.backward()
-    expected = F.cross_entropy(head(hid.detach()), t, label_smoothing=0.1)
-    torch.testing.assert_close(loss.detach(), expected)
-    assert head.weight.grad.shape == (11, 6) and head.bias.grad.shape == (11,)
+    t[2] = -100
+    got, want = ours(hid, t), theirs(hid, t)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_theirs.grad)
 
 
 # ----------------------------------------------------------------------------------
@@ -533,7 +545,7 @@ def test_emulated_cuda_branch(emulated_torch_cuda, dtype, reduction):
     hid, w, t, b = torch_inputs(21, 8, 17, dtype, ignore=(4,))
     kw = dict(label_smoothing=0.1, z_loss=1e-3)
     go = torch.linspace(0.5, 1.5, 21) if reduction == "none" else torch.tensor(1.0)
-    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=8, **kw)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction, chunk_size=8, **kw)
     got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
     storage = "bfloat16" if dtype == torch.bfloat16 else None
     assert emulated_torch_cuda and all(c[:2] == (storage, False) for c in emulated_torch_cuda)
@@ -544,7 +556,7 @@ def test_emulated_cuda_branch(emulated_torch_cuda, dtype, reduction):
 
 def test_emulated_cuda_branch_picks_the_chunk_from_free_memory(emulated_torch_cuda, emulated_launcher):
     hid, w, t, b = torch_inputs(40, 4, 7, torch.float32)
-    gst.linear_cross_entropy(hid, w, t, b)
+    gst.linear_cross_entropy(hid, w, t, linear_bias=b)
     assert emulated_torch_cuda[-1][2] == 1 << 30
     assert emulated_launcher.chunks[0] == (40, 7)
 
@@ -579,7 +591,7 @@ def test_torch_cpu_path_never_holds_n_by_v_logits():
 
     hid.grad = w.grad = b.grad = None
     with _LargestTensor() as fused:
-        gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk).backward()
+        gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=chunk).backward()
     # the biggest torch tensor is an input-sized gradient or one chunk of logits
     assert fused.largest <= max(n * h * 4, v * h * 4, chunk * v * 4)
     assert fused.largest * 16 <= full_logits
@@ -587,7 +599,7 @@ def test_torch_cpu_path_never_holds_n_by_v_logits():
     # NumPy temporaries of the reference cross entropy: a few float64 chunks at most
     tracemalloc.start()
     try:
-        gst.linear_cross_entropy(hid, w, t, b, chunk_size=chunk).backward()
+        gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=chunk).backward()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -642,10 +654,20 @@ def test_errors():
         lin(hid, w[0], t)
     with pytest.raises(ValueError, match=r"bias has shape \(4,\), expected \(5,\)"):
         lin(hid, w, t, b[:4])
-    with pytest.raises(TypeError, match="target must hold integer class indices"):
+    with pytest.raises(TypeError, match="target must hold integer class indices or float class probabilities"):
+        lin(hid, w, t.astype(np.complex64))
+    with pytest.raises(ValueError, match=r"class probabilities must have shape \(4, 5\)"):
         lin(hid, w, t.astype(np.float32))
-    with pytest.raises(ValueError, match=r"target has shape \(3,\); it must have hidden's shape"):
+    with pytest.raises(ValueError, match=r"target has shape \(3,\); class indices must have hidden's shape"):
         lin(hid, w, t[:3])
+    with pytest.raises(ValueError, match=r"class_weight has shape \(4,\), expected \(5,\)"):
+        lin(hid, w, t, class_weight=np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="class_weight must be float16, float32 or float64"):
+        lin(hid, w, t, class_weight=np.ones(5, np.int64))
+    with pytest.raises(ValueError, match="grad_weight_acc must be one of"):
+        lin(hid, w, t, grad_weight_acc="float16")
+    with pytest.raises(TypeError, match="skip_ignored must be True or False"):
+        lin(hid, w, t, skip_ignored=1)
     with pytest.raises(ValueError, match="0 rows"):
         lin(hid, w[:0], t)
     with pytest.raises(ValueError, match="label_smoothing must be in"):
@@ -668,10 +690,25 @@ def test_torch_errors():
         gst.linear_cross_entropy(hid, w.detach().to(torch.bfloat16), t)
     with pytest.raises(TypeError, match="must share one dtype"):
         gst.linear_cross_entropy(hid, w.detach().double(), t)
-    with pytest.raises(NotImplementedError, match="no class weights yet"):
-        gst.linear_cross_entropy(hid, w, t, class_weight=torch.ones(5))
-    with pytest.raises(NotImplementedError, match="no class weights yet"):
-        gst.LinearCrossEntropyLoss(class_weight=torch.ones(5))
+    # the messages use torch's names: input, linear_weight, linear_bias, weight (the class weights)
+    with pytest.raises(ValueError, match=r"weight has shape \(4,\), expected \(5,\)"):
+        gst.linear_cross_entropy(hid, w, t, weight=torch.ones(4))
+    with pytest.raises(ValueError, match=r"input has 3 features .* but linear_weight has 2"):
+        gst.linear_cross_entropy(hid, w[:, :2], t)
+    with pytest.raises(ValueError, match=r"linear_bias has shape \(4,\)"):
+        gst.linear_cross_entropy(hid, w, t, linear_bias=b[:4])
+    with pytest.raises(TypeError, match="both bias .deprecated. and linear_bias"):
+        gst.linear_cross_entropy(hid, w, t, b, linear_bias=b)
+    with pytest.raises(TypeError, match="options must be a torch.nn.LinearCrossEntropyOptions"):
+        gst.linear_cross_entropy(hid, w, t, options={"batch_chunk_size": 2})
+    with pytest.raises(NotImplementedError, match="K-dimensional"):
+        gst.linear_cross_entropy(hid, w.detach().reshape(5, 1, 3), t.reshape(4, 1))
+    with pytest.raises(NotImplementedError, match="out_features"):
+        gst.LinearCrossEntropyLoss(3, 5, out_features=(2,))
+    with pytest.raises(ValueError, match=r"weight has shape \(4,\), expected \(5,\)"):
+        gst.LinearCrossEntropyLoss(3, 5, weight=torch.ones(4))
+    with pytest.raises(NotImplementedError, match="no gradient to probability targets"):
+        gst.linear_cross_entropy(hid, w, torch.rand(4, 5, requires_grad=True))
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         gst.linear_cross_entropy(hid, w.detach().numpy(), t)
     with pytest.raises(ValueError, match=r"target value\(s\)"):

@@ -103,7 +103,7 @@ def test_torch_cuda_matches_unfused(torch_cuda, dtype, reduction):
     hid, w, t, b = torch_case(torch, 300, 128, 5000, dt)
     kw = dict(label_smoothing=0.1)
     go = torch.rand(300, device="cuda") + 0.5 if reduction == "none" else torch.tensor(0.7, device="cuda")
-    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=64, **kw)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction, chunk_size=64, **kw)
     got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
     leaves = [x.detach().double().requires_grad_() for x in (hid, w, b)]
     ref = F.cross_entropy(F.linear(*leaves), t, reduction=reduction, **kw)
@@ -118,11 +118,11 @@ def test_torch_cuda_no_host_sync(torch_cuda):
     import gpu_softmax.torch as gst
 
     hid, w, t, b = torch_case(torch, 256, 64, 3000, torch.bfloat16)
-    gst.linear_cross_entropy(hid, w, t, b, chunk_size=64).backward()  # compile and warm up
+    gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64).backward()  # compile and warm up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        gst.linear_cross_entropy(hid, w, t, b, chunk_size=64).backward()
+        gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64).backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
@@ -162,7 +162,7 @@ def test_goal_shape_bf16_memory_and_sampled_rows(torch_cuda):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    loss = gst.linear_cross_entropy(hid, w, t, b)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b)
     loss.backward()
     torch.cuda.synchronize()
     peak_extra = torch.cuda.max_memory_allocated() - base
