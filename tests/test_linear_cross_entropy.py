@@ -28,6 +28,7 @@ import pytest
 
 import gpu_softmax as gs
 from gpu_softmax import _checks, _chunking, reference
+from gpu_softmax.options import CEOptions
 from gpu_softmax._cuda import cross_entropy as ce_launch
 from gpu_softmax._cuda import linear_cross_entropy as lce
 
@@ -741,3 +742,306 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(torch_linear, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 4 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------------
+# torch's own F.linear_cross_entropy as the oracle (issue 22): every option it accepts
+
+TORCH_LCE_CASES = [
+    # (class weights, label_smoothing, ignore_index passed (None: leave torch's default), probability targets)
+    (False, 0.0, None, False),
+    (True, 0.0, None, False),
+    (False, 0.25, None, False),
+    (True, 0.25, None, False),
+    (False, 0.0, 4, False),
+    (True, 0.1, 4, False),
+    (False, 0.0, None, True),
+    (True, 0.0, None, True),
+    (True, 0.3, None, True),
+]
+
+
+def torch_lce_inputs(dtype, n=13, h=5, v=9, *, class_weights, ignore_index, soft, seed=0, bias=True, unbatched=False):
+    g = torch.Generator().manual_seed(seed)
+    hid = torch.randn((h,) if unbatched else (n, h), generator=g, dtype=dtype).requires_grad_()
+    w = torch.randn(v, h, generator=g, dtype=dtype).requires_grad_()
+    b = (torch.randn(v, generator=g, dtype=dtype) * 0.5).requires_grad_() if bias else None
+    cw = torch.rand(v, generator=g, dtype=dtype) + 0.2 if class_weights else None
+    lead = hid.shape[:-1]
+    if soft:
+        t = torch.randn(lead + (v,), generator=g, dtype=dtype).softmax(-1)
+    else:
+        t = torch.randint(0, v, lead, generator=g)
+        if not unbatched and n > 7:
+            t[1] = -100 if ignore_index is None else ignore_index
+            t[6] = t[7]
+    return hid, w, b, cw, t
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", TORCH_LCE_CASES, ids=str)
+@pytest.mark.parametrize("bias,unbatched", [(True, False), (False, False), (True, True)], ids=str)
+def test_matches_torch_linear_cross_entropy(dtype, reduction, case, bias, unbatched):
+    class_weights, smoothing, ignore_index, soft = case
+    hid, w, b, cw, t = torch_lce_inputs(dtype, class_weights=class_weights, ignore_index=ignore_index, soft=soft,
+                                        bias=bias, unbatched=unbatched)
+    kw = dict(linear_bias=b, weight=cw, reduction=reduction, label_smoothing=smoothing)
+    if ignore_index is not None:
+        kw["ignore_index"] = ignore_index
+    want = F.linear_cross_entropy(hid, w, t, **kw)
+    got = gst.linear_cross_entropy(hid, w, t, chunk_size=4, **kw)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    # a non-uniform upstream gradient for reduction="none"
+    go = torch.linspace(-1.0, 2.0, want.numel(), dtype=dtype).reshape(want.shape) if reduction == "none" \
+        else torch.tensor(0.7, dtype=dtype)
+    leaves = [x for x in (hid, w, b) if x is not None]
+    g_want = torch.autograd.grad((want * go).sum(), leaves)
+    g_got = torch.autograd.grad((got * go).sum(), leaves)
+    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (2e-5, 1e-6)
+    check_all([x.detach().double().numpy() for x in (got,) + g_got],
+              [x.detach().double().numpy() for x in (want,) + g_want], rtol, atol, str(case))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_chunked_options_are_accepted(reduction):
+    hid, w, b, cw, t = torch_lce_inputs(torch.float64, class_weights=True, ignore_index=None, soft=False)
+    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=4, chunking_method=None)
+    want = F.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, reduction=reduction, options=opts)
+    calls = []
+    real = _chunking.run_chunks
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_chunking, "run_chunks", lambda a, wants, ops, tt, go, chunk: calls.append(chunk)
+                   or real(a, wants, ops, tt, go, chunk))
+        got = gst.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, reduction=reduction, options=opts)
+    assert calls and set(calls) == {4}  # its batch_chunk_size is our chunk_size
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+def test_gradcheck_with_class_weights_and_smoothing(reduction, soft):
+    hid, w, b, cw, t = torch_lce_inputs(torch.float64, n=5, h=3, v=4, class_weights=True, ignore_index=None,
+                                        soft=soft)
+    fn = lambda h_, w_, b_: gst.linear_cross_entropy(  # noqa: E731
+        h_, w_, t, linear_bias=b_, weight=cw, reduction=reduction, label_smoothing=0.2, z_loss=0.05,
+        logit_softcap=3.0, chunk_size=2)
+    assert torch.autograd.gradcheck(fn, (hid, w, b))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+def test_extras_with_class_weights_match_the_unfused_formula(reduction, soft):
+    hid, w, b, cw, t = torch_lce_inputs(torch.float64, class_weights=True, ignore_index=None, soft=soft)
+    kw = dict(label_smoothing=0.1, z_loss=0.02, logit_softcap=5.0, reduction=reduction)
+    got = gst.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, chunk_size=3, **kw)
+    want = torch_linear.unfused(hid, w, t, b, cw, CEOptions.checked(**kw))
+    torch.testing.assert_close(got, want)
+    go = torch.rand(want.shape, dtype=torch.float64) + 0.5
+    torch_grads = torch.autograd.grad((got * go).sum(), (hid, w, b))
+    torch.testing.assert_close(torch_grads, torch.autograd.grad((want * go).sum(), (hid, w, b)))
+    # and the NumPy/CuPy API's reference agrees (z-loss mean over rows, CE mean over weights)
+    np_out = gs.linear_cross_entropy_with_grad(
+        hid.detach().numpy(), w.detach().numpy(), t.numpy(), b.detach().numpy(), class_weight=cw.numpy(),
+        grad_output=go.numpy() if reduction == "none" else float(go), **kw)
+    check_all(np_out, [got.detach().numpy()] + [g.numpy() for g in torch_grads], 1e-10, 1e-12)
+
+
+def test_ignore_index_none_means_torchs_default():
+    hid, w, b, cw, t = torch_lce_inputs(torch.float64, class_weights=False, ignore_index=None, soft=False)
+    torch.testing.assert_close(gst.linear_cross_entropy(hid, w, t, ignore_index=None),
+                               F.linear_cross_entropy(hid, w, t))
+    torch.testing.assert_close(gst.linear_cross_entropy(hid, w, t), F.linear_cross_entropy(hid, w, t))
+
+
+def test_positional_bias_still_works_with_a_deprecation_warning():
+    hid, w, t, b = torch_inputs(6, 3, 5, torch.float64)
+    with pytest.warns(DeprecationWarning, match="linear_bias=bias"):
+        old = gst.linear_cross_entropy(hid, w, t, b)
+    with pytest.warns(DeprecationWarning):
+        old_kw = gst.linear_cross_entropy(hid, w, t, bias=b)
+    new = gst.linear_cross_entropy(hid, w, t, linear_bias=b)
+    torch.testing.assert_close(old, new)
+    torch.testing.assert_close(old_kw, new)
+
+
+def test_any_leading_shape_and_leading_shaped_probabilities():
+    hid, w, b, cw, t = torch_lce_inputs(torch.float64, n=12, class_weights=True, ignore_index=None, soft=True)
+    got = gst.linear_cross_entropy(hid.reshape(3, 4, -1), w, t.reshape(3, 4, -1), linear_bias=b, weight=cw,
+                                   reduction="none")
+    want = F.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, reduction="none")
+    torch.testing.assert_close(got, want.reshape(3, 4))
+
+
+# ----------------------------------------------------------------------------------
+# ignored and weight-0 rows never enter a product (issue 22 item 2)
+
+
+def _cpu_chunks(monkeypatch):
+    """The (rows, V) shapes of the logits each chunk of the torch CPU path builds."""
+    seen = []
+    real = reference.cross_entropy_with_grad_checked
+    monkeypatch.setattr(reference, "cross_entropy_with_grad_checked",
+                        lambda rec, *a, **k: seen.append(rec.logits.shape) or real(rec, *a, **k))
+    real_fwd = reference.cross_entropy_checked
+    monkeypatch.setattr(reference, "cross_entropy_checked",
+                        lambda rec, *a, **k: seen.append(rec.logits.shape) or real_fwd(rec, *a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_launcher_leaves_ignored_and_weight_zero_rows_out_of_every_product(emulated_launcher, reduction):
+    n, h, v = 40, 5, 11
+    hid, w, t, b = make(n, h, v, np.float32, bias=True, ignore=range(0, n, 3))
+    cw = (np.random.default_rng(1).random(v) + 0.5).astype(np.float32)
+    cw[[2, 5]] = 0.0
+    dropped = (t == -100) | np.isin(t, [2, 5])
+    go = np.linspace(-1, 2, n).astype(np.float32) if reduction == "none" else 1.0
+    kw = dict(reduction=reduction, class_weight=cw, grad_output=go)
+    loss, gh, gw, gb = run_launcher(hid, w, t, b, chunk_size=8, **kw)
+    kept = int((~dropped).sum())
+    assert sum(c[0] for c in emulated_launcher.chunks) == kept
+    assert all(k == kept or k <= 8 for (_, _, k) in emulated_launcher.gemm_shapes if k not in (h, v))
+    # grad_hidden (allocated NaN-poisoned when not zeroed) is exactly 0 on the dropped rows
+    assert not gh[dropped].any() and np.isfinite(gh).all()
+    if reduction == "none":
+        assert not loss[dropped].any()
+    want = gs.linear_cross_entropy_with_grad(hid.astype(np.float64), w.astype(np.float64), t,
+                                             b.astype(np.float64), **kw)
+    check_all((loss, gh, gw, gb), want, 2e-5, 1e-6)
+
+
+def test_weight_zero_rows_stay_in_when_smoothing_or_z_loss_makes_them_count(emulated_launcher):
+    hid, w, t, b = make(20, 3, 6, np.float64, bias=True)
+    cw = np.ones(6)
+    cw[t[0]] = 0.0
+    for kw in ({"label_smoothing": 0.1}, {"z_loss": 0.01}):
+        emulated_launcher.chunks.clear()
+        got = run_launcher(hid, w, t, b, class_weight=cw, chunk_size=7, **kw)
+        assert sum(c[0] for c in emulated_launcher.chunks) == 20
+        check_all(got, gs.linear_cross_entropy_with_grad(hid, w, t, b, class_weight=cw, **kw), 1e-10, 1e-12)
+
+
+def test_all_target_weights_zero_keeps_torchs_nan(emulated_launcher):
+    hid, w, t, b = make(6, 3, 4, np.float64, bias=True)
+    loss, gh, gw, gb = run_launcher(hid, w, t, b, class_weight=np.zeros(4), chunk_size=4)
+    want = gs.linear_cross_entropy_with_grad(hid, w, t, b, class_weight=np.zeros(4))
+    assert np.isnan(float(loss)) and np.isnan(float(want[0]))
+
+
+def test_capturing_computes_every_row_without_a_host_read(emulated_launcher):
+    hid, w, t, b = make(30, 4, 7, np.float64, bias=True, ignore=range(0, 30, 2))
+    emulated_launcher.capturing = True
+    got = run_launcher(hid, w, t, b, chunk_size=8)
+    assert sum(c[0] for c in emulated_launcher.chunks) == 30
+    emulated_launcher.capturing, emulated_launcher.chunks[:] = False, []
+    skipped = run_launcher(hid, w, t, b, chunk_size=8)
+    assert sum(c[0] for c in emulated_launcher.chunks) == 15
+    emulated_launcher.chunks.clear()
+    run_launcher(hid, w, t, b, chunk_size=8, skip_ignored=False)
+    assert sum(c[0] for c in emulated_launcher.chunks) == 30
+    check_all(got, skipped, 1e-12, 1e-14)
+    check_all(got, gs.linear_cross_entropy_with_grad(hid, w, t, b), 1e-10, 1e-12)
+
+
+def test_torch_cpu_path_skips_ignored_rows(monkeypatch):
+    hid, w, t, b = torch_inputs(24, 4, 9, torch.float64, ignore=range(0, 24, 4))
+    seen = _cpu_chunks(monkeypatch)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=5, reduction="none")
+    go = torch.linspace(0.5, 1.5, 24, dtype=torch.float64)
+    got = torch.autograd.grad((loss * go).sum(), (hid, w, b))
+    assert sum(s[0] for s in seen) == 2 * 18  # forward (losses) and backward (gradients): kept rows only
+    assert not got[0][::4].any() and not loss[::4].any()
+    want = torch_expected(hid, w, t, b, "none", go)
+    check_all([x.detach().numpy() for x in (loss,) + got], [e.numpy() for e in want], 1e-10, 1e-12)
+
+
+# ----------------------------------------------------------------------------------
+# accumulation, float16 overflow, H = 0 (issue 22 item 3, issue 23 items 9 and 11)
+
+
+@pytest.mark.parametrize("storage", [None, "bfloat16"])
+def test_launcher_grad_weight_in_the_weights_own_dtype(emulated_launcher, storage):
+    hid, w, t, b = make(30, 4, 9, np.float16 if storage is None else np.float32, bias=True)
+    wide = run_launcher(hid, w, t, b, storage=storage, chunk_size=7)
+    own = run_launcher(hid, w, t, b, storage=storage, chunk_size=7, grad_weight_acc="weight")
+    sums = np.float16 if storage is None else np.uint16
+    assert wide[2].dtype == np.float32 and own[2].dtype == sums and own[3].dtype == sums
+    conv = (lambda a: _bf16_to_f64(a)) if storage else (lambda a: a.astype(np.float64))
+    check_all((conv(own[2]), conv(own[3])), (wide[2], wide[3]), 2e-2, 1e-2)
+
+
+def test_torch_cpu_grad_weight_in_the_weights_own_dtype():
+    hid, w, t, b = torch_inputs(30, 4, 9, torch.bfloat16)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=7, grad_weight_acc="weight")
+    gw = torch.autograd.grad(loss, w)[0]
+    want = torch_expected(hid, w, t, b, "mean", torch.tensor(1.0))[2]
+    assert gw.dtype == torch.bfloat16
+    check_all([gw.double().numpy()], [want.numpy()], 5e-2, 3e-2)
+
+
+def test_launcher_float16_chunk_logits_do_not_overflow(emulated_launcher):
+    # logits of +-90000 (beyond float16's 65504): the reference's loss is exactly 0, with 0 gradients
+    hid = np.array([[300.0], [-300.0], [300.0]], dtype=np.float16)
+    w = np.array([[300.0], [-300.0]], dtype=np.float16)
+    t = np.array([0, 0, 0])
+    for reduction in ("mean", "none"):
+        want = gs.linear_cross_entropy_with_grad(hid.astype(np.float64), w.astype(np.float64), t,
+                                                 reduction=reduction)
+        got = run_launcher(hid, w, t, reduction=reduction, chunk_size=2)
+        for g in got[:3]:
+            assert np.isfinite(np.asarray(g, dtype=np.float64)).all(), reduction
+        check_all(got[:3], want, 1e-3, 1e-3, reduction)
+    # the float32 chunk is the logits buffer; the gradient products read a float16 copy
+    assert (2, 2) in emulated_launcher.allocations
+
+
+def test_zero_features_never_reach_cublas(emulated_launcher):
+    hid, w, t, b = np.zeros((5, 0)), np.zeros((4, 0)), np.array([0, 1, 2, 3, -100]), np.arange(4.0)
+    got = run_launcher(hid, w, t, b, chunk_size=2)  # the emulator refuses m, n, k or ld of 0
+    want = gs.linear_cross_entropy_with_grad(hid, w, t, b)
+    assert got[1].shape == (5, 0) and got[2].shape == (4, 0)
+    check_all(got, want, 1e-12, 1e-14)
+    assert all(min(s) >= 1 for s in emulated_launcher.gemm_shapes)
+    h0 = torch.zeros(5, 0, dtype=torch.float64, requires_grad=True)
+    w0 = torch.zeros(4, 0, dtype=torch.float64, requires_grad=True)
+    b0 = torch.arange(4.0, dtype=torch.float64, requires_grad=True)
+    t0 = torch.from_numpy(t)
+    loss = gst.linear_cross_entropy(h0, w0, t0, linear_bias=b0)
+    torch.testing.assert_close(loss, F.linear_cross_entropy(h0, w0, t0, linear_bias=b0))
+
+
+# ----------------------------------------------------------------------------------
+# unclear errors made clear (issue 23 item 11)
+
+
+def test_double_backward_says_it_is_unsupported():
+    hid, w, t, b = torch_inputs(6, 3, 5, torch.float64)
+    for reduction in ("mean", "none"):
+        loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction).sum()
+        gh, = torch.autograd.grad(loss, hid, create_graph=True)  # first order still works
+        torch.testing.assert_close(gh, torch.autograd.grad(
+            F.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction).sum(), hid)[0])
+        with pytest.raises(RuntimeError, match="has no second derivative"):
+            torch.autograd.grad(gh.sum(), w)
+
+
+def test_bad_target_on_cpu_does_not_suggest_a_missing_validate_option():
+    hid, w, t, b = torch_inputs(4, 3, 5, torch.float32)
+    with pytest.raises(ValueError, match=r"target value\(s\)") as err:
+        gst.linear_cross_entropy(hid, w, torch.tensor([0, 1, 9, 2]))
+    assert "validate" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph_traces_the_unfused_formula(reduction):
+    hid, w, b, cw, t = torch_lce_inputs(torch.float32, class_weights=True, ignore_index=None, soft=False)
+    kw = dict(reduction=reduction, label_smoothing=0.1, z_loss=1e-2)
+    fn = torch.compile(lambda h_, w_, b_: gst.linear_cross_entropy(h_, w_, t, linear_bias=b_, weight=cw, **kw),
+                       fullgraph=True, backend="aot_eager")
+    got = fn(hid, w, b)
+    want = gst.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, **kw)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), (hid, w, b)),
+                               torch.autograd.grad(want.sum(), (hid, w, b)))

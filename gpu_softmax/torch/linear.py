@@ -180,7 +180,7 @@ class _SecondOrderRefused(torch.autograd.Function):
     """Passes a gradient through; differentiating it raises `_NO_SECOND_ORDER` (only then)."""
 
     @staticmethod
-    def forward(ctx, grad, anchor):
+    def forward(ctx, grad, *anchors):
         return grad.view_as(grad)
 
     @staticmethod
@@ -188,12 +188,14 @@ class _SecondOrderRefused(torch.autograd.Function):
         raise RuntimeError(_NO_SECOND_ORDER)
 
 
-def _refuse_second_order(grads: tuple, anchor: Tensor | None) -> tuple:
-    """Under create_graph=True, mark the gradients so that their own backward explains itself
-    (without it they would not require grad, and torch's message would name no cause)."""
-    if not torch.is_grad_enabled() or anchor is None:
+def _refuse_second_order(grads: tuple, inputs: tuple) -> tuple:
+    """Under create_graph=True, tie the gradients to the inputs that require grad so that their
+    own backward explains itself (else they would not require grad, and torch's message would
+    name no cause)."""
+    anchors = [x for x in inputs if x is not None and x.requires_grad]
+    if not torch.is_grad_enabled() or not anchors:
         return grads
-    return tuple(None if g is None else _SecondOrderRefused.apply(g, anchor) for g in grads)
+    return tuple(None if g is None else _SecondOrderRefused.apply(g, *anchors) for g in grads)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -201,7 +203,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, target, class_weight, a):
         wants = Wants(*ctx.needs_input_grad[:3])
         ctx.recompute = a.ce.reduction == "none" and wants.any
-        ctx.anchor_index = next(i for i, w in enumerate(ctx.needs_input_grad[:3]) if w) if wants.any else None
         if ctx.recompute or not wants.any:
             loss = _compute(a, NO_GRAD, hidden, weight, bias, target, class_weight, 1.0)[0]
             if ctx.recompute:
@@ -226,8 +227,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 saved = ctx.saved_tensors
                 gh, gw, gb = (None if g is None else g * grad_loss for g in saved[:3])
                 inputs = saved[3:]
-        anchor = None if ctx.anchor_index is None else inputs[ctx.anchor_index]
-        gh, gw, gb = _refuse_second_order((gh, gw, gb), anchor)
+        gh, gw, gb = _refuse_second_order((gh, gw, gb), inputs)
         return gh, gw, gb, None, None, None
 
 
