@@ -44,20 +44,26 @@ def chunk_rows(rows: int, classes: int, itemsize: int, free_bytes: int | None = 
 
 
 def extra_bytes(rows: int, classes: int, features: int, itemsize: int, acc_itemsize: int, chunk: int,
-                bias: bool = False, grad_weight: bool = True) -> dict[str, int]:
+                bias: bool = False, grad_weight: bool = True, *, wide: bool = False, gathered: bool = True,
+                grad_weight_acc: str = "float32") -> dict[str, int]:
     """Device memory the fused op needs beyond its inputs and its returned gradients.
 
     `accumulator` is the float32 (float64 for float64) grad_weight sum over chunks:
-    for 16-bit weights it is extra, for float32/float64 weights it becomes the
-    returned gradient itself (counted 0 here). `per_row` is the chunk's per-row
-    statistics (loss, int64 target, scale) and the bias-gradient ones vector.
+    for 16-bit weights it is extra, for float32/float64 weights (or grad_weight_acc
+    "weight") it is the returned gradient itself (counted 0 here). `wide`: float16
+    chunk logits held in float32 plus the float16 copy the products read. `gathered`:
+    some rows are left out (ignored), so each chunk's hidden rows and their grad_hidden
+    are gathered into (chunk, H) buffers, indexed by up to N int64 row numbers.
+    `per_row` is the chunk's per-row statistics (loss, int64 target, scale).
     """
     chunk = min(chunk, max(rows, 1))
-    acc = classes * features * acc_itemsize if grad_weight and acc_itemsize != itemsize else 0
-    acc += classes * acc_itemsize if bias else 0
+    own = grad_weight_acc == "weight" or acc_itemsize == itemsize
+    acc = classes * features * acc_itemsize if grad_weight and not own else 0
+    acc += classes * acc_itemsize if bias and not own else 0
     out = {
-        "logits_chunk": chunk * classes * itemsize,
+        "logits_chunk": chunk * classes * (itemsize + (acc_itemsize if wide else 0)),
         "accumulator": acc,
+        "gathered": (2 * chunk * features * itemsize + rows * 8) if gathered else 0,
         "per_row": chunk * (acc_itemsize + 8 + itemsize),
     }
     out["total"] = sum(out.values())
@@ -171,13 +177,18 @@ def run_chunks(a: LinearCrossEntropyArgs, wants: Wants, ops: ChunkOps, target: A
     none = ce.reduction == "none"
     per_row_go = none and getattr(grad_output, "ndim", 0) > 0
     divisor = mean_divisor(xp, ce, target, weight, n_rows, classes)
-    idx = kept_rows(xp, ce, target, weight, divisor, classes) if a.skip_ignored and not ops.capturing() else None
+    capturing = ops.capturing()
+    idx = kept_rows(xp, ce, target, weight, divisor, classes) if a.skip_ignored and not capturing else None
     n_kept = n_rows if idx is None else int(idx.size)
     scale, z_loss = None, ce.z_loss
     if ce.reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):  # no rows: 1/0 = inf, the loss 0 * inf = NaN
             scale = (1.0 / divisor).astype(ops.acc)
         if z_loss and weight is not None and not ce.soft:
+            if capturing:
+                raise ValueError(
+                    "z_loss with class weights and reduction='mean' reads the mean's two divisors on the host, "
+                    "which a CUDA graph capture cannot; use reduction='sum' and divide, or capture without z_loss")
             n_valid = float((target != ce.ignore_index).sum())
             ratio = float(divisor) / n_valid if n_valid else 1.0
             z_loss = z_loss * ratio if 0 < ratio < np.inf else z_loss

@@ -617,6 +617,10 @@ def test_chunk_rule_at_the_goal_shape():
     extra = _chunking.extra_bytes(16384, 128256, 4096, 2, 4, rows)
     assert extra["logits_chunk"] == 2048 * 128256 * 2 <= _chunking.CHUNK_BUDGET_BYTES
     assert extra["accumulator"] == 128256 * 4096 * 4
+    assert extra["gathered"] == 2 * 2048 * 4096 * 2 + 16384 * 8
+    assert _chunking.extra_bytes(16384, 128256, 4096, 2, 4, rows, grad_weight_acc="weight")["accumulator"] == 0
+    wide = _chunking.extra_bytes(16384, 128256, 4096, 2, 4, rows, wide=True)
+    assert wide["logits_chunk"] == 2048 * 128256 * (2 + 4)  # float16: float32 logits and a float16 gradient
     assert _chunking.unfused_bytes(16384, 128256, 2) > 12e9
 
 
@@ -942,6 +946,9 @@ def test_capturing_computes_every_row_without_a_host_read(emulated_launcher):
     assert sum(c[0] for c in emulated_launcher.chunks) == 30
     check_all(got, skipped, 1e-12, 1e-14)
     check_all(got, gs.linear_cross_entropy_with_grad(hid, w, t, b), 1e-10, 1e-12)
+    emulated_launcher.capturing = True
+    with pytest.raises(ValueError, match="CUDA graph capture cannot"):
+        run_launcher(hid, w, t, b, class_weight=np.ones(7), z_loss=0.1)
 
 
 def test_torch_cpu_path_skips_ignored_rows(monkeypatch):
