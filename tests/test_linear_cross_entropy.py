@@ -1052,3 +1052,43 @@ def test_torch_compile_fullgraph_traces_the_unfused_formula(reduction):
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got.sum(), (hid, w, b)),
                                torch.autograd.grad(want.sum(), (hid, w, b)))
+
+
+# ----------------------------------------------------------------------------------
+# the benchmark's linear-CE rows (GPU only): their adapters and arithmetic on the CPU
+
+
+def test_bench_linear_ce_adapters_compute_the_same_loss_and_gradients():
+    from gpu_softmax.bench import baselines
+
+    impls, notes = baselines.linear_ce_implementations(skip_impls=("torch.compile", "liger"))
+    assert list(impls)[:4] == ["gpu_softmax.torch", "torch", "torch.linear_cross_entropy",
+                               "torch.linear_cross_entropy(chunked)"]
+    g = torch.Generator().manual_seed(0)
+    hid, w = torch.randn(20, 8, generator=g), torch.randn(30, 8, generator=g)
+    t = torch.randint(0, 30, (20,), generator=g)
+    results = {name: baselines._linear_ce_step(fn, hid, w, t) for name, fn in impls.items()}
+    want = results["torch"]
+    for name, got in results.items():
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bench_linear_ce_floor_and_refusal_without_a_gpu(monkeypatch):
+    from gpu_softmax import cli
+    from gpu_softmax.bench import baselines, cases
+
+    assert cases.linear_ce_flops(8192, 4096, 128256) == 6 * 8192 * 4096 * 128256
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs torch with a CUDA device"):
+        baselines.linear_ce_rows(cases.QUICK_LINEAR_CE_SHAPES)
+    with pytest.raises(SystemExit, match="needs torch with a CUDA device"):
+        cli.main(["bench", "--op", "linear_cross_entropy", "--quick"])
+    with pytest.raises(SystemExit, match="runs alone"):
+        cli.main(["bench", "--op", "linear_cross_entropy,softmax"])
+    doc = {"bf16_matmul_tflops": 700.0, "rows": [
+        {"impl": "torch", "shape": [8, 4, 16], "ms": 2.0, "pct_matmul_rate": 40.0,
+         "peak_mem_above_inputs_bytes": 3e9, "matched": True, "note": ""},
+        {"impl": "liger", "shape": [8, 4, 16], "note": "OutOfMemoryError"}]}
+    text = baselines.linear_ce_markdown(doc)
+    assert "| torch | 8x4x16 | 2.00 | 40 | 3.00 | True |" in text and "OutOfMemoryError" in text
