@@ -1092,3 +1092,26 @@ def test_bench_linear_ce_floor_and_refusal_without_a_gpu(monkeypatch):
         {"impl": "liger", "shape": [8, 4, 16], "note": "OutOfMemoryError"}]}
     text = baselines.linear_ce_markdown(doc)
     assert "| torch | 8x4x16 | 2.00 | 40 | 3.00 | True |" in text and "OutOfMemoryError" in text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_emulated_cuda_branch_with_class_weights_and_probabilities(emulated_torch_cuda, emulated_launcher, dtype,
+                                                                   soft, reduction):
+    hid, w, b, cw, t = torch_lce_inputs(dtype, n=21, h=8, v=17, class_weights=True, ignore_index=None, soft=soft)
+    cw[3] = 0.0
+    if soft:
+        t = t.to(dtype)  # 16-bit probabilities: the bridge hands the kernel float32 ones
+    go = torch.linspace(0.5, 1.5, 21) if reduction == "none" else torch.tensor(1.0)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, weight=cw, reduction=reduction, chunk_size=8)
+    got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
+    leaves = [x.detach().double().requires_grad_() for x in (hid, w, b)]
+    ref = F.linear_cross_entropy(leaves[0], leaves[1], t.double() if soft else t, linear_bias=leaves[2],
+                                 weight=cw.double(), reduction=reduction)
+    want = (ref.detach(),) + torch.autograd.grad((ref * go.double()).sum(), leaves)
+    assert [g.dtype for g in got[1:]] == [dtype] * 3
+    check_all([g.double().numpy() for g in got], [e.numpy() for e in want], *TORCH_TOL[dtype], str(dtype))
+    if not soft:  # the weight-0 and ignored rows left out of the products
+        dropped = int(((t == -100) | (t == 3)).sum())
+        assert emulated_launcher.chunks and sum(c[0] for c in emulated_launcher.chunks) % (21 - dropped) == 0
