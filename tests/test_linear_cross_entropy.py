@@ -466,7 +466,8 @@ def test_torch_cpu_odd_sizes_and_leading_dims(n, v, chunk):
                          ids=["plain", "extras"])
 def test_torch_cpu_gradcheck(reduction, kw):
     hid, w, t, b = torch_inputs(5, 3, 4, torch.float64, ignore=(1,))
-    fn = lambda h_, w_, b_: gst.linear_cross_entropy(h_, w_, t, linear_bias=b_, reduction=reduction, chunk_size=2, **kw)  # noqa
+    fn = lambda h_, w_, b_: gst.linear_cross_entropy(  # noqa: E731
+        h_, w_, t, linear_bias=b_, reduction=reduction, chunk_size=2, **kw)
     assert torch.autograd.gradcheck(fn, (hid, w, b))
 
 

@@ -148,8 +148,8 @@ def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, w
         )
         loss, gh, gw, gb = launch.run(rec, wants, storage=_bridge.storage(hidden), free_bytes=free)
         sums = hidden.dtype if a.grad_weight_acc == "weight" else acc
-        return (_bridge.from_cupy(loss, acc), None if gh is None else _bridge.from_cupy(gh, hidden.dtype),
-                None if gw is None else _bridge.from_cupy(gw, sums), None if gb is None else _bridge.from_cupy(gb, sums))
+        back = lambda x, dtype: None if x is None else _bridge.from_cupy(x, dtype)  # noqa: E731
+        return back(loss, acc), back(gh, hidden.dtype), back(gw, sums), back(gb, sums)
 
 
 def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
