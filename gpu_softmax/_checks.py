@@ -381,11 +381,22 @@ class LinearCrossEntropyArgs:
     chunk_size: int | None
     grad_weight_acc: str = "float32"
     skip_ignored: bool = True
+    out_features: tuple[int, ...] = ()  # torch's K-dimensional loss: weight (V, *out_features, H)
+
+    @property
+    def positions(self) -> int:
+        """Loss terms per row of hidden: the product of out_features (1 for the usual head)."""
+        return math.prod(self.out_features)
+
+    @property
+    def weight_rows(self) -> int:
+        """Rows of the weight as a (V * positions, H) matrix: the logits' columns per row."""
+        return self.classes * self.positions
 
     @property
     def loss_shape(self) -> tuple[int, ...]:
-        """Shape of the reduction='none' loss: hidden's shape without its last dimension."""
-        return tuple(self.hidden.shape[:-1])
+        """Shape of the reduction='none' loss: hidden's leading shape, then out_features."""
+        return tuple(self.hidden.shape[:-1]) + self.out_features
 
 
 def check_linear_cross_entropy(
@@ -419,9 +430,11 @@ def check_linear_cross_entropy(
     require_float(weight, W)
     if hidden.ndim == 0:
         raise ValueError(f"{H} is 0-dimensional: it must be (..., H), features along the last dimension")
-    if weight.ndim != 2:
-        raise ValueError(f"{W} must be 2-dimensional (V, H), as torch.nn.Linear's, got shape {weight.shape}")
-    classes, features = int(weight.shape[0]), int(weight.shape[1])
+    if weight.ndim < 2:
+        raise ValueError(f"{W} must be 2-dimensional (V, H), as torch.nn.Linear's (or (V, d_1, ..., d_K, H) for a "
+                         f"K-dimensional loss), got shape {weight.shape}")
+    classes, features = int(weight.shape[0]), int(weight.shape[-1])
+    out = tuple(int(d) for d in weight.shape[1:-1])
     if hidden.shape[-1] != features:
         raise ValueError(
             f"{H} has {hidden.shape[-1]} features (shape {hidden.shape}) but {W} has {features} "
@@ -435,21 +448,21 @@ def check_linear_cross_entropy(
         require_float(bias, B)
         if bias.dtype != hidden.dtype:
             raise TypeError(f"{B} has dtype {bias.dtype} but {H} has dtype {hidden.dtype}; they must match")
-        if bias.shape != (classes,):
-            raise ValueError(f"{B} has shape {bias.shape}, expected ({classes},): one per row of {W}")
+        if tuple(bias.shape) != (classes,) + out:
+            raise ValueError(f"{B} has shape {bias.shape}, expected {(classes,) + out}: one per row of {W}")
     require_native(target.dtype, "target")
     lead = tuple(hidden.shape[:-1])
     tkind = np.dtype(target.dtype).kind
     if tkind in "iu":
-        if target.shape != lead:
+        if target.shape != lead + out:
             raise ValueError(
                 f"target has shape {target.shape}; class indices must have {H}'s shape without the "
-                f"feature dimension, {lead}"
+                f"feature dimension (then {W}'s out_features), {lead + out}"
             )
     elif np.dtype(target.dtype) in FLOAT_DTYPES:
-        if target.shape != lead + (classes,):
+        if target.shape != lead + (classes,) + out:
             raise ValueError(
-                f"target has shape {target.shape}; class probabilities must have shape {lead + (classes,)} "
+                f"target has shape {target.shape}; class probabilities must have shape {lead + (classes,) + out} "
                 f"({H}'s leading shape, then one per class)"
             )
     else:
@@ -472,9 +485,9 @@ def check_linear_cross_entropy(
         raise ValueError(f"grad_weight_acc must be one of {GRAD_WEIGHT_ACCS}, got {grad_weight_acc!r}")
     if not isinstance(skip_ignored, (bool, np.bool_)):
         raise TypeError(f"skip_ignored must be True or False, got {skip_ignored!r}")
-    logits = standin(hidden, lead + (classes,))
+    logits = standin(hidden, lead + (classes,) + out)
     go = grad_output if grad_output is None or _is_scalar(grad_output) else standin(grad_output)
-    ce = check_cross_entropy(logits, standin(target), axis=-1, weight=None if class_weight is None else
+    ce = check_cross_entropy(logits, standin(target), axis=len(lead), weight=None if class_weight is None else
                              standin(class_weight), grad_output=go, options=options, **option_values)
     if go is not None and not _is_scalar(go):
         ce = replace(ce, grad_output=grad_output)
@@ -482,5 +495,5 @@ def check_linear_cross_entropy(
         kind=kind, hidden=hidden, weight=weight, target=target, bias=bias, rows=math.prod(lead),
         features=features, classes=classes, ce=replace(ce, kind=kind, target=target, weight=class_weight),
         chunk_size=None if chunk_size is None else int(chunk_size), grad_weight_acc=grad_weight_acc,
-        skip_ignored=bool(skip_ignored),
+        skip_ignored=bool(skip_ignored), out_features=out,
     )

@@ -129,7 +129,7 @@ def _hard_rows(ce, target, classes: int):
 
 def mean_divisor(xp, ce, target, weight, rows: int, classes: int):
     """The mean's divisor as a float64 0-d array on `xp`'s device (no host read), as the reference:
-    the row count for probabilities; for class indices the summed target weights of the
+    the loss-term count `rows` for probabilities; for class indices the summed target weights of the
     non-ignored rows (their count without class weights), NaN when a target is out of range."""
     if ce.soft:
         return xp.asarray(float(rows))
@@ -143,22 +143,23 @@ def mean_divisor(xp, ce, target, weight, rows: int, classes: int):
     return d + xp.where(valid & ~in_range, np.nan, 0.0).sum()
 
 
-def kept_rows(xp, ce, target, weight, divisor, classes: int):
-    """Indices of the rows that can change the loss or a gradient, or None for all of them.
+def kept_rows(xp, ce, target, weight, divisor, classes: int, rows: int):
+    """Indices of the `rows` rows (each with target.size / rows loss terms) that can change the loss
+    or a gradient, or None for all of them.
 
     Left out: ignored rows, and (with class weights, no smoothing and no z-loss, where
     such a row's loss and gradient are exactly 0) rows whose target has weight 0, unless
     every target weight is 0 (the mean is then NaN, its gradients too, as torch's).
     Counting them is a host read (``flatnonzero`` sizes its result)."""
-    if ce.soft:
+    if ce.soft or rows == 0:
         return None
     valid, in_range = _hard_rows(ce, target, classes)
     keep = valid
     if weight is not None and not ce.label_smoothing and not ce.z_loss:
         zero = in_range & (weight[xp.where(in_range, target, 0)] == 0)
         keep = valid & ~(zero & (divisor > 0))
-    idx = xp.flatnonzero(keep)
-    return None if int(idx.size) == int(target.size) else idx
+    idx = xp.flatnonzero(keep.reshape(rows, -1).any(axis=1))
+    return None if int(idx.size) == rows else idx
 
 
 def run_chunks(a: LinearCrossEntropyArgs, wants: Wants, ops: ChunkOps, target: Any, grad_output: Any,
@@ -166,19 +167,22 @@ def run_chunks(a: LinearCrossEntropyArgs, wants: Wants, ops: ChunkOps, target: A
     """(loss, grad_hidden, grad_weight, grad_bias) of ``a`` chunk by chunk; gradients of
     ``loss * grad_output`` (a scalar, or one value per row for reduction="none").
 
-    `target`: flat int64 class indices or (N, V) probabilities on `ops.xp`; ``a.ce.weight``
-    the class weights there (or None). Chunks reduce with "sum" (or "none"); the mean's
+    `target`: flat int64 class indices (N * positions) or (N, V, *out_features) probabilities on
+    `ops.xp`; ``a.ce.weight`` the class weights there (or None). With out_features (torch's
+    K-dimensional loss) a row's (V * positions) logits are read as (V, *out_features), the
+    classes along the second axis. Chunks reduce with "sum" (or "none"); the mean's
     divisor over ALL rows scales every chunk's gradient through grad_output and the summed
     loss once at the end. With class weights the z-loss's mean divides by the row count, not
     the weight sum: the chunks' z_loss is rescaled by their ratio (a host read of both)."""
-    ce, n_rows, classes, xp = a.ce, a.rows, a.classes, ops.xp
+    ce, n_rows, classes, xp, out = a.ce, a.rows, a.classes, ops.xp, a.out_features
     wants = dataclasses.replace(wants, bias=wants.bias and a.bias is not None)
     weight = ce.weight
     none = ce.reduction == "none"
     per_row_go = none and getattr(grad_output, "ndim", 0) > 0
-    divisor = mean_divisor(xp, ce, target, weight, n_rows, classes)
+    divisor = mean_divisor(xp, ce, target, weight, n_rows * a.positions, classes)
     capturing = ops.capturing()
-    idx = kept_rows(xp, ce, target, weight, divisor, classes) if a.skip_ignored and not capturing else None
+    idx = kept_rows(xp, ce, target, weight, divisor, classes, n_rows) if a.skip_ignored and not capturing else None
+    row_targets = target if ce.soft else target.reshape((n_rows,) + out)
     n_kept = n_rows if idx is None else int(idx.size)
     scale, z_loss = None, ce.z_loss
     if ce.reduction == "mean":
@@ -194,19 +198,23 @@ def run_chunks(a: LinearCrossEntropyArgs, wants: Wants, ops: ChunkOps, target: A
             z_loss = z_loss * ratio if 0 < ratio < np.inf else z_loss
     go = grad_output if scale is None else scale * grad_output
     loss, grad_h, grad_w, grad_b = ops.allocate(wants, none, idx is not None, n_kept == 0)
+    row_loss = loss.reshape((n_rows,) + out) if none else None
     chunk_opts = ce.opts.replace(reduction="none" if none else "sum", validate=False, z_loss=z_loss)
     for start in range(0, n_kept, chunk):
         stop = min(n_kept, start + chunk)
         r = slice(start, stop) if idx is None else idx[start:stop]
         hc = ops.rows(r)
+        shape = (stop - start, classes) + out
         rec = dataclasses.replace(
-            ce, opts=chunk_opts, kind=ops.kind, logits=ops.logits(hc), target=target[r], weight=weight,
-            layout=_checks.row_layout((stop - start, classes), 1), inplace=wants.any,
+            ce, opts=chunk_opts, kind=ops.kind, logits=ops.logits(hc).reshape(shape), target=row_targets[r],
+            weight=weight, layout=_checks.row_layout(shape, 1), inplace=wants.any,
             grad_output=go[r] if per_row_go else go,
         )
         part, grad = ops.cross_entropy(rec, wants.any)
+        if grad is not None:
+            grad = grad.reshape(stop - start, a.weight_rows)
         if none:
-            loss[r] = part
+            row_loss[r] = part
         else:
             loss += part
         if wants.hidden:

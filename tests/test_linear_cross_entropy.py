@@ -707,10 +707,10 @@ def test_torch_errors():
         gst.linear_cross_entropy(hid, w, t, b, linear_bias=b)
     with pytest.raises(TypeError, match="options must be a torch.nn.LinearCrossEntropyOptions"):
         gst.linear_cross_entropy(hid, w, t, options={"batch_chunk_size": 2})
-    with pytest.raises(NotImplementedError, match="K-dimensional"):
-        gst.linear_cross_entropy(hid, w.detach().reshape(5, 1, 3), t.reshape(4, 1))
-    with pytest.raises(NotImplementedError, match="out_features"):
-        gst.LinearCrossEntropyLoss(3, 5, out_features=(2,))
+    with pytest.raises(ValueError, match=r"class indices must have input's shape .* \(4, 1\)"):
+        gst.linear_cross_entropy(hid, w.detach().reshape(5, 1, 3), t)
+    with pytest.raises(ValueError, match=r"linear_bias has shape \(5,\), expected \(5, 1\)"):
+        gst.linear_cross_entropy(hid, w.detach().reshape(5, 1, 3), t.reshape(4, 1), linear_bias=b)
     with pytest.raises(ValueError, match=r"weight has shape \(4,\), expected \(5,\)"):
         gst.LinearCrossEntropyLoss(3, 5, weight=torch.ones(4))
     with pytest.raises(NotImplementedError, match="no gradient to probability targets"):
@@ -1116,3 +1116,76 @@ def test_emulated_cuda_branch_with_class_weights_and_probabilities(emulated_torc
     if not soft:  # the weight-0 and ignored rows left out of the products
         dropped = int(((t == -100) | (t == 3)).sum())
         assert emulated_launcher.chunks and sum(c[0] for c in emulated_launcher.chunks) % (21 - dropped) == 0
+
+
+# ----------------------------------------------------------------------------------
+# torch's K-dimensional loss: linear_weight (C, *out_features, H)
+
+
+@pytest.mark.parametrize("out", [(3,), (2, 3)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", [(False, 0.0, False), (True, 0.2, False), (True, 0.0, True)],
+                         ids=["plain", "weights_smoothing", "probabilities"])
+def test_k_dimensional_loss_matches_torch(out, reduction, case):
+    class_weights, smoothing, soft = case
+    g = torch.Generator().manual_seed(0)
+    n, h, c = 9, 4, 5
+    hid = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((c,) + out + (h,), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn((c,) + out, generator=g, dtype=torch.float64, requires_grad=True)
+    cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.2 if class_weights else None
+    if soft:
+        t = torch.randn((n, c) + out, generator=g, dtype=torch.float64).softmax(1)
+    else:
+        t = torch.randint(0, c, (n,) + out, generator=g)
+        t.view(-1)[::4] = -100
+        t[2] = -100  # a row all of whose terms are ignored: left out of the products
+    kw = dict(linear_bias=b, weight=cw, reduction=reduction, label_smoothing=smoothing)
+    want = F.linear_cross_entropy(hid, w, t, **kw)
+    got = gst.linear_cross_entropy(hid, w, t, chunk_size=4, **kw)
+    assert got.shape == want.shape
+    go = torch.linspace(-1, 2, want.numel(), dtype=torch.float64).reshape(want.shape) if reduction == "none" \
+        else torch.tensor(0.7, dtype=torch.float64)
+    g_want = torch.autograd.grad((want * go).sum(), (hid, w, b))
+    g_got = torch.autograd.grad((got * go).sum(), (hid, w, b))
+    check_all([x.detach().numpy() for x in (got,) + g_got], [x.detach().numpy() for x in (want,) + g_want],
+              1e-10, 1e-12)
+    # the NumPy oracle and the CuPy launcher's loop (emulated) agree
+    np_args = (hid.detach().numpy(), w.detach().numpy(), t.numpy(), b.detach().numpy())
+    np_kw = dict(class_weight=None if cw is None else cw.numpy(), reduction=reduction, label_smoothing=smoothing,
+                 grad_output=go.numpy() if reduction == "none" else 0.7)
+    check_all(gs.linear_cross_entropy_with_grad(*np_args, **np_kw),
+              [x.detach().numpy() for x in (want,) + g_want], 1e-10, 1e-12)
+
+
+def test_k_dimensional_launcher_loop(emulated_launcher):
+    rng = np.random.default_rng(0)
+    n, h, c, out = 11, 3, 4, (2, 3)
+    hid, w = rng.standard_normal((n, h)), rng.standard_normal((c,) + out + (h,))
+    b, t = rng.standard_normal((c,) + out), rng.integers(0, c, (n,) + out)
+    t[3] = -100
+    for reduction in ("mean", "none"):
+        go = np.linspace(0.5, 1.5, n * 6).reshape((n,) + out) if reduction == "none" else 1.0
+        emulated_launcher.chunks.clear()
+        got = run_launcher(hid, w, t, b, chunk_size=4, reduction=reduction, grad_output=go, label_smoothing=0.1)
+        want = gs.linear_cross_entropy_with_grad(hid, w, t, b, reduction=reduction, grad_output=go,
+                                                 label_smoothing=0.1)
+        check_all(got[:2] + (got[2].reshape(w.shape), got[3].reshape(b.shape)), want, 1e-10, 1e-12, reduction)
+        assert sum(ch[0] for ch in emulated_launcher.chunks) == n - 1 and emulated_launcher.chunks[0][1:] == (c,) + out
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_k_dimensional_module_loads_a_torch_state_dict(bias):
+    torch.manual_seed(0)
+    theirs = torch.nn.LinearCrossEntropyLoss(5, 4, out_features=(2, 3), bias=bias, dtype=torch.float64)
+    ours = gst.LinearCrossEntropyLoss(5, 4, out_features=(2, 3), bias=bias, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    hid = torch.randn(6, 5, dtype=torch.float64)
+    t = torch.randint(0, 4, (6, 2, 3))
+    got, want = ours(hid, t), theirs(hid, t)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_theirs.grad)
+    assert "out_features=(2, 3)" in repr(ours)

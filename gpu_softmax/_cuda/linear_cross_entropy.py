@@ -116,20 +116,21 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
     xp = _xp()
     st = launch.storage_of(a.hidden.dtype, storage)
     acc = launch.acc_dtype(st)
-    n_rows, feats, classes = a.rows, a.features, a.classes
+    # `classes` below: the weight's rows as a (V * positions, H) matrix, the logits' columns
+    n_rows, feats, classes = a.rows, a.features, a.weight_rows
     if a.ce.soft:
-        t = xp.ascontiguousarray(a.target).reshape(n_rows, classes)
+        t = xp.ascontiguousarray(a.target).reshape((n_rows, a.classes) + a.out_features)
     else:
-        t = _checks.hard_targets_int64(xp, a.target, classes, a.ce.ignore_index)
+        t = _checks.hard_targets_int64(xp, a.target, a.classes, a.ce.ignore_index)
         if a.ce.validate:
-            _checks.validate_targets(xp, t, classes, a.ce.ignore_index)  # the one host read of validate=True
+            _checks.validate_targets(xp, t, a.classes, a.ce.ignore_index)  # the one host read of validate=True
     h = xp.ascontiguousarray(a.hidden).reshape(n_rows, feats)
-    w = xp.ascontiguousarray(a.weight)
-    b = None if a.bias is None else xp.ascontiguousarray(a.bias)
+    w = xp.ascontiguousarray(a.weight).reshape(classes, feats)
+    b = None if a.bias is None else xp.ascontiguousarray(a.bias).reshape(classes)
     cw = None if a.ce.weight is None else xp.ascontiguousarray(a.ce.weight, dtype=acc)
     go = a.ce.grad_output
     if getattr(go, "ndim", 0) > 0:
-        go = xp.ascontiguousarray(go, dtype=acc).reshape(n_rows)
+        go = xp.ascontiguousarray(go, dtype=acc).reshape((n_rows,) + a.out_features)
     wide = st == "float16"  # chunk logits in float32, see above
     chunk = a.chunk_size or _chunking.chunk_rows(
         n_rows, classes, h.itemsize + (acc.itemsize if wide else 0),
@@ -147,7 +148,7 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
         grads = (rows_alloc((n_rows, feats), dtype=h.dtype) if wants.hidden else None,
                  sums((classes, feats), dtype=sum_dtype) if wants.weight else None,
                  sums(classes, dtype=sum_dtype) if wants.bias else None)
-        return (rows_alloc(n_rows, dtype=acc) if per_row else xp.zeros((), dtype=acc),) + grads
+        return (rows_alloc(n_rows * a.positions, dtype=acc) if per_row else xp.zeros((), dtype=acc),) + grads
 
     def rows(r):
         nonlocal hbuf
@@ -213,7 +214,7 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
 def linear_cross_entropy_with_grad(a: LinearCrossEntropyArgs, *, storage: str | None = None) -> tuple:
     """The public CuPy form: (loss, grad_hidden, grad_weight[, grad_bias]) in the inputs' dtypes."""
     loss, gh, gw, gb = run(a, storage=storage)
-    out = [loss, gh, gw.astype(a.weight.dtype, copy=False)]
+    out = [loss, gh, gw.reshape(a.weight.shape).astype(a.weight.dtype, copy=False)]
     if a.bias is not None:
-        out.append(gb.astype(a.bias.dtype, copy=False))
+        out.append(gb.reshape(a.bias.shape).astype(a.bias.dtype, copy=False))
     return tuple(out)

@@ -57,8 +57,8 @@ def _np_acc(acc: torch.dtype):
 
 def _cpu_targets(a: _checks.LinearCrossEntropyArgs, target: Tensor) -> np.ndarray:
     if a.ce.soft:
-        return _bridge.to_numpy(target.detach().reshape(a.rows, a.classes))
-    raw = _bridge.to_numpy(target.reshape(a.rows))
+        return _bridge.to_numpy(target.detach().reshape((a.rows, a.classes) + a.out_features))
+    raw = _bridge.to_numpy(target.reshape(-1))
     reference.hard_target_check(dataclasses.replace(a.ce, kind="numpy", target=raw), hint=_bridge.CPU_TARGETS_HINT)
     return _checks.hard_targets_int64(np, raw, a.classes, a.ce.ignore_index)
 
@@ -66,19 +66,19 @@ def _cpu_targets(a: _checks.LinearCrossEntropyArgs, target: Tensor) -> np.ndarra
 def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, class_weight: Tensor | None, grad_output: Any, chunk: int):
     acc = _bridge.acc_dtype(hidden)
-    n_rows, feats, classes = a.rows, a.features, a.classes
+    n_rows, feats, classes = a.rows, a.features, a.weight_rows  # classes: the logits' columns
     h = hidden.detach().reshape(n_rows, feats)
-    w = weight.detach()
-    b = None if bias is None else bias.detach()
+    w = weight.detach().reshape(classes, feats)
+    b = None if bias is None else bias.detach().reshape(classes)
     t = _cpu_targets(a, target)
     go = grad_output.detach().double().numpy() if isinstance(grad_output, Tensor) else float(grad_output)
     if isinstance(go, np.ndarray) and go.ndim:
-        go = go.reshape(n_rows)
+        go = go.reshape((n_rows,) + a.out_features)
     sum_dtype = h.dtype if a.grad_weight_acc == "weight" else acc
 
     def allocate(wants: Wants, per_row: bool, zero_rows: bool, zero_sums: bool):
         rows_alloc = torch.zeros if zero_rows else torch.empty
-        return (rows_alloc(n_rows, dtype=acc) if per_row else torch.zeros((), dtype=acc),
+        return (rows_alloc(n_rows * a.positions, dtype=acc) if per_row else torch.zeros((), dtype=acc),
                 rows_alloc((n_rows, feats), dtype=h.dtype) if wants.hidden else None,
                 torch.zeros((classes, feats), dtype=sum_dtype) if wants.weight else None,
                 torch.zeros(classes, dtype=sum_dtype) if wants.bias else None)
@@ -158,7 +158,7 @@ def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, we
     kind = _bridge.device_kind(hidden)
     tensors = (hidden, weight, bias, target, class_weight, grad_output)
     if kind == "cpu":
-        chunk = a.chunk_size or _chunking.chunk_rows(a.rows, a.classes, hidden.element_size())
+        chunk = a.chunk_size or _chunking.chunk_rows(a.rows, a.weight_rows, hidden.element_size())
         loss, gh, gw, gb = _cpu_run(a, wants, *tensors, chunk)
     elif kind == "cuda":
         loss, gh, gw, gb = _cuda_run(a, wants, *tensors, a.chunk_size)
@@ -166,7 +166,8 @@ def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, we
         raise _bridge.unsupported(hidden)
     loss = loss.reshape(a.loss_shape) if a.ce.reduction == "none" else loss.reshape(())
     return (loss, None if gh is None else gh.reshape(hidden.shape),
-            None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype))
+            None if gw is None else gw.reshape(weight.shape).to(weight.dtype),
+            None if gb is None else gb.reshape(bias.shape).to(bias.dtype))
 
 
 _NO_SECOND_ORDER = (
@@ -239,24 +240,26 @@ def unfused(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: T
             weight: Tensor | None, opts: CEOptions) -> Tensor:
     """The loss from the full logits with torch ops: ``F.cross_entropy`` of the (capped) float32
     (float64) logits plus the z-loss on the non-ignored rows (its mean over their count)."""
-    classes = linear_weight.shape[0]
+    classes, out, feats = linear_weight.shape[0], tuple(linear_weight.shape[1:-1]), linear_weight.shape[-1]
     acc = _bridge.acc_dtype(input)
-    x = torch.nn.functional.linear(input, linear_weight, linear_bias).to(acc).reshape(-1, classes)
+    flat_bias = None if linear_bias is None else linear_bias.reshape(-1)
+    x = torch.nn.functional.linear(input, linear_weight.reshape(-1, feats), flat_bias).to(acc)
+    x = x.reshape((-1, classes) + out)  # torch's K-dimensional layout: classes on dim 1
     if opts.logit_softcap is not None:
         x = opts.logit_softcap * torch.tanh(x / opts.logit_softcap)
     soft = target.is_floating_point()
-    t = target.reshape(-1, classes).to(acc) if soft else target.reshape(-1)
+    t = target.reshape((-1, classes) + out).to(acc) if soft else target.reshape((-1,) + out)
     loss = torch.nn.functional.cross_entropy(
         x, t, weight=None if weight is None else weight.to(acc), ignore_index=opts.ignore_index,
         label_smoothing=opts.label_smoothing, reduction=opts.reduction)
     if opts.z_loss:
         valid = torch.ones_like(x[:, 0], dtype=torch.bool) if soft else t != opts.ignore_index
-        zl = torch.where(valid, opts.z_loss * torch.logsumexp(x, -1) ** 2, 0.0)
+        zl = torch.where(valid, opts.z_loss * torch.logsumexp(x, 1) ** 2, 0.0)
         if opts.reduction == "none":
             loss = loss + zl
         else:
             loss = loss + (zl.sum() / valid.sum() if opts.reduction == "mean" else zl.sum())
-    return loss.reshape(input.shape[:-1]) if opts.reduction == "none" else loss
+    return loss.reshape(tuple(input.shape[:-1]) + out) if opts.reduction == "none" else loss
 
 
 # ----------------------------------------------------------------------------------
@@ -307,8 +310,9 @@ def linear_cross_entropy(
 ) -> Tensor:
     """``torch.nn.functional.linear_cross_entropy`` without the logits, plus our options.
 
-    ``input`` (..., H), ``linear_weight`` (V, H) as ``torch.nn.Linear.weight``, ``linear_bias``
-    (V,) or None, ``target`` class indices of shape (...) or class probabilities (..., V);
+    ``input`` (..., H), ``linear_weight`` (V, H) as ``torch.nn.Linear.weight`` (or (V, *K, H): torch's
+    K-dimensional loss), ``linear_bias`` (V, *K) or None, ``target`` class indices of shape (..., *K)
+    or class probabilities (..., V, *K);
     ``weight`` (V,) class weights; ``reduction``, ``ignore_index`` (None means -100, as torch's;
     no effect with probabilities), ``label_smoothing`` as torch's. Ours: ``z_loss``,
     ``logit_softcap`` (as :func:`gpu_softmax.torch.cross_entropy`); ``chunk_size`` rows of logits
@@ -337,10 +341,6 @@ def linear_cross_entropy(
         return unfused(input, linear_weight, target, linear_bias, weight, opts)
     _bridge.require_tensors(input=input, linear_weight=linear_weight, target=target, linear_bias=linear_bias,
                             weight=weight)
-    if linear_weight.dim() > 2:
-        raise NotImplementedError(
-            f"linear_weight of shape {tuple(linear_weight.shape)}: K-dimensional losses (torch's out_features) "
-            "are not supported; use torch.nn.functional.linear_cross_entropy for them")
     floats = [t for t in (input, linear_weight, linear_bias) if t is not None and t.is_floating_point()]
     if len({t.dtype for t in floats}) > 1:
         # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -62,8 +63,9 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     layer (``self.linear``, a ``torch.nn.Linear(in_features, num_classes)``) and the class weights
     (the ``weight`` buffer), under torch's names, so a torch module's ``state_dict`` loads.
 
-    Arguments as torch's (``out_features`` must be ``()``: no K-dimensional losses;
-    ``options`` as :func:`linear_cross_entropy` reads it) plus ours: ``z_loss``,
+    Arguments as torch's (``out_features``: a K-dimensional loss, the linear layer then holds
+    ``num_classes * prod(out_features)`` rows, as torch's; ``options`` as
+    :func:`linear_cross_entropy` reads it) plus ours: ``z_loss``,
     ``logit_softcap``, ``chunk_size``, ``grad_weight_acc``, ``skip_ignored``.
     ``forward(input, target)``.
 
@@ -82,15 +84,11 @@ class LinearCrossEntropyLoss(torch.nn.Module):
                  chunk_size: int | None = None, grad_weight_acc: str = "float32",
                  skip_ignored: bool = True) -> None:
         super().__init__()
-        if tuple(out_features):
-            raise NotImplementedError(
-                f"out_features={tuple(out_features)}: K-dimensional losses are not supported; "
-                "use torch.nn.LinearCrossEntropyLoss for them")
         if weight is not None and tuple(weight.shape) != (num_classes,):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected ({num_classes},): one per class")
         self.register_buffer("weight", weight)
         self.num_classes = num_classes
-        self.out_features = ()
+        self.out_features = tuple(out_features)
         self.reduction = reduction
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
@@ -100,11 +98,15 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.chunk_size = chunk_size
         self.grad_weight_acc = grad_weight_acc
         self.skip_ignored = skip_ignored
-        self.linear = torch.nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        rows = math.prod(self.out_features, start=num_classes)
+        self.linear = torch.nn.Linear(in_features, rows, bias=bias, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        shape = (self.num_classes,) + self.out_features
+        bias = None if self.linear.bias is None else self.linear.bias.reshape(shape)
         return linear_cross_entropy(
-            input, self.linear.weight, target, linear_bias=self.linear.bias, weight=self.weight,
+            input, self.linear.weight.reshape(shape + (self.linear.in_features,)), target, linear_bias=bias,
+            weight=self.weight,
             reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
             z_loss=self.z_loss, logit_softcap=self.logit_softcap, chunk_size=self.chunk_size,
             grad_weight_acc=self.grad_weight_acc, skip_ignored=self.skip_ignored, options=self.options,
@@ -112,7 +114,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         parts = [f"in_features={self.linear.in_features}", f"num_classes={self.num_classes}",
-                 f"bias={self.linear.bias is not None}", f"reduction={self.reduction!r}",
+                 f"out_features={self.out_features}", f"bias={self.linear.bias is not None}",
+                 f"reduction={self.reduction!r}",
                  f"ignore_index={self.ignore_index}"]
         for name in ("label_smoothing", "z_loss"):
             if getattr(self, name):
