@@ -357,17 +357,12 @@ _LCE_NAMES = {"hidden": "hidden", "weight": "weight", "bias": "bias", "class_wei
 
 @dataclass(frozen=True)
 class LinearCrossEntropyArgs:
-    """hidden (..., H) @ weight (V, H).T (+ bias (V,)) then cross entropy against target.
-
-    `target`: class indices of shape (...), or class probabilities (..., V) (`ce.soft`).
-    `ce` holds the cross-entropy options and the class weights (`ce.weight`), checked by
-    `check_cross_entropy` against the (rows, V) logits this op never builds in full (its
-    `logits` is a shape stand-in); backends replace it per chunk.
-    `grad_weight_acc`: "float32" sums grad_weight (and grad_bias) over chunks in float32
-    (float64 for float64 weights); "weight" in the weight's own dtype.
-    `skip_ignored`: rows that cannot contribute (ignored, or weight 0 without smoothing
-    or z-loss) are left out of every product (costs one count, a host read on a GPU).
-    """
+    """hidden (..., H) @ weight (V, H).T (+ bias (V,)) then cross entropy against target: class
+    indices (...) or probabilities (..., V) (`ce.soft`). `ce`: the options and class weights
+    (`ce.weight`), checked against a stand-in of the logits this op never builds; backends
+    replace it per chunk. `grad_weight_acc`: grad_weight/grad_bias summed in "float32" (float64
+    for float64) or the "weight"'s dtype. `skip_ignored`: rows that cannot contribute are left
+    out of every product (one count: a host read on a GPU)."""
 
     kind: str
     hidden: Any

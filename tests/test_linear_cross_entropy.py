@@ -1189,3 +1189,15 @@ def test_k_dimensional_module_loads_a_torch_state_dict(bias):
     for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(p_ours.grad, p_theirs.grad)
     assert "out_features=(2, 3)" in repr(ours)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+def test_unfused_formula_handles_k_dimensional_losses(soft):
+    g = torch.Generator().manual_seed(0)
+    hid, w = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    b, cw = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.rand(5, generator=g, dtype=torch.float64)
+    t = torch.randn(4, 5, 2, generator=g, dtype=torch.float64).softmax(1) if soft else torch.randint(0, 5, (4, 2))
+    for reduction in ("mean", "none"):
+        opts = CEOptions.checked(reduction=reduction, label_smoothing=0.1)
+        torch.testing.assert_close(torch_linear.unfused(hid, w, t, b, cw, opts), F.linear_cross_entropy(
+            hid, w, t, linear_bias=b, weight=cw, reduction=reduction, label_smoothing=0.1))
