@@ -1201,3 +1201,16 @@ def test_unfused_formula_handles_k_dimensional_losses(soft):
         opts = CEOptions.checked(reduction=reduction, label_smoothing=0.1)
         torch.testing.assert_close(torch_linear.unfused(hid, w, t, b, cw, opts), F.linear_cross_entropy(
             hid, w, t, linear_bias=b, weight=cw, reduction=reduction, label_smoothing=0.1))
+
+
+def test_capture_query_errs_on_the_side_of_no_host_reads(monkeypatch):
+    cupy = pytest.importorskip("cupy")
+    monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: types.SimpleNamespace(ptr=0))
+
+    def implicit(ptr):
+        raise cupy.cuda.runtime.CUDARuntimeError(906)  # cudaErrorStreamCaptureImplicit
+
+    monkeypatch.setattr(cupy.cuda.runtime, "streamIsCapturing", implicit)
+    assert lce._capturing() is True
+    monkeypatch.setattr(cupy.cuda.runtime, "streamIsCapturing", lambda ptr: False)
+    assert lce._capturing() is False

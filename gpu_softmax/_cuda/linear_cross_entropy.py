@@ -61,8 +61,10 @@ def _capturing() -> bool:
     """Whether CuPy's current stream is being captured into a CUDA graph (no host reads then)."""
     import cupy
 
-    status = cupy.cuda.runtime.streamIsCapturing(cupy.cuda.get_current_stream().ptr)
-    return bool(status)
+    try:
+        return bool(cupy.cuda.runtime.streamIsCapturing(cupy.cuda.get_current_stream().ptr))
+    except cupy.cuda.runtime.CUDARuntimeError:  # the legacy stream while a global capture runs: read nothing
+        return True
 
 
 def _gemm(trans_a: int, trans_b: int, m: int, n: int, k: int, a, lda: int, b, ldb: int, c, ldc: int,
