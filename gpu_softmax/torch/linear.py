@@ -5,8 +5,9 @@ without the (N, V) logits, with torch's own ``F.linear_cross_entropy`` signature
 ignore_index, label_smoothing)`` gives torch's ``F.linear_cross_entropy`` results (class
 weights, probability targets, the three reductions, label smoothing with weights) with
 autograd to ``input``, ``linear_weight`` and ``linear_bias``, but only a (chunk, V) block
-of logits exists at a time. Our additions: ``z_loss``, ``logit_softcap``, ``chunk_size``,
-``grad_weight_acc``, ``skip_ignored``, and any leading shape of ``input``.
+of logits exists at a time (K-dimensional losses too: ``linear_weight`` (C, *K, H)). Our
+additions: ``z_loss``, ``logit_softcap``, ``chunk_size``, ``grad_weight_acc``, ``skip_ignored``,
+and any leading shape of ``input``.
 
 - **CUDA tensors** go zero-copy to the CuPy launcher
   (:mod:`gpu_softmax._cuda.linear_cross_entropy`: cuBLAS products and our fused
