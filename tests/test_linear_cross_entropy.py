@@ -1158,19 +1158,21 @@ def test_k_dimensional_loss_matches_torch(out, reduction, case):
               [x.detach().numpy() for x in (want,) + g_want], 1e-10, 1e-12)
 
 
-def test_k_dimensional_launcher_loop(emulated_launcher):
+@pytest.mark.parametrize("dtype", [np.float64, np.float16], ids=str)
+def test_k_dimensional_launcher_loop(emulated_launcher, dtype):
     rng = np.random.default_rng(0)
     n, h, c, out = 11, 3, 4, (2, 3)
-    hid, w = rng.standard_normal((n, h)), rng.standard_normal((c,) + out + (h,))
-    b, t = rng.standard_normal((c,) + out), rng.integers(0, c, (n,) + out)
+    hid, w = rng.standard_normal((n, h)).astype(dtype), rng.standard_normal((c,) + out + (h,)).astype(dtype)
+    b, t = rng.standard_normal((c,) + out).astype(dtype), rng.integers(0, c, (n,) + out)
     t[3] = -100
+    tol = (1e-10, 1e-12) if dtype == np.float64 else LAUNCH_TOL["float16"]
     for reduction in ("mean", "none"):
         go = np.linspace(0.5, 1.5, n * 6).reshape((n,) + out) if reduction == "none" else 1.0
         emulated_launcher.chunks.clear()
         got = run_launcher(hid, w, t, b, chunk_size=4, reduction=reduction, grad_output=go, label_smoothing=0.1)
-        want = gs.linear_cross_entropy_with_grad(hid, w, t, b, reduction=reduction, grad_output=go,
-                                                 label_smoothing=0.1)
-        check_all(got[:2] + (got[2].reshape(w.shape), got[3].reshape(b.shape)), want, 1e-10, 1e-12, reduction)
+        want = gs.linear_cross_entropy_with_grad(*(x.astype(np.float64) for x in (hid, w)), t, b.astype(np.float64),
+                                                 reduction=reduction, grad_output=go, label_smoothing=0.1)
+        check_all(got[:2] + (got[2].reshape(w.shape), got[3].reshape(b.shape)), want, *tol, reduction)
         assert sum(ch[0] for ch in emulated_launcher.chunks) == n - 1 and emulated_launcher.chunks[0][1:] == (c,) + out
 
 

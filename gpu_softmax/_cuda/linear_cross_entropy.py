@@ -178,7 +178,7 @@ def run(a: LinearCrossEntropyArgs, wants: Wants = Wants(), *, storage: str | Non
         part, grad = ce_launch.cross_entropy_with_grad(rec, storage=ce_storage)
         if wide:
             narrow = gbuf[: grad.shape[0]]
-            narrow[...] = grad
+            narrow[...] = grad.reshape(narrow.shape)
             grad = narrow
         return part, grad
 
