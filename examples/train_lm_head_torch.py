@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     for step in range(args.steps):
         batch = windows[torch.randint(0, windows.shape[0], (args.batch,), device=dev)]
         hidden = model.hidden_states(batch[:, :CONTEXT])
-        loss = gst.linear_cross_entropy(hidden, model.head.weight, batch[:, CONTEXT], model.head.bias,
+        loss = gst.linear_cross_entropy(hidden, model.head.weight, batch[:, CONTEXT], linear_bias=model.head.bias,
                                         chunk_size=args.chunk_size)
         opt.zero_grad()
         loss.backward()
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         batch = windows[: args.batch]
         hidden = model.hidden_states(batch[:, :CONTEXT])
-        fused = gst.linear_cross_entropy(hidden, model.head.weight, batch[:, CONTEXT], model.head.bias,
+        fused = gst.linear_cross_entropy(hidden, model.head.weight, batch[:, CONTEXT], linear_bias=model.head.bias,
                                          chunk_size=args.chunk_size).item()
         unfused = F.cross_entropy(model.head(hidden).float(), batch[:, CONTEXT]).item()
     itemsize = model.head.weight.element_size()

@@ -252,6 +252,7 @@ def linear_cross_entropy_with_grad(
     target: Any,
     bias: Any = None,
     *,
+    class_weight: Any = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
@@ -260,22 +261,28 @@ def linear_cross_entropy_with_grad(
     logit_softcap: float | None = None,
     chunk_size: int | None = None,
     grad_output: Any = 1.0,
+    grad_weight_acc: str = "float32",
+    skip_ignored: bool = True,
 ) -> tuple:
     """``cross_entropy(hidden @ weight.T + bias, target)`` and its gradients, without the logits.
 
     The language-model head's loss: ``hidden`` is (..., H), ``weight`` (V, H) as in
     ``torch.nn.Linear``, ``bias`` (V,) or None, ``target`` integer class indices of
-    hidden's shape without the last dimension. Returns ``(loss, grad_hidden,
-    grad_weight)``, plus ``grad_bias`` when a bias is given: the gradients of
+    hidden's shape without the last dimension, or class probabilities (..., V);
+    ``class_weight`` (V,) per-class weights (torch's ``weight``). Returns ``(loss,
+    grad_hidden, grad_weight)``, plus ``grad_bias`` when a bias is given: the gradients of
     ``loss * grad_output`` in each input's dtype. Options and semantics are those of
-    :func:`cross_entropy` (hard labels; no class weights yet).
+    :func:`cross_entropy` (torch's F.cross_entropy on the logits, with our z_loss/softcap).
 
     On CuPy arrays the rows are processed ``chunk_size`` at a time (chosen from N, V
-    and the free memory when None): cuBLAS makes a chunk's logits, our fused kernel
-    overwrites them with their gradient, two more products give the chunk's share of
-    ``grad_hidden`` and ``grad_weight`` (accumulated in float32). Only one (chunk, V)
-    block of logits exists at a time. NumPy arrays go to the reference, which builds
-    the float64 logits in full (the tests' oracle). See docs/linear_cross_entropy.md.
+    and the free memory when None): cuBLAS makes a chunk's logits (float32 for float16
+    inputs), our fused kernel overwrites them with their gradient, two more products give
+    the chunk's share of ``grad_hidden`` and ``grad_weight``. ``grad_weight_acc="float32"``
+    sums grad_weight/grad_bias over chunks in float32 (float64 for float64), ``"weight"`` in
+    the weight's dtype. ``skip_ignored=True`` leaves ignored rows (and, without smoothing
+    or z-loss, rows of class weight 0) out of every product: counting them is one host
+    read. NumPy arrays go to the reference, which builds the float64 logits in full (the
+    tests' oracle). See docs/linear_cross_entropy.md.
 
     Example:
         >>> import numpy as np, gpu_softmax
@@ -287,7 +294,8 @@ def linear_cross_entropy_with_grad(
     opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                              validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
     a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
-                                           grad_output=grad_output, options=opts)
+                                           grad_output=grad_output, class_weight=class_weight,
+                                           grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored, options=opts)
     if a.kind == "numpy":
         return reference.linear_cross_entropy_with_grad_checked(a)
     return _launcher("linear_cross_entropy_with_grad")(a)

@@ -106,6 +106,8 @@ def cmd_bench(args) -> int:
     from gpu_softmax.bench import cases, estimate, report, runner
 
     ops = _split(args.op)
+    if cases.LINEAR_CE_OP in ops:
+        return _bench_linear_ce(args, ops)
     unknown = [o for o in ops if o not in cases.OPS]
     if unknown:
         raise SystemExit(f"unknown --op {unknown}; choose from {', '.join(cases.OPS)}")
@@ -156,6 +158,26 @@ def cmd_bench(args) -> int:
     for r in bad_rows:
         print(f"MISMATCH: {r['op']} {r['impl']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}: {r['note']}")
     return 1 if bad_rows else 0
+
+
+def _bench_linear_ce(args, ops) -> int:
+    """--op linear_cross_entropy: its own (N, H, V) training-step rows (GPU only), in OUT/linear_cross_entropy.*."""
+    from gpu_softmax.bench import baselines, cases
+
+    if ops != [cases.LINEAR_CE_OP]:
+        raise SystemExit(f"--op {cases.LINEAR_CE_OP} runs alone (its rows are (N, H, V) training steps)")
+    shapes = cases.QUICK_LINEAR_CE_SHAPES if args.quick else cases.LINEAR_CE_SHAPES
+    try:
+        doc = baselines.linear_ce_rows(shapes, reps=args.reps or 10, skip_impls=tuple(_split(args.skip)))
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from exc
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "linear_cross_entropy.json").write_text(json.dumps(doc, indent=1))
+    text = baselines.linear_ce_markdown(doc)
+    (out / "linear_cross_entropy.md").write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def _print_table(doc: dict) -> None:

@@ -296,16 +296,17 @@ def linear_cross_entropy_with_grad_checked(a: LinearCrossEntropyArgs, want_grad:
     in float64. Gradients are d(loss * grad_output)/d input in each input's dtype;
     with want_grad=False only the loss is returned.
     """
-    n, v = a.rows, a.classes
+    n, v, out = a.rows, a.classes, a.out_features
     h = a.hidden.reshape(n, a.features).astype(np.float64)
-    w = a.weight.astype(np.float64)
+    w = a.weight.reshape(a.weight_rows, a.features).astype(np.float64)
     logits = h @ w.T
     if a.bias is not None:
-        logits += a.bias.astype(np.float64)
+        logits += a.bias.reshape(-1).astype(np.float64)
     go = a.ce.grad_output
     rec = dataclasses.replace(
-        a.ce, kind="numpy", logits=logits, target=a.target.reshape(n), layout=_checks.row_layout((n, v), 1),
-        grad_output=go.reshape(n) if isinstance(go, np.ndarray) and go.ndim else go, inplace=True,
+        a.ce, kind="numpy", logits=logits.reshape((n, v) + out),
+        target=a.target.reshape(((n, v) if a.ce.soft else (n,)) + out), layout=_checks.row_layout((n, v) + out, 1),
+        grad_output=go.reshape((n,) + out) if isinstance(go, np.ndarray) and go.ndim else go, inplace=True,
     )
     loss_dtype = _checks.result_dtype(a.hidden.dtype)
     if not want_grad:
@@ -313,10 +314,12 @@ def linear_cross_entropy_with_grad_checked(a: LinearCrossEntropyArgs, want_grad:
         return loss.reshape(a.loss_shape if a.ce.reduction == "none" else ()).astype(loss_dtype)
     loss, g = cross_entropy_with_grad_checked(rec)
     loss = loss.reshape(a.loss_shape if a.ce.reduction == "none" else ()).astype(loss_dtype)
-    out = [loss, (g @ w).reshape(a.hidden.shape).astype(a.hidden.dtype), (g.T @ h).astype(a.weight.dtype)]
+    g = g.reshape(n, a.weight_rows)
+    grads = [loss, (g @ w).reshape(a.hidden.shape).astype(a.hidden.dtype),
+             (g.T @ h).reshape(a.weight.shape).astype(a.weight.dtype)]
     if a.bias is not None:
-        out.append(g.sum(axis=0).astype(a.bias.dtype))
-    return tuple(out)
+        grads.append(g.sum(axis=0).reshape(a.bias.shape).astype(a.bias.dtype))
+    return tuple(grads)
 
 
 # ----------------------------------------------------------------------------------
@@ -395,13 +398,20 @@ def linear_cross_entropy_with_grad(
     target: np.ndarray,
     bias: np.ndarray | None = None,
     *,
+    class_weight: np.ndarray | None = None,
     chunk_size: int | None = None,
     grad_output: Any = 1.0,
+    grad_weight_acc: str = "float32",
+    skip_ignored: bool = True,
     **options: Any,
 ) -> tuple:
-    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`)."""
+    """``gpu_softmax.linear_cross_entropy_with_grad`` on NumPy arrays (options as :func:`cross_entropy`;
+    `chunk_size`, `grad_weight_acc` and `skip_ignored` are checked and have no effect: the
+    oracle builds the float64 logits in full)."""
     opts = CEOptions.from_keywords(options, "linear_cross_entropy_with_grad")
     a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
-                                           grad_output=grad_output, options=opts)
+                                           grad_output=grad_output, class_weight=class_weight,
+                                           grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored,
+                                           options=opts)
     _require_numpy(a.kind)
     return linear_cross_entropy_with_grad_checked(a)

@@ -103,7 +103,7 @@ def test_torch_cuda_matches_unfused(torch_cuda, dtype, reduction):
     hid, w, t, b = torch_case(torch, 300, 128, 5000, dt)
     kw = dict(label_smoothing=0.1)
     go = torch.rand(300, device="cuda") + 0.5 if reduction == "none" else torch.tensor(0.7, device="cuda")
-    loss = gst.linear_cross_entropy(hid, w, t, b, reduction=reduction, chunk_size=64, **kw)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, reduction=reduction, chunk_size=64, **kw)
     got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
     leaves = [x.detach().double().requires_grad_() for x in (hid, w, b)]
     ref = F.cross_entropy(F.linear(*leaves), t, reduction=reduction, **kw)
@@ -114,6 +114,7 @@ def test_torch_cuda_matches_unfused(torch_cuda, dtype, reduction):
 
 
 def test_torch_cuda_no_host_sync(torch_cuda):
+    # skip_ignored=False: leaving ignored rows out counts them, the one host read (docs)
     torch = torch_cuda
     import cupyx
 
@@ -121,10 +122,11 @@ def test_torch_cuda_no_host_sync(torch_cuda):
     from gpu_softmax.testing import no_host_sync
 
     hid, w, t, b = torch_case(torch, 256, 64, 3000, torch.bfloat16)
-    gst.linear_cross_entropy(hid, w, t, b, chunk_size=64).backward()  # compile and warm up
+    kw = dict(linear_bias=b, chunk_size=64, skip_ignored=False)
+    gst.linear_cross_entropy(hid, w, t, **kw).backward()  # compile and warm up
     torch.cuda.synchronize()
     with no_host_sync(cupyx, torch):  # torch's syncs and CuPy's
-        gst.linear_cross_entropy(hid, w, t, b, chunk_size=64, label_smoothing=0.1, z_loss=1e-4).backward()
+        gst.linear_cross_entropy(hid, w, t, **kw, label_smoothing=0.1, z_loss=1e-4).backward()
 
 
 def test_torch_cuda_graph_capture_and_replay_of_a_training_step(torch_cuda):
@@ -147,8 +149,8 @@ def test_torch_cuda_graph_capture_and_replay_of_a_training_step(torch_cuda):
 
     def step(proj, head, opt):
         opt.zero_grad(set_to_none=False)
-        loss = gst.linear_cross_entropy(torch.tanh(proj(x)), head.weight, t, head.bias, chunk_size=16,
-                                        label_smoothing=0.1)
+        loss = gst.linear_cross_entropy(torch.tanh(proj(x)), head.weight, t, linear_bias=head.bias,
+                                        chunk_size=16, label_smoothing=0.1)
         loss.backward()
         opt.step()
         return loss
@@ -172,6 +174,78 @@ def test_torch_cuda_graph_capture_and_replay_of_a_training_step(torch_cuda):
     want = [step(*ref).item() for _ in range(5)]
     torch.testing.assert_close(losses.cpu(), torch.tensor(want), rtol=1e-4, atol=1e-5)
     assert losses[-1] < losses[0]
+
+
+def test_torch_cuda_graph_capture_computes_every_row(torch_cuda):
+    torch = torch_cuda
+    import gpu_softmax.torch as gst
+
+    hid, w, t, b = torch_case(torch, 256, 64, 3000, torch.float32)
+    with torch.no_grad():
+        eager = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64)  # warm up off the default stream
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64)
+        graph.replay()
+        torch.cuda.synchronize()
+    close(captured.cpu().numpy(), eager.cpu().numpy(), TOL["float32"], "captured loss")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+def test_torch_cuda_matches_torch_linear_cross_entropy(torch_cuda, dtype, reduction, soft):
+    # class weights, smoothing and probability targets against torch's own op in float64
+    torch = torch_cuda
+    import gpu_softmax.torch as gst
+
+    F = torch.nn.functional
+    dt = getattr(torch, dtype)
+    hid, w, t, b = torch_case(torch, 300, 128, 5000, dt)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    cw = (torch.rand(5000, generator=g) + 0.2).cuda()
+    cw[:50] = 0.0
+    if soft:
+        t = torch.randn(300, 5000, generator=g).softmax(-1).cuda()
+    kw = dict(weight=cw, reduction=reduction, label_smoothing=0.0 if soft else 0.1)
+    go = torch.rand(300, device="cuda") + 0.5 if reduction == "none" else torch.tensor(0.7, device="cuda")
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b, chunk_size=64, **kw)
+    got = (loss.detach(),) + torch.autograd.grad((loss * go).sum(), (hid, w, b))
+    leaves = [x.detach().double().requires_grad_() for x in (hid, w, b)]
+    ref = F.linear_cross_entropy(leaves[0], leaves[1], t.double() if soft else t, linear_bias=leaves[2],
+                                 **{**kw, "weight": cw.double()})
+    want = (ref.detach(),) + torch.autograd.grad((ref * go.double()).sum(), leaves)
+    for name, x, e in zip(("loss", "grad_hidden", "grad_weight", "grad_bias"), got, want):
+        close(x.double().cpu().numpy(), e.cpu().numpy(), TOL[dtype], name)
+
+
+def test_cupy_float16_logits_beyond_65504_stay_finite(cp):
+    hid = np.array([[300.0], [-300.0], [300.0]], dtype=np.float16)
+    w = np.array([[300.0], [-300.0]], dtype=np.float16)
+    t = np.array([0, 0, 0])
+    want = gs.linear_cross_entropy_with_grad(hid.astype(np.float64), w.astype(np.float64), t)
+    got = gs.linear_cross_entropy_with_grad(cp.asarray(hid), cp.asarray(w), cp.asarray(t))
+    for name, g, e in zip(("loss", "grad_hidden", "grad_weight"), got, want):
+        assert np.isfinite(cp.asnumpy(g).astype(np.float64)).all(), name
+        close(cp.asnumpy(g), e, TOL["float16"], name)
+
+
+def test_cupy_zero_features_and_grad_weight_in_its_own_dtype(cp):
+    t = np.array([0, 1, 2, -100])
+    got = gs.linear_cross_entropy_with_grad(cp.zeros((4, 0), np.float32), cp.zeros((3, 0), np.float32),
+                                            cp.asarray(t), cp.arange(3, dtype=np.float32))
+    want = gs.linear_cross_entropy_with_grad(np.zeros((4, 0)), np.zeros((3, 0)), t, np.arange(3.0))
+    close(cp.asnumpy(got[0]), want[0], TOL["float32"], "loss with H = 0")
+    hid, w, t, b = make(257, 128, 1025, np.float16)
+    wide = gs.linear_cross_entropy_with_grad(*(cp.asarray(a) for a in (hid, w, t, b)), chunk_size=100)
+    own = gs.linear_cross_entropy_with_grad(*(cp.asarray(a) for a in (hid, w, t, b)), chunk_size=100,
+                                            grad_weight_acc="weight")
+    close(cp.asnumpy(own[2]), cp.asnumpy(wide[2]), TOL["float16"], "grad_weight summed in float16")
 
 
 # ----------------------------------------------------------------------------------
@@ -209,12 +283,12 @@ def test_goal_shape_bf16_memory_and_sampled_rows(torch_cuda):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    loss = gst.linear_cross_entropy(hid, w, t, b)
+    loss = gst.linear_cross_entropy(hid, w, t, linear_bias=b)
     loss.backward()
     torch.cuda.synchronize()
     peak_extra = torch.cuda.max_memory_allocated() - base
     chunk = _chunking.chunk_rows(n, v, 2, None)
-    acct = _chunking.extra_bytes(n, v, h, 2, 4, chunk, bias=True)
+    acct = _chunking.extra_bytes(n, v, h, 2, 4, chunk, bias=True, gathered=True)
     grads = (n * h + v * h + v) * 2  # the parameter and input gradients autograd keeps
     print(f"chunk {chunk}: peak extra {peak_extra / 1e9:.2f} GB, accounted {acct['total'] / 1e9:.2f} GB "
           f"+ gradients {grads / 1e9:.2f} GB (x2 while the backward scales them)")

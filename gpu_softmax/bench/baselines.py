@@ -247,3 +247,148 @@ def implementations(op: str, dtype: str, backend: str, with_baselines: bool = Tr
             if adapter.torch_tensors or not torch_native:
                 add(adapter.name, adapter)
     return impls, notes
+
+
+# ----------------------------------------------------------------------------------
+# the fused linear cross-entropy's rows: (input, linear_weight, target) -> loss, forward and backward
+
+
+def _liger_linear_ce() -> Callable:
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
+    except ImportError:  # older Liger: only the autograd Function
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+        def fused(h, w, t):
+            out = LigerFusedLinearCrossEntropyFunction.apply(h, w, t)
+            return out[0] if isinstance(out, tuple) else out
+
+        return fused
+
+
+def linear_ce_implementations(skip_impls: tuple[str, ...] = ()) -> tuple[dict[str, Callable], dict[str, str]]:
+    """({impl: loss of (input, linear_weight, target)}, {impl: why absent}); ours first. Any device."""
+    import torch
+    import torch.nn.functional as F
+
+    import gpu_softmax.torch as gst
+
+    unfused = lambda h, w, t: F.cross_entropy(F.linear(h, w).float(), t)  # noqa: E731
+    makers: dict[str, Callable[[], Callable]] = {
+        "gpu_softmax.torch": lambda: gst.linear_cross_entropy,
+        "torch": lambda: unfused,
+        "torch.linear_cross_entropy": lambda: F.linear_cross_entropy,
+        "torch.linear_cross_entropy(chunked)": lambda: (
+            lambda h, w, t: F.linear_cross_entropy(h, w, t, options=torch.nn.LinearCrossEntropyOptions())),
+        "torch.compile": lambda: torch.compile(unfused),
+        "liger": _liger_linear_ce,
+    }
+    impls: dict[str, Callable] = {}
+    notes: dict[str, str] = {}
+    for name, make in makers.items():
+        if name in skip_impls:
+            continue
+        try:
+            impls[name] = make()
+        except Exception as exc:
+            notes[name] = f"{name} unavailable ({type(exc).__name__}: {str(exc)[:120]})"
+    return impls, notes
+
+
+def _linear_ce_step(fn: Callable, h, w, t):
+    hl, wl = h.detach().requires_grad_(), w.detach().requires_grad_()
+    loss = fn(hl, wl, t)
+    loss.backward()
+    return loss.detach(), hl.grad, wl.grad
+
+
+def _median_ms(torch, fn: Callable, reps: int) -> tuple[float, float, float]:
+    import statistics
+
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return statistics.median(times), q[0], q[-1]
+
+
+def bf16_matmul_tflops(torch, n: int = 8192, reps: int = 10) -> float:
+    """The GPU's bf16 matrix-product rate as measured here: a square torch.mm, TFLOP/s."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.mm(a, b)
+    ms = _median_ms(torch, lambda: torch.mm(a, b), reps)[0]
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def linear_ce_rows(shapes, *, reps: int = 10, warmup: int = 2, skip_impls: tuple[str, ...] = ()) -> dict:
+    """Time the training step of each implementation at each (N, H, V) bf16 shape (GPU only).
+
+    Per row: the median step time (CUDA events), the peak memory above the inputs (the
+    gradients of input and weight included), the FLOP floor 6 N H V at the measured bf16
+    matmul rate, and the loss against torch eager's."""
+    import torch
+
+    from .cases import LINEAR_CE_DTYPE, LINEAR_CE_OP, linear_ce_flops
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--op {LINEAR_CE_OP} needs torch with a CUDA device; this torch sees none")
+    impls, notes = linear_ce_implementations(skip_impls)
+    rate = bf16_matmul_tflops(torch)
+    rows = []
+    for n, h, v in shapes:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        hid = (torch.randn(n, h, device="cuda", generator=g) / h**0.5).to(getattr(torch, LINEAR_CE_DTYPE))
+        w = (torch.randn(v, h, device="cuda", generator=g) / h**0.5).to(hid.dtype)
+        t = torch.randint(0, v, (n,), device="cuda", generator=g)
+        floor_ms = linear_ce_flops(n, h, v) / (rate * 1e12) * 1e3
+        reference_loss = None
+        for name, fn in impls.items():
+            row = {"op": LINEAR_CE_OP, "impl": name, "dtype": LINEAR_CE_DTYPE, "shape": [n, h, v], "note": ""}
+            try:
+                for _ in range(warmup):
+                    loss = _linear_ce_step(fn, hid, w, t)[0]
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                _linear_ce_step(fn, hid, w, t)
+                torch.cuda.synchronize()
+                row["peak_mem_above_inputs_bytes"] = torch.cuda.max_memory_allocated() - base
+                row["ms"], row["ms_p10"], row["ms_p90"] = _median_ms(
+                    torch, lambda: _linear_ce_step(fn, hid, w, t), reps)
+                row["floor_ms"] = floor_ms
+                row["pct_matmul_rate"] = 100.0 * floor_ms / row["ms"]
+                reference_loss = float(loss) if name == "torch" else reference_loss
+                row["loss"] = float(loss)
+            except Exception as exc:  # out of memory, a baseline's own limits: the row says so
+                row["note"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                torch.cuda.empty_cache()
+            rows.append(row)
+        for row in rows[-len(impls):]:
+            if reference_loss is not None and "loss" in row:
+                row["matched"] = abs(row["loss"] - reference_loss) <= 1e-2 * abs(reference_loss)
+        del hid, w, t
+        torch.cuda.empty_cache()
+    return {"op": LINEAR_CE_OP, "bf16_matmul_tflops": rate, "rows": rows,
+            "notes": [f"{k}: {v}" for k, v in notes.items()]}
+
+
+def linear_ce_markdown(doc: dict) -> str:
+    lines = [f"measured bf16 matmul rate: {doc['bf16_matmul_tflops']:.0f} TFLOP/s", "",
+             "| impl | N x H x V | ms | % of matmul rate | peak above inputs (GB) | loss matches torch | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        shape = "x".join(str(s) for s in r["shape"])
+        ms = f"{r['ms']:.2f}" if "ms" in r else "-"
+        pct = f"{r['pct_matmul_rate']:.0f}" if "pct_matmul_rate" in r else "-"
+        mem = f"{r['peak_mem_above_inputs_bytes'] / 1e9:.2f}" if "peak_mem_above_inputs_bytes" in r else "-"
+        lines.append(f"| {r['impl']} | {shape} | {ms} | {pct} | {mem} | {r.get('matched', '-')} | {r['note']} |")
+    return "\n".join(lines)

@@ -141,3 +141,19 @@ def overhead_cases(cases) -> list[Case]:
     for op, dtype, _ in cases:
         seen.setdefault(op, dtype)
     return [(op, dtype, OVERHEAD_SHAPE) for op, dtype in seen.items()]
+
+
+# The fused linear cross-entropy's rows (GPU only, torch tensors): (N, H, V) shapes, the training step.
+LINEAR_CE_OP = "linear_cross_entropy"
+GPU_ONLY_OPS = (LINEAR_CE_OP,)
+LINEAR_CE_SHAPES = [(8192, 4096, 128256), (16384, 4096, 128256), (8192, 4096, 32000), (4096, 8192, 262144)]
+QUICK_LINEAR_CE_SHAPES = [(8192, 4096, 128256)]
+LINEAR_CE_DTYPE = "bfloat16"
+LINEAR_CE_GOAL_PCT = 75.0  # of the measured bf16 matmul rate, ours at the first goal shape
+LINEAR_CE_IMPLS = ("gpu_softmax.torch", "torch", "torch.linear_cross_entropy", "torch.linear_cross_entropy(chunked)",
+                   "torch.compile", "liger")
+
+
+def linear_ce_flops(n: int, h: int, v: int) -> int:
+    """The FLOP floor of the training step: three (N, H, V) matrix products of 2 N H V each."""
+    return 6 * n * h * v

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from .. import _checks
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
 
@@ -57,42 +59,72 @@ class CrossEntropyLoss(torch.nn.Module):
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
-    """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
+    """``torch.nn.LinearCrossEntropyLoss`` on :func:`linear_cross_entropy`: it owns its linear
+    layer (``self.linear``, a ``torch.nn.Linear(in_features, num_classes)``) and the class weights
+    (the ``weight`` buffer), under torch's names, so a torch module's ``state_dict`` loads.
+
+    Arguments as torch's (``out_features``: a K-dimensional loss, the linear layer then holds
+    ``num_classes * prod(out_features)`` rows, as torch's; ``options`` as
+    :func:`linear_cross_entropy` reads it) plus ours: ``z_loss``,
+    ``logit_softcap``, ``chunk_size``, ``grad_weight_acc``, ``skip_ignored``.
+    ``forward(input, target)``.
 
     Example:
         >>> import torch, gpu_softmax.torch as gst
-        >>> head = torch.nn.Linear(8, 100)
-        >>> loss_fn = gst.LinearCrossEntropyLoss(label_smoothing=0.1)
-        >>> loss = loss_fn(torch.randn(4, 8), head.weight, torch.tensor([1, 2, 3, 4]), head.bias)
-        >>> loss.backward(); head.weight.grad.shape
+        >>> loss_fn = gst.LinearCrossEntropyLoss(8, 100, bias=True, label_smoothing=0.1)
+        >>> loss = loss_fn(torch.randn(4, 8), torch.tensor([1, 2, 3, 4]))
+        >>> loss.backward(); loss_fn.linear.weight.grad.shape
         torch.Size([100, 8])
     """
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 z_loss: float = 0.0, logit_softcap: float | None = None, chunk_size: int | None = None,
-                 class_weight: Tensor | None = None) -> None:
+    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                 bias: bool = False, device: Any = None, dtype: Any = None, reduction: str = "mean",
+                 weight: Tensor | None = None, ignore_index: int | None = None, label_smoothing: float = 0.0,
+                 options: Any = None, z_loss: float = 0.0, logit_softcap: float | None = None,
+                 chunk_size: int | None = None, grad_weight_acc: str = "float32",
+                 skip_ignored: bool = True) -> None:
         super().__init__()
-        _checks.refuse_class_weight(class_weight)
-        self.ignore_index = ignore_index
+        if weight is not None and tuple(weight.shape) != (num_classes,):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected ({num_classes},): one per class")
+        self.register_buffer("weight", weight)
+        self.num_classes = num_classes
+        self.out_features = tuple(out_features)
         self.reduction = reduction
+        self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.options = options
         self.z_loss = z_loss
         self.logit_softcap = logit_softcap
         self.chunk_size = chunk_size
+        self.grad_weight_acc = grad_weight_acc
+        self.skip_ignored = skip_ignored
+        rows = math.prod(self.out_features, start=num_classes)
+        self.linear = torch.nn.Linear(in_features, rows, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        shape = (self.num_classes,) + self.out_features
+        bias = None if self.linear.bias is None else self.linear.bias.reshape(shape)
         return linear_cross_entropy(
-            hidden, weight, target, bias, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, z_loss=self.z_loss, logit_softcap=self.logit_softcap,
-            chunk_size=self.chunk_size,
+            input, self.linear.weight.reshape(shape + (self.linear.in_features,)), target, linear_bias=bias,
+            weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss, logit_softcap=self.logit_softcap, chunk_size=self.chunk_size,
+            grad_weight_acc=self.grad_weight_acc, skip_ignored=self.skip_ignored, options=self.options,
         )
 
     def extra_repr(self) -> str:
-        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
+        parts = [f"in_features={self.linear.in_features}", f"num_classes={self.num_classes}",
+                 f"out_features={self.out_features}", f"bias={self.linear.bias is not None}",
+                 f"reduction={self.reduction!r}",
+                 f"ignore_index={self.ignore_index}"]
         for name in ("label_smoothing", "z_loss"):
             if getattr(self, name):
                 parts.append(f"{name}={getattr(self, name)}")
-        for name in ("logit_softcap", "chunk_size"):
+        for name in ("logit_softcap", "chunk_size", "options"):
             if getattr(self, name) is not None:
                 parts.append(f"{name}={getattr(self, name)}")
+        if self.grad_weight_acc != "float32":
+            parts.append(f"grad_weight_acc={self.grad_weight_acc!r}")
+        if not self.skip_ignored:
+            parts.append("skip_ignored=False")
         return ", ".join(parts)
