@@ -191,41 +191,6 @@ __device__ __forceinline__ MaxSum<A> warp_merge(MaxSum<A> v, int width) {
     return v;
 }
 
-// Block-wide reductions: result in every thread. The leading barrier lets a
-// caller reduce again straight away without racing on the scratch slots.
-// blockDim.x must be a multiple of 32 and at most 1024.
-template <class A>
-__device__ __forceinline__ MaxSum<A> block_merge(MaxSum<A> v, MaxSum<A>* scratch /* [33] */) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_merge(v, 32);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        MaxSum<A> w = lane < nwarps ? scratch[lane] : empty_maxsum<A>();
-        w = warp_merge(w, 32);
-        if (lane == 0) scratch[32] = w;
-    }
-    __syncthreads();
-    return scratch[32];
-}
-
-template <class A>
-__device__ __forceinline__ A block_sum(A v, A* scratch /* [33] */) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v, 32);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        A w = lane < nwarps ? scratch[lane] : A(0);
-        w = warp_sum(w, 32);
-        if (lane == 0) scratch[32] = w;
-    }
-    __syncthreads();
-    return scratch[32];
-}
-
 // Single-barrier block reductions (one __syncthreads per reduction instead of
 // three): every warp reduces its lanes, lane 0 posts the warp's partial, and
 // after the one barrier every warp reduces all posted partials itself. `slots`
@@ -257,6 +222,27 @@ __device__ __forceinline__ A block_sum_1b(A v, A* slots /* [32] */) {
     __syncthreads();
     return warp_sum(lane < nwarps ? slots[lane] : A(0), 32);
 }
+
+// Consecutive single-barrier reductions of one block, of either kind, each in the
+// other buffer of its kind: alternating on every reduction (not per kind) is what
+// keeps two reductions in a row off the same buffer whatever their order. The
+// slots are the caller's __shared__ arrays of 64 entries (two buffers of 32).
+template <class A>
+struct BlockReduce {
+    MaxSum<A>* merge_slots;  // [64]
+    A* sum_slots;            // [64]
+    int parity;
+    __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> v) {
+        const MaxSum<A> r = block_merge_1b(v, merge_slots + 32 * parity);
+        parity ^= 1;
+        return r;
+    }
+    __device__ __forceinline__ A sum(A v) {
+        const A r = block_sum_1b(v, sum_slots + 32 * parity);
+        parity ^= 1;
+        return r;
+    }
+};
 
 // ---------------------------------------------------------------------------
 // 16-byte vector access. A row (or chunk) at pointer p is addressed from the
@@ -380,6 +366,33 @@ __device__ __forceinline__ void unstage_slot(const uint4* src, int e0, int n, ty
         const int e = e0 + i;
         dst[i] = (e >= 0 && e < n) ? S::to_acc(buf.t[i]) : pad;
     }
+}
+
+// ---------------------------------------------------------------------------
+// k blocks per row (split and stream regimes): block p of group g owns elements
+// [c0, c0 + n) of rows g, g + groups, ... The launcher makes whole groups only, so
+// a block past the last group (idle()) has nothing to do.
+
+struct RowShare {
+    long long groups, g, c0, n;
+    int p;
+    __device__ __forceinline__ bool idle() const { return g >= groups; }
+};
+
+__device__ __forceinline__ RowShare row_share(int k, long long chunk, long long cols) {
+    RowShare s;
+    s.groups = gridDim.x / k;
+    s.g = blockIdx.x / k;
+    s.p = (int)(blockIdx.x % k);
+    s.c0 = 0;
+    s.n = 0;
+    // The range only for a working block: computed ahead of the idle test, it is
+    // scheduled differently and costs fwd_stream (float64) a spill.
+    if (!s.idle()) {
+        s.c0 = (long long)s.p * chunk;
+        s.n = min(chunk, cols - s.c0);
+    }
+    return s;
 }
 
 // ---------------------------------------------------------------------------

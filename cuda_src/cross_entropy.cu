@@ -174,6 +174,30 @@ __device__ __forceinline__ A ce_grad(const CeScale<A>& k, A v, long long c, long
     return g;
 }
 
+// What every regime stores at class c: 0 in an ignored row, NaN in a row whose
+// target is out of range (validate=False: a NaN loss and gradient, never an
+// out-of-bounds read), the gradient otherwise. Two forms of that one rule, which
+// differ only in who reads the class weight; each is the one its callers compile
+// without spills at the register caps (sm_80 and sm_90, tests/test_compile.py).
+// This form reads w[c] itself, after the status test and only when `smooth_w`
+// (hard labels with smoothing): the held regimes (warp, block, split) have no
+// register to spare for a weight loaded ahead of the test.
+template <class A>
+__device__ __forceinline__ A ce_grad_at(const CeScale<A>& k, CeRow tr, A v, long long c, const A* w, bool smooth_w,
+                                        A qc, bool soft, bool z_on) {
+    if (tr.status == CE_IGNORED) return A(0);
+    if (tr.status == CE_BAD) return nan_of(A(0));
+    return ce_grad(k, v, c, tr.t, smooth_w ? weight_at(w, c) : A(0), qc, soft, z_on);
+}
+// This form takes the weight wc as read by the caller (the stream row helper, for
+// every element of a row it walks).
+template <class A>
+__device__ __forceinline__ A ce_grad_at(const CeScale<A>& k, CeRow tr, A v, long long c, A wc, A qc, bool soft,
+                                        bool z_on) {
+    if (tr.status == CE_OK) return ce_grad(k, v, c, tr.t, wc, qc, soft, z_on);
+    return tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+}
+
 // ---------------------------------------------------------------------------
 // held regimes (warp and block): the row is one tile, kept in registers between
 // the statistics and the gradient write. Group reductions are either over
@@ -182,12 +206,9 @@ __device__ __forceinline__ A ce_grad(const CeScale<A>& k, A v, long long c, long
 template <class A, bool WARP>
 struct Group {
     int width;
-    MaxSum<A>* ms_scratch;
-    A* scratch;
-    __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> v) const {
-        return WARP ? warp_merge(v, width) : block_merge(v, ms_scratch);
-    }
-    __device__ __forceinline__ A sum(A v) const { return WARP ? warp_sum(v, width) : block_sum(v, scratch); }
+    BlockReduce<A> block;  // unused when WARP
+    __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> v) { return WARP ? warp_merge(v, width) : block.merge(v); }
+    __device__ __forceinline__ A sum(A v) { return WARP ? warp_sum(v, width) : block.sum(v); }
 };
 
 template <class S, int NV, bool WARP>
@@ -196,7 +217,7 @@ __device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::
                                             const typename S::A* g_rows, typename S::A* row_loss,
                                             typename S::A* row_lse, long long row, bool row_valid, long long cols,
                                             long long ignore, typename S::A eps, typename S::A z,
-                                            typename S::A cap, int lane, const Group<typename S::A, WARP>& grp) {
+                                            typename S::A cap, int lane, Group<typename S::A, WARP>& grp) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     const int width = WARP ? grp.width : (int)blockDim.x;
@@ -248,14 +269,8 @@ __device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const int e = e0 + i;
-            A g;
-            if (tr.status == CE_OK) {
-                g = ce_grad(k, v[j * VEC + i], (long long)e, tr.t, (eps > A(0) && e >= 0 && e < n) ? weight_at(w, e) : A(0),
-                            A(0), false, z > A(0));
-            } else {
-                g = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
-            }
-            v[j * VEC + i] = g;
+            v[j * VEC + i] = ce_grad_at(k, tr, v[j * VEC + i], (long long)e, w, eps > A(0) && e >= 0 && e < n, A(0),
+                                        false, z > A(0));
         }
         store_slot<S>(gr, e0, n, vec_out, v + j * VEC);
     }
@@ -268,7 +283,7 @@ __device__ __forceinline__ void ce_warp(const typename S::T* x, typename S::T* g
                                         long long rows, long long cols, long long ignore, typename S::A eps,
                                         typename S::A z, typename S::A cap, int width) {
     typedef typename S::A A;
-    Group<A, true> grp{width, nullptr, nullptr};
+    Group<A, true> grp{width, {nullptr, nullptr, 0}};
     const int lane = threadIdx.x & (width - 1);
     const int rpb = blockDim.x / width;
     const long long nrb = (rows + rpb - 1) / rpb;
@@ -286,9 +301,9 @@ __device__ __forceinline__ void ce_block(const typename S::T* x, typename S::T* 
                                          long long rows, long long cols, long long ignore, typename S::A eps,
                                          typename S::A z, typename S::A cap) {
     typedef typename S::A A;
-    __shared__ MaxSum<A> ms_scratch[33];
-    __shared__ A scratch[33];
-    Group<A, false> grp{0, ms_scratch, scratch};
+    __shared__ MaxSum<A> merge_slots[64];
+    __shared__ A sum_slots[64];
+    Group<A, false> grp{0, {merge_slots, sum_slots, 0}};
     for (long long row = blockIdx.x; row < rows; row += gridDim.x)
         ce_held_row<S, NV, false>(x, grad, tgt, w, coef, g_rows, row_loss, row_lse, row, true, cols, ignore, eps, z,
                                   cap, (int)threadIdx.x, grp);
@@ -299,6 +314,119 @@ __device__ __forceinline__ void ce_block(const typename S::T* x, typename S::T* 
 // once for the statistics and once more for the gradient. Every element is
 // re-read and written by the thread that first read it, so in-place is safe.
 // SOFT: q_c comes from a target row of accumulation-type probabilities.
+//
+// The two passes are row helpers over a range of `n` classes starting at class
+// `v0` of the full row: the whole row in the fused kernel (v0 = 0), one rank's
+// vocabulary shard in the vocabulary-parallel kernels below, which is how every
+// option (weights, smoothing, z-loss, soft cap) means the same in both.
+
+// One thread's share of a row's statistics before the block reduction.
+template <class A>
+struct CeStreamPart {
+    MaxSum<A> ms;  // (max, sum - 1) of the capped logits
+    A s_gap;       // sum_c q_c (ms.m - xc_c), against this thread's running max
+    A s_q;         // sum_c q_c (q_c = w_c for hard labels)
+};
+
+// First pass. Gaps (and their weights' sum) are taken only when `gaps` (soft labels
+// or smoothing); tr_soft is the range's own soft-target row (SOFT only).
+template <class S, int NV, bool SOFT>
+__device__ __forceinline__ CeStreamPart<typename S::A> ce_stream_stats(const typename S::T* xr,
+                                                                       const typename S::A* tr_soft,
+                                                                       const typename S::A* w, long long n,
+                                                                       long long v0, int mis, typename S::A eps,
+                                                                       typename S::A inv_cols, typename S::A cap,
+                                                                       bool gaps) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const long long tile = (long long)blockDim.x * EPT;
+    CeStreamPart<A> t{empty_maxsum<A>(), A(0), A(0)};
+    for (long long base = 0; base < n + mis; base += tile) {
+        A v[EPT];
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+            load_slot<S>(xr, e0, n, true, v + j * VEC, A(0));
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const long long e = e0 + i;
+                v[j * VEC + i] = capped(v[j * VEC + i], cap, e >= 0 && e < n);
+            }
+        }
+        const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
+        if (gaps) {
+            const A mn = nan_max(t.ms.m, ts.m);  // t.ms.m after the merge below
+            t.s_gap += gap_shift(t.ms.m, mn, t.s_q);
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const long long e = e0 + i;
+                    if (e >= 0 && e < n) {
+                        const A wc = weight_at(w, v0 + e);
+                        const A q = SOFT ? wc * (tr_soft[e] * (A(1) - eps) + eps * inv_cols) : wc;
+                        t.s_gap += weighted_gap(q, mn, v[j * VEC + i]);
+                        t.s_q += q;
+                    }
+                }
+            }
+        }
+        t.ms = merge(t.ms, ts);
+    }
+    return t;
+}
+
+// The block's statistics of the range: s_gap against the range max (when `gaps`),
+// s_q summed over the block only when `want_q` (block-uniform flags: every thread
+// takes part in the same reductions).
+template <class A>
+__device__ __forceinline__ CeStreamPart<A> ce_stream_reduce(CeStreamPart<A> t, BlockReduce<A>& red, bool gaps,
+                                                            bool want_q) {
+    CeStreamPart<A> r{red.merge(t.ms), A(0), t.s_q};
+    if (gaps) r.s_gap = red.sum(t.s_gap + gap_shift(t.ms.m, r.ms.m, t.s_q));
+    if (want_q) r.s_q = red.sum(t.s_q);
+    return r;
+}
+
+// Second pass: the gradient of the range into gr (an ignored row's logits are not read).
+template <class S, int NV, bool SOFT>
+__device__ __forceinline__ void ce_stream_grad(const typename S::T* xr, typename S::T* gr,
+                                               const typename S::A* tr_soft, const typename S::A* w, long long n,
+                                               long long v0, int mis, const CeScale<typename S::A>& k, CeRow tr,
+                                               typename S::A eps, typename S::A inv_cols, bool z_on) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const long long tile = (long long)blockDim.x * EPT;
+    const bool vec_out = misalign<S>(gr) == mis;
+    const bool ok = tr.status == CE_OK;
+    for (long long base = 0; base < n + mis; base += tile) {
+        A v[EPT];
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
+            if (ok) {
+                load_slot<S>(xr, e0, n, true, v + j * VEC, A(0));
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const long long e = e0 + i;
+                    const bool in = e >= 0 && e < n;
+                    const A xc = capped(v[j * VEC + i], k.cap, in);
+                    A qc = A(0), wc = A(0);
+                    if (in) {
+                        wc = (SOFT || eps > A(0)) ? weight_at(w, v0 + e) : A(0);
+                        if (SOFT) qc = wc * (tr_soft[e] * (A(1) - eps) + eps * inv_cols);
+                    }
+                    v[j * VEC + i] = in ? ce_grad_at(k, tr, xc, v0 + e, wc, qc, SOFT, z_on) : A(0);
+                }
+            } else {  // no logit read: the store rule needs only the row's status
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) v[j * VEC + i] = ce_grad_at(k, tr, A(0), 0, A(0), A(0), SOFT, false);
+            }
+            store_slot<S>(gr, e0, n, vec_out, v + j * VEC);
+        }
+    }
+}
 
 template <class S, int NV, bool SOFT>
 __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T* grad, const long long* tgt,
@@ -308,12 +436,11 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
                                           long long cols, long long ignore, typename S::A eps, typename S::A z,
                                           typename S::A cap) {
     typedef typename S::A A;
-    constexpr int VEC = S::VEC, EPT = NV * VEC;
-    __shared__ MaxSum<A> ms_scratch[33];
-    __shared__ A scratch[33];
-    const long long tile = (long long)blockDim.x * EPT;
+    __shared__ MaxSum<A> merge_slots[64];
+    __shared__ A sum_slots[64];
+    BlockReduce<A> red{merge_slots, sum_slots, 0};
     const A inv_cols = A(1) / A(cols);
-    const A one_m_eps = A(1) - eps;
+    const bool gaps = SOFT || eps > A(0);
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const long long off = row * cols;
         const typename S::T* xr = x + off;
@@ -323,82 +450,13 @@ __device__ __forceinline__ void ce_stream(const typename S::T* x, typename S::T*
         const A wt = (!SOFT && tr.status == CE_OK) ? weight_at(w, tr.t) : A(0);
         A xt = A(0);
         if (!SOFT && threadIdx.x == 0 && tr.status == CE_OK) xt = capped(S::to_acc(xr[tr.t]), cap, true);
-
-        MaxSum<A> t = empty_maxsum<A>();
-        // s_gap: this thread's gaps against its running max t.m; s_q: their weights' sum
-        A s_gap = A(0), s_q = A(0);
-        for (long long base = 0; base < cols + mis; base += tile) {
-            A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j) {
-                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-                load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const long long e = e0 + i;
-                    const bool in = e >= 0 && e < cols;
-                    v[j * VEC + i] = capped(v[j * VEC + i], cap, in);
-                }
-            }
-            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
-            if (SOFT || eps > A(0)) {
-                const A mn = nan_max(t.m, ts.m);  // t.m after the merge below
-                s_gap += gap_shift(t.m, mn, s_q);
-#pragma unroll
-                for (int j = 0; j < NV; ++j) {
-                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        const long long e = e0 + i;
-                        if (e >= 0 && e < cols) {
-                            const A q = SOFT ? weight_at(w, e) * (tr_soft[e] * one_m_eps + eps * inv_cols)
-                                             : weight_at(w, e);
-                            s_gap += weighted_gap(q, mn, v[j * VEC + i]);
-                            s_q += q;
-                        }
-                    }
-                }
-            }
-            t = merge(t, ts);
-        }
-        const MaxSum<A> r = block_merge(t, ms_scratch);
-        if (SOFT || eps > A(0)) s_gap = block_sum(s_gap + gap_shift(t.m, r.m, s_q), scratch);
-        if (SOFT) s_q = block_sum(s_q, scratch);
-        const CeScale<A> k = ce_scale(r, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
+        const CeStreamPart<A> r = ce_stream_reduce(
+            ce_stream_stats<S, NV, SOFT>(xr, tr_soft, w, cols, 0, mis, eps, inv_cols, cap, gaps), red, gaps, SOFT);
+        const A s_q = SOFT ? r.s_q : A(0);
+        const CeScale<A> k = ce_scale(r.ms, tr, wt, s_q, SOFT, eps, z, inv_cols, cap, coef, g_rows, row);
         if (threadIdx.x == 0)
-            ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, s_gap, s_q, SOFT, eps, z, inv_cols, coef);
-        if (!grad) continue;
-        typename S::T* gr = grad + off;
-        const bool vec_out = misalign<S>(gr) == mis;
-        for (long long base = 0; base < cols + mis; base += tile) {
-            A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j) {
-                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-                if (tr.status == CE_OK) {
-                    load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        const long long e = e0 + i;
-                        const bool in = e >= 0 && e < cols;
-                        const A xc = capped(v[j * VEC + i], cap, in);
-                        A qc = A(0), wc = A(0);
-                        if (in) {
-                            wc = (SOFT || eps > A(0)) ? weight_at(w, e) : A(0);
-                            if (SOFT) qc = wc * (tr_soft[e] * one_m_eps + eps * inv_cols);
-                        }
-                        v[j * VEC + i] = in ? ce_grad(k, xc, e, tr.t, wc, qc, SOFT, z > A(0)) : A(0);
-                    }
-                } else {
-                    const A fill = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) v[j * VEC + i] = fill;
-                }
-                store_slot<S>(gr, e0, cols, vec_out, v + j * VEC);
-            }
-        }
-        // The next row's block_merge starts with a barrier, so its scratch writes
-        // cannot race this row's reads.
+            ce_write_loss(row_loss, row_lse, row, tr, k, xt, wt, r.s_gap, s_q, SOFT, eps, z, inv_cols, coef);
+        if (grad) ce_stream_grad<S, NV, SOFT>(xr, grad + off, tr_soft, w, cols, 0, mis, k, tr, eps, inv_cols, z > A(0));
     }
 }
 
@@ -472,14 +530,16 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
                                          long long chunk, typename S::A* part, unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC;
-    __shared__ MaxSum<A> ms_scratch[33];
+    __shared__ MaxSum<A> ms_scratch[33];  // group_merge / group_sum
     __shared__ A scratch[33];
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;  // whole groups only; the launcher never makes a partial one
-    const long long c0 = (long long)p * chunk;
-    const int n = (int)min(chunk, cols - c0);  // <= one block's capacity
+    __shared__ MaxSum<A> merge_slots[64];
+    __shared__ A sum_slots[64];
+    BlockReduce<A> red{merge_slots, sum_slots, 0};
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
+    const int p = sh.p;
+    const int n = (int)sh.n;  // <= one block's capacity
     const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
     const A inv_cols = A(1) / A(cols);
     unsigned long long round = 0;
@@ -519,7 +579,7 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
         MaxSum<A> r;
         r.m = mv;
         r.r = (c1 - A(1)) + ts;
-        r = block_merge(r, ms_scratch);
+        r = red.merge(r);
         r = group_merge(r, part, cnt, g, k, p, round++, ms_scratch);
         const CeScale<A> ks = ce_scale(r, tr, wt, A(0), false, eps, z, inv_cols, cap, coef, g_rows, row);
         A s_gap = A(0);  // gaps against the row max (known after the merge): never cancels
@@ -533,30 +593,31 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
                     if (e >= 0 && e < n) s_gap += weighted_gap(weight_at(w, c0 + e), ks.m, h.get(j, i, e0, n, cap));
                 }
             }
-            s_gap = group_sum(block_sum(s_gap, scratch), part, cnt, g, k, p, round++, scratch);
+            s_gap = group_sum(red.sum(s_gap), part, cnt, g, k, p, round++, scratch);
         }
         if (p == 0 && tid == 0)
             ce_write_loss(row_loss, row_lse, row, tr, ks, xt, wt, s_gap, A(0), false, eps, z, inv_cols, coef);
         if (!grad) continue;
         typename S::T* gc = grad + row * cols + c0;
         const bool vec_out = misalign<S>(gc) == mis;
+        const bool ok = tr.status == CE_OK;
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int e0 = slot_start<S>(0, j, tid, nthr, mis);
             A gv[VEC];
+            if (ok) {  // the held words are decoded (and capped) only in a row that uses them
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const int e = e0 + i;
-                if (tr.status == CE_OK) {
-                    const A wc = (eps > A(0) && e >= 0 && e < n) ? weight_at(w, c0 + e) : A(0);
-                    gv[i] = ce_grad(ks, h.get(j, i, e0, n, cap), c0 + e, tr.t, wc, A(0), false, z > A(0));
-                } else {
-                    gv[i] = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
+                for (int i = 0; i < VEC; ++i) {
+                    const int e = e0 + i;
+                    gv[i] = ce_grad_at(ks, tr, h.get(j, i, e0, n, cap), c0 + e, w, eps > A(0) && e >= 0 && e < n,
+                                       A(0), false, z > A(0));
                 }
+            } else {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) gv[i] = ce_grad_at(ks, tr, A(0), 0, w, false, A(0), false, false);
             }
             store_slot<S>(gc, e0, n, vec_out, gv);
         }
-        // The next row's block_merge starts with a barrier: no scratch race.
     }
     // Counters back to zero: the launcher keeps one zeroed workspace per stream.
     group_release(cnt, cnt + groups, g, k);
@@ -608,7 +669,7 @@ template <class S>
 __device__ __forceinline__ void ce_finish(const typename S::A* row_loss, typename S::T* out, long long rows,
                                           int reduce) {
     typedef typename S::A A;
-    __shared__ double dscratch[33];
+    __shared__ double sum_slots[32];  // one reduction: one buffer
     if (!reduce) {
         const long long stride = (long long)gridDim.x * blockDim.x;
         for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride)
@@ -617,7 +678,7 @@ __device__ __forceinline__ void ce_finish(const typename S::A* row_loss, typenam
     }
     double s = 0.0;
     for (long long r = threadIdx.x; r < rows; r += blockDim.x) s += (double)row_loss[r];
-    s = block_sum(s, dscratch);
+    s = block_sum_1b(s, sum_slots);
     if (threadIdx.x == 0) out[0] = S::from_acc((A)s);
 }
 
@@ -650,12 +711,12 @@ template <class A>
 __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, long long cols, long long ignore,
                                         const A* w, A* w_scaled, int reduction, const A* g_ptr, double g_val,
                                         A* coef, unsigned long long* n_bad_out) {
-    __shared__ double dscratch[33];
+    __shared__ double sum_slots[64];  // consecutive reductions alternate buffers
     double d = 0.0, n_valid = 0.0, n_bad = 0.0, wsum = 0.0, s = 1.0;
     if (w && w_scaled) {
         double a = 0.0;
         for (long long c = threadIdx.x; c < cols; c += blockDim.x) a += fabs(weight_f64(w, c));
-        a = block_sum(a, dscratch);  // every thread gets the sum
+        a = block_sum_1b(a, sum_slots + 32);  // every thread gets the sum
         if (a > 0.0 && a <= 1.7976931348623157e308) s = a;  // else (0, inf, NaN) the weights as they are
         for (long long c = threadIdx.x; c < cols; c += blockDim.x) w_scaled[c] = (A)(weight_f64(w, c) / s);
         __syncthreads();
@@ -675,10 +736,10 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
     if (w) {
         for (long long c = threadIdx.x; c < cols; c += blockDim.x) wsum += weight_f64(w, c);
     }
-    d = block_sum(d, dscratch);
-    n_valid = block_sum(n_valid, dscratch);
-    n_bad = block_sum(n_bad, dscratch);
-    wsum = block_sum(wsum, dscratch);
+    d = block_sum_1b(d, sum_slots);
+    n_valid = block_sum_1b(n_valid, sum_slots + 32);
+    n_bad = block_sum_1b(n_bad, sum_slots);
+    wsum = block_sum_1b(wsum, sum_slots + 32);
     if (threadIdx.x == 0) {
         if (!tgt) {
             d = (double)rows;  // soft labels: mean over rows
@@ -711,94 +772,81 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
 
 // ---------------------------------------------------------------------------
 // vocabulary-parallel cross entropy (gpu_softmax.vocab_parallel): the classes are
-// split over P ranks; rank p holds columns [v0, v0 + cols) of the V classes.
+// split over P ranks; rank p holds columns [v0, v0 + cols) of the V classes. Both
+// kernels are the stream regime's two passes (ce_stream_stats / ce_stream_grad)
+// over the local shard, with the shard's offset v0, so the options mean what they
+// mean in the fused kernels above, logit_softcap included.
 //
 // gs_vp_stats_*: per row, over the local shard, the record
 //     rec[row] = [m, r, x_t, d, W]
-//   m, r   the shard's (max, sum - 1) pair (MaxSum; an empty shard is (-inf, -1))
-//   x_t    the target logit when the (global) target lies in this shard, else 0
+//   m, r   the shard's (max, sum - 1) pair of the (capped) logits (MaxSum; an empty
+//          shard is (-inf, -1))
+//   x_t    the (capped) target logit when the (global) target lies in this shard, else 0
 //   d, W   sum_c w[v0 + c] (m - x_c) and sum_c w[v0 + c] over the shard when
 //          smoothing is on, else 0 (the finish moves d to the global max: + (M - m) W)
 // The P records of a row are then gathered (one collective, outside the kernels).
 // gs_vp_finish_*: per row, merges the P gathered records (rank order, the same on
 // every rank: bit-identical global statistics everywhere), writes the row's loss
-// (thread 0) and the local slice of the gradient, with the same formulas as the
-// fused kernels above (ce_write_loss / ce_scale / ce_grad) over the full
-// vocabulary: inv_cols = 1/V, coef from gs_ce_prep_* run with cols = V.
+// (thread 0, ce_write_loss) and the local slice of the gradient (ce_stream_grad)
+// over the full vocabulary: inv_cols = 1/V, coef from gs_ce_prep_* run with cols = V.
 // recs layout: [P][rows][VP_REC] in the accumulation type. Every element of the local
 // shard is read and written by one thread, so grad may alias x.
 
 namespace gs {
 
-constexpr int VP_REC = 5;  // record width; RECORD_FIELDS in gpu_softmax/vocab_parallel.py
+constexpr int VP_REC = 5;  // record width; RECORD_FIELDS in gpu_softmax/_cuda/vocab_parallel.py
 
 template <class S, int NV>
 __device__ __forceinline__ void vp_stats(const typename S::T* x, const long long* tgt, const typename S::A* w,
                                          typename S::A* rec, long long rows, long long cols, long long v0,
-                                         long long ignore, typename S::A eps) {
+                                         long long ignore, typename S::A eps, typename S::A cap) {
     typedef typename S::A A;
-    constexpr int VEC = S::VEC, EPT = NV * VEC;
-    __shared__ MaxSum<A> ms_scratch[33];
-    __shared__ A scratch[33];
-    const long long tile = (long long)blockDim.x * EPT;
+    __shared__ MaxSum<A> merge_slots[64];
+    __shared__ A sum_slots[64];
+    BlockReduce<A> red{merge_slots, sum_slots, 0};
+    const bool gaps = eps > A(0);
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const typename S::T* xr = x + row * cols;
         const int mis = misalign<S>(xr);
         const long long t = tgt[row];
-        const long long lt = t - v0;
+        const long long lt = t - v0;  // in [0, cols) only for a target in [0, V)
         A xt = A(0);
-        if (threadIdx.x == 0 && t != ignore && lt >= 0 && lt < cols) xt = S::to_acc(xr[lt]);
-        MaxSum<A> st = empty_maxsum<A>();
-        A s_gap = A(0), s_w = A(0);  // gaps against the running max st.m, and their weights' sum
-        for (long long base = 0; base < cols + mis; base += tile) {
-            A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j) {
-                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-                load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const long long e = e0 + i;
-                    const bool in = e >= 0 && e < cols;
-                    if (!in) v[j * VEC + i] = -inf_of(A(0));
-                }
-            }
-            const MaxSum<A> ts = values_stats<false, A, A, EPT>(v);
-            if (eps > A(0)) {
-                const A mn = nan_max(st.m, ts.m);
-                s_gap += gap_shift(st.m, mn, s_w);
-#pragma unroll
-                for (int j = 0; j < NV; ++j) {
-                    const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        const long long e = e0 + i;
-                        if (e >= 0 && e < cols) {
-                            const A wc = weight_at(w, v0 + e);
-                            s_gap += wc * gap(mn, v[j * VEC + i]);
-                            s_w += wc;
-                        }
-                    }
-                }
-            }
-            st = merge(st, ts);
-        }
-        const MaxSum<A> r = block_merge(st, ms_scratch);
-        if (eps > A(0)) {
-            s_gap = block_sum(s_gap + gap_shift(st.m, r.m, s_w), scratch);
-            s_w = block_sum(s_w, scratch);
-        }
+        if (threadIdx.x == 0 && t != ignore && lt >= 0 && lt < cols) xt = capped(S::to_acc(xr[lt]), cap, true);
+        const CeStreamPart<A> r = ce_stream_reduce(
+            ce_stream_stats<S, NV, false>(xr, nullptr, w, cols, v0, mis, eps, A(0), cap, gaps), red, gaps, gaps);
         if (threadIdx.x == 0) {
             A* o = rec + row * VP_REC;
-            o[0] = r.m;
+            o[0] = r.ms.m;
             // An all -inf (or empty) shard: sum 0. Its r would otherwise count the
             // -inf slots, harmless in a merge with a finite max but not tidy.
-            o[1] = is_inf(r.m) && r.m < A(0) ? A(-1) : r.r;
+            o[1] = is_inf(r.ms.m) && r.ms.m < A(0) ? A(-1) : r.ms.r;
             o[2] = xt;
-            o[3] = s_gap;
-            o[4] = s_w;
+            o[3] = r.s_gap;
+            o[4] = gaps ? r.s_q : A(0);
         }
     }
+}
+
+// The global statistics of a row from its P records, merged in rank order by every
+// thread itself (no shared memory, and the same bits on every rank); s_gap is sum_c
+// w_c (M - x_c) over the vocabulary when smoothing is on.
+template <class A>
+__device__ __forceinline__ CeStreamPart<A> vp_merge_records(const A* recs, int nranks, long long rows,
+                                                            long long row, bool gaps, A* xt) {
+    CeStreamPart<A> g{empty_maxsum<A>(), A(0), A(0)};
+    *xt = A(0);
+    for (int p = 0; p < nranks; ++p) {
+        const A* rp = recs + ((long long)p * rows + row) * VP_REC;
+        g.ms = merge(g.ms, MaxSum<A>{rp[0], rp[1]});
+        *xt += rp[2];
+    }
+    if (gaps) {  // second sweep: every shard's gaps moved to the global max
+        for (int p = 0; p < nranks; ++p) {
+            const A* rp = recs + ((long long)p * rows + row) * VP_REC;
+            g.s_gap += rp[3] + gap_shift(rp[0], g.ms.m, rp[4]);
+        }
+    }
+    return g;
 }
 
 template <class S, int NV>
@@ -807,62 +855,21 @@ __device__ __forceinline__ void vp_finish(const typename S::T* x, typename S::T*
                                           const typename S::A* g_rows, const typename S::A* recs,
                                           typename S::A* row_loss, int nranks, long long rows, long long cols,
                                           long long v0, long long vocab, long long ignore, typename S::A eps,
-                                          typename S::A z) {
+                                          typename S::A z, typename S::A cap) {
     typedef typename S::A A;
-    constexpr int VEC = S::VEC, EPT = NV * VEC;
-    const long long tile = (long long)blockDim.x * EPT;
     const A inv_v = A(1) / A(vocab);
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        // Every thread merges the P records itself, in rank order: no shared
-        // memory, and the same bits on every rank.
-        MaxSum<A> g = empty_maxsum<A>();
-        A xt = A(0), s_gap = A(0);
-        for (int p = 0; p < nranks; ++p) {
-            const A* rp = recs + ((long long)p * rows + row) * VP_REC;
-            MaxSum<A> o;
-            o.m = rp[0];
-            o.r = rp[1];
-            g = merge(g, o);
-            xt += rp[2];
-        }
-        if (eps > A(0)) {  // second sweep: every shard's gaps moved to the global max
-            for (int p = 0; p < nranks; ++p) {
-                const A* rp = recs + ((long long)p * rows + row) * VP_REC;
-                s_gap += rp[3] + gap_shift(rp[0], g.m, rp[4]);
-            }
-        }
+        A xt;
+        const CeStreamPart<A> g = vp_merge_records(recs, nranks, rows, row, eps > A(0), &xt);
         const CeRow tr = ce_target(tgt, row, vocab, ignore);
         const A wt = tr.status == CE_OK ? weight_at(w, tr.t) : A(0);
-        const CeScale<A> k = ce_scale(g, tr, wt, A(0), false, eps, z, inv_v, A(0), coef, g_rows, row);
+        const CeScale<A> k = ce_scale(g.ms, tr, wt, A(0), false, eps, z, inv_v, cap, coef, g_rows, row);
         if (threadIdx.x == 0)
-            ce_write_loss(row_loss, (A*)nullptr, row, tr, k, xt, wt, s_gap, A(0), false, eps, z, inv_v, coef);
+            ce_write_loss(row_loss, (A*)nullptr, row, tr, k, xt, wt, g.s_gap, A(0), false, eps, z, inv_v, coef);
         if (!grad) continue;
         const typename S::T* xr = x + row * cols;
-        typename S::T* gr = grad + row * cols;
-        const int mis = misalign<S>(xr);
-        const bool vec_out = misalign<S>(gr) == mis;
-        for (long long base = 0; base < cols + mis; base += tile) {
-            A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j) {
-                const long long e0 = slot_start<S>(base, j, threadIdx.x, blockDim.x, mis);
-                if (tr.status == CE_OK) {
-                    load_slot<S>(xr, e0, cols, true, v + j * VEC, A(0));
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) {
-                        const long long e = e0 + i;
-                        const bool in = e >= 0 && e < cols;
-                        const A wc = (in && eps > A(0)) ? weight_at(w, v0 + e) : A(0);
-                        v[j * VEC + i] = in ? ce_grad(k, v[j * VEC + i], v0 + e, tr.t, wc, A(0), false, z > A(0)) : A(0);
-                    }
-                } else {
-                    const A fill = tr.status == CE_IGNORED ? A(0) : nan_of(A(0));
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) v[j * VEC + i] = fill;
-                }
-                store_slot<S>(gr, e0, cols, vec_out, v + j * VEC);
-            }
-        }
+        ce_stream_grad<S, NV, false>(xr, grad + row * cols, nullptr, w, cols, v0, misalign<S>(xr), k, tr, eps, inv_v,
+                                     z > A(0));
     }
 }
 

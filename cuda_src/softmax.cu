@@ -305,12 +305,11 @@ __device__ __forceinline__ void fwd_split(const typename S::T* x, typename S::T*
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
     __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;  // whole groups only; the launcher never makes a partial one
-    const long long c0 = (long long)p * chunk;
-    const int n = (int)min(chunk, cols - c0);  // <= one block's capacity
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
+    const int p = sh.p;
+    const int n = (int)sh.n;  // <= one block's capacity
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
         const long long off = row * cols + c0;
@@ -340,12 +339,11 @@ __device__ __forceinline__ void bwd_split(const typename S::T* gy, const typenam
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ double scratch[33];
     __shared__ double slots[64];
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;
-    const long long c0 = (long long)p * chunk;
-    const int n = (int)min(chunk, cols - c0);
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
+    const int p = sh.p;
+    const int n = (int)sh.n;  // <= one block's capacity
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
         const long long off = row * cols + c0;
@@ -384,12 +382,10 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
     __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;
-    const long long c0 = (long long)p * chunk;
-    const long long n = min(chunk, cols - c0);
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
+    const int p = sh.p;
     const long long tile = (long long)blockDim.x * EPT;
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
@@ -439,12 +435,10 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ double scratch[33];
     __shared__ double slots[64];
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;
-    const long long c0 = (long long)p * chunk;
-    const long long n = min(chunk, cols - c0);
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
+    const int p = sh.p;
     const long long tile = (long long)blockDim.x * EPT;
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
@@ -531,12 +525,10 @@ __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A*
                                           int k, long long chunk, double* part, unsigned long long* cnt) {
     __shared__ MaxSum<double> scratch[33];
     __shared__ MaxSum<double> slots[64];
-    const long long groups = gridDim.x / k;
-    const long long g = blockIdx.x / k;
-    const int p = (int)(blockIdx.x % k);
-    if (g >= groups) return;
-    const long long c0 = (long long)p * chunk;
-    const long long n = min(chunk, cols - c0);
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
+    const int p = sh.p;
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
         MaxSum<double> t = lse_chunk<S, NV>(x + row * cols + c0, n, threadIdx.x, blockDim.x);

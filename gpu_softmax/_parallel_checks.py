@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 FIELDS = ("error", "rows", "width", "vocab_start", "vocab_size", "dtype", "ignore_index", "reduction",
-          "label_smoothing", "z_loss", "weight_len", "validate", "target_min", "target_max",
+          "label_smoothing", "z_loss", "logit_softcap", "weight_len", "validate", "target_min", "target_max",
           "target_sum", "target_isum", "weight_sum", "weight_isum")
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 NOT_GIVEN = -1
@@ -29,6 +29,7 @@ SAME_EVERYWHERE = {
     "reduction": "reduction",
     "label_smoothing": "label_smoothing",
     "z_loss": "z_loss",
+    "logit_softcap": "logit_softcap",
     "weight_len": "weight (given or not, and its length)",
     "validate": "validate",
 }
@@ -39,7 +40,9 @@ def float_bits(v: Any) -> int:
 
 
 def _show(field: str, v: int) -> str:
-    if field in ("label_smoothing", "z_loss"):
+    if field == "logit_softcap" and v == 0:
+        return "None"  # no cap travels as 0.0 (a cap is positive)
+    if field in ("label_smoothing", "z_loss", "logit_softcap"):
         return repr(struct.unpack("<d", struct.pack("<q", v))[0])
     if field == "dtype":
         return DTYPES[v] if 0 <= v < len(DTYPES) else "unsupported"
@@ -69,6 +72,7 @@ def describe(*, rows: int, width: int, vocab_start: int | None, vocab_size: int 
     row[INDEX["reduction"]] = REDUCTIONS.index(opts.reduction)
     row[INDEX["label_smoothing"]] = float_bits(opts.label_smoothing)
     row[INDEX["z_loss"]] = float_bits(opts.z_loss)
+    row[INDEX["logit_softcap"]] = float_bits(opts.logit_softcap or 0.0)
     row[INDEX["weight_len"]] = NOT_GIVEN if weight_len is None else int(weight_len)
     row[INDEX["validate"]] = int(bool(validate))
     row[INDEX["target_min"]], row[INDEX["target_max"]] = target_range or (0, 0)

@@ -143,7 +143,7 @@ def hard_target_check(a: CrossEntropyArgs, hint: str = _checks.VALIDATE_HINT) ->
     _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index, hint=hint)
 
 
-def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool, hint: str):
+def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool, hint: str = _checks.VALIDATE_HINT):
     """Per-row terms, all float64.
 
     Returns (ce, zl, lse, valid, divisor, n_valid, grad_pieces) where the loss of

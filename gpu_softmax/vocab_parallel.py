@@ -5,7 +5,8 @@ columns ``[vocab_start, vocab_start + width)`` of the full V, the loss of the
 gathered logits is computed without ever gathering them:
 
 1. ``partial_stats`` - per row, over the local shard, one record
-   ``[m, r, x_t, d, W]``: the shard's max ``m`` and ``r = sum exp(x - m) - 1`` (the
+   ``[m, r, x_t, d, W]`` of the (soft-capped, with ``logit_softcap``) logits x: the
+   shard's max ``m`` and ``r = sum exp(x - m) - 1`` (the
    (max, sum - 1) pair of ``cuda_src/common.cuh``; an empty or all -inf shard is
    ``(-inf, -1)``), the target logit when the (global) target lies in this shard
    (else 0), and, when label smoothing is on (else 0), ``d = sum_c w_c (m - x_c)``
@@ -19,18 +20,19 @@ gathered logits is computed without ever gathering them:
    non-negative pieces, never ``lse * W - sum w x``, which overflows or cancels when
    the logits are large. It writes the loss and the gradient of the LOCAL shard:
    ``p_c = exp(x_c - M) / (1 + R)``, ``q_c = (1-e) w_t [c == t] + (e/V) w_c``,
-   ``grad = (p sum(q) - q) * scale_ce + 2 z lse p * scale_z``, ignored rows 0.
+   ``grad = (p sum(q) - q) * scale_ce + 2 z lse p * scale_z``, ignored rows 0, times
+   the cap's derivative ``1 - (x_c / cap)^2`` with a soft cap.
 
 The mean's divisor (sum of ``w[t]`` over non-ignored rows) and the number of
 non-ignored rows need no collective: targets and ``weight`` (the full (V,) class
 weight) are the same on every rank. Semantics are exactly those of
 ``gpu_softmax.reference.cross_entropy_with_grad`` on the full logits with the class
-axis last (hard labels only; no logit soft-cap): weights, ``ignore_index``, label
-smoothing over the full vocabulary, z-loss, the three reductions.
+axis last (hard labels only): weights, ``ignore_index``, label smoothing over the full
+vocabulary, z-loss, ``logit_softcap``, the three reductions.
 
 NumPy arrays are computed in float64 (records float64), like the reference; CuPy
-arrays run the ``gs_vp_stats_*`` / ``gs_vp_finish_*`` kernels
-(``cuda_src/cross_entropy.cu``), records in the accumulation dtype (float32,
+arrays run the ``gs_vp_stats_*`` / ``gs_vp_finish_*`` kernels (``cuda_src/cross_entropy.cu``,
+launched by ``gpu_softmax._cuda.vocab_parallel``), records in the accumulation dtype (float32,
 float64 for float64 logits), with no host synchronisation. ``gpu_softmax.torch``'s
 ``vocab_parallel_cross_entropy`` puts these around one ``torch.distributed``
 collective.
@@ -46,6 +48,7 @@ import numpy as np
 
 from . import _checks, reference
 from ._checks import CrossEntropyArgs
+from ._cuda import vocab_parallel as _cuda_vp
 from ._cuda.kernels import RECORD_FIELDS, RECORD_WIDTH  # the kernels' record layout, re-exported
 from .options import CEOptions
 
@@ -116,8 +119,6 @@ def check_args(
         logits_strides=tuple(int(np.prod(full_shape[i + 1:])) for i in range(len(full_shape))),
         options=options, **option_values,
     )
-    if a.logit_softcap is not None:
-        raise NotImplementedError("vocabulary-parallel cross entropy has no logit_softcap yet; leave it None")
     if a.inplace and kind == "numpy" and not local_logits.flags.writeable:
         raise ValueError("inplace=True needs writable logits")
     if a.inplace:  # the stand-in above is contiguous: check the real shard
@@ -135,6 +136,15 @@ def _bad_targets_check(a: CrossEntropyArgs) -> None:
         _checks.validate_targets(np, a.target, a.layout.cols, a.ignore_index)
 
 
+def _capped_logits(a: CrossEntropyArgs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows, width) float64 logits after the soft cap, and the cap's derivative (None without one)."""
+    x = np.asarray(a.logits, dtype=np.float64).reshape(a.layout.rows, a.logits.shape[-1])
+    if a.logit_softcap is None:
+        return x, None
+    th = np.tanh(x / a.logit_softcap)
+    return a.logit_softcap * th, 1.0 - th * th
+
+
 def _local_weight(a: CrossEntropyArgs, vocab_start: int, width: int) -> np.ndarray:
     if a.weight is None:
         return np.ones(width)
@@ -147,7 +157,7 @@ def _local_weight(a: CrossEntropyArgs, vocab_start: int, width: int) -> np.ndarr
 
 def _stats_numpy(a: CrossEntropyArgs, vocab_start: int) -> np.ndarray:
     width = a.logits.shape[-1]
-    x = np.asarray(a.logits, dtype=np.float64).reshape(a.layout.rows, width)
+    x, _ = _capped_logits(a)
     rows = x.shape[0]
     rec = np.zeros((rows, RECORD_WIDTH))
     with np.errstate(all="ignore"):
@@ -185,7 +195,8 @@ def partial_stats(
 ) -> Any:
     """(rows, 5) records [max, sum - 1, target logit or 0, sum_c w_c (max - x_c), sum_c w_c] of this shard.
 
-    The last two are 0 without label smoothing.
+    The last two are 0 without label smoothing. With ``logit_softcap`` the records are
+    those of the capped logits ``cap * tanh(x / cap)``.
 
     ``local_logits`` (..., width) with the classes last, ``target`` (...) of global
     class ids, ``weight`` the full (V,) class weight. NumPy: float64 records; CuPy:
@@ -198,9 +209,7 @@ def partial_stats(
 
 def _partial_stats_checked(a: CrossEntropyArgs, vocab_start: int, storage: str | None = None) -> Any:
     if a.kind == "cupy":
-        from ._cuda import cross_entropy as launch
-
-        return launch.vp_stats(a, vocab_start, storage=storage)
+        return _cuda_vp.vp_stats(a, vocab_start, storage=storage)
     _bad_targets_check(a)
     return _stats_numpy(a, vocab_start)
 
@@ -285,7 +294,7 @@ def _finish_numpy(a: CrossEntropyArgs, vocab_start: int, records: np.ndarray, wa
     if not want_grad:
         return loss, None
 
-    x = np.asarray(a.logits, dtype=np.float64).reshape(a.layout.rows, width)
+    x, dcap = _capped_logits(a)
     go = np.asarray(a.grad_output, dtype=np.float64)
     with np.errstate(all="ignore"):
         if a.reduction == "none":
@@ -305,6 +314,8 @@ def _finish_numpy(a: CrossEntropyArgs, vocab_start: int, records: np.ndarray, wa
         grad = grad * ce_scale
         if zc:
             grad = grad + (2.0 * zc) * (lse[:, None] * p) * zl_scale
+        if dcap is not None:
+            grad = grad * dcap
         grad = np.where(valid[:, None], grad, 0.0)
         grad = np.where(bad[:, None], np.nan, grad)
     grad = grad.reshape(a.logits.shape)
@@ -333,6 +344,7 @@ def finish(
     The loss is that of ``cross_entropy`` on the full logits (every rank computes the
     same); the gradient is d(loss * grad_output)/d local_logits (None when
     ``want_grad`` is False). ``inplace=True`` writes it over ``local_logits``.
+    ``logit_softcap`` must be the one the records were made with.
     """
     opts = CEOptions.from_keywords(options, "finish")
     a = check_args(local_logits, target, vocab_start, vocab_size, weight=weight, grad_output=grad_output,
@@ -343,9 +355,7 @@ def finish(
 def _finish_checked(a: CrossEntropyArgs, vocab_start: int, records: Any, want_grad: bool,
                     storage: str | None = None):
     if a.kind == "cupy":
-        from ._cuda import cross_entropy as launch
-
-        return launch.vp_finish(a, vocab_start, records, want_grad, storage=storage)
+        return _cuda_vp.vp_finish(a, vocab_start, records, want_grad, storage=storage)
     _bad_targets_check(a)
     return _finish_numpy(a, vocab_start, np.asarray(records), want_grad)
 
@@ -362,8 +372,8 @@ def cross_entropy_sharded(logits: Any, target: Any, widths, **kwargs):
     V = sum(widths)
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
     shards = [logits[..., s : s + w] for s, w in zip(starts, widths)]
-    stat_kw = {k: kwargs[k] for k in ("weight", "ignore_index", "label_smoothing", "validate", "storage")
-               if k in kwargs}
+    stat_kw = {k: kwargs[k] for k in ("weight", "ignore_index", "label_smoothing", "logit_softcap", "validate",
+                                      "storage") if k in kwargs}
     recs = [partial_stats(x, target, int(s), V, **stat_kw) for x, s in zip(shards, starts)]
     stacked = xp_concat([r[None] for r in recs])
     outs = [finish(x, target, int(s), V, stacked, **kwargs) for x, s in zip(shards, starts)]

@@ -115,16 +115,63 @@ def test_torch_cuda_matches_unfused(torch_cuda, dtype, reduction):
 
 def test_torch_cuda_no_host_sync(torch_cuda):
     torch = torch_cuda
+    import cupyx
+
     import gpu_softmax.torch as gst
+    from gpu_softmax.testing import no_host_sync
 
     hid, w, t, b = torch_case(torch, 256, 64, 3000, torch.bfloat16)
     gst.linear_cross_entropy(hid, w, t, b, chunk_size=64).backward()  # compile and warm up
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        gst.linear_cross_entropy(hid, w, t, b, chunk_size=64).backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    with no_host_sync(cupyx, torch):  # torch's syncs and CuPy's
+        gst.linear_cross_entropy(hid, w, t, b, chunk_size=64, label_smoothing=0.1, z_loss=1e-4).backward()
+
+
+def test_torch_cuda_graph_capture_and_replay_of_a_training_step(torch_cuda):
+    """A step through linear_cross_entropy (fixed chunks: no free-memory query) captured
+    in a CUDA graph and replayed, against the same step run eagerly."""
+    torch = torch_cuda
+    import cupyx
+
+    import gpu_softmax.torch as gst
+    from gpu_softmax.testing import no_host_sync
+
+    x = torch.randn(48, 64, device="cuda")
+    t = torch.randint(0, 3000, (48,), device="cuda")
+    t[5] = -100
+
+    def setup():
+        torch.manual_seed(0)
+        proj, head = torch.nn.Linear(64, 128).cuda(), torch.nn.Linear(128, 3000).cuda()
+        return proj, head, torch.optim.SGD([*proj.parameters(), *head.parameters()], lr=0.1)
+
+    def step(proj, head, opt):
+        opt.zero_grad(set_to_none=False)
+        loss = gst.linear_cross_entropy(torch.tanh(proj(x)), head.weight, t, head.bias, chunk_size=16,
+                                        label_smoothing=0.1)
+        loss.backward()
+        opt.step()
+        return loss
+
+    model, ref = setup(), setup()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on a side stream, as torch requires
+        for _ in range(3):
+            step(*model)
+            step(*ref)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(*model)
+    losses = torch.empty(5, device="cuda")
+    with no_host_sync(cupyx, torch):
+        for i in range(5):
+            graph.replay()
+            losses[i].copy_(static_loss)
+    want = [step(*ref).item() for _ in range(5)]
+    torch.testing.assert_close(losses.cpu(), torch.tensor(want), rtol=1e-4, atol=1e-5)
+    assert losses[-1] < losses[0]
 
 
 # ----------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Every test needs a CUDA device and CuPy (the `cp` fixture skips otherwise).
 Inputs are fresh random numbers on each run (the `rng` fixture prints its seed);
-outputs written through `out=` are NaN-poisoned first, so an element a kernel
-forgets to write shows up as a NaN mismatch.
+outputs written through `out=` are poisoned first with 0xFF bytes (NaN in every
+float format), so an element a kernel forgets to write shows up as a NaN mismatch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 import gpu_softmax
 from gpu_softmax import reference
-from gpu_softmax.testing import assert_close
+from gpu_softmax.testing import assert_close, poisoned
 
 from conftest import GPU_TEST_MAX_ELEMENTS
 
@@ -44,15 +44,11 @@ def _rand(rng, shape, dtype, scale=2.0):
     return x.astype(dtype)
 
 
-def _poisoned(cp, shape, dtype):
-    return cp.full(shape, np.nan, dtype=dtype)
-
-
 def _check_forward(cp, x_np, x, axis=-1, what=""):
     """softmax and log_softmax into poisoned out=, logsumexp, all against the reference."""
     dt = x_np.dtype
     for name in FWD:
-        out = _poisoned(cp, x.shape, dt)
+        out = poisoned(cp, x.shape, dt)
         got = getattr(gpu_softmax, name)(x, axis=axis, out=out)
         assert got is out
         assert_close(cp.asnumpy(got), getattr(reference, name)(x_np, axis=axis), dt, f"{name}{what}")
@@ -141,7 +137,7 @@ def test_unaligned_views(cp, rng, dtype, cols, offset):
     _check_forward(cp, x_np, x, what=f" offset {offset}")
     # out= misaligned differently from x: element stores on the whole row.
     for name in FWD:
-        obuf = _poisoned(cp, rows * cols + offset + 1, dtype)
+        obuf = poisoned(cp, rows * cols + offset + 1, dtype)
         out = obuf[offset + 1 :].reshape(rows, cols)
         got = getattr(gpu_softmax, name)(x, out=out)
         assert got is out
@@ -187,7 +183,7 @@ def test_non_contiguous_input_and_out(cp, rng, dtype):
     x = cp.asarray(x_np)[:, ::2]
     xs = x_np[:, ::2]
     _check_forward(cp, xs, x, what=" strided")
-    out_buf = _poisoned(cp, (6, 3000), dtype)
+    out_buf = poisoned(cp, (6, 3000), dtype)
     out = out_buf[:, 1::2]
     got = gpu_softmax.softmax(x, out=out)
     assert got is out
@@ -469,7 +465,7 @@ def test_bfloat16_storage(cp, rng, rows, cols):
     xf = _from_bf16_bits(bits).astype(np.float64)  # exactly the bf16 values
     x = cp.asarray(bits)
     for name in FWD:
-        out = cp.full(x.shape, 0x7FC0, dtype=cp.uint16)  # bf16 NaN
+        out = poisoned(cp, x.shape, cp.uint16)  # bf16 words, NaN
         got = mod.forward_raw(x, -1, name, out=out, storage="bfloat16")
         assert got is out and got.dtype == cp.uint16
         assert_close(_from_bf16_bits(cp.asnumpy(got)), getattr(reference, name)(xf), "bfloat16", f"bf16 {name}")

@@ -142,14 +142,15 @@ CE_SIGNATURES = {
                                         "A* coef, "
                                         "unsigned long long* n_bad"),
     "vp_stats": signature("gs::vp_stats<S, NV>", "const T* x, const long long* tgt, const A* w, A* rec, long long rows, "
-                                                 "long long cols, long long v0, long long ignore, double eps",
-                          "x, tgt, w, rec, rows, cols, v0, ignore, (A)eps"),
+                                                 "long long cols, long long v0, long long ignore, double eps, double cap",
+                          "x, tgt, w, rec, rows, cols, v0, ignore, (A)eps, (A)cap"),
     "vp_finish": signature("gs::vp_finish<S, NV>", "const T* x, T* grad, const long long* tgt, const A* w, "
                                                    "const A* coef, const A* g_rows, const A* recs, A* row_loss, "
                                                    "int nranks, long long rows, long long cols, long long v0, "
-                                                   "long long vocab, long long ignore, double eps, double z",
+                                                   "long long vocab, long long ignore, double eps, double z, "
+                                                   "double cap",
                            "x, grad, tgt, w, coef, g_rows, recs, row_loss, nranks, rows, cols, v0, vocab, ignore, "
-                           "(A)eps, (A)z"),
+                           "(A)eps, (A)z, (A)cap"),
 }
 
 

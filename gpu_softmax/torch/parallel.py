@@ -5,10 +5,10 @@ vocabulary (as in Megatron-LM), rank p holds ``logits[..., vocab_start : vocab_s
 width]`` of the full V classes. :func:`vocab_parallel_cross_entropy` gives, on every
 rank, exactly the loss ``cross_entropy`` gives on the gathered full-vocabulary logits
 (label smoothing over the full vocabulary, class weights, ``ignore_index``, z-loss,
-the three reductions), and the gradient of that loss with respect to the LOCAL
+``logit_softcap``, the three reductions), and the gradient of that loss with respect to the LOCAL
 logits, without ever gathering the logits:
 
-0. one tiny all-gather of a 16-int64 row per rank that checks the ranks agree (shard
+0. one tiny all-gather of a 19-int64 row per rank that checks the ranks agree (shard
    layout, row count, dtype, options; ``gpu_softmax._parallel_checks``), read on the
    host, so a misuse raises the same error on every rank instead of hanging;
 1. per row, the local statistics ``[max, sum exp(x - max) - 1, target logit if the
@@ -87,8 +87,8 @@ def _compute(logits: Tensor, target: Tensor, weight: Tensor | None, a, group, wo
     with _bridge.cupy_on(logits.device):
         rec = dataclasses.replace(
             a, kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(target),
-            weight=_bridge.to_cupy(_bridge.acc_float(weight)), validate=False, inplace=False,
-        )
+            weight=_bridge.to_cupy(_bridge.acc_float(weight)), inplace=False,
+        ).with_options(validate=False)
         stats = _bridge.from_cupy(vp._partial_stats_checked(rec, vocab_start, storage), acc)
     if rows:
         gathered = _all_gather_stacked(stats, group, world)
@@ -185,6 +185,7 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     z_loss: float = 0.0,
+    logit_softcap: float | None = None,
     validate: bool = False,
     check_ranks: bool = True,
 ) -> Tensor:
@@ -198,8 +199,9 @@ def vocab_parallel_cross_entropy(
     ``vocab_size`` to the sum of all widths. Every rank returns
     the same loss, that of ``torch.nn.functional.cross_entropy(full_logits, target,
     weight, ignore_index=..., reduction=..., label_smoothing=...)`` (plus ``z_loss *
-    logsumexp**2`` per non-ignored row, averaged over them under ``mean``), and
-    backpropagates into its own shard only.
+    logsumexp**2`` per non-ignored row, averaged over them under ``mean``; with
+    ``logit_softcap`` the logits are first capped to ``cap * tanh(x / cap)``, as in
+    ``gpu_softmax.torch.cross_entropy``), and backpropagates into its own shard only.
 
     Checked across ranks on every call (docs/vocab_parallel_checks.md): the shard
     layout (the shards must cover [0, V) exactly once, whether ``vocab_start`` /
@@ -210,7 +212,7 @@ def vocab_parallel_cross_entropy(
     capture of a step whose layout was checked before); it needs ``vocab_start`` and
     ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error.
 
-    Cost per call: one all-gather of a 16-int64 row per rank (the checks above; on CUDA
+    Cost per call: one all-gather of a 19-int64 row per rank (the checks above; on CUDA
     it is read on the host, one sync), then one all-gather of a (rows, 5) float32
     (float64 for float64 logits) buffer per rank; two passes over the local logits in
     the forward (statistics, then loss + gradient), none in the backward.
@@ -234,7 +236,8 @@ def vocab_parallel_cross_entropy(
         )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss)
+    options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
+                   logit_softcap=logit_softcap)
     if check_ranks is False:
         return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, options, validate)
     if check_ranks is not True:

@@ -29,7 +29,7 @@ import harness  # noqa: E402  (installs the fake cupy when set up)
 
 
 def suites(cp, CE, rng):
-    from gpu_softmax import reference
+    from gpu_softmax import _checks, reference
     from gpu_softmax import vocab_parallel as vp
     from gpu_softmax._checks import result_dtype
     from gpu_softmax.testing import assert_close, tolerance
@@ -212,7 +212,51 @@ def suites(cp, CE, rng):
             raise AssertionError(f"{len(failures)} overflow case(s) failed:\n" + "\n".join(failures))
         return n
 
-    return {"hard": hard, "special": special, "layouts": layouts, "overflow": overflow}
+    def fused(x_np, t_np, kw):
+        """The single-device fused kernels (gs_ce_*) on the same inputs, emulated too."""
+        kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        go = kwd.pop("grad_output", 1.0)
+        a = _checks.check_cross_entropy(cp.asarray(x_np), cp.asarray(t_np), grad_output=go, validate=False, **kwd)
+        loss, grad = CE.cross_entropy_with_grad(dataclasses.replace(a, kind="cupy"), False)
+        return cp.asnumpy(loss), cp.asnumpy(grad)
+
+    SOFTCAP_OPTS = [{"logit_softcap": 3.0}, {"logit_softcap": 3.0, "z_loss": 1e-2},
+                    {"logit_softcap": 2.5, "label_smoothing": 0.2, "reduction": "sum"},
+                    {"logit_softcap": 6.0, "weight": "w", "ignore_index": 2},
+                    {"logit_softcap": 2.0, "weight": "w", "label_smoothing": 0.1, "z_loss": 1e-2,
+                     "reduction": "none", "grad_output": "rows"}]
+
+    def softcap():
+        """logit_softcap vocab-parallel (with z-loss, smoothing, weights): 1, 2 and 3 uneven shards
+        against the reference and against the emulated single-device kernels."""
+        n = 0
+        for dt in (np.float32, np.float64, np.float16):
+            for widths, rows in [([57], 5), ([23, 41], 6), ([30, 1, 12], 7), ([1500, 2600], 2)]:
+                V = sum(widths)
+                opts = SOFTCAP_OPTS if (dt == np.float32 and V < 1000) else [SOFTCAP_OPTS[0], SOFTCAP_OPTS[-1]]
+                if V > 1000 and dt != np.float32:
+                    continue
+                for o in opts:
+                    kw = options_for(o, rows, V, dt)
+                    # past the cap, not so far that its derivative 1 - tanh^2 is all float32
+                    # rounding (the fused kernels compute it the same way)
+                    x = (rng.standard_normal((rows, V)) * 3).astype(dt)
+                    t = rng.integers(0, V, rows)
+                    t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
+                    what = f"softcap {dt.__name__} {rows}x{widths} {o}"
+                    n += check(x, t, widths, what, **kw)
+                    kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+                    loss, grad = vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(t), widths, validate=False, **kwd)
+                    fl, fg = fused(x, t, kw)
+                    rdt = result_dtype(dt)
+                    assert_close(cp.asnumpy(loss), fl, rdt, f"loss vs fused {what}",
+                                 atol=tolerance(rdt)[0] * (1 + float(np.abs(fl).max())) * max(1, rows ** 0.5))
+                    assert_close(cp.asnumpy(grad), fg, dt, f"grad vs fused {what}",
+                                 atol=tolerance(dt)[0] * max(float(np.nanmax(np.abs(fg))), 1e-30))
+                    n += 2
+        return n
+
+    return {"hard": hard, "special": special, "layouts": layouts, "overflow": overflow, "softcap": softcap}
 
 
 def main(argv=None) -> int:
