@@ -221,3 +221,94 @@ def test_vmap_then_backward_matches_torch(reduction):
         (g,) = torch.autograd.grad(loss.sum(), x)
         grads.append(g)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+# ----------------------------------------------------------------------------------
+# 10: cross_entropy_sharded refuses widths that do not tile the logits
+
+
+@pytest.mark.parametrize("widths", [[3, 4], [3, 7], [10, -1], []])
+def test_cross_entropy_sharded_refuses_widths_not_summing_to_the_classes(widths):
+    from gpu_softmax import vocab_parallel as vp
+
+    x = np.random.default_rng(8).standard_normal((4, 9))
+    with pytest.raises(ValueError, match=r"widths .* sum to logits' last dimension, 9"):
+        vp.cross_entropy_sharded(x, np.array([0, 1, 2, 8]), widths)
+    loss, _ = vp.cross_entropy_sharded(x, np.array([0, 1, 2, 8]), [4, 5])
+    np.testing.assert_allclose(loss, reference.cross_entropy(x, np.array([0, 1, 2, 8])), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------
+# 3: a bad argument on one rank stops every rank (2 gloo ranks under a watchdog)
+
+VP_WATCHDOG_S = 120
+
+
+def _one_rank_scenarios(rank: int):
+    """name -> kwargs for this rank: rank 1 alone gets the bad argument."""
+    x = torch.tensor(np.random.default_rng(9).standard_normal((4, 8)))
+    t = torch.tensor([0, 3, 7, 5])
+    local = x[:, :3].clone() if rank == 0 else x[:, 3:].clone()
+    bad = rank == 1
+    return {
+        "non_tensor_target": dict(local_logits=local, target=t.tolist() if bad else t),
+        "target_on_another_device": dict(local_logits=local, target=t.to("meta") if bad else t),
+        "check_ranks_not_bool": dict(local_logits=local, target=t, check_ranks=1 if bad else True),
+        "ignore_index_past_int64": dict(local_logits=local, target=t, ignore_index=2**63 if bad else -100),
+        "vocab_size_past_int64": dict(local_logits=local, target=t, vocab_start=0 if rank == 0 else 3,
+                                      vocab_size=2**70 if bad else 8),
+        "fine_after": dict(local_logits=local, target=t),
+    }
+
+
+def _one_rank_worker(rank: int, world: int, port: int, outdir: str) -> None:
+    import datetime
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from gpu_softmax.torch.parallel import vocab_parallel_cross_entropy as vpce
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+    results = {}
+    try:
+        for name, kw in _one_rank_scenarios(rank).items():
+            try:
+                results[name] = ["ok", float(vpce(**kw))]
+            except Exception as exc:  # noqa: BLE001 (recorded and checked by the test)
+                results[name] = [type(exc).__name__, str(exc)]
+        (Path(outdir) / f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_vocab_parallel_bad_argument_on_one_rank_stops_every_rank(tmp_path):
+    import json
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from gpu_softmax.testing import spawn_with_watchdog
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spawn_with_watchdog(mp, _one_rank_worker, (2, port, str(tmp_path)), 2, timeout_s=VP_WATCHDOG_S)
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    own = {"non_tensor_target": ("TypeError", "target must be a torch.Tensor"),
+           "target_on_another_device": ("ValueError", "all tensors must be on one device"),
+           "check_ranks_not_bool": ("TypeError", "check_ranks must be True or False"),
+           "ignore_index_past_int64": ("ValueError", "ignore_index must be in int64's range"),
+           "vocab_size_past_int64": ("ValueError", "")}
+    for name, (kind, words) in own.items():
+        assert res[1][name][0] == kind and words in res[1][name][1], (name, res[1][name])
+        assert res[0][name][0] == "RuntimeError" and "rank(s) [1] refused" in res[0][name][1], (name, res[0][name])
+    for r in (0, 1):
+        assert res[r]["fine_after"][0] == "ok", res[r]["fine_after"]
