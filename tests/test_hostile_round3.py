@@ -26,7 +26,7 @@ RUNNER = Path(__file__).resolve().parent / "emulator" / "run_hostile.py"
 # 4 and 6 (tiny weights, zero total target weight), 5 (inf x 0 at the row's max)
 
 
-@pytest.mark.parametrize("suite", ["alias", "options", "weights", "infzero"])
+@pytest.mark.parametrize("suite", ["alias", "options", "weights", "infzero", "vocab_parallel"])
 def test_emulated_kernels_hostile_round3(suite, emulator_build_dir):
     p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
                        capture_output=True, text=True, timeout=1200)

@@ -12,6 +12,7 @@ Suites:
   options  float32-accumulated option scalars: refused outside float32's range, right inside it
   weights  tiny (normal) class weights, zero total target weight with smoothing (NaN, as torch)
   infzero  an infinite weight or probability at the row's max (+inf, as torch)
+  vocab_parallel  the vocabulary-parallel kernels: option scalars, inplace aliasing, zero target weight
 """
 
 from __future__ import annotations
@@ -230,7 +231,57 @@ def suites(cp, CE, rng):
                 n += 1
         return n
 
-    return {"alias": alias, "options": options, "weights": weights, "infzero": infzero}
+    def vocab_parallel():
+        """The vocabulary-parallel kernels (gs_vp_stats_*, gs_vp_finish_*): option scalars
+        refused as in the fused ones; inplace finish with a weight / grad_output viewing
+        the shard it overwrites; zero total target weight NaN."""
+        from gpu_softmax import vocab_parallel as vp
+
+        checked = vp.check_args
+        vp.check_args = lambda *a, **k: dataclasses.replace(checked(*a, **k), kind="cupy")
+        n = 0
+        widths = [7, 13]
+        V = sum(widths)
+        x = (rng.standard_normal((6, V)) * 2).astype(np.float32)
+        t = rng.integers(0, V, 6)
+        cx, ct = cp.asarray(x), cp.asarray(t)
+        for kw, name in [({"logit_softcap": 1e-50}, "logit_softcap"), ({"z_loss": 1e39}, "z_loss"),
+                         ({"label_smoothing": 1e-50}, "label_smoothing")]:
+            n += refused(lambda: vp.cross_entropy_sharded(cx, ct, widths, validate=False, **kw), name, "float32")
+        for kw in [{"logit_softcap": 2e-38}, {"label_smoothing": 2e-38 * V}, {"z_loss": 2e-38}]:
+            loss, grad = vp.cross_entropy_sharded(cx, ct, widths, validate=False, **kw)
+            compare(loss, grad, x, t, f"vp {kw}", **kw)
+            n += 1
+        # inplace finish: the weight and the per-row grad_output are views of the shard it overwrites
+        for dt in (np.float32, np.float64):
+            xs = (np.abs(rng.standard_normal((6, V))) + 0.5).astype(dt)
+            shards = [cp.asarray(xs[:, :widths[0]].copy()), cp.asarray(xs[:, widths[0]:].copy())]
+            w_np = shards[1].reshape(-1)[:V].copy()  # the weight lives in rank 1's shard
+            go_np = shards[1].reshape(-1)[-6:].copy()
+            starts = (0, widths[0])
+            recs = cp.asarray(np.stack([cp.asnumpy(vp.partial_stats(sh, ct, s0, V, weight=cp.asarray(w_np),
+                                                                     label_smoothing=0.1, validate=False))
+                                        for sh, s0 in zip(shards, starts)]))
+            grads = []
+            for sh, s0 in zip(shards, starts):
+                w = shards[1].reshape(-1)[:V] if s0 else cp.asarray(w_np)
+                go = shards[1].reshape(-1)[-6:] if s0 else cp.asarray(go_np)
+                loss, g = vp.finish(sh, ct, s0, V, recs, weight=w, grad_output=go, inplace=True,
+                                    label_smoothing=0.1, reduction="none", validate=False)
+                grads.append(cp.asnumpy(g))
+            compare(loss, np.concatenate(grads, axis=1), xs, t, f"vp inplace aliasing {dt.__name__}",
+                    weight=w_np, grad_output=go_np, label_smoothing=0.1, reduction="none")
+            n += 1
+        # zero total target weight: NaN mean, as torch
+        w = np.ones(V, dtype=np.float32)
+        w[t] = 0.0
+        loss, _ = vp.cross_entropy_sharded(cx, ct, widths, weight=cp.asarray(w), label_smoothing=0.1,
+                                           validate=False)
+        assert np.isnan(cp.asnumpy(loss)), loss
+        return n + 1
+
+    return {"alias": alias, "options": options, "weights": weights, "infzero": infzero,
+            "vocab_parallel": vocab_parallel}
 
 
 def main(argv=None) -> int:
