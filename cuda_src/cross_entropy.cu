@@ -94,6 +94,13 @@ __device__ __forceinline__ A gap(A m, A x) {
     return m == x ? A(0) : m - x;
 }
 
+// w * gap(m, x), 0 at the max whatever w: an infinite weight or probability there
+// adds nothing (l * sum(w) carries it to +inf, as torch's -w * log p), not 0 * inf.
+template <class A>
+__device__ __forceinline__ A weighted_gap(A w, A m, A x) {
+    return m == x ? A(0) : w * (m - x);
+}
+
 // A sum of weighted gaps against `from` moved to the larger max `to`.
 template <class A>
 __device__ __forceinline__ A gap_shift(A from, A to, A wsum) {
@@ -245,7 +252,7 @@ __device__ __forceinline__ void ce_held_row(const typename S::T* x, typename S::
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const int e = e0 + i;
-                if (e >= 0 && e < n) s_gap += weight_at(w, e) * gap(r.m, v[j * VEC + i]);
+                if (e >= 0 && e < n) s_gap += weighted_gap(weight_at(w, e), r.m, v[j * VEC + i]);
             }
         }
         s_gap = grp.sum(s_gap);
@@ -359,7 +366,7 @@ __device__ __forceinline__ CeStreamPart<typename S::A> ce_stream_stats(const typ
                     if (e >= 0 && e < n) {
                         const A wc = weight_at(w, v0 + e);
                         const A q = SOFT ? wc * (tr_soft[e] * (A(1) - eps) + eps * inv_cols) : wc;
-                        t.s_gap += q * gap(mn, v[j * VEC + i]);
+                        t.s_gap += weighted_gap(q, mn, v[j * VEC + i]);
                         t.s_q += q;
                     }
                 }
@@ -583,7 +590,7 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
                     const int e = e0 + i;
-                    if (e >= 0 && e < n) s_gap += weight_at(w, c0 + e) * gap(ks.m, h.get(j, i, e0, n, cap));
+                    if (e >= 0 && e < n) s_gap += weighted_gap(weight_at(w, c0 + e), ks.m, h.get(j, i, e0, n, cap));
                 }
             }
             s_gap = group_sum(red.sum(s_gap), part, cnt, g, k, p, round++, scratch);
@@ -679,13 +686,42 @@ __device__ __forceinline__ void ce_finish(const typename S::A* row_loss, typenam
 // prep: one block computes the mean's divisor, the valid-row count, W and the
 // scales from the targets and weights, in a fixed order (deterministic), and
 // counts out-of-range targets for validate=True (the one scalar the host reads).
+//
+// With `w_scaled` (the fused kernels' weights), the weights are first divided by
+// s = sum |w_c| (in float64) into w_scaled, which the per-row kernel reads instead,
+// and s moves into the scales (sum, none, a soft-label mean): the loss is linear
+// in the weights, and a mean's 1 / sum w[t] then never overflows float32 (tiny
+// class weights; torch gives log C for weight = 1e-40). Weights are decoded from their bits, so a float32
+// subnormal weight counts on the GPU too (-ftz=true would flush it in arithmetic).
+// A mean over a zero total target weight is NaN, as torch's.
+
+template <class A>
+__device__ __forceinline__ double weight_f64(const A* w, long long c);
+template <>
+__device__ __forceinline__ double weight_f64<double>(const double* w, long long c) { return w[c]; }
+template <>
+__device__ __forceinline__ double weight_f64<float>(const float* w, long long c) {
+    const unsigned int u = reinterpret_cast<const unsigned int*>(w)[c];
+    const unsigned int mag = u & 0x7fffffffu;
+    const double v = (mag >> 23) ? (double)__uint_as_float(mag) : (double)mag * 1.401298464324817e-45;  // 2^-149
+    return (u >> 31) ? -v : v;
+}
 
 template <class A>
 __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, long long cols, long long ignore,
-                                        const A* w, int reduction, const A* g_ptr, double g_val, A* coef,
-                                        unsigned long long* n_bad_out) {
+                                        const A* w, A* w_scaled, int reduction, const A* g_ptr, double g_val,
+                                        A* coef, unsigned long long* n_bad_out) {
     __shared__ double sum_slots[64];  // consecutive reductions alternate buffers
-    double d = 0.0, n_valid = 0.0, n_bad = 0.0, wsum = 0.0;
+    double d = 0.0, n_valid = 0.0, n_bad = 0.0, wsum = 0.0, s = 1.0;
+    if (w && w_scaled) {
+        double a = 0.0;
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) a += fabs(weight_f64(w, c));
+        a = block_sum_1b(a, sum_slots + 32);  // every thread gets the sum
+        if (a > 0.0 && a <= 1.7976931348623157e308) s = a;  // else (0, inf, NaN) the weights as they are
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) w_scaled[c] = (A)(weight_f64(w, c) / s);
+        __syncthreads();
+        w = w_scaled;  // d and W from the values the per-row kernel reads
+    }
     if (tgt) {
         for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
             const long long t = tgt[r];
@@ -694,11 +730,11 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
             if (t < 0 || t >= cols)
                 n_bad += 1.0;
             else
-                d += w ? (double)w[t] : 1.0;
+                d += w ? weight_f64(w, t) : 1.0;
         }
     }
     if (w) {
-        for (long long c = threadIdx.x; c < cols; c += blockDim.x) wsum += (double)w[c];
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) wsum += weight_f64(w, c);
     }
     d = block_sum_1b(d, sum_slots);
     n_valid = block_sum_1b(n_valid, sum_slots + 32);
@@ -712,9 +748,10 @@ __device__ __forceinline__ void ce_prep(const long long* tgt, long long rows, lo
         if (n_bad > 0.0) d = nan_of(0.0);
         if (!w) wsum = (double)cols;
         const double g = g_ptr ? (double)g_ptr[0] : g_val;
-        double lce = 1.0, lzl = 1.0;
+        double lce = s, lzl = 1.0;
         if (reduction == 1) {  // mean
-            lce = 1.0 / d;
+            // hard labels: d is the sum of the (scaled) target weights, so s cancels
+            lce = !tgt ? s / d : (d == 0.0 ? nan_of(0.0) : 1.0 / d);
             lzl = 1.0 / n_valid;
         }
         coef[0] = (A)lce;

@@ -101,6 +101,14 @@ def check_softmax(x: Any, axis: Any, out: Any = None, *, name: str = "x") -> Sof
             raise TypeError(f"out has dtype {out.dtype}, expected {x.dtype} (the dtype of {name})")
         if out.shape != x.shape:
             raise ValueError(f"out has shape {out.shape}, expected {x.shape} (the shape of {name})")
+        if kind == "numpy" and not out.flags.writeable:
+            raise ValueError("out is read-only: pass a writable array (or leave out unset)")
+        if hasattr(out, "strides") and may_self_overlap(out.shape, out.strides, out.itemsize):
+            raise ValueError(
+                f"out's elements share memory (or may: shape {tuple(out.shape)}, strides {tuple(out.strides)}; "
+                "e.g. from broadcast_to() or as_strided()): each would be written more than once. "
+                "Pass an array of its own (e.g. numpy.empty_like(x)) or leave out unset"
+            )
     return SoftmaxArgs(kind=kind, x=x, layout=row_layout(x.shape, ax), out=out)
 
 
@@ -171,9 +179,13 @@ def check_cross_entropy(
     inplace: Any = False,
     logits_strides: tuple[int, ...] | None = None,
     options: CEOptions | None = None,
+    inplace_name: str = "inplace",
     **option_values: Any,
 ) -> CrossEntropyArgs:
     """Checks for cross_entropy (grad_output=None) and cross_entropy_with_grad.
+
+    ``inplace_name``: the caller's name of the in-place switch (the torch bridge's is
+    ``inplace_backward``), for its type error.
 
     ``logits_strides``: the real logits' strides in elements when ``logits`` is a
     bridge's stand-in (which has none); used by the in-place overlap check.
@@ -229,7 +241,7 @@ def check_cross_entropy(
         raise TypeError(f"pass the options either as options= or by name, not both: {sorted(option_values)}")
     reduction = options.reduction
     if not isinstance(inplace, (bool, np.bool_)):
-        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+        raise TypeError(f"{inplace_name} must be True or False, got {inplace!r}")
 
     if grad_output is not None:
         if not _is_scalar(grad_output):

@@ -19,6 +19,7 @@ import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _is_bool(v: Any) -> bool:
@@ -91,6 +92,8 @@ class CEOptions:
         """The options, each checked (TypeError/ValueError naming the option)."""
         if _is_bool(ignore_index) or not isinstance(ignore_index, numbers.Integral):
             raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+        if not INT64_MIN <= int(ignore_index) <= INT64_MAX:  # targets are compared as int64 everywhere
+            raise ValueError(f"ignore_index must be in int64's range [{INT64_MIN}, {INT64_MAX}], got {ignore_index!r}")
         smoothing = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
         if not isinstance(reduction, str) or reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -131,6 +134,40 @@ class CEOptions:
         return cls(*args)
 
 
+# float32's normal range: what the kernels' float32 arithmetic carries (the GPU build
+# flushes subnormals to zero, -ftz=true, and a larger value overflows).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_ranges(classes: int) -> dict[str, tuple[float, float]]:
+    """The range of each scalar option (besides 0 / None: off) that float32 kernels compute
+    with correctly, for `classes` classes. label_smoothing is used as label_smoothing / C;
+    z_loss enters the gradient as 2 * z_loss."""
+    return {
+        "label_smoothing": (FLOAT32_TINY * classes, 1.0),
+        "z_loss": (FLOAT32_TINY, FLOAT32_MAX / 2),
+        "logit_softcap": (FLOAT32_TINY, FLOAT32_MAX),
+    }
+
+
+def require_float32_options(opts: CEOptions, classes: int) -> None:
+    """ValueError naming the option and its range when float32 kernels cannot carry a value.
+
+    The NumPy reference computes in float64 and takes every value; the kernels accumulate
+    float16/bfloat16/float32 logits in float32, where a value below the range would be
+    rounded or flushed to 0 (turning the option off) and one above it would overflow."""
+    for name, (low, high) in float32_ranges(classes).items():
+        value = getattr(opts, name)
+        if value is None or value == 0.0 or low <= value <= high:
+            continue
+        raise ValueError(
+            f"{name}={value!r} is outside what the float32 kernels carry: 0 (off) or [{low:.8g}, {high:.8g}] "
+            f"for {classes} classes (float16/bfloat16/float32 logits are computed in float32 on the GPU); "
+            "pass float64 logits, or use the NumPy reference, for such a value"
+        )
+
+
 DEFAULT = CEOptions()
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CEOptions))
 # How many trailing positional slots the options take in a torch custom op's schema
@@ -138,4 +175,5 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CEOptions))
 OP_ARG_COUNT = len(DEFAULT.op_args())
 
 __all__ = ["CEOptions", "DEFAULT", "OPTION_NAMES", "OP_ARG_COUNT", "REDUCTIONS", "REDUCTION_CODE", "check_real",
-           "check_int", "check_flag", "check_softcap"]
+           "check_int", "check_flag", "check_softcap", "FLOAT32_TINY", "FLOAT32_MAX", "float32_ranges",
+           "require_float32_options"]

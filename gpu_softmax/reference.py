@@ -203,6 +203,8 @@ def _cross_entropy_rows(a: CrossEntropyArgs, want_grad: bool, hint: str = _check
                 smooth = np.where(ok, -(lp if w is None else lp * w).sum(axis=1), 0.0)
                 ce = (1.0 - eps) * ce + (eps / C) * smooth
             divisor = float(w_t.sum())
+            if divisor == 0.0:  # a mean over zero total target weight is NaN (torch's answer, smoothing or not)
+                divisor = np.nan
             q = None
             if want_grad:
                 q = np.zeros((R, C))

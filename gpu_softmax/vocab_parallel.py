@@ -362,14 +362,21 @@ def _finish_checked(a: CrossEntropyArgs, vocab_start: int, records: Any, want_gr
 
 def cross_entropy_sharded(logits: Any, target: Any, widths, **kwargs):
     """All P ranks in one process: split ``logits`` (..., V) by ``widths``, run the three
-    steps, return (loss, full gradient). For tests and for trying the blocks out."""
+    steps, return (loss, full gradient). For tests and for trying the blocks out.
+    ``widths`` must be non-negative and sum to the logits' last dimension (ValueError)."""
     xp_concat = np.concatenate
     if _checks.array_kind(logits, "logits") == "cupy":
         import cupy
 
         xp_concat = cupy.concatenate
-    widths = [int(w) for w in widths]
+    widths = [_check_int(w, "each width") for w in widths]
     V = sum(widths)
+    cols = logits.shape[-1] if logits.ndim else None
+    if min(widths, default=-1) < 0 or V != cols:
+        raise ValueError(
+            f"widths {widths} must be non-negative and sum to logits' last dimension, {cols} "
+            f"(they sum to {V}): every column belongs to exactly one shard"
+        )
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
     shards = [logits[..., s : s + w] for s, w in zip(starts, widths)]
     stat_kw = {k: kwargs[k] for k in ("weight", "ignore_index", "label_smoothing", "logit_softcap", "validate",

@@ -271,11 +271,16 @@ def test_logsumexp_double_backward_through_softmax_op():
     assert torch.autograd.gradgradcheck(lambda x: gst.logsumexp(x, -1), (x,))
 
 
-def test_softmax_double_backward_raises_rather_than_guessing():
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_double_backward_matches_torch(name):
+    # Issue 23 item 11: supported (torch supports it), no longer refused.
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(gst.softmax(x)[:, 0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        (g * g).sum().backward()
+    got = []
+    for fn in (getattr(gst, name), getattr(torch, name)):
+        (g,) = torch.autograd.grad(fn(x, -1)[:, 0].sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum(), x)
+        got.append((g.detach(), gg))
+    torch.testing.assert_close(got[0], got[1], rtol=1e-12, atol=1e-12)
 
 
 def test_cross_entropy_double_backward_raises():

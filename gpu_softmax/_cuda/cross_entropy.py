@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, options
 from .._checks import CrossEntropyArgs
 from . import abi, device, kernels, launch
 from .abi import cdiv
@@ -144,7 +144,20 @@ def _kernel_inputs(a: CrossEntropyArgs, storage: str | None) -> _Inputs:
         soft_t = NULL
         tgt = _checks.hard_targets_int64(cupy, a.target, a.layout.cols, a.ignore_index)
     w = NULL if a.weight is None else cupy.ascontiguousarray(a.weight, dtype=acc)
+    if a.inplace:  # (the per-row kernel reads the weights from prep's copy, never `w`)
+        soft_t, tgt = (unaliased(v, x) for v in (soft_t, tgt))
     return _Inputs(st, acc, x, tgt, soft_t, w)
+
+
+def unaliased(v, x):
+    """`v`, or a copy of it when it may share memory with `x`, the logits the gradient
+    overwrites (inplace): the blocks write rows while others still read `v`, so the
+    kernels must read the values the input held at the call, as the reference does."""
+    cupy = launch.cupy()
+
+    if isinstance(v, cupy.ndarray) and cupy.may_share_memory(v, x):
+        return v.copy()
+    return v
 
 
 def _grad_output_args(go, acc, want_grad: bool):
@@ -171,11 +184,15 @@ def _validate_targets(a: CrossEntropyArgs, tgt, classes: int, n_bad) -> None:
         _checks.raise_bad_targets(bad_count, classes, a.ignore_index, int(example))
 
 
-def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, want_grad: bool):
+def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, want_grad: bool,
+          w_scaled=NULL):
     """Launch the prep kernel; returns (coef, per-row grad_output or NULL).
 
     `coef` holds the loss and gradient scales (the mean's divisor reduced on the
     device). With validate=True and hard targets, raises for out-of-range targets.
+    `w_scaled`: a (classes,) buffer the kernel fills with the weights over their
+    absolute sum (the scales then carry that sum), for a per-row kernel to read
+    instead of `w`; NULL: the scales are for `w` itself.
     """
     cupy = launch.cupy()
 
@@ -184,8 +201,8 @@ def _prep(a: CrossEntropyArgs, st: str, acc, tgt, w, rows: int, classes: int, wa
     n_bad = cupy.empty(1, dtype=np.uint64)
     name = prep_name(st)
     _launch(name, 1, PREP_THREADS, ENTRIES[name].sig.pack(
-        tgt=tgt, rows=rows, cols=classes, ignore=a.ignore_index, w=w, reduction=REDUCTION_CODE[a.reduction],
-        g_ptr=g_ptr, g_val=g_val, coef=coef, n_bad=n_bad))
+        tgt=tgt, rows=rows, cols=classes, ignore=a.ignore_index, w=w, w_scaled=w_scaled,
+        reduction=REDUCTION_CODE[a.reduction], g_ptr=g_ptr, g_val=g_val, coef=coef, n_bad=n_bad))
     if a.validate and not a.soft:
         _validate_targets(a, tgt, classes, n_bad)
     return coef, g_rows
@@ -270,6 +287,12 @@ def _empty_rows(a: CrossEntropyArgs, acc, want_grad: bool, return_logsumexp: boo
     return out
 
 
+def require_kernel_options(a: CrossEntropyArgs, storage: str | None) -> None:
+    """The option scalars float32 kernels cannot carry are refused (options.require_float32_options)."""
+    if launch.acc_dtype(launch.storage_of(a.logits.dtype, storage)) == np.float32:
+        options.require_float32_options(a.opts, a.layout.cols)
+
+
 def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: str | None,
          loss_storage: str | None = None):
     cupy = launch.cupy()
@@ -277,12 +300,17 @@ def _run(a: CrossEntropyArgs, want_grad: bool, return_logsumexp: bool, storage: 
     rows = a.layout.rows
     if loss_storage is not None and loss_storage not in launch.STORAGES:
         raise ValueError(f"loss_storage must be one of {launch.STORAGES} or None, got {loss_storage!r}")
+    require_kernel_options(a, storage)
     if rows == 0:
         out = _empty_rows(a, launch.acc_dtype(launch.storage_of(a.logits.dtype, storage)), want_grad,
                           return_logsumexp)
         return out[0] if len(out) == 1 else tuple(out)
     inp = _kernel_inputs(a, storage)
-    coef, g_rows = _prep(a, inp.storage, inp.acc, inp.tgt, inp.w, rows, a.layout.cols, want_grad)
+    w_scaled = NULL if a.weight is None else cupy.empty(a.layout.cols, dtype=inp.acc)
+    coef, g_rows = _prep(a, inp.storage, inp.acc, inp.tgt, inp.w, rows, a.layout.cols, want_grad, w_scaled)
+    inp.w = w_scaled  # the per-row kernel reads the weights prep scaled (and the scales match them)
+    if a.inplace:
+        g_rows = unaliased(g_rows, inp.x)
     row_loss = cupy.empty(rows, dtype=inp.acc)
     row_lse = cupy.empty(rows, dtype=inp.acc) if return_logsumexp else NULL
     grad = _grad_buffer(a, inp.x) if want_grad else NULL

@@ -139,7 +139,8 @@ CE_SIGNATURES = {
                                                "const A* g_scalar, const A* g_rows"),
     "finish": signature("gs::ce_finish<S>", "const A* row_loss, T* out, long long rows, int reduce"),
     "prep": signature("gs::ce_prep<A>", "const long long* tgt, long long rows, long long cols, long long ignore, "
-                                        "const A* w, int reduction, const A* g_ptr, double g_val, A* coef, "
+                                        "const A* w, A* w_scaled, int reduction, const A* g_ptr, double g_val, "
+                                        "A* coef, "
                                         "unsigned long long* n_bad"),
     "vp_stats": signature("gs::vp_stats<S, NV>", "const T* x, const long long* tgt, const A* w, A* rec, long long rows, "
                                                  "long long cols, long long v0, long long ignore, double eps, double cap",

@@ -19,7 +19,8 @@ import numpy as np
 from .. import _checks
 from .._checks import CrossEntropyArgs
 from . import launch
-from .cross_entropy import NULL, VP_THREADS, _launch, _occupancy, _prep, vp_finish_name, vp_stats_name
+from .cross_entropy import (NULL, VP_THREADS, _launch, _occupancy, _prep, require_kernel_options, unaliased,
+                            vp_finish_name, vp_stats_name)
 from .kernels import ENTRIES, RECORD_FIELDS, RECORD_WIDTH  # noqa: F401  (the record layout, re-exported)
 
 
@@ -49,6 +50,7 @@ def vp_stats(a: CrossEntropyArgs, vocab_start: int, *, storage: str | None = Non
     """(rows, RECORD_WIDTH) records of the local shard (RECORD_FIELDS)."""
     cupy = launch.cupy()
 
+    require_kernel_options(a, storage)
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
     rec = cupy.empty((rows, RECORD_WIDTH), dtype=acc)
@@ -80,6 +82,7 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
     shape; with a.inplace it overwrites the local logits (returned as the gradient)."""
     cupy = launch.cupy()
 
+    require_kernel_options(a, storage)
     st, acc, x, tgt, w = _vp_inputs(a, storage)
     rows, width = x.shape
     vocab = a.layout.cols
@@ -90,6 +93,8 @@ def vp_finish(a: CrossEntropyArgs, vocab_start: int, records, want_grad: bool, *
         raise ValueError(f"records has shape {tuple(records.shape)}, expected (ranks, {rows}, {RECORD_WIDTH})")
 
     coef, g_rows = _prep(a, st, acc, tgt, w, rows, vocab, want_grad)
+    if a.inplace:  # the rows' blocks overwrite x while others still read these (issue 23 item 1)
+        tgt, w, g_rows, recs = (unaliased(v, x) for v in (tgt, w, g_rows, recs))
     row_loss = cupy.empty(rows, dtype=acc)
     grad = NULL
     if want_grad:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..options import OP_ARG_COUNT
+from ..options import OP_ARG_COUNT, CEOptions
 from . import _bridge, _ops
 
 # Backward results after the logits' gradient: target and weight, then the options
@@ -29,6 +29,22 @@ def check_not_spent(ctx, what: str) -> None:
         )
 
 
+def remember_ignored_rows(ctx, target: Tensor, ignore_index: int, reduction: str) -> None:
+    """For reduction='none' with class indices: the target, so that the backward gives ignored
+    rows an exact 0 gradient whatever their grad_output (NaN, inf), as torch does."""
+    hard = not target.is_floating_point()
+    ctx.ignored_rows = (target, ignore_index) if (reduction == "none" and hard) else None
+
+
+def _zero_ignored(ctx, grad_loss: Tensor) -> Tensor:
+    rows = getattr(ctx, "ignored_rows", None)
+    if rows is None or grad_loss.dim() == 0:
+        return grad_loss
+    target, ignore_index = rows
+    return torch.where(target == ignore_index, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device),
+                       grad_loss)
+
+
 def scale_by_grad_output(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int, *, eager: bool = False,
                          in_place: bool = False) -> Tensor:
     """The saved d loss / d logits times grad_output (a scalar, or one value per row).
@@ -39,7 +55,9 @@ def scale_by_grad_output(ctx, grad: Tensor, grad_loss: Tensor, class_dim: int, *
     host sync, CUDA-graph safe) and the buffer is then spent (check_not_spent). CPU:
     the saved buffer itself for a scalar 1, else a scaled copy, so a retained graph
     (gradcheck) can run backward again. `eager`: called from an autograd.Function in
-    eager mode, where the in-place scale runs directly (no custom-op dispatch)."""
+    eager mode, where the in-place scale runs directly (no custom-op dispatch). Ignored rows
+    (remember_ignored_rows) take grad_output 0."""
+    grad_loss = _zero_ignored(ctx, grad_loss)
     if in_place or (_bridge.device_kind(grad) == "cuda" and grad.is_contiguous()):
         if eager and not in_place:
             _ops.scale_compute(grad, grad_loss, class_dim)
@@ -67,6 +85,8 @@ def _op_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(grad)
     ctx.save_for_backward(grad)
     ctx.class_dim = _ops.class_dim(inputs[0].dim())
+    opts = CEOptions.from_op_args(tuple(inputs[3:3 + OP_ARG_COUNT]))
+    remember_ignored_rows(ctx, inputs[1], opts.ignore_index, opts.reduction)
 
 
 def _op_backward(ctx, grad_loss, _grad_grad):
@@ -97,6 +117,7 @@ class CrossEntropy(torch.autograd.Function):
         if want_grad:
             ctx.save_for_backward(grad)
             ctx.class_dim = _ops.class_dim(logits.dim())
+            remember_ignored_rows(ctx, target, a.ignore_index, a.reduction)
         return loss
 
     @staticmethod
@@ -115,6 +136,7 @@ def _inplace_forward(ctx, logits, target, weight, a):
     loss = _ops.ce_inplace_op(logits, target, weight, *a.opts.op_args())
     ctx.save_for_backward(logits)
     ctx.class_dim = _ops.class_dim(logits.dim())
+    remember_ignored_rows(ctx, target, a.ignore_index, a.reduction)
     return loss
 
 
@@ -187,11 +209,17 @@ def _save_input(ctx, inputs, output):
 
 def _softmax_bwd(ctx, grad):
     (y,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward, as torch supports): the same formula in torch
+        # ops, differentiable in grad and (through the saved output's own node) in x.
+        return y * (grad - (grad * y).sum(ctx.dim, keepdim=True)), None
     return _ops.softmax_backward_op(grad, y, ctx.dim), None
 
 
 def _log_softmax_bwd(ctx, grad):
     (y,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops (see _softmax_bwd)
+        return grad - torch.exp(y) * grad.sum(ctx.dim, keepdim=True), None
     return _ops.log_softmax_backward_op(grad, y, ctx.dim), None
 
 

@@ -129,6 +129,7 @@ def ce_args(logits: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptio
         a = _checks.check_cross_entropy(
             _bridge.describe(logits), _bridge.describe(target), axis=class_dim(logits.ndim),
             weight=_bridge.describe(weight), inplace=inplace, logits_strides=tuple(strides), options=opts,
+            inplace_name="inplace_backward",
         )
         if len(_CE_CHECKED) >= 256:
             _CE_CHECKED.clear()

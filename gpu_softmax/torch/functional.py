@@ -118,6 +118,21 @@ def _refuse_grads_we_do_not_give(target: Tensor, weight: Tensor | None) -> None:
         )
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast_float32(input: Tensor, target: Tensor, weight: Tensor | None):
+    """Under torch.autocast, 16-bit floats as float32 (and a float32 loss), as
+    F.cross_entropy, which is on autocast's float32 list; untouched otherwise."""
+    if not torch.is_autocast_enabled(input.device.type):
+        return input, target, weight
+
+    def up(t):
+        return t.float() if t is not None and t.dtype in _LOW_PRECISION else t
+
+    return up(input), up(target), up(weight)
+
+
 def _refuse_inplace_on_leaf(input: Tensor) -> None:
     if input.is_leaf or (input._base is not None and input._base.is_leaf):
         raise RuntimeError(
@@ -174,13 +189,17 @@ def cross_entropy(
         torch.Size([2, 3])
     """
     _bridge.require_tensors(input=input, target=target, weight=weight)
+    input, target, weight = _autocast_float32(input, target, weight)
     opts = _options(dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                          z_loss=z_loss, logit_softcap=logit_softcap))
     grad_on = torch.is_grad_enabled()
     if grad_on:
         _refuse_grads_we_do_not_give(target, weight)
-    want_grad = grad_on and input.requires_grad
-    if _compiling() or torch._C._are_functorch_transforms_active():
+    transformed = torch._C._are_functorch_transforms_active()
+    # Under vmap the per-sample input does not report requires_grad: the gradient is
+    # computed whenever grad mode is on, so a backward after vmap has it.
+    want_grad = grad_on and (input.requires_grad or transformed)
+    if _compiling() or transformed:
         # Traced or transformed: the registered operator. A compiled graph cannot tell
         # whether overwritten logits are used later (it materialises their gradient as
         # zeros), so inplace_backward takes the out-of-place path there: same results.

@@ -210,7 +210,8 @@ def vocab_parallel_cross_entropy(
     ``validate=True`` also compares checksums of ``target`` and ``weight``.
     ``check_ranks=False`` skips that step (one collective, no host sync: for CUDA-graph
     capture of a step whose layout was checked before); it needs ``vocab_start`` and
-    ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error.
+    ``vocab_size``, and a misuse then gives a wrong loss or a hang, not an error (different
+    row counts on the ranks: gloo aborts the process, SIGABRT).
 
     Cost per call: one all-gather of a 19-int64 row per rank (the checks above; on CUDA
     it is read on the host, one sync), then one all-gather of a (rows, 5) float32
@@ -228,7 +229,6 @@ def vocab_parallel_cross_entropy(
         loss = vocab_parallel_cross_entropy(local, target, label_smoothing=0.1)
         loss.backward()                                              # local.grad: this shard's slice
     """
-    _bridge.require_tensors(local_logits=local_logits, target=target, weight=weight)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "vocab_parallel_cross_entropy needs torch.distributed initialised "
@@ -239,26 +239,40 @@ def vocab_parallel_cross_entropy(
     options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss,
                    logit_softcap=logit_softcap)
     if check_ranks is False:
+        _bridge.require_tensors(local_logits=local_logits, target=target, weight=weight)
         return _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, options, validate)
-    if check_ranks is not True:
-        raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
-    dev = local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
-    # Every rank joins the one table gather, even with arguments it refuses itself:
-    # the others would otherwise wait for it forever.
+    dev = _table_device(local_logits, group)
+    # Every rank joins the one table gather, even with arguments it refuses itself
+    # (every check that can differ between ranks runs in here, down to building the
+    # row's tensor): the others would otherwise wait for it forever.
     local_error = None
     try:
+        if check_ranks is not True:
+            raise TypeError(f"check_ranks must be True or False, got {check_ranks!r}")
+        _bridge.require_tensors(local_logits=local_logits, target=target, weight=weight)
         opts = CEOptions.checked(**options)
         row = _describe_call(local_logits, target, weight, vocab_start, vocab_size, opts, validate)
-    except (TypeError, ValueError, NotImplementedError, OverflowError) as exc:
-        local_error, row = exc, pc.error_row()
-    meta = torch.tensor(row, dtype=torch.int64, device=dev)
-    if validate is True and local_error is None:
-        meta[pc.INDEX["target_sum"]:] = _checksums(target.to(dev), None if weight is None else weight.to(dev))
+        meta = torch.tensor(row, dtype=torch.int64, device=dev)
+        if validate is True:
+            meta[pc.INDEX["target_sum"]:] = _checksums(target.to(dev), None if weight is None else weight.to(dev))
+    except (TypeError, ValueError, NotImplementedError, OverflowError, RuntimeError) as exc:
+        local_error, meta = exc, torch.tensor(pc.error_row(), dtype=torch.int64, device=dev)
     table = _all_gather_stacked(meta, group, world).tolist()
     if local_error is not None:
         raise local_error
     vocab_start, vocab_size = pc.agree(table, rank)
     return _run(local_logits, target, weight, group, world, vocab_start, vocab_size, opts)
+
+
+def _table_device(local_logits: Any, group) -> torch.device:
+    """Where the agreement row travels: the logits' CUDA device, else the CPU; for a
+    non-tensor argument on an NCCL group, this rank's current CUDA device (the row must
+    still reach the others)."""
+    if isinstance(local_logits, Tensor):
+        return local_logits.device if local_logits.device.type == "cuda" else torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _unchecked(local_logits, target, weight, group, world, vocab_start, vocab_size, options: dict,
