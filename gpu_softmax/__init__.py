@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _checks, reference
+from . import _checks, _checks_linear, reference
 from .options import CEOptions
 
 __version__ = "0.1.0"
@@ -293,7 +293,7 @@ def linear_cross_entropy_with_grad(
     """
     opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                              validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
-    a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
+    a = _checks_linear.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
                                            grad_output=grad_output, class_weight=class_weight,
                                            grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored, options=opts)
     if a.kind == "numpy":

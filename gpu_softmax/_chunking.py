@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _checks
-from ._checks import LinearCrossEntropyArgs
+from ._checks_linear import LinearCrossEntropyArgs
 
 # Chunk buffer ceiling: large enough that the grad_weight product (k = chunk rows)
 # stays compute-bound on tensor cores (k >= 2048 for bfloat16 at V = 128256, where

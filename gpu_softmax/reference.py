@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from . import _checks
-from ._checks import BackwardArgs, CrossEntropyArgs, LinearCrossEntropyArgs, SoftmaxArgs
+from ._checks import BackwardArgs, CrossEntropyArgs, SoftmaxArgs
+from ._checks_linear import LinearCrossEntropyArgs, check_linear_cross_entropy
 from .options import CEOptions
 
 __all__ = [
@@ -411,7 +412,7 @@ def linear_cross_entropy_with_grad(
     `chunk_size`, `grad_weight_acc` and `skip_ignored` are checked and have no effect: the
     oracle builds the float64 logits in full)."""
     opts = CEOptions.from_keywords(options, "linear_cross_entropy_with_grad")
-    a = _checks.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
+    a = check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
                                            grad_output=grad_output, class_weight=class_weight,
                                            grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored,
                                            options=opts)

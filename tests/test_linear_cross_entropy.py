@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import gpu_softmax as gs
-from gpu_softmax import _checks, _chunking, reference
+from gpu_softmax import _checks, _checks_linear, _chunking, reference
 from gpu_softmax.options import CEOptions
 from gpu_softmax._cuda import cross_entropy as ce_launch
 from gpu_softmax._cuda import linear_cross_entropy as lce
@@ -249,11 +249,11 @@ def run_launcher(hid, w, t, b=None, wants=lce.Wants(), storage=None, **kw):
     if storage == "bfloat16":
         words = [None if a is None else _f64_to_bf16(a) for a in (hid, w, b)]
         std = [None if a is None else _checks.standin(a.astype(np.float16)) for a in (hid, w, b)]
-        a = _checks.check_linear_cross_entropy(std[0], std[1], t, std[2], **kw)
+        a = _checks_linear.check_linear_cross_entropy(std[0], std[1], t, std[2], **kw)
         a = dataclasses.replace(a, kind="cupy", hidden=words[0], weight=words[1], bias=words[2],
                                 ce=dataclasses.replace(a.ce, kind="cupy"))
     else:
-        a = _checks.check_linear_cross_entropy(hid, w, t, b, **kw)
+        a = _checks_linear.check_linear_cross_entropy(hid, w, t, b, **kw)
         a = dataclasses.replace(a, kind="cupy", ce=dataclasses.replace(a.ce, kind="cupy"))
     return lce.run(a, wants, storage=storage)
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import _checks, _chunking
 from .._chunking import Wants
-from .._checks import LinearCrossEntropyArgs
+from .._checks_linear import LinearCrossEntropyArgs
 from . import cross_entropy as ce_launch
 from . import launch
 

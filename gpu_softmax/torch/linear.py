@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _checks, _chunking, reference
+from .. import _checks, _checks_linear, _chunking, reference
 from .._chunking import Wants
 from ..options import CEOptions
 from . import _bridge
@@ -56,7 +56,7 @@ def _np_acc(acc: torch.dtype):
     return np.float64 if acc == torch.float64 else np.float32
 
 
-def _cpu_targets(a: _checks.LinearCrossEntropyArgs, target: Tensor) -> np.ndarray:
+def _cpu_targets(a: _checks_linear.LinearCrossEntropyArgs, target: Tensor) -> np.ndarray:
     if a.ce.soft:
         return _bridge.to_numpy(target.detach().reshape((a.rows, a.classes) + a.out_features))
     raw = _bridge.to_numpy(target.reshape(-1))
@@ -64,7 +64,7 @@ def _cpu_targets(a: _checks.LinearCrossEntropyArgs, target: Tensor) -> np.ndarra
     return _checks.hard_targets_int64(np, raw, a.classes, a.ce.ignore_index)
 
 
-def _cpu_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+def _cpu_run(a: _checks_linear.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, class_weight: Tensor | None, grad_output: Any, chunk: int):
     acc = _bridge.acc_dtype(hidden)
     n_rows, feats, classes = a.rows, a.features, a.weight_rows  # classes: the logits' columns
@@ -129,7 +129,7 @@ def _free_device_bytes(device: torch.device) -> int:
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
-def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+def _cuda_run(a: _checks_linear.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
               bias: Tensor | None, target: Tensor, class_weight: Tensor | None, grad_output: Any,
               chunk: int | None):
     from .._cuda import linear_cross_entropy as launch
@@ -153,7 +153,7 @@ def _cuda_run(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, w
         return back(loss, acc), back(gh, hidden.dtype), back(gw, sums), back(gb, sums)
 
 
-def _compute(a: _checks.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
+def _compute(a: _checks_linear.LinearCrossEntropyArgs, wants: Wants, hidden: Tensor, weight: Tensor,
              bias: Tensor | None, target: Tensor, class_weight: Tensor | None, grad_output: Any):
     """(loss, grad_hidden, grad_weight, grad_bias) in the inputs' dtypes; unwanted ones None."""
     kind = _bridge.device_kind(hidden)
@@ -347,7 +347,7 @@ def linear_cross_entropy(
         # checked here, not by _checks: bfloat16 and float16 share a stand-in dtype there
         raise TypeError("input, linear_weight and linear_bias must share one dtype, got "
                         + ", ".join(str(t.dtype) for t in floats))
-    a = _checks.check_linear_cross_entropy(
+    a = _checks_linear.check_linear_cross_entropy(
         _bridge.describe(input), _bridge.describe(linear_weight), _bridge.describe(target),
         _bridge.describe(linear_bias), chunk_size=chunk_size, class_weight=_bridge.describe(weight),
         grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored, options=opts, names=TORCH_NAMES,
