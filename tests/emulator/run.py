@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
+from ce_cases import draw_options  # noqa: E402
 
 
 def softmax_suites(cp, SM, rng, emu):
@@ -333,12 +334,7 @@ def cross_entropy_suites(cp, CE, rng):
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 
     def options_for(o, rows, cols, dt):
-        kw = dict(o)
-        if kw.get("weight") == "w":
-            kw["weight"] = rng.uniform(0.1, 2, cols).astype(dt)
-        if kw.get("grad_output") == "rows":
-            kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dt))
-        return kw
+        return draw_options(o, rows, cols, dt, rng, result_dtype(dt))
 
     def hard():
         n = 0
