@@ -185,27 +185,23 @@ def _shapes_and_axes(n):
     return [((n,), 0), ((3, n), -1), ((3, n), 1), ((n, 4), 0), ((2, n, 3), 1), ((2, 3, n), -1), ((n, 2, 3), -3)]
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("n", SIZES)
-def test_softmax_vs_scipy(rng, dtype, n):
-    for shape, axis in _shapes_and_axes(n):
-        x = random_logits(rng, shape, dtype)
-        y = ref.softmax(x, axis=axis)
-        assert y.dtype == np.dtype(dtype) and y.shape == x.shape
-        check_close(y, sps.softmax(x.astype(np.float64), axis=axis), dtype, f"softmax {shape} axis {axis}")
-        y2 = gpu_softmax.softmax(x, axis)
-        np.testing.assert_array_equal(y2, y)
+# (name, the reference's function, SciPy's, the public API's)
+ELEMENTWISE = [
+    ("softmax", ref.softmax, sps.softmax, gpu_softmax.softmax),
+    ("log_softmax", ref.log_softmax, sps.log_softmax, gpu_softmax.log_softmax),
+]
 
 
+@pytest.mark.parametrize("name, ours, scipy_op, public", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("n", SIZES)
-def test_log_softmax_vs_scipy(rng, dtype, n):
+def test_softmax_and_log_softmax_vs_scipy(rng, dtype, n, name, ours, scipy_op, public):
     for shape, axis in _shapes_and_axes(n):
         x = random_logits(rng, shape, dtype)
-        y = ref.log_softmax(x, axis=axis)
+        y = ours(x, axis=axis)
         assert y.dtype == np.dtype(dtype) and y.shape == x.shape
-        check_close(y, sps.log_softmax(x.astype(np.float64), axis=axis), dtype, f"log_softmax {shape} axis {axis}")
-        np.testing.assert_array_equal(gpu_softmax.log_softmax(x, axis), y)
+        check_close(y, scipy_op(x.astype(np.float64), axis=axis), dtype, f"{name} {shape} axis {axis}")
+        np.testing.assert_array_equal(public(x, axis), y)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
 from ce_cases import mark_special_rows, sharded_problems  # noqa: E402
+from runner_cli import parse_runner_args  # noqa: E402
 
 
 def suites(cp, CE, rng):
@@ -230,14 +230,7 @@ def suites(cp, CE, rng):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
+    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
     t0 = time.time()
     cp, mod, emu = harness.setup("cross_entropy", Path(args.build_dir))
     n = suites(cp, mod, rng)[args.suite]()
