@@ -114,20 +114,22 @@ def parse_sass(text: str) -> dict[str, Function]:
 # three-valued helpers: None is "unknown"
 
 
-def _and(a, b):
-    if a is False or b is False:
-        return False
+def _decided_by(a, b, dominant: bool):
+    """Kleene's rule for and (dominant False) and or (dominant True): one dominant operand settles the result
+    even when the other is unknown."""
+    if a is dominant or b is dominant:
+        return dominant
     if a is None or b is None:
         return None
-    return True
+    return not dominant
+
+
+def _and(a, b):
+    return _decided_by(a, b, False)
 
 
 def _or(a, b):
-    if a is True or b is True:
-        return True
-    if a is None or b is None:
-        return None
-    return False
+    return _decided_by(a, b, True)
 
 
 def _xor(a, b):

@@ -13,13 +13,13 @@ The digits data set ships with scikit-learn (nothing is downloaded).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import numpy as np
 import torch
 
 import gpu_softmax.torch as gst
+
+from _digits import load_digits_split, parse_training_args  # beside this script
 
 
 def pick_device() -> tuple[torch.device, str]:
@@ -33,28 +33,8 @@ def pick_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), "no GPU (or no CuPy): CPU tensors (gpu_softmax's NumPy reference)"
 
 
-def load_digits_split(seed: int):
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    X, y = X[order].astype(np.float32), y[order].astype(np.int64)
-    n_test = len(y) // 5
-    X_train, X_test = X[n_test:], X[:n_test]
-    mean, std = X_train.mean(axis=0), X_train.std(axis=0) + 1e-6
-    return (X_train - mean) / std, y[n_test:], (X_test - mean) / std, y[:n_test]
-
-
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_training_args(__doc__.splitlines()[0], argv)
 
     device, where = pick_device()
     print(f"computing with {where}")

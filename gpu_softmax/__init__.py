@@ -16,18 +16,8 @@ from .options import CEOptions
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "softmax",
-    "log_softmax",
-    "logsumexp",
-    "softmax_backward",
-    "log_softmax_backward",
-    "cross_entropy",
-    "cross_entropy_with_grad",
-    "linear_cross_entropy_with_grad",
-    "reference",
-    "backend_info",
-]
+# The ops are those the reference offers (it mirrors this API); the package adds the reference itself.
+__all__ = [*reference.__all__, "reference", "backend_info"]
 
 
 _launchers: dict[str, Any] = {}
@@ -50,6 +40,14 @@ def _launcher(name: str):
             "linear_cross_entropy_with_grad": linear_cross_entropy.linear_cross_entropy_with_grad,
         })
     return _launchers[name]
+
+
+def _run(name: str, a, *args):
+    """Checked arguments `a` to the computation of public function `name`: the reference's `<name>_checked`
+    for NumPy arrays, the CUDA launcher for CuPy arrays."""
+    if a.kind == "numpy":
+        return getattr(reference, f"{name}_checked")(a, *args)
+    return _launcher(name)(a, *args)
 
 
 def softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
@@ -196,9 +194,7 @@ def cross_entropy(
     opts = CEOptions.checked(ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                              validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
     a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, options=opts)
-    if a.kind == "numpy":
-        return reference.cross_entropy_checked(a, return_logsumexp)
-    return _launcher("cross_entropy")(a, return_logsumexp)
+    return _run("cross_entropy", a, return_logsumexp)
 
 
 def cross_entropy_with_grad(
@@ -241,9 +237,7 @@ def cross_entropy_with_grad(
                              validate=validate, z_loss=z_loss, logit_softcap=logit_softcap)
     a = _checks.check_cross_entropy(logits, target, axis=axis, weight=weight, grad_output=grad_output,
                                     inplace=inplace, options=opts)
-    if a.kind == "numpy":
-        return reference.cross_entropy_with_grad_checked(a, return_logsumexp)
-    return _launcher("cross_entropy_with_grad")(a, return_logsumexp)
+    return _run("cross_entropy_with_grad", a, return_logsumexp)
 
 
 def linear_cross_entropy_with_grad(

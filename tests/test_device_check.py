@@ -138,7 +138,8 @@ def test_a_hanging_step_is_killed_with_its_children(tmp_path):
     assert "started" in res["output"]
 
 
-def test_results_are_written_after_every_step_even_when_one_times_out(tmp_path, monkeypatch):
+def _fake_gpu(monkeypatch, tmp_path, outputs, sanitizer=None):
+    """main() on the CPU: a fake GPU, each step's command a Python one-liner from `outputs`."""
     from gpu_softmax._cuda import info
 
     monkeypatch.setattr(dc, "RESULTS_DIR", tmp_path / "results")
@@ -146,21 +147,32 @@ def test_results_are_written_after_every_step_even_when_one_times_out(tmp_path, 
     monkeypatch.setattr(info, "backend_info", lambda: {
         "devices": [{"name": "Fake GPU"}], "cupy": "x", "cuda_runtime": 1, "cuda_driver": 1, "nvrtc": "x",
         "baselines": {}})
-    monkeypatch.setattr(dc, "find_sanitizer", lambda: None)
+    monkeypatch.setattr(dc, "find_sanitizer", lambda: sanitizer)
     monkeypatch.setattr(dc.shutil, "which", lambda name: None)
     import summarize
 
     monkeypatch.setattr(summarize, "main", lambda argv: 0)
+    ran = []
+
+    def command(name, *a):
+        ran.append(name)
+        return [sys.executable, "-c", outputs.get(name, "print('ok')")]
+
+    monkeypatch.setattr(dc, "step_command", command)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("GPU_SOFTMAX_TEST_MAX_ELEMENTS", "1")
+    (tmp_path / "out").mkdir()
+    return ran
+
+
+def test_results_are_written_after_every_step_even_when_one_times_out(tmp_path, monkeypatch):
     outputs = {"compile": "print('compiled softmax for sm_90 in 1.0 s')",
                "tests": "print('5 passed, 1 skipped in 1.00s')", "selfcheck": "print('9 passed, 0 failed, 0 skipped')",
                "huge": "import time; time.sleep(30)", "bench": "print('no results')"}
-    monkeypatch.setattr(dc, "step_command", lambda name, *a: [sys.executable, "-c", outputs[name]])
+    _fake_gpu(monkeypatch, tmp_path, outputs)
     monkeypatch.setitem(dc.STEP_LIMITS_S, "huge", 2)
-    monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("GPU_SOFTMAX_TEST_MAX_ELEMENTS", "1")  # main() sets it: restored after the test
     # Imported long before (as in a full test run): the budget still counts from main()'s start.
     monkeypatch.setattr(dc, "T_START", time.perf_counter() - 10 * dc.DEFAULT_BUDGET_S)
-    (tmp_path / "out").mkdir()
     rc = dc.main([])
     doc = json.loads(next((tmp_path / "results").glob("Fake-GPU-*.json")).read_text())
     assert rc == 1  # the huge step did not finish
@@ -234,33 +246,6 @@ def test_probe_verdicts():
     assert dc.probe_verdict(dict(res, output="sanitizer probe ok\n")).startswith("unsupported")  # no summary
     cmd = dc.step_command("probe", None, "/x/compute-sanitizer", Path("/tmp"))
     assert cmd[:1] == ["/x/compute-sanitizer"] and "memcheck" in cmd and cmd[-1] == dc.PROBE_CODE
-
-
-def _fake_gpu(monkeypatch, tmp_path, outputs, sanitizer=None):
-    """main() on the CPU: a fake GPU, each step's command a Python one-liner from `outputs`."""
-    from gpu_softmax._cuda import info
-
-    monkeypatch.setattr(dc, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(info, "gpu_status", lambda: (True, "fake"))
-    monkeypatch.setattr(info, "backend_info", lambda: {
-        "devices": [{"name": "Fake GPU"}], "cupy": "x", "cuda_runtime": 1, "cuda_driver": 1, "nvrtc": "x",
-        "baselines": {}})
-    monkeypatch.setattr(dc, "find_sanitizer", lambda: sanitizer)
-    monkeypatch.setattr(dc.shutil, "which", lambda name: None)
-    import summarize
-
-    monkeypatch.setattr(summarize, "main", lambda argv: 0)
-    ran = []
-
-    def command(name, *a):
-        ran.append(name)
-        return [sys.executable, "-c", outputs.get(name, "print('ok')")]
-
-    monkeypatch.setattr(dc, "step_command", command)
-    monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("GPU_SOFTMAX_TEST_MAX_ELEMENTS", "1")
-    (tmp_path / "out").mkdir()
-    return ran
 
 
 def test_an_unsupported_sanitizer_is_recorded_and_its_time_goes_to_the_tests(tmp_path, monkeypatch):

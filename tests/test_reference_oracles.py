@@ -22,6 +22,7 @@ import scipy.special as sps
 
 import gpu_softmax
 from gpu_softmax import reference as ref
+from closeness import assert_close
 
 FLOATS = (np.float16, np.float32, np.float64)
 SIZES = (1, 2, 31, 33, 1025)
@@ -60,14 +61,7 @@ def check_close(actual, expected, dtype, what="result", rtol=None, atol=None):
         default_rtol, default_atol = float(fi.eps), float(fi.smallest_subnormal) * 2
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{what}: NaN positions differ")
-    inf = np.isinf(e)
-    np.testing.assert_array_equal(a[inf], e[inf], err_msg=f"{what}: infinities differ")
-    fin = ~np.isnan(e) & ~inf
-    np.testing.assert_allclose(a[fin], e[fin], rtol=rtol, atol=atol, err_msg=what)
+    assert_close(actual, expected, rtol, atol, what)
 
 
 def random_logits(rng, shape, dtype=np.float64, scale=3.0):
@@ -191,27 +185,23 @@ def _shapes_and_axes(n):
     return [((n,), 0), ((3, n), -1), ((3, n), 1), ((n, 4), 0), ((2, n, 3), 1), ((2, 3, n), -1), ((n, 2, 3), -3)]
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("n", SIZES)
-def test_softmax_vs_scipy(rng, dtype, n):
-    for shape, axis in _shapes_and_axes(n):
-        x = random_logits(rng, shape, dtype)
-        y = ref.softmax(x, axis=axis)
-        assert y.dtype == np.dtype(dtype) and y.shape == x.shape
-        check_close(y, sps.softmax(x.astype(np.float64), axis=axis), dtype, f"softmax {shape} axis {axis}")
-        y2 = gpu_softmax.softmax(x, axis)
-        np.testing.assert_array_equal(y2, y)
+# (name, the reference's function, SciPy's, the public API's)
+ELEMENTWISE = [
+    ("softmax", ref.softmax, sps.softmax, gpu_softmax.softmax),
+    ("log_softmax", ref.log_softmax, sps.log_softmax, gpu_softmax.log_softmax),
+]
 
 
+@pytest.mark.parametrize("name, ours, scipy_op, public", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("n", SIZES)
-def test_log_softmax_vs_scipy(rng, dtype, n):
+def test_softmax_and_log_softmax_vs_scipy(rng, dtype, n, name, ours, scipy_op, public):
     for shape, axis in _shapes_and_axes(n):
         x = random_logits(rng, shape, dtype)
-        y = ref.log_softmax(x, axis=axis)
+        y = ours(x, axis=axis)
         assert y.dtype == np.dtype(dtype) and y.shape == x.shape
-        check_close(y, sps.log_softmax(x.astype(np.float64), axis=axis), dtype, f"log_softmax {shape} axis {axis}")
-        np.testing.assert_array_equal(gpu_softmax.log_softmax(x, axis), y)
+        check_close(y, scipy_op(x.astype(np.float64), axis=axis), dtype, f"{name} {shape} axis {axis}")
+        np.testing.assert_array_equal(public(x, axis), y)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -302,34 +292,28 @@ def contract_rows(grad_y, y, axis, jac):
     return from_rows(out, grad_y.shape, axis)
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", [((1,), 0), ((4, 7), -1), ((7, 4), 0), ((2, 5, 3), 1), ((3, 33), 1)])
-def test_softmax_backward_vs_jacobian(rng, dtype, shape, axis):
-    x = random_logits(rng, shape, dtype)
-    y = ref.softmax(x, axis)
-    gy = rng.standard_normal(shape).astype(dtype)
-    gx = ref.softmax_backward(gy, y, axis)
-    assert gx.dtype == np.dtype(dtype) and gx.shape == shape
-    expected = contract_rows(gy, y, axis, softmax_jacobian)
-    scale = np.abs(expected).max() + 1.0
-    check_close(gx, expected, dtype, "softmax_backward", rtol=4 * float(np.finfo(dtype).eps),
-                atol=8 * float(np.finfo(dtype).eps) * scale)
-    np.testing.assert_array_equal(gpu_softmax.softmax_backward(gy, y, axis), gx)
+# (name, forward, its backward in the reference, the same backward in the public API, the oracle Jacobian)
+BACKWARDS = [
+    ("softmax", ref.softmax, ref.softmax_backward, gpu_softmax.softmax_backward, softmax_jacobian),
+    ("log_softmax", ref.log_softmax, ref.log_softmax_backward, gpu_softmax.log_softmax_backward,
+     log_softmax_jacobian),
+]
 
 
+@pytest.mark.parametrize("name, forward, backward, public_backward, jacobian", BACKWARDS, ids=[b[0] for b in BACKWARDS])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,axis", [((1,), 0), ((4, 7), -1), ((7, 4), 0), ((2, 5, 3), 1), ((3, 33), 1)])
-def test_log_softmax_backward_vs_jacobian(rng, dtype, shape, axis):
+def test_backward_vs_jacobian(rng, dtype, shape, axis, name, forward, backward, public_backward, jacobian):
     x = random_logits(rng, shape, dtype)
-    y = ref.log_softmax(x, axis)
+    y = forward(x, axis)
     gy = rng.standard_normal(shape).astype(dtype)
-    gx = ref.log_softmax_backward(gy, y, axis)
+    gx = backward(gy, y, axis)
     assert gx.dtype == np.dtype(dtype) and gx.shape == shape
-    expected = contract_rows(gy, y, axis, log_softmax_jacobian)
+    expected = contract_rows(gy, y, axis, jacobian)
     scale = np.abs(expected).max() + 1.0
-    check_close(gx, expected, dtype, "log_softmax_backward", rtol=4 * float(np.finfo(dtype).eps),
+    check_close(gx, expected, dtype, f"{name}_backward", rtol=4 * float(np.finfo(dtype).eps),
                 atol=8 * float(np.finfo(dtype).eps) * scale)
-    np.testing.assert_array_equal(gpu_softmax.log_softmax_backward(gy, y, axis), gx)
+    np.testing.assert_array_equal(public_backward(gy, y, axis), gx)
 
 
 def test_softmax_backward_matches_finite_differences(rng):

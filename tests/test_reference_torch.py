@@ -18,23 +18,14 @@ F = torch.nn.functional
 
 import gpu_softmax  # noqa: E402
 from gpu_softmax import reference as ref  # noqa: E402
+from closeness import assert_close  # noqa: E402
+from torch_z_loss import add_z_loss  # noqa: E402
 
 FLOATS = (np.float16, np.float32, np.float64)
 
 
 def stat_dtype(dtype):
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def assert_close(actual, expected, rtol, atol, what=""):
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{what}: NaN positions")
-    inf = np.isinf(e)
-    np.testing.assert_array_equal(a[inf], e[inf], err_msg=f"{what}: infinities")
-    fin = ~np.isnan(e) & ~inf
-    np.testing.assert_allclose(a[fin], e[fin], rtol=rtol, atol=atol, err_msg=what)
 
 
 def torch_ce(logits, target, *, axis=-1, weight=None, ignore_index=-100, label_smoothing=0.0,
@@ -56,16 +47,18 @@ def torch_ce(logits, target, *, axis=-1, weight=None, ignore_index=-100, label_s
     if z_loss:
         lse = torch.logsumexp(xm, dim=cdim)
         valid = torch.ones_like(lse, dtype=torch.bool) if soft else (t != ignore_index)
-        zl = torch.where(valid, z_loss * lse * lse, torch.zeros_like(lse))
-        if reduction == "none":
-            loss = loss + zl
-        elif reduction == "sum":
-            loss = loss + zl.sum()
-        else:
-            loss = loss + zl.sum() / valid.sum()
+        loss = add_z_loss(loss, lse, valid, z_loss, reduction)
     go = torch.as_tensor(np.asarray(grad_output, dtype=np.float64))
     (loss * go).sum().backward()
     return loss.detach().numpy(), x.grad.numpy()
+
+
+def assert_matches_torch(logits, target, grad_output=1.0, **kw):
+    """The reference's loss and gradient against torch autograd's, at the float64 tolerances of these tests."""
+    exp_loss, exp_grad = torch_ce(logits, target, grad_output=grad_output, **kw)
+    loss, grad = ref.cross_entropy_with_grad(logits, target, grad_output=grad_output, **kw)
+    assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
+    assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
 
 
 def make_problem(rng, shape, axis, kind, n_ignored, ignore_index=-100, weighted=False):
@@ -125,10 +118,7 @@ def test_hard_labels_vs_torch(rng, shape, axis, ignore, weighted, label_smoothin
 def test_soft_labels_vs_torch(rng, shape, axis, weighted, label_smoothing, reduction):
     logits, target, weight = make_problem(rng, shape, axis, "soft", 0, weighted=weighted)
     kw = dict(axis=axis, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
-    exp_loss, exp_grad = torch_ce(logits, target, **kw)
-    loss, grad = ref.cross_entropy_with_grad(logits, target, **kw)
-    assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
-    assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
+    assert_matches_torch(logits, target, **kw)
     # soft targets need not be normalised; torch takes them as given
     scaled = target * rng.uniform(0.3, 3.0)
     exp_loss, exp_grad = torch_ce(logits, scaled, **kw)
@@ -145,10 +135,7 @@ def test_z_loss_and_softcap_vs_torch_autograd(rng, shape, axis, z_loss, cap, kin
     n_ign = _ignored_count(shape, axis) if kind == "hard" else 0
     logits, target, weight = make_problem(rng, shape, axis, kind, n_ign, weighted=True)
     kw = dict(axis=axis, weight=weight, label_smoothing=0.1, reduction=reduction, z_loss=z_loss, logit_softcap=cap)
-    exp_loss, exp_grad = torch_ce(logits, target, **kw)
-    loss, grad = ref.cross_entropy_with_grad(logits, target, **kw)
-    assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
-    assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
+    assert_matches_torch(logits, target, **kw)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -160,10 +147,7 @@ def test_grad_output_vs_torch(rng, reduction):
         gos.append(rng.uniform(-2, 2, size=(3, 2)))
     for go in gos:
         kw = dict(axis=axis, weight=weight, label_smoothing=0.05, reduction=reduction, z_loss=0.01)
-        exp_loss, exp_grad = torch_ce(logits, target, grad_output=go, **kw)
-        loss, grad = ref.cross_entropy_with_grad(logits, target, grad_output=go, **kw)
-        assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
-        assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
+        assert_matches_torch(logits, target, grad_output=go, **kw)
 
 
 @pytest.mark.parametrize("ignore_index", [-1, 0, 3])
@@ -171,10 +155,7 @@ def test_custom_ignore_index_vs_torch(rng, ignore_index):
     logits, target, weight = make_problem(rng, (8, 5), -1, "hard", 3, ignore_index=ignore_index, weighted=True)
     for reduction, ls in itertools.product(["none", "mean", "sum"], [0.0, 0.1]):
         kw = dict(weight=weight, ignore_index=ignore_index, label_smoothing=ls, reduction=reduction)
-        exp_loss, exp_grad = torch_ce(logits, target, **kw)
-        loss, grad = ref.cross_entropy_with_grad(logits, target, **kw)
-        assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
-        assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
+        assert_matches_torch(logits, target, **kw)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -227,10 +208,7 @@ def test_cross_entropy_special_rows_vs_torch(rng, reduction, label_smoothing):
     logits[4, 1] = -inf
     target = np.array([0, 1, 2, 0, 3, 4, 1])
     kw = dict(label_smoothing=label_smoothing, reduction=reduction)
-    exp_loss, exp_grad = torch_ce(logits, target, **kw)
-    loss, grad = ref.cross_entropy_with_grad(logits, target, **kw)
-    assert_close(loss, exp_loss, 1e-12, 1e-14, "loss")
-    assert_close(grad, exp_grad, 1e-10, 1e-14, "grad")
+    assert_matches_torch(logits, target, **kw)
 
 
 def test_ignored_nan_row_gradient_is_zero_unlike_torch(rng):

@@ -21,6 +21,7 @@ F = torch.nn.functional
 
 import gpu_softmax.torch as gst  # noqa: E402
 from gpu_softmax.options import CEOptions  # noqa: E402
+from torch_z_loss import add_z_loss  # noqa: E402
 
 C = 7
 
@@ -135,13 +136,7 @@ def torch_extras(x, t, *, reduction, z_loss=0.0, logit_softcap=None, ignore_inde
     if z_loss:
         lse = torch.logsumexp(xc, dim=cd)
         valid = torch.ones_like(lse, dtype=torch.bool) if t.is_floating_point() else t != ignore_index
-        zl = torch.where(valid, z_loss * lse * lse, torch.zeros_like(lse))
-        if reduction == "none":
-            loss = loss + zl
-        elif reduction == "sum":
-            loss = loss + zl.sum()
-        else:
-            loss = loss + zl.sum() / valid.sum()
+        loss = add_z_loss(loss, lse, valid, z_loss, reduction)
     return loss
 
 

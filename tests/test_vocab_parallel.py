@@ -24,6 +24,10 @@ import pytest
 from gpu_softmax import reference
 from gpu_softmax import vocab_parallel as vp
 
+# The special rows are built like the emulated suite's (tests/emulator/ce_cases.py, NumPy only).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator"))
+from ce_cases import mark_special_rows  # noqa: E402
+
 RUNNER = Path(__file__).resolve().parent / "emulator" / "run_vocab_parallel.py"
 
 OPTIONS = [
@@ -138,13 +142,7 @@ def test_numpy_blocks_float32_leading_dims_and_inplace(rng):
 
 def test_numpy_blocks_special_values(rng):
     widths = [4, 6, 5]
-    x = rng.standard_normal((8, 15))
-    x[0, 3] = np.nan
-    x[1, 7] = np.inf
-    x[2, :] = -np.inf
-    x[3, 0] = -np.inf
-    x[4, :4] = -np.inf  # a whole shard masked (padded vocabulary)
-    x[5, 4:10] = -np.inf
+    x = mark_special_rows(rng.standard_normal((8, 15)), widths)
     t = np.array([0, 1, 2, 5, 12, 4, 3, -100])
     for kw in ({"reduction": "none"}, {"reduction": "sum"}, {"reduction": "none", "z_loss": 0.1}):
         want_loss, want_grad = reference.cross_entropy_with_grad(x, t, **kw)

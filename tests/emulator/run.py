@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
+from ce_cases import draw_options  # noqa: E402
+from runner_cli import parse_runner_args  # noqa: E402
 
 
 def softmax_suites(cp, SM, rng, emu):
@@ -333,12 +334,7 @@ def cross_entropy_suites(cp, CE, rng):
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 
     def options_for(o, rows, cols, dt):
-        kw = dict(o)
-        if kw.get("weight") == "w":
-            kw["weight"] = rng.uniform(0.1, 2, cols).astype(dt)
-        if kw.get("grad_output") == "rows":
-            kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dt))
-        return kw
+        return draw_options(o, rows, cols, dt, rng, result_dtype(dt))
 
     def hard():
         n = 0
@@ -706,13 +702,7 @@ def cross_entropy_suites(cp, CE, rng):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("family", choices=["softmax", "cross_entropy"])
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
+    args, rng = parse_runner_args(ap, argv)
     t0 = time.time()
     cp, mod, emu = harness.setup(args.family, Path(args.build_dir))
     suites = softmax_suites(cp, mod, rng, emu) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)

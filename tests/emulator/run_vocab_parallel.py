@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
+from ce_cases import mark_special_rows, sharded_problems  # noqa: E402
+from runner_cli import parse_runner_args  # noqa: E402
 
 
 def suites(cp, CE, rng):
@@ -72,43 +73,20 @@ def suites(cp, CE, rng):
             {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2},
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 
-    def options_for(o, rows, cols, dt):
-        kw = dict(o)
-        if kw.get("weight") == "w":
-            kw["weight"] = rng.uniform(0.1, 2, cols).astype(dt)
-        if kw.get("grad_output") == "rows":
-            kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dt))
-        return kw
-
     def hard():
         n = 0
-        # every option in float32 on short shards; a few on long shards (several tiles)
-        # and in float16/float64 (the emulator runs every CUDA thread on the CPU)
-        for dt in (np.float32, np.float16, np.float64):
-            for widths, rows in [([3, 2], 9), ([40, 0, 17, 5], 4), ([1500, 2600], 2), ([4500, 1, 700], 1)]:
-                V = sum(widths)
-                opts = OPTS if (dt == np.float32 and V < 1000) else [OPTS[0], OPTS[-1]]
-                if V > 5000 and dt != np.float32:
-                    continue
-                for o in opts:
-                    kw = options_for(o, rows, V, dt)
-                    x = (rng.standard_normal((rows, V)) * 3).astype(dt)
-                    t = rng.integers(0, V, rows)
-                    t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
-                    n += check(x, t, widths, f"{dt.__name__} {rows}x{widths} {o}", **kw)
+        # every option in float32 on short shards; a few on long shards (several tiles) and in float16/float64
+        shards = [([3, 2], 9), ([40, 0, 17, 5], 4), ([1500, 2600], 2), ([4500, 1, 700], 1)]
+        for dt, widths, rows, o, kw, x, t in sharded_problems(rng, OPTS, shards, result_dtype,
+                                                              max_vocab_off_float32=5000):
+            n += check(x, t, widths, f"{dt.__name__} {rows}x{widths} {o}", **kw)
         return n
 
     def special():
         n = 0
         widths = [300, 500, 211]
         V = sum(widths)
-        x = rng.standard_normal((8, V)).astype(np.float32)
-        x[0, 10] = np.nan
-        x[1, 400] = np.inf
-        x[2, :] = -np.inf
-        x[3, 0] = -np.inf
-        x[4, :300] = -np.inf  # a whole shard masked (padded vocabulary)
-        x[5, 300:800] = -np.inf
+        x = mark_special_rows(rng.standard_normal((8, V)).astype(np.float32), widths)
         t = np.array([0, 1, 2, 5, 900, 301, 299, -100])
         n += check(x, t, widths, "special none", reduction="none")
         n += check(x, t, widths, "special sum", reduction="sum")
@@ -230,44 +208,29 @@ def suites(cp, CE, rng):
         """logit_softcap vocab-parallel (with z-loss, smoothing, weights): 1, 2 and 3 uneven shards
         against the reference and against the emulated single-device kernels."""
         n = 0
-        for dt in (np.float32, np.float64, np.float16):
-            for widths, rows in [([57], 5), ([23, 41], 6), ([30, 1, 12], 7), ([1500, 2600], 2)]:
-                V = sum(widths)
-                opts = SOFTCAP_OPTS if (dt == np.float32 and V < 1000) else [SOFTCAP_OPTS[0], SOFTCAP_OPTS[-1]]
-                if V > 1000 and dt != np.float32:
-                    continue
-                for o in opts:
-                    kw = options_for(o, rows, V, dt)
-                    # past the cap, not so far that its derivative 1 - tanh^2 is all float32
-                    # rounding (the fused kernels compute it the same way)
-                    x = (rng.standard_normal((rows, V)) * 3).astype(dt)
-                    t = rng.integers(0, V, rows)
-                    t[rng.random(rows) < 0.2] = kw.get("ignore_index", -100)
-                    what = f"softcap {dt.__name__} {rows}x{widths} {o}"
-                    n += check(x, t, widths, what, **kw)
-                    kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-                    loss, grad = vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(t), widths, validate=False, **kwd)
-                    fl, fg = fused(x, t, kw)
-                    rdt = result_dtype(dt)
-                    assert_close(cp.asnumpy(loss), fl, rdt, f"loss vs fused {what}",
-                                 atol=tolerance(rdt)[0] * (1 + float(np.abs(fl).max())) * max(1, rows ** 0.5))
-                    assert_close(cp.asnumpy(grad), fg, dt, f"grad vs fused {what}",
-                                 atol=tolerance(dt)[0] * max(float(np.nanmax(np.abs(fg))), 1e-30))
-                    n += 2
+        shards = [([57], 5), ([23, 41], 6), ([30, 1, 12], 7), ([1500, 2600], 2)]
+        # the logits (scale 3) pass the cap, not so far that its derivative 1 - tanh^2 is all float32
+        # rounding (the fused kernels compute it the same way)
+        for dt, widths, rows, o, kw, x, t in sharded_problems(rng, SOFTCAP_OPTS, shards, result_dtype,
+                                                              max_vocab_off_float32=1000):
+            what = f"softcap {dt.__name__} {rows}x{widths} {o}"
+            n += check(x, t, widths, what, **kw)
+            kwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+            loss, grad = vp.cross_entropy_sharded(cp.asarray(x), cp.asarray(t), widths, validate=False, **kwd)
+            fl, fg = fused(x, t, kw)
+            rdt = result_dtype(dt)
+            assert_close(cp.asnumpy(loss), fl, rdt, f"loss vs fused {what}",
+                         atol=tolerance(rdt)[0] * (1 + float(np.abs(fl).max())) * max(1, rows ** 0.5))
+            assert_close(cp.asnumpy(grad), fg, dt, f"grad vs fused {what}",
+                         atol=tolerance(dt)[0] * max(float(np.nanmax(np.abs(fg))), 1e-30))
+            n += 2
         return n
 
     return {"hard": hard, "special": special, "layouts": layouts, "overflow": overflow, "softcap": softcap}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
+    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
     t0 = time.time()
     cp, mod, emu = harness.setup("cross_entropy", Path(args.build_dir))
     n = suites(cp, mod, rng)[args.suite]()
