@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _checks, reference
+from .token_logprobs import token_logprobs, token_logprobs_backward
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "linear_cross_entropy_with_grad",
+    "token_logprobs",
+    "token_logprobs_backward",
     "reference",
     "backend_info",
 ]
