@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class _TokenLogprobs(torch.autograd.Function):
         gl = _np_rows(grad_logp, rows)
         rec = dataclasses.replace(
             ctx.args, kind="numpy", logits=_bridge.to_numpy(logits), tokens=_bridge.to_numpy(tokens),
-            grad_logp=gl if gl is not None else _np_rows(torch.zeros(rows), rows),
+            grad_logp=gl if gl is not None else np.zeros(rows),
             grad_entropy=_np_rows(grad_entropy, rows),
         )
         grad = reference_rl.token_logprobs_backward_checked(rec)
@@ -228,7 +229,7 @@ def _all_gather_stacked(t: Tensor, group, world: int) -> Tensor:
 
 def _gather(a, group, world: int):
     if a.shape[0] == 0:
-        return torch.zeros((world,) + tuple(a.shape), dtype=torch.float64).numpy()
+        return np.zeros((world,) + tuple(a.shape))
     return _all_gather_stacked(torch.from_numpy(a), group, world).numpy()
 
 
@@ -244,7 +245,11 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
         t = _bridge.to_numpy(tokens).reshape(rows)
         tau = None
         if opts.top_k is not None:
-            tau = vprl.top_k_threshold(_gather(vprl.local_top_values(z, opts.top_k), group, world), opts.top_k)
+            tops = _gather(vprl.local_top_values(z, opts.top_k), group, world)
+            tau = vprl.top_k_threshold(tops, opts.top_k)
+            if opts.top_p is not None and opts.top_p < 1.0:
+                ties = _gather(vprl.tie_counts(z, tau), group, world)
+                tau = vprl.top_p_threshold(tops, ties, tau, opts.top_p)
         records = _gather(vprl.partial_stats(z, tau, t, vocab_start, vocab_size, opts), group, world)
         merged = vprl.merge_stats(records, t, vocab_size, opts)
         ctx.set_materialize_grads(False)
@@ -263,7 +268,7 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
             return (None,) * 6
         rows = a.layout.rows
         z, dz_dx = vprl.local_scaled(_bridge.to_numpy(local_logits).reshape(rows, -1), a.opts)
-        gl = _np_rows(grad_logp, rows) if grad_logp is not None else torch.zeros(rows, dtype=torch.float64).numpy()
+        gl = _np_rows(grad_logp, rows) if grad_logp is not None else np.zeros(rows)
         grad = vprl.local_grad(z, dz_dx, tau, _bridge.to_numpy(tokens).reshape(rows), vocab_start, vocab_size,
                                a.opts, merged, gl, _np_rows(grad_entropy, rows))
         return (_bridge.from_numpy(grad.reshape(local_logits.shape), local_logits.dtype),) + (None,) * 5
@@ -291,8 +296,9 @@ def vocab_parallel_token_logprobs(
     ``tokens`` (...): global class ids, the same on every rank. Every rank returns the
     same log p (and entropy) as ``token_logprobs`` on the gathered logits, and
     backpropagates into its own shard only. Costs one all-gather of a (rows, 5) float64
-    record per rank (plus one of a (rows, top_k) list with ``top_k``); the backward has
-    no collective. ``top_p`` < 1 is not offered yet (NotImplementedError). The ranks'
+    record per rank (plus one of a (rows, top_k) list with ``top_k``, and one of a
+    (rows, 1) tie count with ``top_p``); the backward has no collective. ``top_p`` < 1
+    needs ``top_k`` (NotImplementedError without it). The ranks'
     arguments are not compared with each other: a rank whose layout or options differ
     gives wrong results or a hang. CPU tensors (gloo) only for now.
     """

@@ -141,7 +141,7 @@ def token_logprobs_checked(a: TokenLogprobArgs):
     return (logp, entropy) if a.opts.return_entropy else logp
 
 
-def _row_grad(a: TokenLogprobArgs, v: Any) -> np.ndarray:
+def _row_grad(v: Any) -> np.ndarray:
     return np.asarray(v, dtype=np.float64).reshape(-1, 1)
 
 
@@ -152,14 +152,14 @@ def token_logprobs_backward_checked(a: TokenLogprobArgs) -> np.ndarray:
     st = RowStats(z, kept_set(z, a.opts))
     rows = np.arange(t.size)
     with np.errstate(all="ignore"):
-        g_logp = _row_grad(a, a.grad_logp)
+        g_logp = _row_grad(a.grad_logp)
         # A token outside the kept set has log p = -inf whatever z is: no gradient from it.
         token_kept = np.isfinite(st.logq[rows, t])[:, None]
         grad = np.where(token_kept, -g_logp * st.q, 0.0)
         grad[rows, t] += np.where(token_kept[:, 0], g_logp[:, 0], 0.0)
         if a.grad_entropy is not None:
             centred = np.where(st.q > 0, st.q * (st.shifted - st.mean_shifted), 0.0)
-            grad -= _row_grad(a, a.grad_entropy) * centred
+            grad -= _row_grad(a.grad_entropy) * centred
         grad = grad * dz_dx
         grad = np.where((bad | st.bad_row)[:, None], np.nan, grad)
         grad = np.where(ignored[:, None], 0.0, grad)

@@ -18,8 +18,11 @@ logits; per row, with z the scaled logits (soft-cap, then temperature):
    ``logp = z_t - lse`` and ``H = log S - A / S`` (no cancelling ``lse - sum q z``).
 3. ``local_grad``: the gradient of the local shard from (lse, H) alone, no collective.
 
-top_p needs the sorted mass of the whole row; it is not offered here yet
-(NotImplementedError; top_p = 1 is no mask and is accepted).
+top_p (with top_k only): what top_k kept is known in full from the gathered lists plus
+one more all-gather of each shard's count of values equal to tau (``tie_counts``):
+``top_p_threshold`` applies the nucleus rule to that multiset on every rank alike and
+the kept set becomes ``z >= tau_p``. top_p without top_k would need the sorted mass of
+the whole row: NotImplementedError (top_p = 1 is no mask and is accepted).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ RECORD_FIELDS = ("max", "sum_exp", "sum_exp_times_gap", "token_z", "token_here")
 RECORD_WIDTH = len(RECORD_FIELDS)
 
 __all__ = ["RECORD_FIELDS", "RECORD_WIDTH", "check_shard", "refuse_top_p", "local_scaled", "local_top_values",
-           "top_k_threshold", "partial_stats", "merge_stats", "local_grad"]
+           "top_k_threshold", "tie_counts", "top_p_threshold", "partial_stats", "merge_stats", "local_grad"]
 
 
 def _int(value: Any, name: str) -> int:
@@ -59,10 +62,11 @@ def check_shard(width: int, vocab_start: Any, vocab_size: Any) -> tuple[int, int
 
 
 def refuse_top_p(opts: TokenLogprobOptions) -> None:
-    if opts.top_p is not None and opts.top_p < 1.0:
+    if opts.top_p is not None and opts.top_p < 1.0 and opts.top_k is None:
         raise NotImplementedError(
-            "vocab_parallel_token_logprobs has no top_p yet (the nucleus needs the sorted mass of the whole "
-            "vocabulary); gather the logits and call token_logprobs, or use top_k alone"
+            "vocab_parallel_token_logprobs takes top_p only together with top_k (without it the nucleus needs "
+            "the sorted mass of the whole vocabulary); pass top_k too, or gather the logits and call "
+            "token_logprobs"
         )
 
 
@@ -86,6 +90,38 @@ def top_k_threshold(gathered: np.ndarray, k: int) -> np.ndarray:
     """(rows,): the k-th largest of every rank's top values, gathered as (P, rows, k)."""
     every = np.moveaxis(gathered, 0, 1).reshape(gathered.shape[1], -1)
     return -np.sort(-every, axis=1)[:, k - 1]
+
+
+def tie_counts(z: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """(rows, 1): how many of the shard's z equal the top_k threshold (its ties may outnumber k)."""
+    with np.errstate(invalid="ignore"):
+        return (z == tau[:, None]).sum(axis=1, dtype=np.float64)[:, None]
+
+
+def top_p_threshold(tops: np.ndarray, ties: np.ndarray, tau: np.ndarray, top_p: float) -> np.ndarray:
+    """(rows,): the smallest z that top_p keeps of what top_k kept, from the gathered (P, rows, k)
+    top values and (P, rows, 1) tie counts.
+
+    What top_k kept is known in full: every z above tau is in some shard's list (fewer
+    than k of them exist), and tau itself counts as often as the shards hold it."""
+    shards, rows, k = tops.shape
+    vals = np.moveaxis(tops, 0, 1).reshape(rows, shards * k)
+    above = vals > tau[:, None]
+    vals = np.concatenate([np.where(above, vals, -np.inf), tau[:, None]], axis=1)
+    mult = np.concatenate([above.astype(np.float64), ties.sum(axis=0)], axis=1)
+    with np.errstate(all="ignore"):
+        w = np.where(mult > 0, mult * np.exp(vals - vals.max(axis=1, keepdims=True)), 0.0)
+        q = w / w.sum(axis=1, keepdims=True)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        v_sorted = np.take_along_axis(vals, order, axis=1)
+        q_sorted = np.take_along_axis(q, order, axis=1)
+        mass_before = np.zeros_like(q_sorted)
+        mass_before[:, 1:] = np.cumsum(q_sorted, axis=1)[:, :-1]
+        first = np.ones(v_sorted.shape, dtype=bool)
+        first[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
+        start = np.maximum.accumulate(np.where(first, np.arange(v_sorted.shape[1]), 0), axis=1)
+        kept = (np.take_along_axis(mass_before, start, axis=1) < top_p) & (np.take_along_axis(mult, order, axis=1) > 0)
+        return np.where(kept, v_sorted, np.inf).min(axis=1)
 
 
 def _local_keep(z: np.ndarray, tau: np.ndarray | None) -> np.ndarray:
@@ -115,7 +151,7 @@ def partial_stats(z: np.ndarray, tau: np.ndarray | None, tokens: np.ndarray, voc
         m = zk.max(axis=1) if width else np.full(rows, -np.inf)
         gap = zk - m[:, None]
         e = np.where(zk == -np.inf, 0.0, np.exp(gap))  # a shard with nothing kept sums to 0, not NaN
-        rec[:, 0] = m
+        rec[:, 0] = np.where(np.isnan(z).any(axis=1), np.nan, m)  # a NaN the mask dropped still poisons the row
         rec[:, 1] = e.sum(axis=1)
         rec[:, 2] = np.where(e > 0, e * gap, 0.0).sum(axis=1)
         rec[:, 2] = np.where(np.isnan(m), np.nan, rec[:, 2])

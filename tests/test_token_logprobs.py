@@ -502,7 +502,51 @@ VP_OPTIONS = [
     dict(temperature=1.2, top_k=5),
     dict(top_k=1, top_p=1.0),
     dict(top_k=200, logit_softcap=2.0, temperature=0.5),
+    dict(top_k=8, top_p=0.7, temperature=0.9),
+    dict(top_k=3, top_p=0.95, logit_softcap=2.5),
 ]
+
+
+def _sharded(x, t, widths, opts):
+    """The vocab-parallel steps over simulated shards (the collectives as np.stack), in rank order."""
+    from gpu_softmax import vocab_parallel_rl as vprl
+
+    o = TokenLogprobOptions.checked(**opts)
+    vocab, starts = sum(widths), np.cumsum([0] + widths[:-1])
+    zs = [vprl.local_scaled(x[:, s : s + w], o) for s, w in zip(starts, widths)]
+    tau = None
+    if o.top_k is not None:
+        tops = np.stack([vprl.local_top_values(z, o.top_k) for z, _ in zs])
+        tau = vprl.top_k_threshold(tops, o.top_k)
+        if o.top_p is not None and o.top_p < 1.0:
+            tau = vprl.top_p_threshold(tops, np.stack([vprl.tie_counts(z, tau) for z, _ in zs]), tau, o.top_p)
+    records = np.stack([vprl.partial_stats(z, tau, t, s, vocab, o) for (z, _), s in zip(zs, starts)])
+    merged = vprl.merge_stats(records, t, vocab, o)
+    gl, ge = np.linspace(-1, 1, len(t)), np.linspace(2, -1, len(t))
+    grad = np.concatenate([vprl.local_grad(z, d, tau, t, s, vocab, o, merged, gl, ge)
+                           for (z, d), s in zip(zs, starts)], axis=1)
+    return merged[0], merged[1], grad, (gl, ge)
+
+
+@pytest.mark.parametrize("temperature,softcap,top_k,top_p", [c for c in COMBOS if c[3] is None or c[2]])
+@pytest.mark.parametrize("widths", [[13], [4, 9], [5, 0, 6, 2]])
+def test_vocab_parallel_steps_over_simulated_shards_equal_unsharded(temperature, softcap, top_k, top_p, widths):
+    rng = np.random.default_rng(7)
+    x = rows_with_ties(rng, rows=8)
+    x[2, 4] = 5.0
+    x[2, 10] = 5.0  # a tie at the top, across shards
+    x[5, 3] = np.nan
+    x[6, :] = -np.inf
+    x[7, 1] = np.inf
+    t = tokens_for(x, rng)
+    opts = dict(temperature=temperature, logit_softcap=softcap, top_k=top_k, top_p=top_p)
+    logp, ent, grad, (gl, ge) = _sharded(x, t, widths, opts)
+    want_logp, want_ent = gpu_softmax.token_logprobs(x, t, return_entropy=True, **opts)
+    want_grad = gpu_softmax.token_logprobs_backward(x, t, gl, ge, **opts)
+    for got, want in [(logp, want_logp), (ent, want_ent), (grad, want_grad)]:
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def _vp_rank_checks(rank: int, world: int) -> None:
@@ -530,7 +574,7 @@ def _vp_rank_checks(rank: int, world: int) -> None:
         (torch.where(torch.isfinite(logp), logp, 0.0) * torch.from_numpy(gl) + ent * torch.from_numpy(ge)).sum().backward()
         want = gpu_softmax.token_logprobs_backward(x, t, gl, ge, **opts)[:, start : start + widths[rank]]
         np.testing.assert_allclose(local.grad.numpy(), want, rtol=RTOL, atol=ATOL)
-    with pytest.raises(NotImplementedError, match="no top_p yet"):
+    with pytest.raises(NotImplementedError, match="top_p only together with top_k"):
         trl.vocab_parallel_token_logprobs(local, torch.from_numpy(t), vocab_start=start, vocab_size=vocab, top_p=0.9)
     with pytest.raises(ValueError, match="outside"):
         trl.vocab_parallel_token_logprobs(local, torch.full((6,), vocab), vocab_start=start, vocab_size=vocab)
