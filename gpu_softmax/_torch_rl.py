@@ -241,7 +241,7 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
     def forward(ctx, local_logits, tokens, a, shard, group, world):
         vocab_start, vocab_size = shard
         opts, rows = a.opts, a.layout.rows
-        z, _ = vprl.local_scaled(_bridge.to_numpy(local_logits).reshape(rows, -1), opts)
+        z, _ = vprl.local_scaled(_bridge.to_numpy(local_logits).reshape(rows, local_logits.shape[-1]), opts)
         t = _bridge.to_numpy(tokens).reshape(rows)
         tau = None
         if opts.top_k is not None:
@@ -267,7 +267,7 @@ class _VocabParallelTokenLogprobs(torch.autograd.Function):
         if grad_logp is None and grad_entropy is None:
             return (None,) * 6
         rows = a.layout.rows
-        z, dz_dx = vprl.local_scaled(_bridge.to_numpy(local_logits).reshape(rows, -1), a.opts)
+        z, dz_dx = vprl.local_scaled(_bridge.to_numpy(local_logits).reshape(rows, local_logits.shape[-1]), a.opts)
         gl = _np_rows(grad_logp, rows) if grad_logp is not None else np.zeros(rows)
         grad = vprl.local_grad(z, dz_dx, tau, _bridge.to_numpy(tokens).reshape(rows), vocab_start, vocab_size,
                                a.opts, merged, gl, _np_rows(grad_entropy, rows))

@@ -88,7 +88,8 @@ def local_top_values(z: np.ndarray, k: int) -> np.ndarray:
 
 def top_k_threshold(gathered: np.ndarray, k: int) -> np.ndarray:
     """(rows,): the k-th largest of every rank's top values, gathered as (P, rows, k)."""
-    every = np.moveaxis(gathered, 0, 1).reshape(gathered.shape[1], -1)
+    shards, rows, width = gathered.shape
+    every = np.moveaxis(gathered, 0, 1).reshape(rows, shards * width)
     return -np.sort(-every, axis=1)[:, k - 1]
 
 

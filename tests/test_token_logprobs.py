@@ -327,6 +327,21 @@ def test_other_axis_and_dtypes():
         assert gpu_softmax.token_logprobs_backward(xs, t, np.ones((3, 4), dtype), axis=1).dtype == dtype
 
 
+def test_empty_batches():
+    opts = dict(top_k=2, top_p=0.5, return_entropy=True)
+    logp, ent = gpu_softmax.token_logprobs(np.zeros((0, 5)), np.zeros(0, dtype=np.int64), **opts)
+    assert logp.shape == ent.shape == (0,)
+    assert gpu_softmax.token_logprobs_backward(np.zeros((0, 5)), np.zeros(0, dtype=np.int64), np.zeros(0)).shape == (0, 5)
+    x = torch.zeros(0, 5, requires_grad=True)
+    logp, ent = trl.token_logprobs(x, torch.zeros(0, dtype=torch.long), **opts)
+    (logp.sum() + ent.sum()).backward()
+    assert x.grad.shape == (0, 5)
+    h = torch.zeros(0, 4, requires_grad=True)
+    logp = trl.linear_token_logprobs(h, torch.randn(5, 4), torch.zeros(0, dtype=torch.long))
+    logp.sum().backward()
+    assert logp.shape == (0,) and h.grad.shape == (0, 4)
+
+
 def test_reference_is_batch_invariant_bitwise():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((37, 301)) * 3
@@ -601,6 +616,11 @@ def _vp_rank_checks(rank: int, world: int) -> None:
         (torch.where(torch.isfinite(logp), logp, 0.0) * torch.from_numpy(gl) + ent * torch.from_numpy(ge)).sum().backward()
         want = gpu_softmax.token_logprobs_backward(x, t, gl, ge, **opts)[:, start : start + widths[rank]]
         np.testing.assert_allclose(local.grad.numpy(), want, rtol=RTOL, atol=ATOL)
+    empty = torch.zeros(0, widths[rank], dtype=torch.float64, requires_grad=True)
+    logp, ent = trl.vocab_parallel_token_logprobs(empty, torch.zeros(0, dtype=torch.long), vocab_start=start,
+                                                  vocab_size=vocab, top_k=2, top_p=0.5, return_entropy=True)
+    (logp.sum() + ent.sum()).backward()
+    assert logp.shape == (0,) and empty.grad.shape == (0, widths[rank])
     with pytest.raises(NotImplementedError, match="top_p only together with top_k"):
         trl.vocab_parallel_token_logprobs(local, torch.from_numpy(t), vocab_start=start, vocab_size=vocab, top_p=0.9)
     with pytest.raises(ValueError, match="outside"):
