@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _checks, reference
 from .options import CEOptions
+from .token_logprobs import token_logprobs, token_logprobs_backward
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "linear_cross_entropy_with_grad",
+    "token_logprobs",
+    "token_logprobs_backward",
     "reference",
     "backend_info",
 ]
