@@ -20,10 +20,7 @@ import math
 
 import torch
 
-try:  # the name's public home once the bridge is wired into gpu_softmax.torch
-    from gpu_softmax.torch import linear_token_logprobs
-except ImportError:
-    from gpu_softmax._torch_rl import linear_token_logprobs
+from gpu_softmax.torch import linear_token_logprobs
 
 
 class TinyPolicy(torch.nn.Module):

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _checks, reference
 from .options import CEOptions
-from .token_logprobs import token_logprobs, token_logprobs_backward
+from .rl import token_logprobs, token_logprobs_backward
 
 __version__ = "0.1.0"
 

@@ -165,7 +165,7 @@ def check_linear_token_logprobs(hidden: Any, weight: Any, tokens: Any, bias: Any
                              "linear_weight")
     standin = np.lib.stride_tricks.as_strided(
         np.zeros(1, dtype=hidden.dtype), tuple(hidden.shape[:-1]) + (classes,), (0,) * hidden.ndim)
-    inner = check_token_logprobs(standin, _checks.shape_standin(tokens), axis=-1, options=options, **option_values)
+    inner = check_token_logprobs(standin, _checks.standin(tokens), axis=-1, options=options, **option_values)
     return LinearTokenLogprobArgs(kind=kind, rows=math.prod(hidden.shape[:-1]), features=features, classes=classes,
                                   chunk_size=check_chunk_size(chunk_size), inner=inner)
 

@@ -18,7 +18,7 @@ from gpu_softmax import reference_rl
 from gpu_softmax.rl_options import TokenLogprobOptions
 
 torch = pytest.importorskip("torch")
-from gpu_softmax import _torch_rl as trl  # noqa: E402  (needs torch)
+from gpu_softmax.torch import rl as trl  # noqa: E402  (needs torch)
 
 RTOL, ATOL = 1e-12, 1e-13  # float64 against float64, two ways of computing the same numbers
 
@@ -370,16 +370,22 @@ _CupyStandIn.__name__ = "ndarray"
 _CupyStandIn.__module__ = "cupy"
 
 
-def test_cupy_arrays_raise_not_implemented_until_the_kernel_is_built():
+def test_cupy_arrays_go_to_the_cuda_launchers_after_the_checks(monkeypatch):
+    from gpu_softmax._cuda import token_logprobs as launchers
+
+    calls = []
+    monkeypatch.setattr(launchers, "token_logprobs", lambda a: calls.append(("fwd", a)) or "logp")
+    monkeypatch.setattr(launchers, "token_logprobs_backward", lambda a: calls.append(("bwd", a)) or "grad")
     x = _CupyStandIn(np.zeros((2, 3)))
     t = _CupyStandIn(np.array([0, 1]))
-    with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
-        gpu_softmax.token_logprobs(x, t)
-    with pytest.raises(NotImplementedError, match="no CUDA kernel yet"):
-        gpu_softmax.token_logprobs_backward(x, t, _CupyStandIn(np.ones(2)))
-    # the checks still run first
+    assert gpu_softmax.token_logprobs(x, t, top_k=2) == "logp"
+    assert gpu_softmax.token_logprobs_backward(x, t, _CupyStandIn(np.ones(2))) == "grad"
+    assert [(d, a.kind) for d, a in calls] == [("fwd", "cupy"), ("bwd", "cupy")]
+    assert calls[0][1].opts.top_k == 2 and calls[1][1].grad_logp is not None
+    # the checks run first: no launcher call for a bad option
     with pytest.raises(ValueError, match="top_k"):
         gpu_softmax.token_logprobs(x, t, top_k=0)
+    assert len(calls) == 2
 
 
 # ----------------------------------------------------------------------------------
@@ -433,13 +439,46 @@ def test_torch_float32_and_bfloat16_outputs():
     assert xb.grad.dtype == torch.bfloat16
 
 
-def test_torch_cuda_tensors_raise_not_implemented(monkeypatch):
+def test_torch_vocab_parallel_refuses_cuda_tensors(monkeypatch):
     monkeypatch.setattr(trl._bridge, "device_kind", lambda t: "cuda")
-    x, t = torch.zeros(2, 3), torch.tensor([0, 1])
-    with pytest.raises(NotImplementedError, match="token_logprobs has no CUDA kernel yet"):
-        trl.token_logprobs(x, t)
-    with pytest.raises(NotImplementedError, match="linear_token_logprobs has no CUDA kernel yet"):
-        trl.linear_token_logprobs(x, torch.zeros(4, 3), t)
+    with pytest.raises(NotImplementedError, match="vocab_parallel_token_logprobs has no CUDA kernel yet"):
+        trl._require_cpu(torch.zeros(2, 3), "vocab_parallel_token_logprobs")
+
+
+def test_torch_exports_and_operators():
+    import gpu_softmax.torch as gst
+
+    for name in ("token_logprobs", "linear_token_logprobs", "vocab_parallel_token_logprobs"):
+        assert name in gst.__all__ and getattr(gst, name) is getattr(trl, name)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    t = torch.tensor([0, 3, -100, 6])
+    opts = TokenLogprobOptions.checked(top_k=3, temperature=0.8)
+    logp, ent, rec = torch.ops.gpu_softmax.token_logprobs(x, t, *opts.op_args())
+    assert logp.shape == ent.shape == (4,) and rec.shape == (4, trl.RECORD_WIDTH)
+    want = gpu_softmax.token_logprobs(x.numpy(), t.numpy(), return_entropy=True, top_k=3, temperature=0.8)
+    np.testing.assert_array_equal(logp.numpy(), want[0])
+    np.testing.assert_array_equal(ent.numpy(), want[1])
+
+
+def test_torch_compile_traces_the_operators_without_graph_breaks():
+    x = torch.randn(5, 9, dtype=torch.float32, requires_grad=True)
+    t = torch.tensor([1, 2, 3, 4, -100])
+
+    def step(x):
+        logp, ent = trl.token_logprobs(x, t, return_entropy=True, temperature=0.7, top_p=0.9)
+        return (logp * 2 + ent).sum()
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    loss = compiled(x)
+    loss.backward()
+    g = x.grad.clone()
+    x.grad = None
+    step(x).backward()
+    torch.testing.assert_close(g, x.grad, rtol=0, atol=0)
+    assert counter.frame_count == 1
 
 
 def test_torch_bad_tokens_raise():
@@ -670,7 +709,7 @@ def test_docstring_examples():
     import doctest
     import sys
 
-    result = doctest.testmod(sys.modules["gpu_softmax.token_logprobs"], optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(sys.modules["gpu_softmax.rl"], optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 4 and result.failed == 0
 
 

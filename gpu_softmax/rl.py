@@ -2,13 +2,13 @@
 
 The arguments are checked once (:mod:`gpu_softmax._checks_rl`), then NumPy arrays go
 to the float64 reference (:mod:`gpu_softmax.reference_rl`) and CuPy arrays to the
-launchers of ``gpu_softmax._cuda.token_logprobs``. That launcher module is not built
-yet: until it is, CuPy arrays raise NotImplementedError (docs/rl.md, "Status").
+launchers of :mod:`gpu_softmax._cuda.token_logprobs` (imported on the first CuPy call,
+so a NumPy-only install never imports them). The module is ``rl`` rather than
+``token_logprobs``: the package exports a function of that name, which would hide it.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from . import reference_rl
@@ -16,24 +16,12 @@ from ._checks_rl import check_token_logprobs
 
 __all__ = ["token_logprobs", "token_logprobs_backward"]
 
-_LAUNCHER_MODULE = "gpu_softmax._cuda.token_logprobs"
-
 
 def _cuda_launcher(name: str):
-    """The CuPy launcher `name`; NotImplementedError while the CUDA kernels are not built."""
-    try:
-        mod = importlib.import_module(_LAUNCHER_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != _LAUNCHER_MODULE:
-            raise
-        mod = None
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise NotImplementedError(
-            f"gpu_softmax.{name} has no CUDA kernel yet (the token log-prob kernels are not built in this "
-            "version); call it on NumPy arrays (cupy.asnumpy) to use the float64 reference"
-        )
-    return fn
+    """The CuPy launcher `name` (the launch module is imported on the first CuPy call)."""
+    from ._cuda import token_logprobs as launchers
+
+    return getattr(launchers, name)
 
 
 def token_logprobs(

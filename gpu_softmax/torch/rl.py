@@ -1,11 +1,22 @@
 """Torch bridges of the token log-prob family: ``token_logprobs``, ``linear_token_logprobs``,
 ``vocab_parallel_token_logprobs``, differentiable in log p and in the entropy.
 
-CPU tensors run the float64 NumPy reference (:mod:`gpu_softmax.reference_rl`,
-:mod:`gpu_softmax.vocab_parallel_rl`); CUDA tensors raise NotImplementedError until
-the CUDA kernels of the family are built (docs/rl.md, "Status"). Arguments are
-checked on tensor descriptions by :mod:`gpu_softmax._checks_rl`, with the NumPy API's
-error texts, before anything is computed.
+The logits and linear forms run two custom operators, ``gpu_softmax::token_logprobs``
+(forward: log p, entropy and a (rows, 4) per-row record) and
+``gpu_softmax::token_logprobs_backward``, registered with fakes (:func:`._ops.gs_op`)
+and an autograd formula, so torch.compile traces them without graph breaks. CUDA
+tensors run the kernels of :mod:`gpu_softmax._cuda.token_logprobs` on PyTorch's
+current stream with PyTorch's allocator (through :mod:`._bridge`); the backward
+takes the record the forward saved, so it reads the logits once and writes the
+gradient once. CPU tensors run the float64 NumPy reference (the record is then
+unused: the reference backward recomputes its statistics).
+
+No host sync on CUDA: tokens are not range-checked there (``validate`` is ignored);
+an out-of-range token gives a NaN log p and a NaN gradient row, never a bad access.
+On CPU the reference validates and raises ``ValueError``. The vocabulary-parallel
+form runs on CPU tensors (gloo) only. Arguments are checked on tensor descriptions
+by :mod:`gpu_softmax._checks_rl`, with the NumPy API's error texts, before anything
+is computed.
 """
 
 from __future__ import annotations
@@ -19,21 +30,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _chunking, _checks, reference_rl
-from . import _torch_bridge as _bridge
-from . import vocab_parallel_rl as vprl
-from ._checks_rl import TokenLogprobArgs, check_linear_token_logprobs, check_token_logprobs
+from .. import _checks, _chunking, reference_rl
+from .. import vocab_parallel_rl as vprl
+from .._checks import row_layout
+from .._checks_rl import TokenLogprobArgs, check_linear_token_logprobs, check_token_logprobs
+from ..rl_options import TokenLogprobOptions
+from . import _bridge
+from ._ops import Like, gs_op
 
 __all__ = ["token_logprobs", "linear_token_logprobs", "vocab_parallel_token_logprobs"]
+
+RECORD_WIDTH = 4  # gpu_softmax._cuda.kernels.TLP_RECORD (not imported: that pulls in the CUDA layer)
 
 
 def _require_cpu(t: Tensor, what: str) -> None:
     if _bridge.device_kind(t) == "cuda":
         raise NotImplementedError(
-            f"gpu_softmax.torch.{what} has no CUDA kernel yet (the token log-prob kernels are not built in this "
-            "version); call it on CPU tensors (.cpu()) to use the float64 reference"
+            f"gpu_softmax.torch.{what} has no CUDA kernel yet (the sharded form runs on CPU tensors over gloo); "
+            "gather the logits and call gpu_softmax.torch.token_logprobs, or call it on CPU tensors"
         )
     if _bridge.device_kind(t) != "cpu":
+        raise _bridge.unsupported(t)
+
+
+def _require_supported(t: Tensor) -> None:
+    if _bridge.device_kind(t) not in ("cpu", "cuda"):
         raise _bridge.unsupported(t)
 
 
@@ -46,39 +67,105 @@ def _np_rows(g: Tensor | None, rows: int):
 
 
 # ----------------------------------------------------------------------------------
+# the operators: (rows, C) logits with the classes last, (rows,) tokens
+
+_SCHEMA_TYPE = {"float": "float", "float | None": "float?", "int": "SymInt", "int | None": "SymInt?", "bool": "bool"}
+OPTIONS_SCHEMA = ", ".join(f"{_SCHEMA_TYPE[f.type]} {f.name}" for f in dataclasses.fields(TokenLogprobOptions))
+
+
+def _row_result(b: dict) -> Tensor:
+    x = b["logits"]
+    return x.new_empty((x.shape[0],), dtype=_bridge.acc_dtype(x))
+
+
+def _record_result(b: dict) -> Tensor:
+    x = b["logits"]
+    return x.new_empty((x.shape[0], RECORD_WIDTH), dtype=_bridge.acc_dtype(x))
+
+
+def _op_record(kind: str, logits, tokens, opts: TokenLogprobOptions, **grads) -> TokenLogprobArgs:
+    return TokenLogprobArgs(kind=kind, logits=logits, tokens=tokens, layout=row_layout(tuple(logits.shape), 1),
+                            opts=opts, **grads)
+
+
+def _forward(logits: Tensor, tokens: Tensor, opts: TokenLogprobOptions) -> tuple[Tensor, Tensor, Tensor]:
+    acc = _bridge.acc_dtype(logits)
+    if _bridge.device_kind(logits) == "cpu":
+        a = _op_record("numpy", _bridge.to_numpy(logits), _bridge.to_numpy(tokens), opts.replace(return_entropy=True))
+        logp, entropy = reference_rl.token_logprobs_checked(a)
+        return (_bridge.from_numpy(logp, acc), _bridge.from_numpy(entropy, acc),
+                torch.zeros((logits.shape[0], RECORD_WIDTH), dtype=acc))
+    from .._cuda import token_logprobs as launch
+
+    with _bridge.cupy_on(logits.device):
+        a = _op_record("cupy", _bridge.to_cupy(logits), _bridge.to_cupy(tokens), opts.replace(validate=False))
+        logp, entropy, rec = launch.forward_stats(a, storage=_bridge.storage(logits))
+        return _bridge.from_cupy(logp, acc), _bridge.from_cupy(entropy, acc), _bridge.from_cupy(rec, acc)
+
+
+def _backward(logits: Tensor, tokens: Tensor, record: Tensor, grad_logp: Tensor, grad_entropy: Tensor | None,
+              opts: TokenLogprobOptions) -> Tensor:
+    opts = opts.replace(validate=False)  # the forward checked the tokens
+    if _bridge.device_kind(logits) == "cpu":
+        rows = logits.shape[0]
+        a = _op_record("numpy", _bridge.to_numpy(logits), _bridge.to_numpy(tokens), opts,
+                       grad_logp=_np_rows(grad_logp, rows), grad_entropy=_np_rows(grad_entropy, rows))
+        return _bridge.from_numpy(reference_rl.token_logprobs_backward_checked(a), logits.dtype)
+    from .._cuda import token_logprobs as launch
+
+    acc = _bridge.acc_dtype(logits)
+    with _bridge.cupy_on(logits.device):
+        ge = None if grad_entropy is None else _bridge.to_cupy(grad_entropy.to(acc))
+        a = _op_record("cupy", _bridge.to_cupy(logits), _bridge.to_cupy(tokens), opts,
+                       grad_logp=_bridge.to_cupy(grad_logp.to(acc)), grad_entropy=ge)
+        grad = launch.backward_rows(a, storage=_bridge.storage(logits), record=_bridge.to_cupy(record))
+        return _bridge.from_cupy(grad, logits.dtype)
+
+
+@gs_op("token_logprobs", result=(_row_result, _row_result, _record_result),
+       schema=f"(Tensor logits, Tensor tokens, {OPTIONS_SCHEMA}) -> (Tensor, Tensor, Tensor)")
+def tlp_op(logits: Tensor, tokens: Tensor, *op_args: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """(logp, entropy, record) of (rows, C) logits; ``op_args`` is ``TokenLogprobOptions.op_args()``."""
+    return _forward(logits, tokens, TokenLogprobOptions.from_op_args(op_args))
+
+
+@gs_op("token_logprobs_backward", result=Like("logits"),
+       schema=f"(Tensor logits, Tensor tokens, Tensor record, Tensor grad_logp, Tensor? grad_entropy, "
+              f"{OPTIONS_SCHEMA}) -> Tensor")
+def tlp_backward_op(logits: Tensor, tokens: Tensor, record: Tensor, grad_logp: Tensor, grad_entropy: Tensor | None,
+                    *op_args: Any) -> Tensor:
+    """d(sum grad_logp logp + sum grad_entropy entropy) / d logits, in the logits' dtype."""
+    return _backward(logits, tokens, record, grad_logp, grad_entropy, TokenLogprobOptions.from_op_args(op_args))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    logits, tokens, *op_args = inputs
+    ctx.save_for_backward(logits, tokens, output[2])
+    ctx.op_args = tuple(op_args)
+
+
+def _op_backward(ctx, grad_logp, grad_entropy, _grad_record):
+    logits, tokens, record = ctx.saved_tensors
+    nones = (None,) * (1 + len(ctx.op_args))
+    if grad_logp is None and grad_entropy is None:
+        return (None,) + nones
+    if grad_logp is None:
+        grad_logp = torch.zeros_like(grad_entropy)
+    grad = torch.ops.gpu_softmax.token_logprobs_backward(logits, tokens, record, grad_logp, grad_entropy,
+                                                         *ctx.op_args)
+    return (grad,) + nones
+
+
+torch.library.register_autograd("gpu_softmax::token_logprobs", _op_backward, setup_context=_setup_context)
+
+
+def _apply_rows(logits2d: Tensor, tokens1d: Tensor, opts: TokenLogprobOptions) -> tuple[Tensor, Tensor]:
+    logp, entropy, _ = torch.ops.gpu_softmax.token_logprobs(logits2d, tokens1d, *opts.op_args())
+    return logp, entropy
+
+
+# ----------------------------------------------------------------------------------
 # logits form
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    """Forward: the reference's (logp, entropy). Backward: the reference's gradient (recomputed
-    from the saved logits: nothing of size rows x classes is saved beyond the input)."""
-
-    @staticmethod
-    def forward(ctx, logits, tokens, a: TokenLogprobArgs):
-        rec = dataclasses.replace(a, kind="numpy", logits=_bridge.to_numpy(logits), tokens=_bridge.to_numpy(tokens),
-                                  opts=a.opts.replace(return_entropy=True))
-        logp, entropy = reference_rl.token_logprobs_checked(rec)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, tokens)
-        ctx.args = a
-        acc = _bridge.acc_dtype(logits)
-        return _bridge.from_numpy(logp, acc), _bridge.from_numpy(entropy, acc)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logp, grad_entropy):
-        logits, tokens = ctx.saved_tensors
-        if grad_logp is None and grad_entropy is None:
-            return None, None, None
-        rows = ctx.args.layout.rows
-        gl = _np_rows(grad_logp, rows)
-        rec = dataclasses.replace(
-            ctx.args, kind="numpy", logits=_bridge.to_numpy(logits), tokens=_bridge.to_numpy(tokens),
-            grad_logp=gl if gl is not None else np.zeros(rows),
-            grad_entropy=_np_rows(grad_entropy, rows),
-        )
-        grad = reference_rl.token_logprobs_backward_checked(rec)
-        return _bridge.from_numpy(grad, logits.dtype), None, None
 
 
 def token_logprobs(
@@ -98,7 +185,8 @@ def token_logprobs(
 
     Returns ``logp`` or ``(logp, entropy)`` (float32; float64 for float64 logits).
     The gradient flows to ``logits`` only; the sampler's mask is constant for it.
-    CPU tensors: the float64 reference. CUDA tensors: NotImplementedError for now.
+    CPU tensors: the float64 reference. CUDA tensors: the kernels (``validate`` is
+    not applied there: no host sync).
     """
     _bridge.require_tensors(logits=logits, tokens=tokens)
     a = check_token_logprobs(
@@ -106,9 +194,12 @@ def token_logprobs(
         logit_softcap=logit_softcap, ignore_index=ignore_index, top_k=top_k, top_p=top_p,
         return_entropy=return_entropy, validate=validate,
     )
-    _require_cpu(logits, "token_logprobs")
-    logp, entropy = _TokenLogprobs.apply(logits, tokens, a)
-    return _outputs(logp, entropy, a.opts.return_entropy)
+    _require_supported(logits)
+    rows, cols = a.layout.rows, a.layout.cols
+    x = logits.movedim(a.layout.axis, -1).reshape(rows, cols).contiguous()
+    logp, entropy = _apply_rows(x, tokens.reshape(rows).contiguous(), a.opts)
+    shape = a.out_shape
+    return _outputs(logp.reshape(shape), entropy.reshape(shape), a.opts.return_entropy)
 
 
 # ----------------------------------------------------------------------------------
@@ -119,31 +210,31 @@ def _chunk_bounds(rows: int, chunk: int):
     return [(s, min(s + chunk, rows)) for s in range(0, rows, chunk)]
 
 
-def _chunk_args(la, logits: Tensor, tokens: Tensor) -> TokenLogprobArgs:
+def _chunk_opts(la) -> TokenLogprobOptions:
     # The tokens were range-checked once, before the first chunk.
-    return dataclasses.replace(
-        la.inner, kind="numpy", logits=_bridge.to_numpy(logits), tokens=_bridge.to_numpy(tokens),
-        layout=_checks.row_layout(tuple(logits.shape), 1), opts=la.inner.opts.replace(validate=False,
-                                                                                      return_entropy=True),
-    )
+    return la.inner.opts.replace(validate=False, return_entropy=True)
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
-    """Per chunk of rows: the chunk's logits by torch.matmul, then the reference. The backward
-    recomputes each chunk's logits; at most one (chunk, V) block of logits exists at a time."""
+    """Per chunk of rows: the chunk's logits by F.linear, then the token log-prob operator
+    (kernels on CUDA, the reference on CPU). The backward recomputes each chunk's logits;
+    at most one (chunk, V) block of logits exists at a time. The per-row records of the
+    forward ((rows, 4), small) are kept for the backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, la, chunk):
         h = hidden.reshape(la.rows, la.features)
-        t = tokens.reshape(la.rows)
+        t = tokens.reshape(la.rows).contiguous()
         acc = _bridge.acc_dtype(hidden)
-        logp = torch.empty(la.rows, dtype=acc)
-        entropy = torch.empty(la.rows, dtype=acc)
+        logp = hidden.new_empty(la.rows, dtype=acc)
+        entropy = hidden.new_empty(la.rows, dtype=acc)
+        records = hidden.new_empty((la.rows, RECORD_WIDTH), dtype=acc)
+        op_args = _chunk_opts(la).op_args()
         for s, e in _chunk_bounds(la.rows, chunk):
-            lp, ent = reference_rl.token_logprobs_checked(_chunk_args(la, F.linear(h[s:e], weight, bias), t[s:e]))
-            logp[s:e], entropy[s:e] = torch.from_numpy(lp), torch.from_numpy(ent)
+            logp[s:e], entropy[s:e], records[s:e] = torch.ops.gpu_softmax.token_logprobs(
+                F.linear(h[s:e], weight, bias), t[s:e], *op_args)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(hidden, weight, bias, tokens)
+        ctx.save_for_backward(hidden, weight, bias, tokens, records)
         ctx.la, ctx.chunk = la, chunk
         shape = tuple(hidden.shape[:-1])
         return logp.reshape(shape), entropy.reshape(shape)
@@ -151,27 +242,33 @@ class _LinearTokenLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, bias, tokens = ctx.saved_tensors
+        hidden, weight, bias, tokens, records = ctx.saved_tensors
         la = ctx.la
         if grad_logp is None and grad_entropy is None:
             return None, None, None, None, None, None
         h = hidden.reshape(la.rows, la.features)
-        t = tokens.reshape(la.rows)
-        gl = grad_logp.reshape(la.rows) if grad_logp is not None else torch.zeros(la.rows, dtype=torch.float64)
-        ge = None if grad_entropy is None else grad_entropy.reshape(la.rows)
+        t = tokens.reshape(la.rows).contiguous()
         acc = _bridge.acc_dtype(hidden)
+        gl = (grad_logp.reshape(la.rows) if grad_logp is not None else hidden.new_zeros(la.rows, dtype=acc)).to(acc)
+        ge = None if grad_entropy is None else grad_entropy.reshape(la.rows).to(acc)
+        # CPU: the products in the accumulation dtype (the reference's). CUDA: in the
+        # weight's own dtype (cuBLAS accumulates in float32), never a float32 copy of it.
+        native = _bridge.device_kind(hidden) == "cuda"
+        w = weight if native else weight.to(acc)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=acc)
-        grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_b = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        op_args = _chunk_opts(la).op_args()
         for s, e in _chunk_bounds(la.rows, ctx.chunk):
-            rec = dataclasses.replace(_chunk_args(la, F.linear(h[s:e], weight, bias), t[s:e]),
-                                      grad_logp=_np_rows(gl[s:e], e - s),
-                                      grad_entropy=None if ge is None else _np_rows(ge[s:e], e - s))
-            g = _bridge.from_numpy(reference_rl.token_logprobs_backward_checked(rec), acc)
-            grad_h[s:e] = (g @ weight.to(acc)).to(h.dtype)
-            grad_w += g.T @ h[s:e].to(acc)
+            g = torch.ops.gpu_softmax.token_logprobs_backward(
+                F.linear(h[s:e], weight, bias), t[s:e], records[s:e], gl[s:e], None if ge is None else ge[s:e],
+                *op_args)
+            if not native:
+                g = g.to(acc)
+            grad_h[s:e] = (g @ w).to(h.dtype)
+            grad_w += (g.T @ (h[s:e] if native else h[s:e].to(acc))).to(acc)
             if grad_b is not None:
-                grad_b += g.sum(dim=0)
+                grad_b += g.sum(dim=0, dtype=acc)
         return (grad_h.reshape(hidden.shape), grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
 
@@ -199,7 +296,8 @@ def linear_token_logprobs(
     and backward (which recomputes each chunk's logits): only one (chunk, V) block of
     logits exists at a time. Gradients flow to hidden, linear_weight and linear_bias.
     Results are deterministic for a given chunk size (the matmul's kernel, hence its
-    rounding, may depend on the chunk's shape). CPU tensors only for now.
+    rounding, may depend on the chunk's shape). CPU tensors: the reference, with the
+    range check of the tokens; CUDA tensors: the kernels, no range check (no host sync).
     """
     _bridge.require_tensors(hidden=hidden, linear_weight=linear_weight, tokens=tokens, linear_bias=linear_bias)
     la = check_linear_token_logprobs(
@@ -207,8 +305,9 @@ def linear_token_logprobs(
         _bridge.describe(linear_bias), chunk_size=chunk_size, temperature=temperature, logit_softcap=logit_softcap,
         ignore_index=ignore_index, top_k=top_k, top_p=top_p, return_entropy=return_entropy, validate=validate,
     )
-    _require_cpu(hidden, "linear_token_logprobs")
-    reference_rl.split_tokens(_bridge.to_numpy(tokens), la.classes, la.inner.opts)  # the range check, once
+    _require_supported(hidden)
+    if _bridge.device_kind(hidden) == "cpu":
+        reference_rl.split_tokens(_bridge.to_numpy(tokens), la.classes, la.inner.opts)  # the range check, once
     chunk = la.chunk_size or _chunking.chunk_rows(la.rows, la.classes, hidden.element_size())
     logp, entropy = _LinearTokenLogprobs.apply(hidden, linear_weight, linear_bias, tokens, la, chunk)
     return _outputs(logp, entropy, la.inner.opts.return_entropy)
