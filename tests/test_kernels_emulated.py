@@ -36,7 +36,7 @@ def test_emulated_kernels_match_reference(family, suite, emulator_build_dir):
 
 
 TOKEN_LOGPROBS_RUNNER = RUNNER.parent / "run_token_logprobs.py"
-TOKEN_LOGPROBS_SUITES = ["sizes", "layouts", "special", "invariance"]
+TOKEN_LOGPROBS_SUITES = ["sizes", "layouts", "special", "invariance", "ties"]
 
 
 @pytest.mark.slow

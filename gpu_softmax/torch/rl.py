@@ -115,9 +115,10 @@ def _backward(logits: Tensor, tokens: Tensor, record: Tensor, grad_logp: Tensor,
 
     acc = _bridge.acc_dtype(logits)
     with _bridge.cupy_on(logits.device):
-        ge = None if grad_entropy is None else _bridge.to_cupy(grad_entropy.to(acc))
+        # Gradients of a sum arrive expanded (stride 0): one small contiguous copy each.
+        ge = None if grad_entropy is None else _bridge.to_cupy(grad_entropy.to(acc).contiguous())
         a = _op_record("cupy", _bridge.to_cupy(logits), _bridge.to_cupy(tokens), opts,
-                       grad_logp=_bridge.to_cupy(grad_logp.to(acc)), grad_entropy=ge)
+                       grad_logp=_bridge.to_cupy(grad_logp.to(acc).contiguous()), grad_entropy=ge)
         grad = launch.backward_rows(a, storage=_bridge.storage(logits), record=_bridge.to_cupy(record))
         return _bridge.from_cupy(grad, logits.dtype)
 

@@ -179,7 +179,28 @@ def suites(cp, TL, rng):
                         n += 1
         return n
 
-    return {"sizes": sizes, "layouts": layouts, "special": special, "invariance": invariance}
+    def ties():
+        """Integer logits (many ties, so the masks' tie rules decide) under drawn options."""
+        n = 0
+        for _ in range(60):
+            dt = (np.float32, np.float64, np.float16)[int(rng.integers(0, 3))]
+            cols = int(rng.integers(1, 200))
+            rows = int(rng.integers(1, 6))
+            x = rng.integers(-4, 5, (rows, cols)).astype(dt)
+            t = rng.integers(0, cols, rows)
+            opts = {}
+            if rng.random() < 0.7:
+                opts["top_k"] = int(rng.integers(1, cols + 3))
+            if rng.random() < 0.6:
+                opts["top_p"] = float(rng.uniform(0.05, 1.0))
+            if rng.random() < 0.3:
+                opts["temperature"] = float(rng.choice([0.5, 0.8, 1.5]))
+            if rng.random() < 0.2:
+                opts["logit_softcap"] = float(rng.choice([3.0, 10.0]))
+            n += check(x, t, f"ties {rows}x{cols} {dt.__name__} {opts}", **opts)
+        return n
+
+    return {"sizes": sizes, "layouts": layouts, "special": special, "invariance": invariance, "ties": ties}
 
 
 def main(argv=None) -> int:
