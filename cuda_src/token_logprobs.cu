@@ -75,14 +75,31 @@ struct Scale {
         : inv_t((A)inv_t_), cap((A)cap_), inv_cap(cap_ > 0 ? (A)(1.0 / cap_) : A(0)), cap_t((A)(cap_ * inv_t_)) {}
 
     __device__ __forceinline__ A z(A x) const { return cap > A(0) ? cap_t * acc_tanh(x * inv_cap) : x * inv_t; }
+    __device__ __forceinline__ A operator()(A x) const { return z(x); }
+};
 
-    // dz/dx, from the same tanh the forward took.
-    __device__ __forceinline__ A dz(A x) const {
-        if (cap > A(0)) {
-            const A th = acc_tanh(x * inv_cap);
-            return (A(1) - th * th) * inv_t;
-        }
-        return inv_t;
+// The same transform with the soft-cap decided once per row instead of per slot
+// (the statistics pass is the fast path): bitwise the z of Scale::z.
+template <class A>
+struct ZPlain {
+    A inv_t;
+    __device__ __forceinline__ A operator()(A x) const { return x * inv_t; }
+    // The constant slope is folded into the backward's coefficients (k), so dz = 1.
+    __device__ __forceinline__ A k() const { return inv_t; }
+    __device__ __forceinline__ A with_slope(A x, A& dz) const {
+        dz = A(1);
+        return x * inv_t;
+    }
+};
+template <class A>
+struct ZCapped {
+    A cap_t, inv_cap, inv_t;
+    __device__ __forceinline__ A operator()(A x) const { return cap_t * acc_tanh(x * inv_cap); }
+    __device__ __forceinline__ A k() const { return A(1); }
+    __device__ __forceinline__ A with_slope(A x, A& dz) const {  // dz/dx from the same tanh
+        const A th = acc_tanh(x * inv_cap);
+        dz = (A(1) - th * th) * inv_t;
+        return cap_t * th;
     }
 };
 
@@ -207,37 +224,98 @@ __device__ __forceinline__ void block_max_min(A& hi, A& lo, A* scratch /* [66] *
 }
 
 // The row's z, one 16-byte slot at a time: f(e0, v) for every slot this thread
-// owns, v[i] the z of element e0 + i (pad past the row's end).
-template <class S, class F>
-__device__ __forceinline__ void for_row_slots(const typename S::T* xr, int cols, bool vec_ok,
-                                              const Scale<typename S::A>& sc, typename S::A pad, F f) {
+// owns, v[i] the z of element e0 + i (pad past the row's end; only a row's last
+// slot is partial, so the per-element bound check is off the fast path).
+template <class S, class Z, class F>
+__device__ __forceinline__ void for_row_slots(const typename S::T* xr, int cols, bool vec_ok, const Z& sc,
+                                              typename S::A pad, F f) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC;
     for (int e0 = threadIdx.x * VEC; e0 < cols; e0 += blockDim.x * VEC) {
         A v[VEC];
         load_slot<S, int>(xr, e0, cols, vec_ok, v, pad);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) v[i] = (e0 + i < cols) ? sc.z(v[i]) : pad;
+        for (int i = 0; i < VEC; ++i) v[i] = sc(v[i]);
+        if (e0 + VEC > cols) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) v[i] = (e0 + i < cols) ? v[i] : pad;
+        }
         f(e0, v);
     }
 }
 
+// A thread's running statistics: m the running max, c how many values equal it,
+// s = sum e^(z-m) over the values below it, w = sum e^(z-m) (z-m). m starts at the
+// lowest finite value, not -inf, so that z - m is never -inf - (-inf); a -inf value
+// then contributes e = 0 and no w term. Keeping the max's count apart from s keeps
+// r = (c - 1) + s exact when one class dominates (as MaxSum's "sum - 1" does).
+template <class A>
+struct Running {
+    A m, c, s, w;
+};
+
+__device__ __forceinline__ float lowest_of(float) { return -3.4028234663852886e38f; }
+__device__ __forceinline__ double lowest_of(double) { return -1.7976931348623157e308; }
+
+// Below this, e^d is 0 in the accumulation type (float: e^-104 flushes; double: e^-746).
+template <class A>
+__device__ __forceinline__ A w_clamp() {
+    return sizeof(A) == 4 ? A(-1.0e4) : A(-1.0e5);
+}
+
+template <class A, int VEC>
+__device__ __forceinline__ void running_add(Running<A>& st, const A (&v)[VEC]) {
+    A mv = v[0];
+#pragma unroll
+    for (int i = 1; i < VEC; ++i) mv = fmax(mv, v[i]);  // NaN dropped here, caught by s below
+    if (mv > st.m) {  // rare once the row's large values are seen
+        const A d = st.m - mv;
+        const A f = fast_exp(d);
+        st.w = (f > A(0)) ? f * (st.w + d * (st.s + st.c)) : A(0);
+        st.s = f * (st.s + st.c);
+        st.c = A(0);
+        st.m = mv;
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        const A d = v[i] - st.m;  // NaN (a NaN or +inf value) flows into s
+        const A e = fast_exp(d);
+        const bool at_max = (d == A(0));
+        st.c += at_max ? A(1) : A(0);
+        st.s += at_max ? A(0) : e;
+        // A -inf value has e = 0: the clamp makes its term 0 * finite, not 0 * -inf
+        // (one max instead of a compare and a select); NaN still propagates.
+        st.w = fma(e, fmax(d, w_clamp<A>()), st.w);
+    }
+}
+
+template <class A>
+__device__ __forceinline__ Stat3<A> running_stat(const Running<A>& st) {
+    if (st.c == A(0) && st.s == A(0)) return stat3_empty<A>();  // nothing above -inf
+    Stat3<A> o;
+    o.m = (st.s == st.s) ? st.m : nan_of(A(0));
+    o.r = (st.c - A(1)) + st.s;
+    o.w = st.w;
+    return o;
+}
+
 // Statistics of {z >= thr} over the row (thr = -inf: the whole row).
-template <class S, bool MASKED>
-__device__ __forceinline__ Stat3<typename S::A> row_stats(const typename S::T* xr, int cols, bool vec_ok,
-                                                          const Scale<typename S::A>& sc, typename S::A thr,
-                                                          Stat3<typename S::A>* scratch) {
+template <class S, bool MASKED, class Z>
+__device__ __forceinline__ Stat3<typename S::A> row_stats(const typename S::T* xr, int cols, bool vec_ok, const Z& sc,
+                                                          typename S::A thr, Stat3<typename S::A>* scratch) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC;
-    Stat3<A> st = stat3_empty<A>();
+    Running<A> st;
+    st.m = lowest_of(A(0));
+    st.c = st.s = st.w = A(0);
     for_row_slots<S>(xr, cols, vec_ok, sc, -inf_of(A(0)), [&](int, A(&v)[VEC]) {
         if (MASKED) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) v[i] = (v[i] >= thr) ? v[i] : -inf_of(A(0));
         }
-        st = stat3_merge(st, slot_stats<A, VEC>(v));
+        running_add<A, VEC>(st, v);
     });
-    return block_merge3(st, scratch);
+    return block_merge3(running_stat(st), scratch);
 }
 
 // The k-th largest z of the row (k <= cols): the largest key u with
@@ -356,7 +434,9 @@ __device__ __forceinline__ void tlp_fwd(const typename S::T* x, const long long*
                 if (top_p < 1.0) thr = top_p_threshold<S>(xr, n, vec_ok, sc, top_p, thr, hi, scratch);
             }
         }
-        const Stat3<A> st = row_stats<S, MASKED>(xr, n, vec_ok, sc, thr, scratch3);
+        const Stat3<A> st = (sc.cap > A(0))
+                                ? row_stats<S, MASKED>(xr, n, vec_ok, ZCapped<A>{sc.cap_t, sc.inv_cap, sc.inv_t}, thr, scratch3)
+                                : row_stats<S, MASKED>(xr, n, vec_ok, ZPlain<A>{sc.inv_t}, thr, scratch3);
         if (threadIdx.x == 0) {
             bad = bad || !(st.m == st.m) || is_inf(st.m);
             const A log_s = acc_log1p(st.r);
@@ -376,6 +456,55 @@ __device__ __forceinline__ void tlp_fwd(const typename S::T* x, const long long*
     }
 }
 
+// One row of the backward, the soft-cap decided once per row (Z). Per element
+// grad = (hit gl - q (c0 + ge sh)) dz/dx with sh = z - m, c0 = gl - ge mean_sh:
+// the log p term -gl q and the entropy term -ge q (sh - mean_sh) in one product,
+// the coefficients negated and times the constant slope k beforehand.
+template <class S, class Z>
+__device__ __forceinline__ void bwd_row(const typename S::T* xr, typename S::T* gr, int n, bool vec_ok, const Z& zf,
+                                        int t, typename S::A m, typename S::A log_s, typename S::A thr,
+                                        typename S::A gl, typename S::A ge, typename S::A c0) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC;
+    const A k = zf.k(), nge = -ge * k, nc0 = -c0 * k, glk = gl * k;
+    for (int e0 = threadIdx.x * VEC; e0 < n; e0 += blockDim.x * VEC) {
+        A v[VEC];
+        load_slot<S, int>(xr, e0, n, vec_ok, v, A(0));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            A dz;
+            const A z = zf.with_slope(v[i], dz);
+            const A sh = z - m;
+            const A q = (z >= thr) ? fast_exp(sh - log_s) : A(0);
+            // sh clamped where q is 0 anyway (e^-1e4): 0 * finite, never 0 * inf.
+            v[i] = (q * fma(nge, fmax(sh, w_clamp<A>()), nc0)) * dz;
+        }
+        if (t >= e0 && t < e0 + VEC) {  // the token's slot: one per row
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                if (e0 + i == t) {
+                    A dz;
+                    zf.with_slope(S::to_acc(xr[t]), dz);
+                    v[i] += glk * dz;
+                }
+            }
+        }
+        store_slot<S, int>(gr, e0, n, vec_ok, v);
+    }
+}
+
+template <class S>
+__device__ __forceinline__ void fill_row(typename S::T* gr, int n, bool vec_ok, typename S::A fill) {
+    typedef typename S::A A;
+    constexpr int VEC = S::VEC;
+    for (int e0 = threadIdx.x * VEC; e0 < n; e0 += blockDim.x * VEC) {
+        A v[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[i] = fill;
+        store_slot<S, int>(gr, e0, n, vec_ok, v);
+    }
+}
+
 // Backward: one read of x and one write of grad per element. g_ent may be null
 // (the entropy not differentiated).
 template <class S>
@@ -384,7 +513,6 @@ __device__ __forceinline__ void tlp_bwd(const typename S::T* x, typename S::T* g
                                         const typename S::A* g_ent, long long rows, long long cols, long long ignore,
                                         double inv_t, double cap) {
     typedef typename S::A A;
-    constexpr int VEC = S::VEC;
     const Scale<A> sc(inv_t, cap);
     const int n = (int)cols;
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -395,34 +523,21 @@ __device__ __forceinline__ void tlp_bwd(const typename S::T* x, typename S::T* g
         const A* r = rec + row * TLP_RECORD;
         const bool ignored = t == ignore;
         const A m = r[0], log_s = r[1], mean_sh = r[2], thr = r[3];
-        const bool bad = !ignored && (!(m == m) || t < 0 || t >= cols);
-        A gl = A(0), ge = A(0);
-        if (!ignored && !bad) {
-            // The token's own z decides whether log p has a gradient (-inf outside K).
-            const bool token_kept = sc.z(S::to_acc(xr[t])) >= thr;
-            gl = token_kept ? g_logp[row] : A(0);
-            ge = g_ent ? g_ent[row] : A(0);
+        if (ignored || !(m == m) || t < 0 || t >= cols) {
+            fill_row<S>(gr, n, vec_ok, ignored ? A(0) : nan_of(A(0)));
+            continue;
         }
-        const A fill = ignored ? A(0) : nan_of(A(0));
-        for (int e0 = threadIdx.x * VEC; e0 < n; e0 += blockDim.x * VEC) {
-            A v[VEC];
-            if (ignored || bad) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) v[i] = fill;
-            } else {
-                load_slot<S, int>(xr, e0, n, vec_ok, v, A(0));
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const A z = sc.z(v[i]);
-                    const A sh = z - m;
-                    const A q = (z >= thr) ? fast_exp(sh - log_s) : A(0);
-                    const A hit = ((long long)(e0 + i) == t) ? gl : A(0);
-                    // q = 0 (outside K, or z = -inf): no entropy term, never 0 * inf.
-                    const A centred = (q > A(0)) ? q * (sh - mean_sh) : A(0);
-                    v[i] = ((hit - gl * q) - ge * centred) * sc.dz(v[i]);
-                }
-            }
-            store_slot<S, int>(gr, e0, n, vec_ok, v);
+        // In range from here on (so an int). The token's own z decides whether log p
+        // has a gradient (-inf outside K).
+        const bool token_kept = sc.z(S::to_acc(xr[t])) >= thr;
+        const A gl = token_kept ? g_logp[row] : A(0);
+        const A ge = g_ent ? g_ent[row] : A(0);
+        const A c0 = gl - ge * mean_sh;
+        if (sc.cap > A(0)) {
+            bwd_row<S>(xr, gr, n, vec_ok, ZCapped<A>{sc.cap_t, sc.inv_cap, sc.inv_t}, (int)t, m, log_s, thr, gl, ge,
+                       c0);
+        } else {
+            bwd_row<S>(xr, gr, n, vec_ok, ZPlain<A>{sc.inv_t}, (int)t, m, log_s, thr, gl, ge, c0);
         }
     }
 }
