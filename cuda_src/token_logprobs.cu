@@ -139,29 +139,6 @@ __device__ __forceinline__ Stat3<A> stat3_merge(Stat3<A> a, Stat3<A> b) {
     return (a.m == m) ? stat3_fold(a, b, m) : stat3_fold(b, a, m);
 }
 
-// Statistics of VEC values (-inf: not in the kept set, or past the row's end).
-// Values at the slot's max are counted, not summed (r keeps its accuracy).
-template <class A, int VEC>
-__device__ __forceinline__ Stat3<A> slot_stats(const A (&v)[VEC]) {
-    A mv = v[0];
-#pragma unroll
-    for (int i = 1; i < VEC; ++i) mv = nan_max(mv, v[i]);
-    A c = A(0), t = A(0), w = A(0);
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-        const A e = rel_exp(v[i], mv);
-        const bool one = (e == A(1));
-        c += one ? A(1) : A(0);
-        t += one ? A(0) : e;
-        w += (e > A(0) && v[i] != mv) ? e * (v[i] - mv) : A(0);
-    }
-    Stat3<A> o;
-    o.m = mv;
-    o.r = (c - A(1)) + t;
-    o.w = w;
-    return o;
-}
-
 template <class A>
 __device__ __forceinline__ Stat3<A> warp_merge3(Stat3<A> v) {
     for (int off = 16; off > 0; off >>= 1) {
