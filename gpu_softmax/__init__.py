@@ -13,11 +13,12 @@ from typing import Any
 
 from . import _checks, _checks_linear, reference
 from .options import CEOptions
+from .rl import token_logprobs, token_logprobs_backward
 
 __version__ = "0.1.0"
 
-# The ops are those the reference offers (it mirrors this API); the package adds the reference itself.
-__all__ = [*reference.__all__, "reference", "backend_info"]
+# The ops are those the reference offers (it mirrors this API), the RL ops, and the reference itself.
+__all__ = [*reference.__all__, "token_logprobs", "token_logprobs_backward", "reference", "backend_info"]
 
 
 _launchers: dict[str, Any] = {}

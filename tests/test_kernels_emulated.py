@@ -33,3 +33,17 @@ def test_emulated_kernels_match_reference(family, suite, emulator_build_dir):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]
     assert f"OK {family} {suite}" in out, out[-8000:]
+
+
+TOKEN_LOGPROBS_RUNNER = RUNNER.parent / "run_token_logprobs.py"
+TOKEN_LOGPROBS_SUITES = ["sizes", "layouts", "special", "invariance", "ties"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", TOKEN_LOGPROBS_SUITES)
+def test_emulated_token_logprob_kernels_match_reference(suite, emulator_build_dir):
+    p = subprocess.run([sys.executable, str(TOKEN_LOGPROBS_RUNNER), suite, "--build-dir", str(emulator_build_dir)],
+                       capture_output=True, text=True, timeout=1200)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-8000:]
+    assert f"OK token_logprobs {suite}" in out, out[-8000:]

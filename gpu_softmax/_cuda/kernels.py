@@ -215,8 +215,40 @@ def _ce_entries():
                     _bind(st, NV=VP_NV["finish"][st]), aux)
 
 
-ENTRIES: dict[str, Entry] = {e.name: e for e in (*_softmax_entries(), *_ce_entries())}
-FAMILIES = ("softmax", "cross_entropy")
+# ----------------------------------------------------------------------------------
+# token log-prob family (cuda_src/token_logprobs.cu): one block per row; the block
+# size is a function of the row length alone (batch invariance, _cuda/token_logprobs.py).
+
+TLP_BOUNDS = (512, 2)
+TLP_RECORD = 4  # per-row record: m, log_s, mean_sh, thr (cuda_src/token_logprobs.cu)
+TLP_SIGNATURES = {
+    "fwd": signature("gs::tlp_fwd<S, MASK>", "const T* x, const long long* tok, A* logp, A* ent, A* rec, "
+                                             "long long rows, long long cols, long long ignore, double inv_t, "
+                                             "double cap, long long top_k, double top_p"),
+    "bwd": signature("gs::tlp_bwd<S>", "const T* x, T* grad, const long long* tok, const A* rec, const A* g_logp, "
+                                       "const A* g_ent, long long rows, long long cols, long long ignore, "
+                                       "double inv_t, double cap"),
+}
+
+
+def tlp_fwd_name(storage: str, masked: bool) -> str:
+    return f"gs_tlp_fwd{'_masked' if masked else ''}_{SUFFIX[storage]}"
+
+
+def tlp_bwd_name(storage: str) -> str:
+    return f"gs_tlp_bwd_{SUFFIX[storage]}"
+
+
+def _tlp_entries():
+    for st in STORAGES:
+        for masked in (False, True):
+            yield Entry("token_logprobs", tlp_fwd_name(st, masked), TLP_SIGNATURES["fwd"],
+                        _bind(st, MASK="true" if masked else "false"), TLP_BOUNDS)
+        yield Entry("token_logprobs", tlp_bwd_name(st), TLP_SIGNATURES["bwd"], _bind(st), TLP_BOUNDS)
+
+
+ENTRIES: dict[str, Entry] = {e.name: e for e in (*_softmax_entries(), *_ce_entries(), *_tlp_entries())}
+FAMILIES = ("softmax", "cross_entropy", "token_logprobs")
 
 
 def entry_points(family: str) -> tuple[str, ...]:

@@ -70,6 +70,7 @@ from .functional import cross_entropy, log_softmax, logsumexp, softmax
 from .linear import linear_cross_entropy
 from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
 from .parallel import vocab_parallel_cross_entropy
+from .rl import linear_token_logprobs, token_logprobs, vocab_parallel_token_logprobs
 
 __all__ = [
     "cross_entropy",
@@ -80,4 +81,7 @@ __all__ = [
     "vocab_parallel_cross_entropy",
     "linear_cross_entropy",
     "LinearCrossEntropyLoss",
+    "token_logprobs",
+    "linear_token_logprobs",
+    "vocab_parallel_token_logprobs",
 ]
