@@ -170,6 +170,15 @@ __device__ __forceinline__ Stat3<A> block_merge3(Stat3<A> v, Stat3<A>* scratch /
 }
 
 // Block-wide max and min (NaN dropped: fmax/fmin), the result in every thread.
+// A block's sum, broadcast to every thread, safe to call back to back on the same
+// slots (the bisection loops do): the leading barrier lets every thread finish
+// reading the previous result before any warp writes the next.
+template <class V>
+__device__ __forceinline__ V tlp_block_sum(V v, V* slots /* [32] */) {
+    __syncthreads();
+    return block_sum_1b(v, slots);
+}
+
 template <class A>
 __device__ __forceinline__ void block_max_min(A& hi, A& lo, A* scratch /* [66] */) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -313,7 +322,7 @@ __device__ __forceinline__ typename S::A top_k_threshold(const typename S::T* xr
 #pragma unroll
             for (int i = 0; i < VEC; ++i) n += (e0 + i < cols && v[i] >= u) ? 1 : 0;
         });
-        n = block_sum(n, iscratch);
+        n = tlp_block_sum(n, iscratch);
         if ((long long)n >= k) {
             lo = mid;
         } else {
@@ -339,7 +348,7 @@ __device__ __forceinline__ typename S::A top_p_threshold(const typename S::T* xr
 #pragma unroll
         for (int i = 0; i < VEC; ++i) total += (v[i] >= thr_k) ? fast_exp(v[i] - hi_v) : A(0);
     });
-    const A target = (A)top_p * block_sum(total, scratch);
+    const A target = (A)top_p * tlp_block_sum(total, scratch);
     unsigned long long lo = tlp_key(thr_k), hi = tlp_key(hi_v);
     while (lo < hi) {
         const unsigned long long mid = lo + (hi - lo) / 2;
@@ -349,7 +358,7 @@ __device__ __forceinline__ typename S::A top_p_threshold(const typename S::T* xr
 #pragma unroll
             for (int i = 0; i < VEC; ++i) mass += (v[i] >= thr_k && v[i] > u) ? fast_exp(v[i] - hi_v) : A(0);
         });
-        if (block_sum(mass, scratch) < target) {
+        if (tlp_block_sum(mass, scratch) < target) {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -401,7 +410,7 @@ __device__ __forceinline__ void tlp_fwd(const typename S::T* x, const long long*
                     lo = in ? fmin(lo, v[i]) : lo;
                 }
             });
-            nans = block_sum(nans, iscratch);
+            nans = tlp_block_sum(nans, iscratch);
             block_max_min(hi, lo, scratch);
             // NaN, +inf or no finite value: the row's results are NaN, no search.
             bad = nans > 0 || is_inf(hi);
