@@ -4,7 +4,8 @@
 
 ``--json`` writes every figure, among them ``softmax_us`` (``gpu_softmax.softmax`` on an
 8x32 input), ``torch_ce_fwd_bwd_us`` (``gpu_softmax.torch.cross_entropy`` forward and
-backward on an 8x16 CPU tensor) and ``torch_reference_ce_fwd_bwd_us`` (torch's own
+backward on an 8x16 CPU tensor through the bridge's CUDA branch, launches stubbed;
+``torch_ce_cpu_fwd_bwd_us`` is its CPU path, the float64 reference) and ``torch_reference_ce_fwd_bwd_us`` (torch's own
 ``F.cross_entropy`` forward and backward on the same tensor, same run), so runs compare.
 
 Measures what the issue's host-overhead goal counts (call time on a tiny input
@@ -148,10 +149,41 @@ def measure(calls: int = 2000, fake: bool | None = None) -> dict[str, float]:
     return res
 
 
+def _stubbed_cuda_branch(torch, rows: int, classes: int):
+    """Patches making the bridge take its CUDA branch on CPU tensors with every launch a
+    no-op that hands back preallocated outputs (what `ce_bridge_overhead.py` does): what
+    is then timed is the bridge's host path. Returns the undo function."""
+    import contextlib
+
+    from gpu_softmax._cuda import cross_entropy as ce
+    from gpu_softmax.torch import _bridge
+
+    loss_out, grad_out = np.zeros((), np.float32), np.zeros((rows, classes), np.float32)
+    patches = {
+        (ce, "cross_entropy_with_grad"): lambda a, return_logsumexp=False, *, storage=None, loss_storage=None:
+            (loss_out, grad_out),
+        (ce, "scale_grad"): lambda grad, g, cols, inner, *, storage=None: None,
+        (_bridge, "device_kind"): lambda tn: "cuda",
+        (_bridge, "cupy_on"): lambda device: contextlib.nullcontext(),
+        (_bridge, "to_cupy"): lambda tn: None if tn is None else tn.detach().numpy(),
+        (_bridge, "from_cupy"): lambda arr, dtype: torch.from_numpy(arr),
+    }
+    saved = {key: getattr(*key) for key in patches}
+    for (mod, name), fn in patches.items():
+        setattr(mod, name, fn)
+
+    def undo():
+        for (mod, name), fn in saved.items():
+            setattr(mod, name, fn)
+    return undo
+
+
 def measure_torch_ce(calls: int = 2000, rows: int = 8, classes: int = 16) -> dict[str, float]:
-    """Microseconds per forward+backward on a tiny CPU tensor: ``gpu_softmax.torch.cross_entropy``
-    (its CPU path: the checks, the NumPy reference, the saved-gradient backward) and torch's own
-    ``F.cross_entropy``, same process, same tensors. Empty dict without torch."""
+    """Microseconds per forward+backward on a tiny CPU tensor, same process, same tensors:
+    ``gpu_softmax.torch.cross_entropy`` through its CUDA branch with the launches stubbed
+    (``torch_ce_fwd_bwd_us``: the bridge's host overhead, what the goal counts), through its
+    CPU path (``torch_ce_cpu_fwd_bwd_us``: the checks, the float64 NumPy reference, the
+    saved-gradient backward), and torch's own ``F.cross_entropy``. Empty dict without torch."""
     try:
         import torch
         import torch.nn.functional as F
@@ -169,12 +201,15 @@ def measure_torch_ce(calls: int = 2000, rows: int = 8, classes: int = 16) -> dic
             loss_fn(x, t).backward()
         return run
 
-    res = {
-        "torch_ce_fwd_bwd_us": round(_per_call_us(step(gst.cross_entropy), calls), 3),
-        "torch_reference_ce_fwd_bwd_us": round(_per_call_us(step(F.cross_entropy), calls), 3),
-        "torch_threads": torch.get_num_threads(),
-        "torch_ce_shape": [rows, classes],
-    }
+    res = {"torch_ce_cpu_fwd_bwd_us": round(_per_call_us(step(gst.cross_entropy), calls), 3)}
+    undo = _stubbed_cuda_branch(torch, rows, classes)
+    try:
+        res["torch_ce_fwd_bwd_us"] = round(_per_call_us(step(gst.cross_entropy), calls), 3)
+    finally:
+        undo()
+    res["torch_reference_ce_fwd_bwd_us"] = round(_per_call_us(step(F.cross_entropy), calls), 3)
+    res["torch_threads"] = torch.get_num_threads()
+    res["torch_ce_shape"] = [rows, classes]
     res["torch_ce_ratio"] = round(res["torch_ce_fwd_bwd_us"] / res["torch_reference_ce_fwd_bwd_us"], 3)
     return res
 

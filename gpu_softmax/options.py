@@ -119,6 +119,15 @@ class CEOptions:
     def replace(self, **changes: Any) -> CEOptions:
         return dataclasses.replace(self, **changes)
 
+    def unvalidated(self) -> CEOptions:
+        """These options with validate=False, made once per options object (a launcher
+        that must not sync the host asks on every call)."""
+        other = self.__dict__.get("_unvalidated")
+        if other is None:
+            other = self if not self.validate else dataclasses.replace(self, validate=False)
+            object.__setattr__(self, "_unvalidated", other)
+        return other
+
     @property
     def reduction_code(self) -> int:
         return REDUCTION_CODE[self.reduction]

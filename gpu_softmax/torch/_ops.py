@@ -165,7 +165,7 @@ def _ce_cuda(logits: Tensor, target: Tensor, weight: Tensor | None, a: CrossEntr
         rec = CrossEntropyArgs(
             kind="cupy", logits=_bridge.to_cupy(logits), target=_bridge.to_cupy(_bridge.acc_float(target)),
             soft=a.soft, layout=a.layout, weight=_bridge.to_cupy(_bridge.acc_float(weight)),
-            opts=a.opts.replace(validate=False), inplace=inplace,  # no host sync: a bad target gives NaN
+            opts=a.opts.unvalidated(), inplace=inplace,  # no host sync: a bad target gives NaN
         )
         # The loss comes back in the logits' own storage: no cast after.
         st, loss_st = _bridge.storage(logits), _bridge.storage_name(logits)
@@ -220,7 +220,9 @@ def scale_compute(grad: Tensor, grad_output: Tensor, class_dim: int) -> None:
     CUDA: the scale kernel reads the scalar on the device and returns at once when it
     is 1 (no N x C traffic, no host sync, capturable in a CUDA graph). CPU: the same
     decision on the host, so both leave the buffer untouched for grad_output == 1."""
-    g = grad_output.detach().to(_bridge.acc_dtype(grad))
+    acc = _bridge.acc_dtype(grad)
+    g = grad_output if grad_output.dtype == acc and not grad_output.requires_grad else \
+        grad_output.detach().to(acc)
     kind = _bridge.device_kind(grad)
     if kind == "cpu" or not grad.is_contiguous():
         if g.dim() == 0 and kind == "cpu" and g.item() == 1.0:
