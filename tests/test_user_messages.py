@@ -46,3 +46,30 @@ def test_torch_bridge_float_class_ids_get_the_same_message_with_torch_cast():
             gst.cross_entropy(logits, torch.tensor([3.0, 1.0, 0.0, 9.0], dtype=dtype))
         assert "(torch: target.long())" in str(exc.value)
     assert torch.isfinite(gst.cross_entropy(torch.zeros(4, 10), torch.tensor([3.0, 1.0, 0.0, 9.0]).long()))
+
+
+def test_importing_the_torch_bridge_without_torch_says_what_to_install(tmp_path):
+    """Issue 25 item 9: no bare ModuleNotFoundError; the message names torch and the install."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    probe = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def no_torch(name, *a, **k):\n"
+        "    if name == 'torch' or name.startswith('torch.'):\n"
+        "        raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = no_torch\n"
+        "try:\n"
+        "    import gpu_softmax.torch\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, '|', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, check=True).stdout
+    name, text = out.split("|", 1)
+    assert name.strip() == "torch"
+    assert "needs PyTorch" in text and 'pip install "torch>=2.4"' in text

@@ -65,6 +65,16 @@ no double backward; the deprecated ``size_average``/``reduce`` arguments are abs
 
 from __future__ import annotations
 
+try:
+    import torch as _torch  # noqa: F401
+except ModuleNotFoundError as exc:  # the bridge's one hard requirement, said plainly
+    raise ModuleNotFoundError(
+        "gpu_softmax.torch needs PyTorch (torch >= 2.4), which is not installed: "
+        'pip install "torch>=2.4" (or, in the checkout, pip install -e ".[torch]"); '
+        "the NumPy/CuPy API, gpu_softmax, works without it",
+        name="torch",
+    ) from exc
+
 from . import _autograd  # noqa: F401  (registers the operators' autograd formulas)
 from .functional import cross_entropy, log_softmax, logsumexp, softmax
 from .linear import linear_cross_entropy
