@@ -28,7 +28,7 @@ def _bind(storage: str, **more) -> tuple[tuple[str, str], ...]:
 # (storage, direction) -> kernel template -> NV values compiled (16-byte slots per
 # thread held in registers), each under BOUNDS (at most 64 registers per thread).
 VARIANTS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4), "split": (2, 4), "stream": (4,)}
+VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4, 8), "split": (2, 4), "stream": (4,)}
 VARIANTS[("float64", "fwd")] = {"warp": (1, 2, 4), "row": (1, 2), "split": (2, 4), "stream": (4,)}
 for _s in ("float32", "float64"):
     VARIANTS[(_s, "bwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (2, 4), "stream": (2,)}
