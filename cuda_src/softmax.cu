@@ -71,19 +71,30 @@ __device__ __forceinline__ MaxSum<A> held_stats(A (&v)[EPT], int op) {
 // m first, then the exponentials against it. softmax: v[] becomes exp2(x L - hi)
 // (ExpShift, one FFMA + EX2) and a = their sum: the ExpShift factor is common to
 // the row and cancels in v / a. log_softmax: (a, b) = (count at the max, sum of
-// the others), as count_sum. row_sums gives the thread's part, row_finish the
-// outputs from the row's totals.
+// the others). Only a thread holding an element at the row max (`owner`: its own
+// max is the row's) counts, as count_sum: its sum is 1 + tiny, where a float sum
+// would lose the tiny part log_softmax needs at the max. Every other thread's
+// terms are all below 1 and sum as softmax's do (FFMA + EX2 + FADD); row_sums_end
+// undoes their ExpShift factor once. row_sums gives the thread's part, row_finish
+// the outputs from the row's totals.
 template <class A, int EPT>
-__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, ExpShift<A> sh, A m, A& a, A& b) {
+__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, bool owner, ExpShift<A> sh, A m, A& a, A& b) {
     if (op == OP_SOFTMAX) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) {
             v[i] = shifted_exp(v[i], sh);
             a += v[i];
         }
-    } else {
+    } else if (owner) {
         count_sum<false>(v, exp_offset(m), a, b);
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) b += shifted_exp(v[i], sh);
     }
+}
+template <class A>
+__device__ __forceinline__ void row_sums_end(int op, bool owner, ExpShift<A> sh, A& b) {
+    if (op != OP_SOFTMAX && !owner) b *= sh.fix;
 }
 
 // An infinite max gives the reference's NaN row (as inv_sum_of, log_sum_of).
@@ -295,9 +306,13 @@ __device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* 
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             load_slot<S>(x + off, slot_start<S>(0, j, lane, width, mis), n, true, v + j * VEC, -inf_of(A(0)));
-        const A m = warp_max(values_max(v, -inf_of(A(0))), width);
+        const A mt = values_max(v, -inf_of(A(0)));
+        const A m = warp_max(mt, width);
+        const bool owner = mt == m;
+        const ExpShift<A> sh = exp_shift(exp_offset(m));
         A a = A(0), b = A(0);
-        row_sums(v, op, exp_shift(exp_offset(m)), m, a, b);
+        row_sums(v, op, owner, sh, m, a, b);
+        row_sums_end(op, owner, sh, b);
         a = warp_sum(a, width);
         if (op != OP_SOFTMAX) b = warp_sum(b, width);
         row_finish(v, op, m, row_inv(m, a), row_log_sum(m, a, b));
@@ -426,8 +441,9 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
         }, full);
         const A m = block_max_1b(mv, reinterpret_cast<A*>(slots));
         const ExpShift<A> sh = exp_shift(exp_offset(m));
+        const bool owner = mv == m;
         A a = A(0), b = A(0);
-        row_sums(v, op, sh, m, a, b);
+        row_sums(v, op, owner, sh, m, a, b);
         // float32 softmax writes the exponentials back over its staged slots (the
         // write then needs no second exp); 16-bit slots hold the raw 16-bit words.
         constexpr bool KEEP = sizeof(typename S::T) == sizeof(A);
@@ -435,7 +451,7 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
             A w[VEC];
             uint4* slot = gs_stage + j * nt + tid;
             unstage<S, decltype(f)::value>(slot, slot_start<S>(0, NV + j, tid, nt, mis), cols, w, -inf_of(A(0)));
-            row_sums(w, op, sh, m, a, b);
+            row_sums(w, op, owner, sh, m, a, b);
             if constexpr (KEEP) {
                 if (op == OP_SOFTMAX) {
                     union {
@@ -448,6 +464,7 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
                 }
             }
         }, full);
+        row_sums_end(op, owner, sh, b);
         if (op == OP_SOFTMAX) {
             a = block_sum_1b(a, reinterpret_cast<A*>(slots + 32));
         } else {

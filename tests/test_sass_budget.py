@@ -94,7 +94,7 @@ NOT_LEAN_YET = {
     ("softmax", "bfloat16", 4096, 32768),
     ("softmax", "float32", 16384, 131072), ("cross_entropy_fwd_bwd", "float32", 4096, 128256),
     ("cross_entropy_fwd_bwd", "bfloat16", 4096, 128256),
-    ("softmax_backward", "float32", 4096, 32768), ("log_softmax", "float32", 4096, 32768),
+    ("softmax_backward", "float32", 4096, 32768),
     ("log_softmax", "bfloat16", 4096, 32768),
 }
 
