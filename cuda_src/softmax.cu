@@ -71,19 +71,30 @@ __device__ __forceinline__ MaxSum<A> held_stats(A (&v)[EPT], int op) {
 // m first, then the exponentials against it. softmax: v[] becomes exp2(x L - hi)
 // (ExpShift, one FFMA + EX2) and a = their sum: the ExpShift factor is common to
 // the row and cancels in v / a. log_softmax: (a, b) = (count at the max, sum of
-// the others), as count_sum. row_sums gives the thread's part, row_finish the
-// outputs from the row's totals.
+// the others). Only a thread holding an element at the row max (`owner`: its own
+// max is the row's) counts, as count_sum: its sum is 1 + tiny, where a float sum
+// would lose the tiny part log_softmax needs at the max. Every other thread's
+// terms are all below 1 and sum as softmax's do (FFMA + EX2 + FADD); row_sums_end
+// undoes their ExpShift factor once. row_sums gives the thread's part, row_finish
+// the outputs from the row's totals.
 template <class A, int EPT>
-__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, ExpShift<A> sh, A m, A& a, A& b) {
+__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, bool owner, ExpShift<A> sh, A m, A& a, A& b) {
     if (op == OP_SOFTMAX) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) {
             v[i] = shifted_exp(v[i], sh);
             a += v[i];
         }
-    } else {
+    } else if (owner) {
         count_sum<false>(v, exp_offset(m), a, b);
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) b += shifted_exp(v[i], sh);
     }
+}
+template <class A>
+__device__ __forceinline__ void row_sums_end(int op, bool owner, ExpShift<A> sh, A& b) {
+    if (op != OP_SOFTMAX && !owner) b *= sh.fix;
 }
 
 // An infinite max gives the reference's NaN row (as inv_sum_of, log_sum_of).
@@ -109,40 +120,161 @@ __device__ __forceinline__ void row_finish(A (&v)[EPT], int op, A m, A inv, A ls
     }
 }
 
-// Backward: the row sum is accumulated in double whatever the storage. Products
-// of float16/float32 values are exact in double, and the epilogue subtracts from
-// grad_y: a float sum there would carry its rounding error straight into every
-// element where grad_y is close to it (catastrophic cancellation against the
-// float64 reference).
-template <class A, int EPT>
-__device__ __forceinline__ double held_dot(const A (&yv)[EPT], const A (&gv)[EPT], int op) {
-    double s = 0.0;
-    if (op == OP_SOFTMAX_BWD) {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) s += double(gv[i]) * double(yv[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) s += double(gv[i]);
-    }
-    return s;
+// Backward row sums. float64 storage sums in double. Every other storage sums
+// in float as a compensated pair (hi + lo): the epilogue subtracts the sum from
+// grad_y, so a plain float sum would carry its rounding error (about eps times
+// the sum of |terms|) straight into every element where grad_y is close to it
+// (catastrophic cancellation against the float64 reference); the pair keeps
+// that error near eps^2, as the double sum did, without FP64 instructions.
+struct FloatPair {
+    float hi, lo;
+};
+template <class A>
+struct BwdSum {
+    typedef FloatPair type;
+};
+template <>
+struct BwdSum<double> {
+    typedef double type;
+};
+
+// TwoSum (Knuth): h = fl(a + b) and its exact rounding error, for any
+// magnitudes. The _rn intrinsics keep the compiler from fusing an add with a
+// neighbouring multiply, which would break the exactness.
+__device__ __forceinline__ float two_sum(float a, float b, float& err) {
+    const float h = __fadd_rn(a, b);
+    const float bb = __fadd_rn(h, -a);
+    err = __fadd_rn(__fadd_rn(a, -__fadd_rn(h, -bb)), __fadd_rn(b, -bb));
+    return h;
+}
+__device__ __forceinline__ void sum_add(FloatPair& s, float x) {
+    float err;
+    s.hi = two_sum(s.hi, x, err);
+    s.lo += err;
+}
+__device__ __forceinline__ void sum_add(double& s, double x) { s += x; }
+// Products of 16-bit values are exact in float; a float32 product's rounding
+// error comes exactly from one FMA.
+template <bool EXACT_PRODUCT>
+__device__ __forceinline__ void sum_add_product(FloatPair& s, float g, float y) {
+    const float p = __fmul_rn(g, y);
+    if (!EXACT_PRODUCT) s.lo += fmaf(g, y, -p);
+    sum_add(s, p);
+}
+template <bool EXACT_PRODUCT>
+__device__ __forceinline__ void sum_add_product(double& s, double g, double y) { s += g * y; }
+// Bitwise symmetric (the lo parts are added before the error), so every lane of
+// an xor butterfly ends with the same pair.
+__device__ __forceinline__ FloatPair sum_merge(FloatPair a, FloatPair b) {
+    float err;
+    FloatPair r;
+    r.hi = two_sum(a.hi, b.hi, err);
+    r.lo = (a.lo + b.lo) + err;
+    return r;
+}
+__device__ __forceinline__ double sum_merge(double a, double b) { return a + b; }
+__device__ __forceinline__ FloatPair zero_sum(FloatPair) { return FloatPair{0.0f, 0.0f}; }
+__device__ __forceinline__ double zero_sum(double) { return 0.0; }
+__device__ __forceinline__ FloatPair shfl_sum(FloatPair v, int off, int width) {
+    v.hi = __shfl_xor_sync(0xffffffffu, v.hi, off, width);
+    v.lo = __shfl_xor_sync(0xffffffffu, v.lo, off, width);
+    return v;
+}
+__device__ __forceinline__ double shfl_sum(double v, int off, int width) {
+    return __shfl_xor_sync(0xffffffffu, v, off, width);
+}
+template <class D>
+__device__ __forceinline__ D warp_pair_sum(D v, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1) v = sum_merge(v, shfl_sum(v, off, width));
+    return v;
+}
+// One barrier, as block_sum_1b (`slots` one of two 32-entry buffers, alternated).
+template <class D>
+__device__ __forceinline__ D block_pair_sum_1b(D v, D* slots) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_pair_sum(v, 32);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_pair_sum(lane < nwarps ? slots[lane] : zero_sum(v), 32);
+}
+// The cross-block exchange (k > 1) is per row, in double: the workspace's type.
+__device__ __forceinline__ double sum_to_double(FloatPair s) { return double(s.hi) + double(s.lo); }
+__device__ __forceinline__ double sum_to_double(double s) { return s; }
+__device__ __forceinline__ void sum_from_double(double d, FloatPair& s) {
+    s.hi = float(d);
+    s.lo = float(d - double(s.hi));
+}
+__device__ __forceinline__ void sum_from_double(double d, double& s) { s = d; }
+template <class D>
+__device__ __forceinline__ D group_pair_sum(D s, double* part, unsigned long long* cnt, long long g, int k, int p,
+                                            unsigned long long round, double* scratch) {
+    D r;
+    sum_from_double(group_sum(sum_to_double(s), part, cnt, g, k, p, round, scratch), r);
+    return r;
 }
 
+template <class S, int EPT>
+__device__ __forceinline__ void held_dot(const typename S::A (&yv)[EPT], const typename S::A (&gv)[EPT], int op,
+                                         typename BwdSum<typename S::A>::type& s) {
+    constexpr bool EXACT = sizeof(typename S::T) == 2;
+    if (op == OP_SOFTMAX_BWD) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) sum_add_product<EXACT>(s, gv[i], yv[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) sum_add(s, gv[i]);
+    }
+}
+
+// Values passed through this empty asm cannot be computed before the branch it
+// sits on (an asm volatile is neither hoisted nor speculated).
+__device__ __forceinline__ void pin_to_branch(float& a, float& b) { asm volatile("" : "+f"(a), "+f"(b)); }
+
+// A row's sum as the epilogue uses it: float32 log_softmax also wants it in
+// double, converted once per row. The empty asm keeps the conversion on that
+// op's branch: hoisted (the compiler may), it would run as FP64 instructions
+// for softmax too.
+struct FinishSum {
+    FloatPair s;
+    double d;
+};
+__device__ __forceinline__ FinishSum finish_sum(FloatPair s, int op) {
+    FinishSum f;
+    f.s = s;
+    f.d = 0.0;
+    if (op != OP_SOFTMAX_BWD) {
+        pin_to_branch(s.hi, s.lo);
+        f.d = sum_to_double(s);
+    }
+    return f;
+}
+__device__ __forceinline__ double finish_sum(double s, int) { return s; }
+
 // grad_x into gv: y * (gy - dot) for softmax, gy - exp(y) * sum(gy) for
-// log_softmax (exp in double for the same cancellation reason). 16-bit storage
-// finishes in float: the result is rounded to 11 (8) significant bits, far above
-// float's error on these terms, and double math there costs registers (spills).
+// log_softmax. softmax: (gy - hi) - lo keeps the pair's accuracy through the
+// cancellation (gy - hi is exact where they are close). float32 log_softmax
+// keeps its exp and product in double: a float exp's rounding alone would
+// exceed the float32 tolerance where gy is close to exp(y) * sum. 16-bit
+// storage rounds the result to 11 (8) significant bits, far above float's
+// error on these terms.
+template <class S, class A, int EPT>
+__device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, FinishSum f) {
+    const FloatPair s = f.s;
+    if (op == OP_SOFTMAX_BWD) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) gv[i] = yv[i] * ((gv[i] - s.hi) - s.lo);
+    } else if (sizeof(typename S::T) == 2) {
+        const float sf = s.hi + s.lo;
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) gv[i] = gv[i] - expf(yv[i]) * sf;
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) gv[i] = A(double(gv[i]) - exp(double(yv[i])) * f.d);
+    }
+}
 template <class S, class A, int EPT>
 __device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, double s) {
-    if (sizeof(typename S::T) == 2) {
-        const float sf = float(s);
-        if (op == OP_SOFTMAX_BWD) {
-#pragma unroll
-            for (int i = 0; i < EPT; ++i) gv[i] = yv[i] * (gv[i] - sf);
-        } else {
-#pragma unroll
-            for (int i = 0; i < EPT; ++i) gv[i] = gv[i] - expf(yv[i]) * sf;
-        }
-    } else if (op == OP_SOFTMAX_BWD) {
+    if (op == OP_SOFTMAX_BWD) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) gv[i] = A(double(yv[i]) * (double(gv[i]) - s));
     } else {
@@ -174,9 +306,13 @@ __device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* 
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             load_slot<S>(x + off, slot_start<S>(0, j, lane, width, mis), n, true, v + j * VEC, -inf_of(A(0)));
-        const A m = warp_max(values_max(v, -inf_of(A(0))), width);
+        const A mt = values_max(v, -inf_of(A(0)));
+        const A m = warp_max(mt, width);
+        const bool owner = mt == m;
+        const ExpShift<A> sh = exp_shift(exp_offset(m));
         A a = A(0), b = A(0);
-        row_sums(v, op, exp_shift(exp_offset(m)), m, a, b);
+        row_sums(v, op, owner, sh, m, a, b);
+        row_sums_end(op, owner, sh, b);
         a = warp_sum(a, width);
         if (op != OP_SOFTMAX) b = warp_sum(b, width);
         row_finish(v, op, m, row_inv(m, a), row_log_sum(m, a, b));
@@ -210,8 +346,12 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
             load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
             load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
         }
-        const double s = warp_sum(held_dot(yv, gv, op), width);
-        held_bwd_finish<S>(yv, gv, op, s);
+        typedef typename BwdSum<A>::type D;
+        D s = zero_sum(D());
+        held_dot<S>(yv, gv, op, s);
+        s = warp_pair_sum(s, width);
+        const auto fs = finish_sum(s, op);
+        held_bwd_finish<S>(yv, gv, op, fs);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, lane, width, mis), n, vec_o, gv + j * VEC);
@@ -301,8 +441,9 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
         }, full);
         const A m = block_max_1b(mv, reinterpret_cast<A*>(slots));
         const ExpShift<A> sh = exp_shift(exp_offset(m));
+        const bool owner = mv == m;
         A a = A(0), b = A(0);
-        row_sums(v, op, sh, m, a, b);
+        row_sums(v, op, owner, sh, m, a, b);
         // float32 softmax writes the exponentials back over its staged slots (the
         // write then needs no second exp); 16-bit slots hold the raw 16-bit words.
         constexpr bool KEEP = sizeof(typename S::T) == sizeof(A);
@@ -310,7 +451,7 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
             A w[VEC];
             uint4* slot = gs_stage + j * nt + tid;
             unstage<S, decltype(f)::value>(slot, slot_start<S>(0, NV + j, tid, nt, mis), cols, w, -inf_of(A(0)));
-            row_sums(w, op, sh, m, a, b);
+            row_sums(w, op, owner, sh, m, a, b);
             if constexpr (KEEP) {
                 if (op == OP_SOFTMAX) {
                     union {
@@ -323,6 +464,7 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
                 }
             }
         }, full);
+        row_sums_end(op, owner, sh, b);
         if (op == OP_SOFTMAX) {
             a = block_sum_1b(a, reinterpret_cast<A*>(slots + 32));
         } else {
@@ -365,17 +507,18 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
     }
 }
 
-// Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's. The sum
-// stays in float64 and the stores stay union stores here: the float versions and
-// STG.128's aligned register quads do not fit NV = 4 float32 under 64 registers
-// without spills (issue 20 leaves this kernel for the kernel table's variants).
+// Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's. A staged
+// slot past the row's ends holds zeros (stage_slot), which add nothing to either
+// sum, so the sum reads every staged slot without element bounds; only the
+// write needs them, at the row's last slots.
 template <class S, int NV>
 __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
                                         long long rows, int cols, int op, int ss) {
     typedef typename S::A A;
+    typedef typename BwdSum<A>::type D;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     extern __shared__ uint4 gs_stage[];
-    __shared__ double slots[64];
+    __shared__ D slots[64];
     const int tid = threadIdx.x, nt = blockDim.x;
     uint4* sy = gs_stage;
     uint4* sg = gs_stage + ss * nt;
@@ -390,34 +533,57 @@ __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename 
             stage_slot<S>(y + off, e0, cols, true, sy + j * nt + tid);
             stage_slot<S>(gy + off, e0, cols, vec_g, sg + j * nt + tid);
         }
+        // This thread's held slots all inside the row: one test for all of them.
+        const bool held_full = (tid > 0 || mis == 0) && ((NV - 1) * nt + tid + 1) * VEC <= cols + mis;
         A yv[EPT], gv[EPT];
+        if (held_full && vec_g) {
 #pragma unroll
-        for (int j = 0; j < NV; ++j) {
-            const int e0 = slot_start<S>(0, j, tid, nt, mis);
-            load_slot<S>(y + off, e0, cols, true, yv + j * VEC, A(0));
-            load_slot<S>(gy + off, e0, cols, vec_g, gv + j * VEC, A(0));
+            for (int j = 0; j < NV; ++j) {
+                const int e0 = slot_start<S>(0, j, tid, nt, mis);
+                load_full<S>(y + off + e0, yv + j * VEC);
+                load_full<S>(gy + off + e0, gv + j * VEC);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                const int e0 = slot_start<S>(0, j, tid, nt, mis);
+                load_slot<S>(y + off, e0, cols, true, yv + j * VEC, A(0));
+                load_slot<S>(gy + off, e0, cols, vec_g, gv + j * VEC, A(0));
+            }
         }
         cp_async_wait_all();
-        double s = held_dot(yv, gv, op);
+        D s = zero_sum(D());
+        held_dot<S>(yv, gv, op, s);
         for (int j = 0; j < ss; ++j) {
-            const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
             A a[VEC], b[VEC];
-            unstage_slot<S>(sy + j * nt + tid, e0, cols, a, A(0));
-            unstage_slot<S>(sg + j * nt + tid, e0, cols, b, A(0));
-            s += held_dot(a, b, op);
+            unstage_full<S>(sy + j * nt + tid, a);
+            unstage_full<S>(sg + j * nt + tid, b);
+            held_dot<S>(a, b, op, s);
         }
-        s = block_sum_1b(s, slots + 32 * parity);
-        held_bwd_finish<S>(yv, gv, op, s);
+        s = block_pair_sum_1b(s, slots + 32 * parity);
+        const auto fs = finish_sum(s, op);
+        held_bwd_finish<S>(yv, gv, op, fs);
+        if (held_full && vec_o) {
 #pragma unroll
-        for (int j = 0; j < NV; ++j)
-            store_slot<S, int, false>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
+            for (int j = 0; j < NV; ++j) store_full<S>(gx + off + slot_start<S>(0, j, tid, nt, mis), gv + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                store_slot<S, int, false>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
+        }
+        // Whole staged slots go straight to one vector store when gx shares y's alignment.
+        const int whole = vec_o ? staged_full<S>(cols, mis, tid, nt, NV, ss) : 0;
         for (int j = 0; j < ss; ++j) {
             const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
             A a[VEC], b[VEC];
-            unstage_slot<S>(sy + j * nt + tid, e0, cols, a, A(0));
-            unstage_slot<S>(sg + j * nt + tid, e0, cols, b, A(0));
-            held_bwd_finish<S>(a, b, op, s);
-            store_slot<S, int, false>(gx + off, e0, cols, vec_o, b);
+            unstage_full<S>(sy + j * nt + tid, a);
+            unstage_full<S>(sg + j * nt + tid, b);
+            held_bwd_finish<S>(a, b, op, fs);
+            if (j < whole) {
+                store_full<S>(gx + off + e0, b);
+            } else {
+                store_slot<S, int, false>(gx + off, e0, cols, vec_o, b);
+            }
         }
     }
 }
@@ -470,8 +636,9 @@ __device__ __forceinline__ void bwd_split(const typename S::T* gy, const typenam
                                           double* part, unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
+    typedef typename BwdSum<A>::type D;
     __shared__ double scratch[33];
-    __shared__ double slots[64];
+    __shared__ D slots[64];
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
     const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
@@ -490,9 +657,12 @@ __device__ __forceinline__ void bwd_split(const typename S::T* gy, const typenam
             load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
             load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
         }
-        double s = block_sum_1b(held_dot(yv, gv, op), slots + 32 * (round & 1));
-        if (k > 1) s = group_sum(s, part, cnt, g, k, p, round, scratch);
-        held_bwd_finish<S>(yv, gv, op, s);
+        D s = zero_sum(D());
+        held_dot<S>(yv, gv, op, s);
+        s = block_pair_sum_1b(s, slots + 32 * (round & 1));
+        if (k > 1) s = group_pair_sum(s, part, cnt, g, k, p, round, scratch);
+        const auto fs = finish_sum(s, op);
+        held_bwd_finish<S>(yv, gv, op, fs);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, threadIdx.x, blockDim.x, mis), n, vec_o, gv + j * VEC);
@@ -567,8 +737,9 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
                                            double* part, unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
+    typedef typename BwdSum<A>::type D;
     __shared__ double scratch[33];
-    __shared__ double slots[64];
+    __shared__ D slots[64];
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
     const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
@@ -580,7 +751,7 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
         const int mis = misalign<S>(y + off);
         const bool vec_g = misalign<S>(gy + off) == mis;
         const bool vec_o = misalign<S>(gx + off) == mis;
-        double acc = 0.0;
+        D acc = zero_sum(D());
         for (long long base = 0; base < n + mis; base += tile) {
             A yv[EPT], gv[EPT];
 #pragma unroll
@@ -589,10 +760,11 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
                 load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
                 load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
             }
-            acc += held_dot(yv, gv, op);
+            held_dot<S>(yv, gv, op, acc);
         }
-        double s = block_sum_1b(acc, slots + 32 * (round & 1));
-        if (k > 1) s = group_sum(s, part, cnt, g, k, p, round, scratch);
+        D s = block_pair_sum_1b(acc, slots + 32 * (round & 1));
+        if (k > 1) s = group_pair_sum(s, part, cnt, g, k, p, round, scratch);
+        const auto fs = finish_sum(s, op);
         for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
             A yv[EPT], gv[EPT];
 #pragma unroll
@@ -601,7 +773,7 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
                 load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
                 load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
             }
-            held_bwd_finish<S>(yv, gv, op, s);
+            held_bwd_finish<S>(yv, gv, op, fs);
 #pragma unroll
             for (int j = 0; j < NV; ++j)
                 store_slot<S>(gx + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, vec_o,

@@ -295,7 +295,7 @@ def test_launch_flags_and_no_cooperative_fallback(monkeypatch):
     fake = _FakeKernel()
     ds = _state(monkeypatch, fake)
     split = sm.plan("float32", "fwd", 8, 262144, 0, sm.H100)
-    row = sm.plan("float32", "fwd", 4096, 32768, 0, sm.H100)
+    row = sm.plan("float32", "fwd", 4096, 65536, 0, sm.H100)  # staged: 32768 is held in registers
     sm._launch(ds, split, ())
     sm._launch(ds, row, ())
     assert fake.calls[0][3] is True and fake.calls[0][2] == 0

@@ -28,7 +28,7 @@ def _bind(storage: str, **more) -> tuple[tuple[str, str], ...]:
 # (storage, direction) -> kernel template -> NV values compiled (16-byte slots per
 # thread held in registers), each under BOUNDS (at most 64 registers per thread).
 VARIANTS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4), "split": (2, 4), "stream": (4,)}
+VARIANTS[("float32", "fwd")] = {"warp": (1, 2, 4, 8), "row": (2, 4, 8), "split": (2, 4), "stream": (4,)}
 VARIANTS[("float64", "fwd")] = {"warp": (1, 2, 4), "row": (1, 2), "split": (2, 4), "stream": (4,)}
 for _s in ("float32", "float64"):
     VARIANTS[(_s, "bwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (2, 4), "stream": (2,)}
@@ -38,6 +38,7 @@ for _s in ("float16", "bfloat16"):
     VARIANTS[(_s, "bwd")] = {"warp": (1, 2), "row": (1, 2), "split": (1, 2), "stream": (1,)}
     VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (2,)}
 VARIANTS[("bfloat16", "bwd")]["split"] = (1,)  # split2 spills for bfloat16 under 64 registers
+VARIANTS[("float32", "bwd")]["split"] = (2,)  # split4 spills on sm_90 with the compensated float sum
 del _s
 
 # kernel template -> __launch_bounds__(max threads, min blocks per SM); the

@@ -131,10 +131,11 @@ def _row_shapes(storage: str, direction: str, need: int, dev: Device, pol: Polic
 def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev: Device,
               pol: Policy) -> Plan | None:
     """One block per row, the row on chip (registers, then shared memory). Among
-    the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then two
-    resident blocks rather than one (one loads while the other reduces), then no
-    shared memory, then the least shared memory, the most bytes in flight, the
-    most threads."""
+    the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then no
+    shared memory (the whole row in registers: a staged element costs about twice
+    the instructions, issue 20), then two resident blocks rather than one (one
+    loads while the other reduces), then the least shared memory, the most bytes
+    in flight, the most threads."""
     row_bytes = cols * _itemsize(storage) * _arrays(direction)
     best = None
     for nv, threads, ss, smem in _row_shapes(storage, direction, need, dev, pol):
@@ -144,7 +145,7 @@ def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev
         grid = int(min(rows, occ * dev.n_sm * pol.row_grid_waves, MAX_GRID))
         res = min(occ, cdiv(grid, dev.n_sm))
         inflight = res * row_bytes
-        key = (min(inflight, INFLIGHT_GOOD), min(res, 2), ss == 0, -smem, inflight, threads)
+        key = (min(inflight, INFLIGHT_GOOD), ss == 0, min(res, 2), -smem, inflight, threads)
         if best is None or key > best[0]:
             best = (key, Plan("row", kernel_name(direction, "row", nv, storage), grid, threads, k=1, chunk=cols,
                               ss=ss, smem=smem, resident=res, inflight_bytes_per_sm=inflight))

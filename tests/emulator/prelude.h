@@ -33,6 +33,9 @@ struct uint4 { unsigned x, y, z, w; };
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
+// Round-to-nearest float add and multiply, never fused (-O1 on x86-64 does not contract).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __expf(float x) { float r = exp2f(x * 1.44269504088896340736f); return (std::fabs(r) < 1.17549435e-38f) ? 0.0f : r; }
 
 // Each CUDA thread is a fiber (its own stack, switched in user space): a barrier
@@ -149,6 +152,8 @@ inline void cp_async_wait_all() {}
 // max.NaN.f32: NaN if either input is NaN.
 inline float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 inline void st_global_v4(void* p, uint4 v) { memcpy(p, &v, 16); }
+// An empty asm on the GPU (it keeps code on its branch): nothing to do here.
+inline void pin_to_branch(float&, float&) {}
 // ex2.approx.ftz.f32: subnormal results flushed to zero, as __expf above.
 inline float fast_exp2(float x) { float r = exp2f(x); return (std::fabs(r) < 1.17549435e-38f) ? 0.0f : r; }
 }

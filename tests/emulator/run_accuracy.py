@@ -81,13 +81,88 @@ def run(cp, SM) -> int:
     return n
 
 
+def backward_inputs(rng, rows: int, cols: int, tdt):
+    """(grad_y, y) stored in `tdt`, y a softmax (or log_softmax) output of Gaussian
+    logits. Row 0's grad_y is 1 plus noise of 1e-3, so grad_y - sum(grad_y * y)
+    cancels to about 1e-3 in every element (a float sum's error shows there);
+    row 1 has one dominant element."""
+    import torch
+
+    x = torch.from_numpy(rng.standard_normal((rows, cols)) * 2)
+    x[1, cols // 3] = 30.0
+    g = torch.from_numpy(rng.standard_normal((rows, cols)))
+    g[0] = 1 + 1e-3 * g[0]
+    return g.to(tdt), torch.softmax(x, -1).to(tdt), torch.log_softmax(x, -1).to(tdt)
+
+
+def to_device(cp, t):
+    """A torch CPU tensor as the emulated device array (bfloat16 as its 16-bit words)."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return cp.asarray(t.view(torch.int16).numpy().view(np.uint16))
+    return cp.asarray(t.numpy())
+
+
+def from_device(cp, a, tdt) -> np.ndarray:
+    import torch
+
+    a = cp.asnumpy(a)
+    if tdt == torch.bfloat16:
+        return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def run_backward(cp, SM) -> int:
+    """softmax_backward / log_softmax_backward (float sums, compensated: issue 20)
+    against torch's own backward (CPU, float32 arithmetic) on the same inputs."""
+    import torch
+
+    from gpu_softmax import reference
+
+    rng = np.random.default_rng(21)
+    torch_bwd = {"softmax_backward": torch._softmax_backward_data,
+                 "log_softmax_backward": torch._log_softmax_backward_data}
+    n = 0
+    for dt in DTYPES:
+        tdt = getattr(torch, dt)
+        storage = "bfloat16" if dt == "bfloat16" else None
+        for cols in ROW_LENGTHS:
+            g, y_sm, y_lsm = backward_inputs(rng, 8, cols, tdt)
+            for op, y in (("softmax_backward", y_sm), ("log_softmax_backward", y_lsm)):
+                g64, y64 = g.to(torch.float64).numpy(), y.to(torch.float64).numpy()
+                want = getattr(reference, op)(g64, y64, axis=-1)
+                theirs = torch_bwd[op](g, y, -1, tdt).to(torch.float64).numpy()
+                for force in (None, "stage"):
+                    SM.FORCE_REGIME = force
+                    got = SM.backward_raw(to_device(cp, g), to_device(cp, y), -1, op, storage=storage)
+                    got = from_device(cp, got, tdt)
+                    # All 8 rows (the largest elements' rounding dominates), then the
+                    # cancelling row alone, where the row sum's own error shows.
+                    for what, rows in (("max error", slice(None)), ("cancelling row", slice(0, 1))):
+                        ours = float(np.abs(got[rows] - want[rows]).max())
+                        torchs = float(np.abs(theirs[rows] - want[rows]).max())
+                        if not ours <= torchs:
+                            raise AssertionError(f"{op} {dt} cols={cols} regime={force or 'planned'}: {what} "
+                                                 f"{ours:.3g} against torch's {torchs:.3g}")
+                        print(f"{op:<20} {dt:<9} cols={cols:<6} {force or 'planned':<8} {what} {ours:.3g}, "
+                              f"torch {torchs:.3g}")
+                        n += 1
+    SM.FORCE_REGIME = None
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--build-dir", default=None)
+    ap.add_argument("--backward", action="store_true", help="the backward passes instead of the forward ones")
     ns = ap.parse_args(argv)
     out = Path(ns.build_dir) if ns.build_dir else Path(tempfile.gettempdir()) / "gs_emu_build"
     cp, SM, _ = harness.setup("softmax", out)
-    print(f"OK accuracy {run(cp, SM)} checks")
+    if ns.backward:
+        print(f"OK backward accuracy {run_backward(cp, SM)} checks")
+    else:
+        print(f"OK accuracy {run(cp, SM)} checks")
     return 0
 
 
