@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402  (installs the fake cupy when set up)
+from runner_cli import parse_runner_args, run_suite  # noqa: E402
 
 OPTIONS = [
     {},
@@ -204,20 +202,9 @@ def suites(cp, TL, rng):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
-    t0 = time.time()
-    cp, mod, emu = harness.setup("token_logprobs", Path(args.build_dir))
-    n = suites(cp, mod, rng)[args.suite]()
-    print(f"kernels: {' '.join(sorted({name for name, _, _ in emu.launches}))}")
-    print(f"OK token_logprobs {args.suite} {n} checks in {time.time() - t0:.1f} s")
-    return 0
+    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
+    return run_suite(args, rng, "token_logprobs", lambda cp, mod, rng, _emu: suites(cp, mod, rng),
+                     label="token_logprobs")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402  (installs the fake cupy when set up)
 from ce_cases import mark_special_rows, sharded_problems  # noqa: E402
-from runner_cli import parse_runner_args  # noqa: E402
+from runner_cli import parse_runner_args, run_suite  # noqa: E402
 
 
 def suites(cp, CE, rng):
@@ -229,16 +227,14 @@ def suites(cp, CE, rng):
     return {"hard": hard, "special": special, "layouts": layouts, "overflow": overflow, "softcap": softcap}
 
 
+def check_both_passes_ran(kernels):
+    assert any(k.startswith("gs_vp_stats_") for k in kernels) and any(k.startswith("gs_vp_finish_") for k in kernels)
+
+
 def main(argv=None) -> int:
     args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
-    t0 = time.time()
-    cp, mod, emu = harness.setup("cross_entropy", Path(args.build_dir))
-    n = suites(cp, mod, rng)[args.suite]()
-    kernels = sorted({name for name, _, _ in emu.launches})
-    assert any(k.startswith("gs_vp_stats_") for k in kernels) and any(k.startswith("gs_vp_finish_") for k in kernels)
-    print(f"kernels: {' '.join(kernels)}")
-    print(f"OK vocab_parallel {args.suite} {n} checks in {time.time() - t0:.1f} s")
-    return 0
+    return run_suite(args, rng, "cross_entropy", lambda cp, mod, rng, _emu: suites(cp, mod, rng),
+                     label="vocab_parallel", check_kernels=check_both_passes_ran)
 
 
 if __name__ == "__main__":
