@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from gpu_softmax import vocab_parallel as vp
 # The special rows are built like the emulated suite's (tests/emulator/ce_cases.py, NumPy only).
 sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator"))
 from ce_cases import mark_special_rows  # noqa: E402
-
-RUNNER = Path(__file__).resolve().parent / "emulator" / "run_vocab_parallel.py"
+from emulated_runs import assert_runner_ok  # noqa: E402
 
 OPTIONS = [
     {},
@@ -248,11 +246,7 @@ def test_cupy_blocks_match_reference(cp, dtype, widths, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["hard", "special", "layouts", "overflow", "softcap"])
 def test_emulated_vocab_parallel_kernels(suite, emulator_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
-                       capture_output=True, text=True, timeout=1200)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-8000:]
-    assert f"OK vocab_parallel {suite}" in out, out[-8000:]
+    assert_runner_ok("run_vocab_parallel.py", suite, build_dir=emulator_build_dir, ok=f"OK vocab_parallel {suite}")
 
 
 # ----------------------------------------------------------------------------------
