@@ -17,7 +17,6 @@ Suites:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from launch_record import record_launches  # noqa: E402
-from runner_cli import parse_runner_args, run_suite  # noqa: E402
+from runner_cli import runner_main  # noqa: E402
 
 # (rows, cols, soft) shapes that land in each regime of the fused kernel; "split"
 # is reached with the split chunk capped (as tests/emulator/run.py's split suite).
@@ -275,9 +274,7 @@ def suites(cp, CE, rng):
 
 
 def main(argv=None) -> int:
-    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
-    return run_suite(args, rng, "cross_entropy", lambda cp, mod, rng, _emu: suites(cp, mod, rng),
-                     label="hostile")
+    return runner_main(argv, "cross_entropy", "hostile", suites)
 
 
 if __name__ == "__main__":

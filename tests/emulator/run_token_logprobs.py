@@ -10,7 +10,6 @@ tests/test_kernels_emulated.py (it fakes `cupy`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from runner_cli import parse_runner_args, run_suite  # noqa: E402
+from runner_cli import runner_main  # noqa: E402
 
 OPTIONS = [
     {},
@@ -202,9 +201,7 @@ def suites(cp, TL, rng):
 
 
 def main(argv=None) -> int:
-    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
-    return run_suite(args, rng, "token_logprobs", lambda cp, mod, rng, _emu: suites(cp, mod, rng),
-                     label="token_logprobs")
+    return runner_main(argv, "token_logprobs", "token_logprobs", suites)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Started as a subprocess by tests/test_vocab_parallel.py (it fakes `cupy`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from ce_cases import mark_special_rows, sharded_problems  # noqa: E402
-from runner_cli import parse_runner_args, run_suite  # noqa: E402
+from runner_cli import runner_main  # noqa: E402
 
 
 def suites(cp, CE, rng):
@@ -232,9 +231,7 @@ def check_both_passes_ran(kernels):
 
 
 def main(argv=None) -> int:
-    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
-    return run_suite(args, rng, "cross_entropy", lambda cp, mod, rng, _emu: suites(cp, mod, rng),
-                     label="vocab_parallel", check_kernels=check_both_passes_ran)
+    return runner_main(argv, "cross_entropy", "vocab_parallel", suites, check_kernels=check_both_passes_ran)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,9 @@ def run_suite(args, rng, family: str, make_suites, label: str, check_kernels=Non
     print(f"kernels: {' '.join(kernels)}")
     print(f"OK {label} {args.suite} {n} checks in {time.time() - t0:.1f} s")
     return 0
+
+
+def runner_main(argv, family: str, label: str, suites, check_kernels=None) -> int:
+    """main() of a runner with the shared command line alone, whose suites(cp, module, rng) need no emulator handle."""
+    args, rng = parse_runner_args(argparse.ArgumentParser(), argv)
+    return run_suite(args, rng, family, lambda cp, mod, rng, _emu: suites(cp, mod, rng), label, check_kernels)
