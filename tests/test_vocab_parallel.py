@@ -25,17 +25,11 @@ from gpu_softmax import vocab_parallel as vp
 
 # The special rows are built like the emulated suite's (tests/emulator/ce_cases.py, NumPy only).
 sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator"))
-from ce_cases import mark_special_rows  # noqa: E402
+from ce_cases import draw_options, mark_special_rows, options_alone  # noqa: E402
 from emulated_runs import assert_runner_ok  # noqa: E402
 
 OPTIONS = [
-    {},
-    {"reduction": "sum"},
-    {"reduction": "none"},
-    {"label_smoothing": 0.1},
-    {"z_loss": 1e-2},
-    {"ignore_index": 2},
-    {"weight": "w"},
+    *options_alone(softcap=False),  # logit_softcap: SOFTCAP_OPTIONS
     {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2},
     {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"},
     {"reduction": "sum", "grad_output": 0.7, "label_smoothing": 1.0},
@@ -45,12 +39,7 @@ WIDTHS = [[20], [7, 13], [5, 0, 11, 3], [1, 1, 1, 30, 2]]
 
 
 def _options(o, rng, rows, V):
-    kw = dict(o)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.1, 2.0, V)
-    if kw.get("grad_output") == "rows":
-        kw["grad_output"] = rng.standard_normal(rows)
-    return kw
+    return draw_options(o, rows, V, np.float64, rng, np.float64)
 
 
 # ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
-from ce_cases import draw_options  # noqa: E402
+from ce_cases import draw_options, options_alone  # noqa: E402
 from launch_record import record_launches  # noqa: E402
 from runner_cli import parse_runner_args, run_suite  # noqa: E402
 
@@ -328,8 +328,7 @@ def cross_entropy_suites(cp, CE, rng):
         np.testing.assert_array_equal(cp.asnumpy(gi), cp.asnumpy(grad), err_msg=f"in place {what}")
         return 4
 
-    OPTS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
-            {"logit_softcap": 3.0}, {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"},
+    OPTS = [*options_alone(),
             {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2, "logit_softcap": 4.0},
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 

@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from ce_cases import mark_special_rows, sharded_problems  # noqa: E402
+from ce_cases import mark_special_rows, options_alone, sharded_problems  # noqa: E402
 from runner_cli import runner_main  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def suites(cp, CE, rng):
         np.testing.assert_array_equal(cp.asnumpy(lo), cp.asnumpy(loss), err_msg=f"loss only {what}")
         return 2
 
-    OPTS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
-            {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"},
+    OPTS = [*options_alone(softcap=False),
             {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2},
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 
