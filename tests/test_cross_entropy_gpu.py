@@ -10,6 +10,9 @@ entries are held to floors from their own terms (gpu_softmax.testing.ce_grad_ato
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,6 +22,10 @@ from gpu_softmax._checks import result_dtype
 from gpu_softmax.testing import assert_close, ce_grad_atol, poison_pool, tolerance
 
 from conftest import GPU_TEST_MAX_ELEMENTS
+
+# The option specs are the emulated suites' (tests/emulator/ce_cases.py, NumPy only).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator"))
+from ce_cases import draw_options, options_alone  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -84,15 +91,7 @@ def test_hard_labels_every_size(cp, rng, dtype, classes, rows):
 
 
 OPTION_SETS = [
-    {},
-    {"reduction": "sum"},
-    {"reduction": "none"},
-    {"label_smoothing": 0.1},
-    {"z_loss": 1e-3},
-    {"logit_softcap": 5.0},
-    {"ignore_index": 3},
-    {"grad_output": 0.25},
-    {"weight": "w"},
+    *options_alone(),
     {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2, "logit_softcap": 4.0, "reduction": "mean"},
     {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"},
     {"label_smoothing": 1.0, "reduction": "sum"},
@@ -105,12 +104,8 @@ OPTION_SETS = [
 def test_options_alone_and_combined(cp, rng, dtype, classes, opts):
     rows = 37
     x = _logits(rng, (rows, classes), dtype)
-    kw = dict(opts)
+    kw = draw_options(opts, rows, classes, dtype, rng, result_dtype(dtype))
     t = _targets(rng, rows, classes, ignore_index=kw.get("ignore_index", -100))
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.1, 2.0, classes).astype(dtype)
-    if kw.get("grad_output") == "rows":
-        kw["grad_output"] = rng.standard_normal(rows).astype(result_dtype(dtype))
     _compare(cp, x, t, dtype, what=str(opts), **kw)
 
 
@@ -123,9 +118,7 @@ def test_soft_labels(cp, rng, dtype, classes, opts):
     x = _logits(rng, (rows, classes), dtype)
     t = rng.random((rows, classes))
     t = (t / t.sum(-1, keepdims=True)).astype(dtype)
-    kw = dict(opts)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.1, 2.0, classes).astype(dtype)
+    kw = draw_options(opts, rows, classes, dtype, rng, result_dtype(dtype))
     _compare(cp, x, t, dtype, what=f"soft {opts}", **kw)
 
 

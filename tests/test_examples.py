@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from example_loading import EXAMPLES, load_example
+
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 
 
 def example_scripts() -> list[Path]:
@@ -21,21 +21,11 @@ def example_scripts() -> list[Path]:
     return sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 
-def load(name: str, monkeypatch):
-    # A script run as `python examples/x.py` finds its shared modules because its folder leads sys.path; loading
-    # it from a file here needs the same.
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("name, needs", [("train_digits_cupy", ["sklearn"]), ("train_digits_torch", ["sklearn", "torch"])])
 def test_digits_example_trains(name, needs, capsys, monkeypatch):
     for module in needs:
         pytest.importorskip(module)
-    result = load(name, monkeypatch).main(["--epochs", "3"])
+    result = load_example(name, monkeypatch).main(["--epochs", "3"])
     out = capsys.readouterr().out
     assert "computing with" in out and "test accuracy" in out
     assert len(result["losses"]) == 3

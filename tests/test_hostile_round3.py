@@ -5,8 +5,6 @@ in every regime they touch; the rest on the NumPy reference and the torch bridge
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,8 @@ import torch.nn.functional as F
 
 import gpu_softmax as gs
 import gpu_softmax.torch as gst
+from emulated_runs import assert_runner_ok
 from gpu_softmax import options, reference
-
-RUNNER = Path(__file__).resolve().parent / "emulator" / "run_hostile.py"
 
 
 # ----------------------------------------------------------------------------------
@@ -28,11 +25,7 @@ RUNNER = Path(__file__).resolve().parent / "emulator" / "run_hostile.py"
 
 @pytest.mark.parametrize("suite", ["alias", "options", "weights", "infzero", "vocab_parallel"])
 def test_emulated_kernels_hostile_round3(suite, emulator_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
-                       capture_output=True, text=True, timeout=1200)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-8000:]
-    assert f"OK hostile {suite}" in out, out[-8000:]
+    assert_runner_ok("run_hostile.py", suite, build_dir=emulator_build_dir, ok=f"OK hostile {suite}")
 
 
 # ----------------------------------------------------------------------------------

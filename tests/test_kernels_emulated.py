@@ -10,13 +10,9 @@ memory ordering or timing: the `gpu` tests do that on a device.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-RUNNER = Path(__file__).resolve().parent / "emulator" / "run.py"
+from emulated_runs import assert_runner_ok
 
 SUITES = [
     ("softmax", "basic"), ("softmax", "special"), ("softmax", "layouts"), ("softmax", "long_rows"), ("softmax", "regimes"), ("softmax", "variants"),
@@ -28,22 +24,13 @@ SUITES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("family,suite", SUITES)
 def test_emulated_kernels_match_reference(family, suite, emulator_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), family, suite, "--build-dir", str(emulator_build_dir)],
-                       capture_output=True, text=True, timeout=1200)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-8000:]
-    assert f"OK {family} {suite}" in out, out[-8000:]
+    assert_runner_ok("run.py", family, suite, build_dir=emulator_build_dir, ok=f"OK {family} {suite}")
 
 
-TOKEN_LOGPROBS_RUNNER = RUNNER.parent / "run_token_logprobs.py"
 TOKEN_LOGPROBS_SUITES = ["sizes", "layouts", "special", "invariance", "ties"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", TOKEN_LOGPROBS_SUITES)
 def test_emulated_token_logprob_kernels_match_reference(suite, emulator_build_dir):
-    p = subprocess.run([sys.executable, str(TOKEN_LOGPROBS_RUNNER), suite, "--build-dir", str(emulator_build_dir)],
-                       capture_output=True, text=True, timeout=1200)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-8000:]
-    assert f"OK token_logprobs {suite}" in out, out[-8000:]
+    assert_runner_ok("run_token_logprobs.py", suite, build_dir=emulator_build_dir, ok=f"OK token_logprobs {suite}")

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import gpu_softmax as gs
+from example_loading import load_example
 from gpu_softmax import _checks, _checks_linear, _chunking, reference
 from gpu_softmax.options import CEOptions
 from gpu_softmax._cuda import cross_entropy as ce_launch
@@ -496,6 +497,19 @@ def test_saved_gradients_scale_with_grad_output_and_survive_retain_graph():
     torch.testing.assert_close(w.grad, want[2] * 4 / 3)
 
 
+def assert_same_loss_and_grads(ours, theirs, hid, t):
+    """Our module and torch's, holding the same parameters, give the same loss on (hid, t) and the same gradient
+    to each parameter."""
+    got, want = ours(hid, t), theirs(hid, t)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    ours_params, theirs_params = list(ours.parameters()), list(theirs.parameters())
+    assert len(ours_params) == len(theirs_params)
+    for p_ours, p_theirs in zip(ours_params, theirs_params):
+        torch.testing.assert_close(p_ours.grad, p_theirs.grad)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("class_weights", [False, True])
 def test_module_loads_a_torch_state_dict_and_matches_it(bias, class_weights):
@@ -510,12 +524,7 @@ def test_module_loads_a_torch_state_dict_and_matches_it(bias, class_weights):
     hid = torch.randn(9, 6, dtype=torch.float64)
     t = torch.randint(0, 11, (9,))
     t[2] = -100
-    got, want = ours(hid, t), theirs(hid, t)
-    torch.testing.assert_close(got, want)
-    got.backward()
-    want.backward()
-    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(p_ours.grad, p_theirs.grad)
+    assert_same_loss_and_grads(ours, theirs, hid, t)
 
 
 # ----------------------------------------------------------------------------------
@@ -725,15 +734,8 @@ def test_torch_errors():
 # the example
 
 
-def test_lm_head_example_trains(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "examples" / "train_lm_head_torch.py"
-    spec = importlib.util.spec_from_file_location("train_lm_head_torch", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    result = mod.main(["--steps", "12", "--batch", "256", "--chunk-size", "64"])
+def test_lm_head_example_trains(capsys, monkeypatch):
+    result = load_example("train_lm_head_torch", monkeypatch).main(["--steps", "12", "--batch", "256", "--chunk-size", "64"])
     out = capsys.readouterr().out
     assert "fused loss" in out and "MiB" in out
     assert result["vocab"] > 1000 and len(result["losses"]) == 12
@@ -1184,12 +1186,7 @@ def test_k_dimensional_module_loads_a_torch_state_dict(bias):
     ours.load_state_dict(theirs.state_dict())
     hid = torch.randn(6, 5, dtype=torch.float64)
     t = torch.randint(0, 4, (6, 2, 3))
-    got, want = ours(hid, t), theirs(hid, t)
-    torch.testing.assert_close(got, want)
-    got.backward()
-    want.backward()
-    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(p_ours.grad, p_theirs.grad)
+    assert_same_loss_and_grads(ours, theirs, hid, t)
     assert "out_features=(2, 3)" in repr(ours)
 
 

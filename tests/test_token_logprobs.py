@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_softmax
+from example_loading import load_example
 from gpu_softmax import reference_rl
 from gpu_softmax.rl_options import TokenLogprobOptions
 
@@ -713,15 +714,8 @@ def test_docstring_examples():
     assert result.attempted >= 4 and result.failed == 0
 
 
-def test_ppo_example_ratio_starts_at_one_and_reward_rises(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "examples" / "ppo_token_logprobs_torch.py"
-    spec = importlib.util.spec_from_file_location("ppo_token_logprobs_torch", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    result = mod.main(["--rounds", "8", "--batch", "64", "--epochs", "3"])
+def test_ppo_example_ratio_starts_at_one_and_reward_rises(capsys, monkeypatch):
+    result = load_example("ppo_token_logprobs_torch", monkeypatch).main(["--rounds", "8", "--batch", "64", "--epochs", "3"])
     assert "mean reward" in capsys.readouterr().out
     # old and new log-probs come from the sampler's distribution: bitwise the same before an update
     assert result["first_ratio_error"] == 0.0

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,18 +25,11 @@ from gpu_softmax import vocab_parallel as vp
 
 # The special rows are built like the emulated suite's (tests/emulator/ce_cases.py, NumPy only).
 sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator"))
-from ce_cases import mark_special_rows  # noqa: E402
-
-RUNNER = Path(__file__).resolve().parent / "emulator" / "run_vocab_parallel.py"
+from ce_cases import draw_options, mark_special_rows, options_alone  # noqa: E402
+from emulated_runs import assert_runner_ok  # noqa: E402
 
 OPTIONS = [
-    {},
-    {"reduction": "sum"},
-    {"reduction": "none"},
-    {"label_smoothing": 0.1},
-    {"z_loss": 1e-2},
-    {"ignore_index": 2},
-    {"weight": "w"},
+    *options_alone(softcap=False),  # logit_softcap: SOFTCAP_OPTIONS
     {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2},
     {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"},
     {"reduction": "sum", "grad_output": 0.7, "label_smoothing": 1.0},
@@ -47,12 +39,7 @@ WIDTHS = [[20], [7, 13], [5, 0, 11, 3], [1, 1, 1, 30, 2]]
 
 
 def _options(o, rng, rows, V):
-    kw = dict(o)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.1, 2.0, V)
-    if kw.get("grad_output") == "rows":
-        kw["grad_output"] = rng.standard_normal(rows)
-    return kw
+    return draw_options(o, rows, V, np.float64, rng, np.float64)
 
 
 # ----------------------------------------------------------------------------------
@@ -248,11 +235,7 @@ def test_cupy_blocks_match_reference(cp, dtype, widths, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["hard", "special", "layouts", "overflow", "softcap"])
 def test_emulated_vocab_parallel_kernels(suite, emulator_build_dir):
-    p = subprocess.run([sys.executable, str(RUNNER), suite, "--build-dir", str(emulator_build_dir)],
-                       capture_output=True, text=True, timeout=1200)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-8000:]
-    assert f"OK vocab_parallel {suite}" in out, out[-8000:]
+    assert_runner_ok("run_vocab_parallel.py", suite, build_dir=emulator_build_dir, ok=f"OK vocab_parallel {suite}")
 
 
 # ----------------------------------------------------------------------------------

@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def options_alone(*, softcap: bool = True) -> list[dict]:
+    """The plain call, then each option on its own, as specs for draw_options; without logit_softcap where a
+    sweep gives the cap a list of its own."""
+    alone = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
+             {"logit_softcap": 3.0}, {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"}]
+    return alone if softcap else [spec for spec in alone if "logit_softcap" not in spec]
+
+
 def draw_options(spec: dict, rows: int, cols: int, dt, rng, row_dtype) -> dict:
     """The keyword arguments a spec stands for: weight "w" becomes random class weights in dt, grad_output "rows"
     one random grad_output per row in row_dtype (the loss dtype)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 
 import harness  # noqa: E402  (installs the fake cupy when set up)
-from ce_cases import draw_options  # noqa: E402
-from runner_cli import parse_runner_args  # noqa: E402
+from ce_cases import draw_options, options_alone  # noqa: E402
+from launch_record import record_launches  # noqa: E402
+from runner_cli import parse_runner_args, run_suite  # noqa: E402
 
 
 def softmax_suites(cp, SM, rng, emu):
@@ -328,8 +328,7 @@ def cross_entropy_suites(cp, CE, rng):
         np.testing.assert_array_equal(cp.asnumpy(gi), cp.asnumpy(grad), err_msg=f"in place {what}")
         return 4
 
-    OPTS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"z_loss": 1e-2},
-            {"logit_softcap": 3.0}, {"ignore_index": 2}, {"grad_output": 0.5}, {"weight": "w"},
+    OPTS = [*options_alone(),
             {"weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2, "logit_softcap": 4.0},
             {"weight": "w", "label_smoothing": 0.05, "reduction": "none", "grad_output": "rows"}]
 
@@ -522,14 +521,7 @@ def cross_entropy_suites(cp, CE, rng):
         # the regime): both alignments, tails, every option, invalid and ignored
         # targets, 16-bit storage, in place; soft labels must keep streaming.
         n = 0
-        seen = set()
-        launch_fn = CE._launch
-
-        def recording(name, *args, **kw):
-            seen.add(name)
-            return launch_fn(name, *args, **kw)
-
-        CE._launch = recording
+        seen, launch_fn = record_launches(CE)
         base = CE.POLICY
         CE.POLICY = base.replace(ce_split_max_chunk=512)
         desc = CE.device.current().desc
@@ -639,10 +631,10 @@ def cross_entropy_suites(cp, CE, rng):
         (as the softmax variants suite does) on unaligned rows that fill the variant's
         registers, against the reference; with the other suites, every CE entry point."""
         n = 0
-        plan, launch_fn = CE.plan, CE._launch
-        forced, launched, wanted = [], set(), set()
+        plan = CE.plan
+        launched, launch_fn = record_launches(CE)
+        forced, wanted = [], set()
         CE.plan = lambda *a: forced[0]
-        CE._launch = lambda name, *a, **k: (launched.add(name), launch_fn(name, *a, **k))
         threads = 128
         try:
             for storage, v in CE.VARIANTS.items():
@@ -703,14 +695,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("family", choices=["softmax", "cross_entropy"])
     args, rng = parse_runner_args(ap, argv)
-    t0 = time.time()
-    cp, mod, emu = harness.setup(args.family, Path(args.build_dir))
-    suites = softmax_suites(cp, mod, rng, emu) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
-    n = suites[args.suite]()
-    kernels = sorted({name for name, _, _ in emu.launches})
-    print(f"kernels: {' '.join(kernels)}")
-    print(f"OK {args.family} {args.suite} {n} checks in {time.time() - t0:.1f} s")
-    return 0
+
+    def make_suites(cp, mod, rng, emu):
+        return softmax_suites(cp, mod, rng, emu) if args.family == "softmax" else cross_entropy_suites(cp, mod, rng)
+
+    return run_suite(args, rng, args.family, make_suites, label=args.family)
 
 
 if __name__ == "__main__":

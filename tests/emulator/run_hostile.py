@@ -17,11 +17,8 @@ Suites:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402  (installs the fake cupy when set up)
+from launch_record import record_launches  # noqa: E402
+from runner_cli import runner_main  # noqa: E402
 
 # (rows, cols, soft) shapes that land in each regime of the fused kernel; "split"
 # is reached with the split chunk capped (as tests/emulator/run.py's split suite).
@@ -41,14 +39,7 @@ def suites(cp, CE, rng):
     from gpu_softmax._checks import result_dtype
     from gpu_softmax.testing import assert_close, tolerance
 
-    seen: set[str] = set()
-    launch_fn = CE._launch
-
-    def recording(name, *args, **kw):
-        seen.add(name)
-        return launch_fn(name, *args, **kw)
-
-    CE._launch = recording
+    seen, _ = record_launches(CE)
     base_policy = CE.POLICY
 
     def shapes():
@@ -56,6 +47,13 @@ def suites(cp, CE, rng):
         for regime, shape in REGIME_SHAPES.items():
             CE.POLICY = base_policy.replace(ce_split_max_chunk=512) if regime == "split" else base_policy
             yield regime, shape
+
+    def problems(dtypes):
+        """(regime, rows, cols, dt, logits, class indices) for every regime and dtype; logits of scale 2 in dt."""
+        for regime, (rows, cols) in shapes():
+            for dt in dtypes:
+                x = (rng.standard_normal((rows, cols)) * 2).astype(dt)
+                yield regime, rows, cols, dt, x, rng.integers(0, cols, rows)
 
     def run(x, t, want_grad=True, **kw):
         go = kw.pop("grad_output", 1.0) if want_grad else None
@@ -84,37 +82,34 @@ def suites(cp, CE, rng):
 
     def alias():
         n = 0
-        for regime, (rows, cols) in shapes():
-            for dt in (np.float32, np.float64):
-                x0 = (rng.standard_normal((rows, cols)) * 2).astype(dt)
-                t = rng.integers(0, cols, rows)
-                if regime != "stream":
-                    # weight = the first row of the logits (overwritten by its gradient)
-                    ref = np.abs(x0) + 0.5
-                    x = cp.asarray(ref)
-                    seen.clear()
-                    loss, grad = run(x, cp.asarray(t), inplace=True, weight=x[0], reduction="none", validate=False)
-                    assert regime_of(seen) == regime, (regime, seen)
-                    compare(loss, grad, ref, t, f"weight=logits[0] {regime} {dt.__name__}", weight=ref[0].copy(),
-                            reduction="none")
-                    n += 1
-                    # per-row grad_output = the logits' last `rows` elements (a contiguous view)
-                    x = cp.asarray(x0)
-                    loss, grad = run(x, cp.asarray(t), inplace=True, grad_output=x.reshape(-1)[-rows:],
-                                     reduction="none", validate=False)
-                    compare(loss, grad, x0, t, f"grad_output=logits.flat[-rows:] {regime} {dt.__name__}",
-                            grad_output=x0.reshape(-1)[-rows:].copy(), reduction="none")
-                    n += 1
-                # soft target = the logits shifted by one row (target = b[:-1], logits = b[1:])
-                p = rng.random((rows + 1, cols)).astype(dt)
-                p /= p.sum(axis=1, keepdims=True)
-                buf = cp.asarray(p)
+        for regime, rows, cols, dt, x0, t in problems((np.float32, np.float64)):
+            if regime != "stream":
+                # weight = the first row of the logits (overwritten by its gradient)
+                ref = np.abs(x0) + 0.5
+                x = cp.asarray(ref)
                 seen.clear()
-                loss, grad = run(buf[1:], buf[:-1], inplace=True, reduction="none")
-                assert regime_of(seen) == "stream", seen
-                compare(loss, grad, p[1:], p[:-1], f"soft target=logits shifted, {regime} {dt.__name__}",
+                loss, grad = run(x, cp.asarray(t), inplace=True, weight=x[0], reduction="none", validate=False)
+                assert regime_of(seen) == regime, (regime, seen)
+                compare(loss, grad, ref, t, f"weight=logits[0] {regime} {dt.__name__}", weight=ref[0].copy(),
                         reduction="none")
                 n += 1
+                # per-row grad_output = the logits' last `rows` elements (a contiguous view)
+                x = cp.asarray(x0)
+                loss, grad = run(x, cp.asarray(t), inplace=True, grad_output=x.reshape(-1)[-rows:],
+                                 reduction="none", validate=False)
+                compare(loss, grad, x0, t, f"grad_output=logits.flat[-rows:] {regime} {dt.__name__}",
+                        grad_output=x0.reshape(-1)[-rows:].copy(), reduction="none")
+                n += 1
+            # soft target = the logits shifted by one row (target = b[:-1], logits = b[1:])
+            p = rng.random((rows + 1, cols)).astype(dt)
+            p /= p.sum(axis=1, keepdims=True)
+            buf = cp.asarray(p)
+            seen.clear()
+            loss, grad = run(buf[1:], buf[:-1], inplace=True, reduction="none")
+            assert regime_of(seen) == "stream", seen
+            compare(loss, grad, p[1:], p[:-1], f"soft target=logits shifted, {regime} {dt.__name__}",
+                    reduction="none")
+            n += 1
         return n
 
     def hard_or_soft(regime, rows, cols):
@@ -176,59 +171,53 @@ def suites(cp, CE, rng):
 
     def weights():
         n = 0
-        for regime, (rows, cols) in shapes():
-            for dt in (np.float32, np.float16):
-                x = (rng.standard_normal((rows, cols)) * 2).astype(dt)
-                t = rng.integers(0, cols, rows)
-                t[0] = -100
-                cx, ct = cp.asarray(x), cp.asarray(t)
-                for scale in (1e-37, 1.2e-38, 1e-40):  # the last: float32 subnormals
-                    # with one row counted, the total target weight is tiny (below 1 / FLT_MAX for 1e-40)
-                    w = (rng.uniform(1, 1.5, cols) * scale).astype(np.float32)
-                    tt = t.copy()
-                    tt[2:] = -100
-                    # (a sum or per-row loss of 1e-40 weights is itself subnormal: float32 keeps few digits)
-                    for red in ("mean",) if scale < np.finfo(np.float32).tiny else ("mean", "sum", "none"):
-                        loss, grad = run(cx, cp.asarray(tt), weight=cp.asarray(w), reduction=red, validate=False)
-                        compare(loss, grad, x, tt, f"weight~{scale} {red} {regime} {dt.__name__}", weight=w,
-                                reduction=red)
-                        if red == "mean":
-                            assert np.isfinite(cp.asnumpy(loss)).all(), loss
-                        n += 1
-                # zero total target weight (every target's class weighs 0) with smoothing: NaN, as torch
-                w = np.ones(cols, dtype=np.float32)
-                w[t[1:]] = 0.0
-                for ls in (0.0, 0.1):
-                    loss, grad = run(cx, ct, weight=cp.asarray(w), label_smoothing=ls, validate=False)
-                    assert np.isnan(cp.asnumpy(loss)), (ls, loss)
-                    compare(loss, grad, x, t, f"zero target weight ls={ls} {regime}", weight=w, label_smoothing=ls)
+        for regime, rows, cols, dt, x, t in problems((np.float32, np.float16)):
+            t[0] = -100
+            cx, ct = cp.asarray(x), cp.asarray(t)
+            for scale in (1e-37, 1.2e-38, 1e-40):  # the last: float32 subnormals
+                # with one row counted, the total target weight is tiny (below 1 / FLT_MAX for 1e-40)
+                w = (rng.uniform(1, 1.5, cols) * scale).astype(np.float32)
+                tt = t.copy()
+                tt[2:] = -100
+                # (a sum or per-row loss of 1e-40 weights is itself subnormal: float32 keeps few digits)
+                for red in ("mean",) if scale < np.finfo(np.float32).tiny else ("mean", "sum", "none"):
+                    loss, grad = run(cx, cp.asarray(tt), weight=cp.asarray(w), reduction=red, validate=False)
+                    compare(loss, grad, x, tt, f"weight~{scale} {red} {regime} {dt.__name__}", weight=w,
+                            reduction=red)
+                    if red == "mean":
+                        assert np.isfinite(cp.asnumpy(loss)).all(), loss
                     n += 1
+            # zero total target weight (every target's class weighs 0) with smoothing: NaN, as torch
+            w = np.ones(cols, dtype=np.float32)
+            w[t[1:]] = 0.0
+            for ls in (0.0, 0.1):
+                loss, grad = run(cx, ct, weight=cp.asarray(w), label_smoothing=ls, validate=False)
+                assert np.isnan(cp.asnumpy(loss)), (ls, loss)
+                compare(loss, grad, x, t, f"zero target weight ls={ls} {regime}", weight=w, label_smoothing=ls)
+                n += 1
         return n
 
     def infzero():
         n = 0
-        for regime, (rows, cols) in shapes():
-            for dt in (np.float32, np.float64):
-                x = (rng.standard_normal((rows, cols)) * 2).astype(dt)
-                t = rng.integers(0, cols, rows)
-                am = np.argmax(x, axis=1)
-                w = np.ones(cols, dtype=dt)
-                w[am[0]] = np.inf  # an infinite weight at row 0's max
-                loss = run(cp.asarray(x), cp.asarray(t), want_grad=False, weight=cp.asarray(w), label_smoothing=0.1,
-                           reduction="none")
-                want = reference.cross_entropy(x, t, weight=w, label_smoothing=0.1, reduction="none")
-                assert np.isposinf(want[0]), want[0]
-                np.testing.assert_array_equal(np.isposinf(cp.asnumpy(loss)), np.isposinf(want),
-                                              err_msg=f"inf weight {regime} {dt.__name__}")
-                n += 1
-                # an infinite probability at the row's max (soft target)
-                p = rng.random((rows, cols)).astype(dt)
-                p[0, am[0]] = np.inf
-                loss = run(cp.asarray(x), cp.asarray(p), want_grad=False, reduction="none")
-                want = reference.cross_entropy(x, p, reduction="none")
-                assert np.isposinf(want[0]), want[0]
-                assert np.isposinf(cp.asnumpy(loss)[0]), cp.asnumpy(loss)[:2]
-                n += 1
+        for regime, rows, cols, dt, x, t in problems((np.float32, np.float64)):
+            am = np.argmax(x, axis=1)
+            w = np.ones(cols, dtype=dt)
+            w[am[0]] = np.inf  # an infinite weight at row 0's max
+            loss = run(cp.asarray(x), cp.asarray(t), want_grad=False, weight=cp.asarray(w), label_smoothing=0.1,
+                       reduction="none")
+            want = reference.cross_entropy(x, t, weight=w, label_smoothing=0.1, reduction="none")
+            assert np.isposinf(want[0]), want[0]
+            np.testing.assert_array_equal(np.isposinf(cp.asnumpy(loss)), np.isposinf(want),
+                                          err_msg=f"inf weight {regime} {dt.__name__}")
+            n += 1
+            # an infinite probability at the row's max (soft target)
+            p = rng.random((rows, cols)).astype(dt)
+            p[0, am[0]] = np.inf
+            loss = run(cp.asarray(x), cp.asarray(p), want_grad=False, reduction="none")
+            want = reference.cross_entropy(x, p, reduction="none")
+            assert np.isposinf(want[0]), want[0]
+            assert np.isposinf(cp.asnumpy(loss)[0]), cp.asnumpy(loss)[:2]
+            n += 1
         return n
 
     def vocab_parallel():
@@ -285,20 +274,7 @@ def suites(cp, CE, rng):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
-    t0 = time.time()
-    cp, mod, emu = harness.setup("cross_entropy", Path(args.build_dir))
-    n = suites(cp, mod, rng)[args.suite]()
-    print(f"kernels: {' '.join(sorted({name for name, _, _ in emu.launches}))}")
-    print(f"OK hostile {args.suite} {n} checks in {time.time() - t0:.1f} s")
-    return 0
+    return runner_main(argv, "cross_entropy", "hostile", suites)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,8 @@ tests/test_kernels_emulated.py (it fakes `cupy`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402  (installs the fake cupy when set up)
+from runner_cli import runner_main  # noqa: E402
 
 OPTIONS = [
     {},
@@ -204,20 +201,7 @@ def suites(cp, TL, rng):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("suite")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "gs-emu"))
-    args = ap.parse_args(argv)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}", flush=True)
-    rng = np.random.default_rng(seed)
-    t0 = time.time()
-    cp, mod, emu = harness.setup("token_logprobs", Path(args.build_dir))
-    n = suites(cp, mod, rng)[args.suite]()
-    print(f"kernels: {' '.join(sorted({name for name, _, _ in emu.launches}))}")
-    print(f"OK token_logprobs {args.suite} {n} checks in {time.time() - t0:.1f} s")
-    return 0
+    return runner_main(argv, "token_logprobs", "token_logprobs", suites)
 
 
 if __name__ == "__main__":
