@@ -657,11 +657,25 @@ __device__ __forceinline__ float lean_dominated(const float (&e)[EPT], float fix
     return (c - 1.0f) + t * fix;
 }
 
+// A finite max too large for ExpShift: from |m| = 2^16 on, the rounding residue
+// lo of m log2(e) (up to half an ulp of it) makes its second-order fix less
+// exact than float, and past 2^30 2^lo itself overflows. Such rows take
+// exp(x - m) as __expf of the difference (one FADD more per element; exactly 1
+// at the max). One test per thread or row, never per element.
+__device__ __forceinline__ bool lean_wide(float m) {
+    return fabsf(m) < inf_of(m) && fabsf(m) >= 65536.0f;
+}
+
 // (sum - 1) of exp(v - m_t) over a thread's values (m_t their max), at one
 // FFMA + EX2 + FADD each; v becomes the exponentials (times the ExpShift factor)
-// when KEEP.
-template <bool KEEP, int EPT>
-__device__ __forceinline__ float lean_thread_sum(float (&v)[EPT], float mt) {
+// when KEEP. The rare threads (dominated, or wide: lean_wide) then recount at the
+// max as values_stats, from the values (held, or re-read from the thread's own
+// slots of `xc` when KEEP: nothing is written before the row's exchange) or,
+// for a dominated KEEP thread, from its exponentials.
+template <class S, int NV, bool KEEP>
+__device__ __forceinline__ float lean_thread_sum(float (&v)[NV * S::VEC], float mt, const typename S::T* xc,
+                                                 int n, int mis, bool whole) {
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
     const ExpShift<float> es = exp_shift(exp_offset(mt));
     float s = 0.0f;
 #pragma unroll
@@ -671,14 +685,18 @@ __device__ __forceinline__ float lean_thread_sum(float (&v)[EPT], float mt) {
         s += e;
     }
     float r = fmaf(s, es.fix, -1.0f);
-    if (r < LEAN_RECOUNT_BELOW && fabsf(mt) < inf_of(mt)) {
-        if (KEEP) {
-            r = lean_dominated(v, es.fix);
-        } else {
-            float c = 0.0f, t = 0.0f;
-            count_sum<false>(v, mt, c, t);
-            r = (c - 1.0f) + t;
+    const bool wide = lean_wide(mt);
+    if (wide || (r < LEAN_RECOUNT_BELOW && fabsf(mt) < inf_of(mt))) {
+        if (KEEP && !wide) return lean_dominated(v, es.fix);
+        if (KEEP) {  // the values again: e = exp(x - m_t) itself (a wide thread's fix is 1)
+            const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                load_slot<S>(xc, slot_start<S>(0, j, tid, nthr, mis), n, whole, v + j * VEC, -inf_of(0.0f));
         }
+        float c = 0.0f, t = 0.0f;
+        count_sum<KEEP>(v, mt, c, t);
+        r = (c - 1.0f) + t;
     }
     return r;
 }
@@ -712,7 +730,8 @@ __device__ __forceinline__ void lean_grad(float (&v)[NV * S::VEC], typename S::T
     // row is held): a correctly rounded reciprocal, exponentials as ExpShift.
     const bool finite = fabsf(r.m) < inf_of(r.m);
     const ExpShift<A> em = exp_shift(exp_offset(r.m));
-    const A inv_s = finite ? __frcp_rn(A(1) + r.r) * em.fix : nan_of(A(0));  // 1/s times the row's fix
+    const bool wide = lean_wide(r.m);  // exp(x - M) as __expf(x - M)
+    const A inv_s = finite ? __frcp_rn(A(1) + r.r) * (wide ? A(1) : em.fix) : nan_of(A(0));  // 1/s, the row's fix
     const A gce = coef[2] * (g_rows ? g_rows[row] : A(1));
     // The target's owner reads its logit before its own store: no other thread
     // writes that element.
@@ -733,7 +752,11 @@ __device__ __forceinline__ void lean_grad(float (&v)[NV * S::VEC], typename S::T
     if (KEEP) {
         // v holds exp(x - m_t) 2^lo_t; exp(m_t - M) is 0 for a thread of padding or
         // -inf values. e is finite in a finite row; a special row's f is NaN already.
-        A f = shifted_exp(mt, em) * exp_shift(exp_offset(mt)).fix * inv_s * gce;
+        // exp(m_t - M) (its ExpShift fix in inv_s unless wide) times the thread's own
+        // fix (1 for a wide thread, whose e is exp(x - m_t) itself)
+        const A et = (wide ? fast_exp(mt - r.m) : shifted_exp(mt, em)) *
+                     (lean_wide(mt) ? A(1) : exp_shift(exp_offset(mt)).fix);
+        A f = et * inv_s * gce;
         if (tr.status == CE_BAD) f = nan_of(A(0));
 #pragma unroll
         for (int i = 0; i < EPT; ++i) v[i] *= f;
@@ -741,12 +764,17 @@ __device__ __forceinline__ void lean_grad(float (&v)[NV * S::VEC], typename S::T
         // v holds the values: exp(x - M) at one FFMA + EX2, the row's fix in inv_s.
         A f = inv_s * gce;
         if (tr.status == CE_BAD) f = nan_of(A(0));
+        if (wide) {
 #pragma unroll
-        for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], em) * f;
+            for (int i = 0; i < EPT; ++i) v[i] = fast_exp(v[i] - r.m) * f;
+        } else {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], em) * f;
+        }
     }
     lean_store<S, NV>(gc, v, whole && out_aligned, out_aligned, n, mis);
     // The target's term, after (and over) the slot's own store: (p_t - 1) gce.
-    if (own) gc[owned] = S::from_acc((shifted_exp(xo, em) * inv_s - A(1)) * gce);
+    if (own) gc[owned] = S::from_acc(((wide ? fast_exp(xo - r.m) : shifted_exp(xo, em)) * inv_s - A(1)) * gce);
 }
 
 template <class S, int NV>
@@ -805,7 +833,7 @@ __device__ __forceinline__ void ce_split_lean(const typename S::T* x, typename S
         const A mt = values_max(v, -inf_of(A(0)));
         MaxSum<A> mine;
         mine.m = mt;
-        mine.r = lean_thread_sum<KEEP>(v, mt);
+        mine.r = lean_thread_sum<S, NV, KEEP>(v, mt, xc, n, mis, whole);
         const MaxSum<A> r = tagged_group_reduce(mine, slots, part, g, k, c0 / (int)chunk, round);
         // The target's status again (one cached load): fewer registers held over the exchange.
         const CeRow tr = ce_target(tgt, row, cols, ignore);

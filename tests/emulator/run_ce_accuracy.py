@@ -33,16 +33,28 @@ DTYPES = ("float32", "float16", "bfloat16")
 ROWS = 4
 
 
-def inputs(rng, cols: int) -> tuple[np.ndarray, np.ndarray]:
+def inputs(rng, cols: int, huge: bool) -> tuple[np.ndarray, np.ndarray]:
     """Logits far from zero (where exp's argument rounding shows), a row whose target dominates
-    (the loss is log(1 + tiny)), a row whose target is its max among close rivals, and targets
-    in the first, last and an interior block's chunk."""
-    x = (rng.standard_normal((ROWS, cols)) * 3 + 20).astype(np.float32)
-    t = np.array([cols // 2 + 3, 0, cols - 1, 5 * cols // 7])
+    (the loss is log(1 + tiny)), a row whose target is its max among close rivals, targets in the
+    first, last and an interior block's chunk; with `huge`, a row near float32's largest value
+    (m * log2(e) overflows: the fast path's exponent offset does not exist there), its max twice."""
+    x = (rng.standard_normal((ROWS + huge, cols)) * 3 + 20).astype(np.float32)
+    t = np.array([cols // 2 + 3, 0, cols - 1, 5 * cols // 7, cols // 3][:ROWS + huge])
     x[1] = rng.standard_normal(cols).astype(np.float32) * 0.5 - 30
     x[1, 0] = 5.0
     x[2, cols - 1] = float(x[2].max()) + 0.25
+    if huge:
+        x[4] = rng.uniform(1e37, 3e38, cols).astype(np.float32)
+        x[4, cols // 3] = x[4, 2 * cols // 3] = 3.3e38
     return x, t
+
+
+def wide_rows(rng, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows offset far from zero (|m| >= 2^16, where the fast path takes exp of the difference):
+    +1e5, -3e6 and 1e9-scale offsets with a spread that keeps the row's softmax non-trivial."""
+    x = np.stack([1e5 + rng.standard_normal(cols) * 3, -3e6 + rng.standard_normal(cols) * 3,
+                  np.full(cols, 1e9) + rng.integers(-2, 3, cols) * 64.0]).astype(np.float32)
+    return x, np.array([cols // 2, 1, cols - 2])
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -67,8 +79,10 @@ def run(cp, CE) -> int:
     try:
         for dt in DTYPES:
             tdt = getattr(torch, dt)
-            for cols in ROW_LENGTHS:
-                x32, t = inputs(rng, cols)
+            cases = [(cols, *inputs(rng, cols, huge=dt != "float16")) for cols in ROW_LENGTHS]  # float16: 3e38 is inf
+            if dt == "float32":
+                cases.append((ROW_LENGTHS[0], *wide_rows(rng, ROW_LENGTHS[0])))
+            for cols, x32, t in cases:
                 xt = torch.from_numpy(x32).to(tdt)
                 x64 = xt.to(torch.float64).numpy()  # what every implementation sees
                 want_loss, want_grad = reference.cross_entropy_with_grad(x64, t, reduction="none")
