@@ -9,6 +9,11 @@ for in another storage) a one-block finish kernel: a fixed-order float64 sum of 
 per-row losses written in the requested storage (no float atomics: the same inputs
 give the same bits; a 16-bit loss needs no cast launch afterwards).
 
+A split plan for a call with the default options (hard labels, no weight, smoothing,
+z-loss or cap: `lean_options`) launches the regime's fast-path instantiation
+(`gs_ce_split*_lean_*`, docs/cross_entropy_kernels.md), whose partials are tagged
+64-bit words (a uint64 workspace).
+
 Passes over the logits: one read (and one gradient write) in the warp, row and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
 blocks hold) reads twice. The split regime runs k blocks per row that wait for
