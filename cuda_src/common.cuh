@@ -680,4 +680,129 @@ __device__ __forceinline__ A group_sum(A mine, A* part, unsigned long long* cnt,
     return r;
 }
 
+
+// ---------------------------------------------------------------------------
+// Tagged exchange (the cross-entropy split fast path): each partial travels as
+// 64-bit words, the value in the low half and its round + 1 in the high half, so
+// a reader knows a word is this round's from the word alone. No counter, no
+// fence and no L1 invalidation per row: every access is a single-copy-atomic
+// gpu-scope relaxed access (served by L2), and a word's tag is written with its
+// value. Two parity buffers as for group_merge. The kernel leaves the words at
+// zero when it finishes (tagged_release), and the launcher zeroes them when it
+// allocates them, so a stale tag never matches.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+__device__ __forceinline__ void st_relaxed_u64(unsigned long long* p, unsigned long long v) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned long long ld_relaxed_u64(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+#else
+__device__ __forceinline__ void st_relaxed_u64(unsigned long long* p, unsigned long long v) {
+    *(volatile unsigned long long*)p = v;
+}
+__device__ __forceinline__ unsigned long long ld_relaxed_u64(const unsigned long long* p) {
+    return *(const volatile unsigned long long*)p;
+}
+#endif
+
+__device__ __forceinline__ unsigned long long tag_word(float v, unsigned int tag) {
+    return ((unsigned long long)tag << 32) | __float_as_uint(v);
+}
+
+// (max, sum - 1) of one partial per lane of a full warp, every lane getting the
+// same bits: the max first (one FMNMX per level), then one sum of what each
+// partial adds at that max, r itself where the partial holds it (so a dominated
+// total keeps its low digits, as merge() does) and (1 + r) exp(m - M) elsewhere,
+// plus the count of partials at the max, minus one. No exponential per level.
+// Empty partials (-inf, -1) add nothing; an all -inf set stays (-inf, -1); a NaN
+// max gives a NaN sum.
+__device__ __forceinline__ MaxSum<float> warp_max_then_sum(MaxSum<float> v) {
+    MaxSum<float> o;
+    o.m = warp_max(v.m);
+    const bool at = v.m == o.m;
+    const float add = at ? v.r : (1.0f + v.r) * fast_exp(v.m - o.m);
+    const int n_at = __popc(__ballot_sync(0xffffffffu, at));
+    o.r = warp_sum(add, 32) + (float)(n_at - 1);
+    return o;
+}
+
+// Lane `lane`'s share of round `tag`'s k partials (a fixed order), read once
+// each partial's two words carry the tag; bounded as group_publish_wait (a trap,
+// not a hang). The clock is read only once a word is found not ready.
+__device__ __forceinline__ MaxSum<float> tagged_gather(const unsigned long long* base, int k, unsigned int tag,
+                                                       int lane) {
+    MaxSum<float> w = empty_maxsum<float>();
+    for (int i = lane; i < k; i += 32) {
+        unsigned long long a = ld_relaxed_u64(base + 2 * i), b = ld_relaxed_u64(base + 2 * i + 1);
+        if ((unsigned int)(a >> 32) != tag || (unsigned int)(b >> 32) != tag) {
+            const unsigned long long t0 = globaltimer_ns();
+            do {
+                nanosleep_ns(64);
+                if (globaltimer_ns() - t0 > GS_SPIN_LIMIT_NS) __trap();
+                a = ld_relaxed_u64(base + 2 * i);
+                b = ld_relaxed_u64(base + 2 * i + 1);
+            } while ((unsigned int)(a >> 32) != tag || (unsigned int)(b >> 32) != tag);
+        }
+        MaxSum<float> o;
+        o.m = __uint_as_float((unsigned int)a);
+        o.r = __uint_as_float((unsigned int)b);
+        w = merge(w, o);  // k > 32 only: a lane's second partial
+    }
+    return w;
+}
+
+// The row's (max, sum - 1) over the k blocks of group g, from one partial per
+// thread. Every warp reduces its lanes and posts; after the first barrier warp 0
+// alone reduces the block's warps, publishes the block's partial (thread 0),
+// waits for the group's k partials of this round (each lane for the ones it
+// then reads: no other thread's observation to order) and reduces them in a
+// fixed order; after the second barrier every thread reads that one result, so
+// every block of the group holds the same bits. Two barriers per row and no
+// fence; the other warps skip the exchange's instructions. slots: [33] of the
+// block's shared memory (one buffer: each slot is rewritten only past a barrier
+// every reader has passed). part: [group][2][k][2] words, the two parities as
+// for group_merge (nothing overwrites a round's words before every block of the
+// group has read them).
+__device__ __forceinline__ MaxSum<float> tagged_group_reduce(MaxSum<float> mine, MaxSum<float>* slots,
+                                                             unsigned long long* part, int g, int k, int p,
+                                                             unsigned int round) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    mine = warp_max_then_sum(mine);
+    if (lane == 0) slots[warp] = mine;
+    __syncthreads();
+    if (warp == 0) {
+        const MaxSum<float> b = warp_max_then_sum(lane < nwarps ? slots[lane] : empty_maxsum<float>());
+        unsigned long long* base = part + ((g * 2 + (int)(round & 1u)) * k) * 2;  // < 2^31 words
+        const unsigned int tag = round + 1u;
+        if (lane == 0) {
+            st_relaxed_u64(base + 2 * p, tag_word(b.m, tag));
+            st_relaxed_u64(base + 2 * p + 1, tag_word(b.r, tag));
+        }
+        const MaxSum<float> r = warp_max_then_sum(tagged_gather(base, k, tag, lane));
+        if (lane == 0) slots[32] = r;
+    }
+    __syncthreads();
+    return slots[32];
+}
+
+// After the group's last round: the last of its k blocks to finish zeroes the
+// group's words and its done counter (every block is past its reads when it
+// counts itself done: the barrier orders its warps' reads first).
+__device__ __forceinline__ void tagged_release(unsigned long long* part, unsigned long long* done, long long g,
+                                               int k) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();  // once per kernel: this block's reads before its count
+        if (atomicAdd(done + g, 1ull) == (unsigned long long)(k - 1)) {
+            __threadfence();
+            unsigned long long* w = part + g * 4 * (long long)k;
+            for (int i = 0; i < 4 * k; ++i) w[i] = 0ull;
+            done[g] = 0ull;
+        }
+    }
+}
+
 }  // namespace gs

@@ -624,6 +624,240 @@ __device__ __forceinline__ void ce_split(const typename S::T* x, typename S::T* 
 }
 
 // ---------------------------------------------------------------------------
+// split regime, fast path (the `_lean` entry points): hard labels and no class
+// weight, smoothing, z-loss or soft cap, a float accumulator. The launcher picks
+// it from the options (cross_entropy.py), so no option is tested per element.
+// Per thread and row: the values' max m_t (FMNMX), their exp(x - m_t) (ExpShift:
+// one FFMA + EX2 each) and plain sum; the block and the group reduce max first,
+// then one sum (warp_max_then_sum: no exponential per reduction level), through
+// tagged words in global memory (tagged_group_reduce: no fence, no L1
+// invalidation, two barriers per row). Then every gradient element is one
+// product: 16-bit storage keeps the exponentials and multiplies by the thread's
+// exp(m_t - M) / sum * gce; float32 keeps the values (64 registers hold them, not
+// both) and takes exp(x - M) / sum * gce at one FFMA + EX2 + FMUL. The target's
+// -gce is applied once, by the thread whose slot holds it. In-chunk indices are
+// int: a split row is at most the co-resident blocks' capacity, far below 2^31.
+//
+// A thread whose own max dominates its values (r_t = sum - 1 small) would lose
+// r_t's low digits in the plain sum (1 + tiny); those threads, rare and once per
+// row, recount at the max (lean_dominated, count_sum), which keeps the loss of a
+// confident row accurate as values_stats does. Special rows need no per-element
+// test: a non-finite row max makes the factor NaN (the reference's NaN
+// gradient), an ignored row stores zeros, a bad target NaN.
+
+// Below this r_t the plain sum's rounding (about EPT * eps * (1 + r_t) absolute)
+// would cost r_t more than twice the relative error of the counted form.
+constexpr float LEAN_RECOUNT_BELOW = 1.0f;
+
+// r = sum - 1 of a thread's exponentials e (its max's own e is the largest):
+// those equal to it are counted, the others summed (times the ExpShift fix).
+template <int EPT>
+__device__ __forceinline__ float lean_dominated(const float (&e)[EPT], float fix) {
+    const float em = values_max(e, 0.0f);
+    float c = 0.0f, t = 0.0f;
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        const bool one = e[i] == em;
+        c += one ? 1.0f : 0.0f;
+        t += one ? 0.0f : e[i];
+    }
+    return (c - 1.0f) + t * fix;
+}
+
+// A finite max too large for ExpShift: from |m| = 2^16 on, the rounding residue
+// lo of m log2(e) (up to half an ulp of it) makes its second-order fix less
+// exact than float, and past 2^30 2^lo itself overflows. Such rows take
+// exp(x - m) as __expf of the difference (one FADD more per element; exactly 1
+// at the max). One test per thread or row, never per element.
+__device__ __forceinline__ bool lean_wide(float m) {
+    return fabsf(m) < inf_of(m) && fabsf(m) >= 65536.0f;
+}
+
+// (sum - 1) of exp(v - m_t) over a thread's values (m_t their max), at one
+// FFMA + EX2 + FADD each; v becomes the exponentials (times the ExpShift factor)
+// when KEEP. The rare threads (dominated, or wide: lean_wide) then recount at the
+// max as values_stats, from the values (held, or re-read from the thread's own
+// slots of `xc` when KEEP: nothing is written before the row's exchange) or,
+// for a dominated KEEP thread, from its exponentials.
+template <class S, int NV, bool KEEP>
+__device__ __forceinline__ float lean_thread_sum(float (&v)[NV * S::VEC], float mt, const typename S::T* xc,
+                                                 int n, int mis, bool whole) {
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const ExpShift<float> es = exp_shift(exp_offset(mt));
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        const float e = shifted_exp(v[i], es);
+        if (KEEP) v[i] = e;
+        s += e;
+    }
+    float r = fmaf(s, es.fix, -1.0f);
+    const bool wide = lean_wide(mt);
+    if (wide || (r < LEAN_RECOUNT_BELOW && fabsf(mt) < inf_of(mt))) {
+        if (KEEP && !wide) return lean_dominated(v, es.fix);
+        if (KEEP) {  // the values again: e = exp(x - m_t) itself (a wide thread's fix is 1)
+            const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                load_slot<S>(xc, slot_start<S>(0, j, tid, nthr, mis), n, whole, v + j * VEC, -inf_of(0.0f));
+        }
+        float c = 0.0f, t = 0.0f;
+        count_sum<KEEP>(v, mt, c, t);
+        r = (c - 1.0f) + t;
+    }
+    return r;
+}
+
+// A thread's NV slots into the gradient row: 16-byte stores when every slot is
+// whole and aligned (one test per row), else per-slot bounds.
+template <class S, int NV>
+__device__ __forceinline__ void lean_store(typename S::T* gc, const float (&v)[NV * S::VEC], bool fast,
+                                           bool out_aligned, int n, int mis) {
+    constexpr int VEC = S::VEC;
+    const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+    if (fast) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) store_full<S>(gc + slot_start<S>(0, j, tid, nthr, mis), v + j * VEC);
+    } else {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) store_slot<S>(gc, slot_start<S>(0, j, tid, nthr, mis), n, out_aligned, v + j * VEC);
+    }
+}
+
+// The gradient of a lean row: e (held in v) times the thread's factor, the
+// target's term by its owner.
+template <class S, int NV, bool KEEP>
+__device__ __forceinline__ void lean_grad(float (&v)[NV * S::VEC], typename S::T* gc, const typename S::T* xc,
+                                          CeRow tr, MaxSum<float> r, float mt, const float* coef,
+                                          const float* g_rows, long long row, int owned, int n, bool whole) {
+    typedef float A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+    // Per-row scalars in short forms (no division or expf subroutine while the
+    // row is held): a correctly rounded reciprocal, exponentials as ExpShift.
+    const bool finite = fabsf(r.m) < inf_of(r.m);
+    const ExpShift<A> em = exp_shift(exp_offset(r.m));
+    const bool wide = lean_wide(r.m);  // exp(x - M) as __expf(x - M)
+    const A inv_s = finite ? __frcp_rn(A(1) + r.r) * (wide ? A(1) : em.fix) : nan_of(A(0));  // 1/s, the row's fix
+    const A gce = coef[2] * (g_rows ? g_rows[row] : A(1));
+    // The target's owner reads its logit before its own store: no other thread
+    // writes that element.
+    const int mis = misalign<S>(xc);
+    const bool own = owned >= 0;
+    A xo = A(0);
+    if (own) xo = S::to_acc(xc[owned]);
+    const bool out_aligned = misalign<S>(gc) == mis;
+    if (tr.status == CE_IGNORED) {
+        // zeros even where e is not finite; a branch of its own (both sides store)
+        // so that the held registers never merge with a second set
+        A zeros[EPT];
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) zeros[i] = A(0);
+        lean_store<S, NV>(gc, zeros, whole && out_aligned, out_aligned, n, mis);
+        return;
+    }
+    if (KEEP) {
+        // v holds exp(x - m_t) 2^lo_t; exp(m_t - M) is 0 for a thread of padding or
+        // -inf values. e is finite in a finite row; a special row's f is NaN already.
+        // exp(m_t - M) (its ExpShift fix in inv_s unless wide) times the thread's own
+        // fix (1 for a wide thread, whose e is exp(x - m_t) itself)
+        const A et = (wide ? fast_exp(mt - r.m) : shifted_exp(mt, em)) *
+                     (lean_wide(mt) ? A(1) : exp_shift(exp_offset(mt)).fix);
+        A f = et * inv_s * gce;
+        if (tr.status == CE_BAD) f = nan_of(A(0));
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) v[i] *= f;
+    } else {
+        // v holds the values: exp(x - M) at one FFMA + EX2, the row's fix in inv_s.
+        A f = inv_s * gce;
+        if (tr.status == CE_BAD) f = nan_of(A(0));
+        if (wide) {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) v[i] = fast_exp(v[i] - r.m) * f;
+        } else {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], em) * f;
+        }
+    }
+    lean_store<S, NV>(gc, v, whole && out_aligned, out_aligned, n, mis);
+    // The target's term, after (and over) the slot's own store: (p_t - 1) gce.
+    if (own) gc[owned] = S::from_acc(((wide ? fast_exp(xo - r.m) : shifted_exp(xo, em)) * inv_s - A(1)) * gce);
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void ce_split_lean(const typename S::T* x, typename S::T* grad, const long long* tgt,
+                                              const float* coef, const float* g_rows, float* row_loss,
+                                              float* row_lse, long long rows, long long cols, long long ignore,
+                                              int k, long long chunk, unsigned long long* part,
+                                              unsigned long long* cnt) {
+    typedef typename S::T T;
+    typedef float A;
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    // 16-bit storage keeps the exponentials over the exchange (no second EX2 per
+    // element: the XU pipe is what 16-bit rows run short of); float32 keeps the
+    // values, whose second exp costs an FFMA + EX2 but fits the 64 registers.
+    constexpr bool KEEP = sizeof(T) == 2;
+    __shared__ MaxSum<A> slots[33];  // tagged_group_reduce
+    __shared__ A target_logit[1];  // block 0's, for the loss: in shared memory, not a register held over the row
+    const RowShare sh = row_share(k, chunk, cols);
+    if (sh.idle()) return;
+    const int groups = (int)sh.groups, g = (int)sh.g, c0 = (int)sh.c0, n = (int)sh.n;
+    // The block's place p = c0 / chunk is not held over the rows (c0 == 0: block 0)
+    const int tid = (int)threadIdx.x, nthr = (int)blockDim.x;
+    // One 32-bit counter, the exchange's round, drives the row loop (fewer registers
+    // held than a 64-bit row index beside it).
+    for (unsigned int round = 0;; ++round) {
+        const long long row = g + (long long)round * groups;
+        if (row >= rows) break;
+        const T* xc = x + row * cols + c0;
+        const int mis = misalign<S>(xc);
+        // Block 0 reads the target logit for the loss before this row's exchange,
+        // so before any block writes its gradient (in place is safe).
+        if (c0 == 0 && tid == 0) {
+            const CeRow tr = ce_target(tgt, row, cols, ignore);
+            target_logit[0] = tr.status == CE_OK ? S::to_acc(x[row * cols + tr.t]) : A(0);
+        }
+        // The in-chunk index of the target when this thread's slot holds it, else -1
+        // (a division only in the one block whose chunk holds it).
+        int owned = -1;
+        {
+            const CeRow tr = ce_target(tgt, row, cols, ignore);
+            const int tt = tr.status == CE_OK ? (int)(tr.t - c0) : -1;
+            if (tt >= 0 && tt < n && ((tt + mis) / VEC) % nthr == tid) owned = tt;
+        }
+        // Whole slots need no element bounds: one test per thread and row.
+        const bool whole = slot_start<S>(0, 0, tid, nthr, mis) >= 0 &&
+                           slot_start<S>(0, NV - 1, tid, nthr, mis) + VEC <= n;
+        A v[EPT];
+        if (whole) {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) load_full<S>(xc + slot_start<S>(0, j, tid, nthr, mis), v + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+                load_slot<S>(xc, slot_start<S>(0, j, tid, nthr, mis), n, true, v + j * VEC, -inf_of(A(0)));
+        }
+        const A mt = values_max(v, -inf_of(A(0)));
+        MaxSum<A> mine;
+        mine.m = mt;
+        mine.r = lean_thread_sum<S, NV, KEEP>(v, mt, xc, n, mis, whole);
+        const MaxSum<A> r = tagged_group_reduce(mine, slots, part, g, k, c0 / (int)chunk, round);
+        // The target's status again (one cached load): fewer registers held over the exchange.
+        const CeRow tr = ce_target(tgt, row, cols, ignore);
+        if (grad) lean_grad<S, NV, KEEP>(v, grad + row * cols + c0, xc, tr, r, mt, coef, g_rows, row, owned, n, whole);
+        // The loss after the gradient: its log1p then needs no register the held
+        // exponentials use.
+        if (c0 == 0 && tid == 0) {
+            const A inv_cols = A(1) / A(cols);
+            const CeScale<A> ks = ce_scale(r, tr, A(1), A(0), false, A(0), A(0), inv_cols, A(0), coef, g_rows, row);
+            ce_write_loss(row_loss, row_lse, row, tr, ks, target_logit[0], A(1), A(0), A(0), false, A(0), A(0), inv_cols,
+                          coef);
+        }
+    }
+    tagged_release(part, cnt + groups, g, k);
+}
+
+// ---------------------------------------------------------------------------
 // backward scaling: the forward saved d(loss)/d(logits) for grad_output = 1 (the
 // mean's divisor already in it); the backward multiplies by grad_output in place.
 // The common case, a scalar grad_output of exactly 1 (loss.backward()), is

@@ -95,7 +95,14 @@ def test_launcher_launches_split_plans_cooperatively(monkeypatch):
     inp = ce._Inputs("float32", np.dtype(np.float32), Arr(), ce.NULL, ce.NULL, ce.NULL)
     a = _checks.check_cross_entropy(np.zeros((2, 100000), np.float32), np.zeros(2, np.int64))
     p = ce._launch_fused(a, inp, ce.NULL, ce.NULL, ce.NULL, ce.NULL, ce.NULL)
-    assert p.regime == "split" and seen == [(ce.split_name("float32"), True)]
+    # default options: the split regime's fast-path instantiation (issue 20)
+    assert p.regime == "split" and seen == [(ce.split_lean_name("float32"), True)]
+    seen.clear()
+    for opts in ({"label_smoothing": 0.1}, {"z_loss": 1e-3}, {"logit_softcap": 5.0},
+                 {"weight": np.ones(100000, np.float32)}):
+        a = _checks.check_cross_entropy(np.zeros((2, 100000), np.float32), np.zeros(2, np.int64), **opts)
+        p = ce._launch_fused(a, inp, ce.NULL, ce.NULL, ce.NULL, ce.NULL, ce.NULL)
+        assert p.regime == "split" and seen[-1] == (ce.split_name("float32"), True), opts
 
 
 # ----------------------------------------------------------------------------------

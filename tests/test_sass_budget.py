@@ -90,9 +90,13 @@ BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_
 
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.
+# CE bfloat16 (the split fast path): 15.3 instr/elem and compute/memory 0.55 meet the budget; the
+# walk's 1.06 stores per slot is the plan's padding (11 blocks of 384 threads x 32 elements hold
+# 135168 slots' worth for 128256 classes: 5% of the slots the walked interior thread stands for
+# are empty at the chunk tails), so it stays listed.
 NOT_LEAN_YET = {
     ("softmax", "bfloat16", 4096, 32768),
-    ("softmax", "float32", 16384, 131072), ("cross_entropy_fwd_bwd", "float32", 4096, 128256),
+    ("softmax", "float32", 16384, 131072),
     ("cross_entropy_fwd_bwd", "bfloat16", 4096, 128256),
     ("softmax_backward", "float32", 4096, 32768),
     ("log_softmax", "bfloat16", 4096, 32768),

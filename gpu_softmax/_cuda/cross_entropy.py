@@ -9,6 +9,11 @@ for in another storage) a one-block finish kernel: a fixed-order float64 sum of 
 per-row losses written in the requested storage (no float atomics: the same inputs
 give the same bits; a 16-bit loss needs no cast launch afterwards).
 
+A split plan for a call with the default options (hard labels, no weight, smoothing,
+z-loss or cap: `lean_options`) launches the regime's fast-path instantiation
+(`gs_ce_split*_lean_*`, docs/cross_entropy_kernels.md), whose partials are tagged
+64-bit words (a uint64 workspace).
+
 Passes over the logits: one read (and one gradient write) in the warp, row and
 split regimes; the stream regime (soft labels, or rows longer than the co-resident
 blocks hold) reads twice. The split regime runs k blocks per row that wait for
@@ -53,6 +58,7 @@ from .cross_entropy_plan import (  # noqa: F401  (re-exported)
     STREAM_THREADS,
     WARP_BLOCK_THREADS,
     capacity,
+    lean_variant,
     occupancy_of,
     plan,
 )
@@ -76,6 +82,7 @@ NULL = abi.NULL  # a null device pointer argument
 warp_name = kernels.ce_warp_name
 block_name = kernels.ce_block_name
 split_name = kernels.ce_split_name
+split_lean_name = kernels.ce_split_lean_name
 stream_name = kernels.ce_stream_name
 finish_name = kernels.ce_finish_name
 scale_name = kernels.ce_scale_name
@@ -103,9 +110,18 @@ def _launch(name: str, grid: int, block: int, args: tuple, cooperative: bool = F
     device.current().launch(FAMILY, name, grid, block, args, 0, cooperative)
 
 
-def plan_for(storage: str, rows: int, cols: int, mis: int = 0, soft: bool = False, dev: Device | None = None) -> Plan:
-    """The plan a fused call would get (for benchmarks and reports)."""
-    return plan(storage, rows, cols, mis, soft, device.current().desc if dev is None else dev, POLICY)
+def plan_for(storage: str, rows: int, cols: int, mis: int = 0, soft: bool = False, dev: Device | None = None,
+             default_options: bool = True) -> Plan:
+    """The plan a fused call would get (for benchmarks and reports): by default one
+    with no weight, smoothing, z-loss or cap (the fast-path kernels where they exist)."""
+    p = plan(storage, rows, cols, mis, soft, device.current().desc if dev is None else dev, POLICY)
+    return lean_variant(p, storage) if default_options and not soft else p
+
+
+def lean_options(a: CrossEntropyArgs) -> bool:
+    """Whether a call may take the fast-path kernels: hard labels, no class weight,
+    smoothing, z-loss or soft cap (tested once per call, not per element)."""
+    return not a.soft and a.weight is None and not a.label_smoothing and not a.z_loss and not a.logit_softcap
 
 
 def cooperative_ok() -> bool:
@@ -222,11 +238,15 @@ def _launch_fused(a: CrossEntropyArgs, inp: _Inputs, coef, g_rows, grad, row_los
     ds = device.current()
     p = plan(inp.storage, rows, cols, launch.worst_misalignment(x.data.ptr, cols, x.itemsize), a.soft, ds.desc,
              POLICY)
+    if lean_options(a):
+        p = lean_variant(p, inp.storage)
     extra = {}
     if p.regime == "warp":
         extra = {"width": p.width}
     elif p.regime == "split":
-        part, cnt = ds.workspace(p.groups, p.k, inp.acc)
+        # the fast path's partials are tagged 64-bit words (common.cuh, tagged_merge)
+        lean = "_lean_" in p.kernel
+        part, cnt = ds.workspace(p.groups, p.k, np.uint64 if lean else inp.acc)
         extra = {"k": p.k, "chunk": p.chunk, "part": part, "cnt": cnt}
     args = ENTRIES[p.kernel].sig.pack(
         x=x, grad=grad, tgt=inp.tgt, soft_t=inp.soft_t, w=inp.w, coef=coef, g_rows=g_rows, row_loss=row_loss,

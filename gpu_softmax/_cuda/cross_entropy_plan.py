@@ -8,12 +8,13 @@ per row, launched cooperatively), "stream" (two reads; soft labels always)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from . import launch
 from .abi import cdiv, round_up
 from .kernels import CE_STREAM_THREADS, CE_VARIANTS, CE_WARP_THREADS, ENTRIES, VEC
-from .kernels import ce_block_name, ce_split_name, ce_stream_name, ce_warp_name
+from .kernels import CE_LEAN_STORAGES, ce_block_name, ce_split_lean_name, ce_split_name, ce_stream_name, ce_warp_name
 from .plan import DEFAULT_POLICY, MAX_GRID, Device, Plan, Policy, occupancy
 
 WARP_BLOCK_THREADS = CE_WARP_THREADS
@@ -104,3 +105,13 @@ def _plan_split(storage: str, rows: int, cols: int, mis: int, dev: Device, pol: 
     if k < 2 or groups < 1:
         return None
     return Plan("split", name, groups * k, threads, k=k, chunk=chunk, groups=groups)
+
+
+def lean_variant(p: Plan, storage: str) -> Plan:
+    """`p` with the fast-path instantiation of its kernel where the table has one (the
+    split regime's `_lean` kernels: same launch shape and bounds, so the plan's grid
+    stays co-resident). Only for a call with hard labels and no weight, smoothing,
+    z-loss or cap; the caller decides that from the options."""
+    if p.regime == "split" and storage in CE_LEAN_STORAGES:
+        return dataclasses.replace(p, kernel=ce_split_lean_name(storage))
+    return p

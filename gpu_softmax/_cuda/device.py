@@ -93,15 +93,16 @@ class DeviceState:
     def workspace(self, groups: int, k: int, part_dtype) -> tuple:
         """Partials ([group][2 rounds][k][2]) and per-group counters ([2][groups]),
         one set per (stream, dtype), grown when needed. The kernels leave the counters
-        at zero when they finish (group_release), so they are zeroed only when
-        allocated; launches on one stream are ordered, so reuse across calls is safe."""
+        at zero when they finish (group_release), as the tagged partials of the CE
+        fast path (tagged_release), so both are zeroed only when allocated; launches on
+        one stream are ordered, so reuse across calls is safe."""
         cp = launch.cupy()
         key = (cp.cuda.get_current_stream().ptr, part_dtype)
         ws = self.workspaces.get(key)
         if ws is None or ws[0].size < groups * 4 * k or ws[1].size < 2 * groups:
             n_part = max(groups * 4 * k, 0 if ws is None else ws[0].size)
             n_cnt = max(2 * groups, 0 if ws is None else ws[1].size)
-            ws = (cp.empty(n_part, dtype=part_dtype), cp.zeros(n_cnt, dtype=np.uint64))
+            ws = (cp.zeros(n_part, dtype=part_dtype), cp.zeros(n_cnt, dtype=np.uint64))
             self.workspaces[key] = ws
         return ws
 

@@ -136,6 +136,11 @@ CE_SIGNATURES = {
                         "(A)cap"),
     "split": signature("gs::ce_split<S, NV>", _CE_ARGS + ", int k, long long chunk, A* part, unsigned long long* cnt",
                        _CE_CALL + ", k, chunk, part, cnt"),
+    # The fast path: the option scalars stay in the list (one packing for both
+    # variants) but are not passed; the partials are tagged 64-bit words.
+    "split_lean": signature("gs::ce_split_lean<S, NV>", _CE_ARGS + ", int k, long long chunk, "
+                                                        "unsigned long long* part, unsigned long long* cnt",
+                            "x, grad, tgt, coef, g_rows, row_loss, row_lse, rows, cols, ignore, k, chunk, part, cnt"),
     "scale": signature("gs::ce_scale_grad<S>", "T* grad, long long n, long long cols, long long inner, "
                                                "const A* g_scalar, const A* g_rows"),
     "finish": signature("gs::ce_finish<S>", "const A* row_loss, T* out, long long rows, int reduce"),
@@ -166,6 +171,15 @@ def ce_block_name(nv: int, storage: str) -> str:
 
 def ce_split_name(storage: str) -> str:
     return f"gs_ce_split{CE_VARIANTS[storage]['split'][0]}_{SUFFIX[storage]}"
+
+
+# Storages with the split fast path (hard labels, no weight / smoothing / z-loss /
+# cap: a compile-time instantiation): the float accumulators.
+CE_LEAN_STORAGES = ("float32", "float16", "bfloat16")
+
+
+def ce_split_lean_name(storage: str) -> str:
+    return f"gs_ce_split{CE_VARIANTS[storage]['split'][0]}_lean_{SUFFIX[storage]}"
 
 
 def ce_stream_name(storage: str, soft: bool) -> str:
@@ -206,6 +220,9 @@ def _ce_entries():
         nv, threads = v["split"]
         yield Entry("cross_entropy", ce_split_name(st), CE_SIGNATURES["split"], _bind(st, NV=nv),
                     (threads, CE_SPLIT_MIN_BLOCKS), "acc")
+        if st in CE_LEAN_STORAGES:
+            yield Entry("cross_entropy", ce_split_lean_name(st), CE_SIGNATURES["split_lean"], _bind(st, NV=nv),
+                        (threads, CE_SPLIT_MIN_BLOCKS), "uint64")
         yield Entry("cross_entropy", ce_scale_name(st), CE_SIGNATURES["scale"], _bind(st), aux)
         yield Entry("cross_entropy", ce_finish_name(st), CE_SIGNATURES["finish"], _bind(st), aux)
     for acc, name in (("float", "gs_ce_prep_f32"), ("double", "gs_ce_prep_f64")):

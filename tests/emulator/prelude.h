@@ -32,6 +32,9 @@ struct uint4 { unsigned x, y, z, w; };
 #define __restrict__
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
 // Round-to-nearest float add and multiply, never fused (-O1 on x86-64 does not contract).
 inline float __fadd_rn(float a, float b) { return a + b; }
@@ -129,6 +132,17 @@ template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     gs_emu_bar_wait(g_ctx->wbar[w]);
     return r;
 }
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    if (mask != 0xffffffffu) abort();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    auto& buf = g_ctx->sbuf[w];
+    buf[lane] = pred ? 1ull : 0ull;
+    gs_emu_bar_wait(g_ctx->wbar[w]);
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) r |= (buf[i] ? 1u : 0u) << i;
+    gs_emu_bar_wait(g_ctx->wbar[w]);
+    return r;
+}
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
@@ -144,6 +158,8 @@ inline unsigned short f32_to_bf16(float f) {
 inline unsigned long long ld_acquire(const unsigned long long* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline float ld_relaxed(const float* p) { return *(const volatile float*)p; }
 inline double ld_relaxed(const double* p) { return *(const volatile double*)p; }
+inline void st_relaxed_u64(unsigned long long* p, unsigned long long v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long ld_relaxed_u64(const unsigned long long* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 // A spin-wait on another block: let the other fibers run.
 inline void nanosleep_ns(unsigned) { t_fiber->spun = true; gs_emu_yield(); }
 // cp.async has no host form: a plain copy, already complete when wait_all runs.

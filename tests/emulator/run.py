@@ -645,7 +645,11 @@ def cross_entropy_suites(cp, CE, rng):
                 nv = v["split"][0]
                 chunk = (threads * nv * vec - (vec - 1)) // vec * vec
                 cases.append((CE.split_name(storage), "split", 2 * chunk - 3, chunk))
+                if storage in CE.kernels.CE_LEAN_STORAGES:  # the fast path: default options only
+                    cases.append((CE.split_lean_name(storage), "split", 2 * chunk - 3, chunk))
                 for name, regime, cols, extra in cases:
+                    # the fast-path kernels take no option: their cases run with the defaults
+                    opts = {} if "_lean_" in name else {"label_smoothing": 0.1}
                     wanted.add(name)
                     if regime == "warp":
                         p = CE.Plan("warp", name, 2, CE.WARP_BLOCK_THREADS, width=32)
@@ -664,10 +668,10 @@ def cross_entropy_suites(cp, CE, rng):
                         if regime == "stream" and extra:
                             tt = rng.random((rows, cols))
                             t = (tt / tt.sum(-1, keepdims=True)).astype(np.float32)
-                        a = dataclasses.replace(_checks.check_cross_entropy(xf, t, label_smoothing=0.1), kind="cupy",
+                        a = dataclasses.replace(_checks.check_cross_entropy(xf, t, **opts), kind="cupy",
                                                 logits=cp.asarray(bits)[1:].reshape(rows, cols), target=cp.asarray(t))
                         loss, grad = CE.cross_entropy_with_grad(a, False, storage="bfloat16")
-                        wl, wg = reference.cross_entropy_with_grad(xf, t, label_smoothing=0.1)
+                        wl, wg = reference.cross_entropy_with_grad(xf, t, **opts)
                         g = (cp.asnumpy(grad).astype(np.uint32) << 16).view(np.float32)
                         assert_close(g, wg, "bfloat16", f"{name} grad", atol=8e-3 * np.abs(wg).max())
                         assert_close(cp.asnumpy(loss), wl, "float32", f"{name} loss", atol=1e-5)
@@ -680,7 +684,7 @@ def cross_entropy_suites(cp, CE, rng):
                         else:
                             t = rng.integers(0, cols, rows)
                             t[0] = cols - 1
-                        n += check(x, t, f"variant {name}", label_smoothing=0.1, z_loss=1e-3)
+                        n += check(x, t, f"variant {name}", **(dict(opts, z_loss=1e-3) if opts else {}))
         finally:
             CE.plan, CE._launch = plan, launch_fn
         fused = {n for n in CE.ENTRY_POINTS if n.split("_")[2].rstrip("0123456789") in ("warp", "block", "stream", "split")}
