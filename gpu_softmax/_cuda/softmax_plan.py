@@ -235,13 +235,21 @@ def _plan_stream(storage: str, direction: str, rows: int, cols: int, dev: Device
         res = _resident(dev, "stream", STREAM_THREADS, smem, grid)
         return Plan("stream", name, grid, STREAM_THREADS, k=1, chunk=cols, smem=smem, resident=res,
                     inflight_bytes_per_sm=res * min(tile_bytes, chunk_bytes))
+    return _rows_in_groups("stream", name, STREAM_THREADS, rows, cols, k, chunk, occ, res_total, dev,
+                           min(tile_bytes, chunk_bytes))
+
+
+def _rows_in_groups(regime: str, name: str, threads: int, rows: int, cols: int, k: int, chunk: int, occ: int,
+                    res_total: int, dev: Device, inflight_per_block: int) -> Plan:
+    """A plan running each row on k co-resident blocks: as many rows at once as the
+    resident blocks hold (a RuntimeError when not even one row's k blocks fit)."""
     groups = min(rows, res_total // k)
     if groups < 1:
         raise RuntimeError(f"row of {cols} elements needs {k} co-resident blocks but only {res_total} fit on this GPU")
     grid = groups * k
     res = min(occ, cdiv(grid, dev.n_sm))
-    return Plan("stream", name, grid, STREAM_THREADS, k=k, chunk=chunk, groups=groups, resident=res,
-                inflight_bytes_per_sm=res * min(tile_bytes, chunk_bytes))
+    return Plan(regime, name, grid, threads, k=k, chunk=chunk, groups=groups, resident=res,
+                inflight_bytes_per_sm=res * inflight_per_block)
 
 
 def _plan_lse(storage: str, rows: int, cols: int, need: int, dev: Device) -> Plan:
@@ -270,10 +278,5 @@ def _plan_lse(storage: str, rows: int, cols: int, need: int, dev: Device) -> Pla
         res = _resident(dev, "block", LSE_THREADS, 0, grid)
         return Plan("stream", name, grid, LSE_THREADS, k=1, chunk=cols, resident=res,
                     inflight_bytes_per_sm=res * min(tile_bytes, cols * itemsize))
-    groups = min(rows, res_total // k)
-    if groups < 1:
-        raise RuntimeError(f"row of {cols} elements needs {k} co-resident blocks but only {res_total} fit on this GPU")
-    grid = groups * k
-    res = min(occ, cdiv(grid, dev.n_sm))
-    return Plan("split", name, grid, LSE_THREADS, k=k, chunk=chunk, groups=groups, resident=res,
-                inflight_bytes_per_sm=res * min(tile_bytes, chunk * itemsize))
+    return _rows_in_groups("split", name, LSE_THREADS, rows, cols, k, chunk, occ, res_total, dev,
+                           min(tile_bytes, chunk * itemsize))
