@@ -69,9 +69,7 @@ def softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
         array([[0.09  , 0.2447, 0.6652]])
     """
     a = _checks.check_softmax(x, axis, out)
-    if a.kind == "numpy":
-        return reference.softmax_checked(a)
-    return _launcher("softmax")(a)
+    return _run("softmax", a)
 
 
 def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
@@ -85,9 +83,7 @@ def log_softmax(x: Any, axis: int = -1, *, out: Any = None) -> Any:
         array([-0.6931472, -0.6931472], dtype=float32)
     """
     a = _checks.check_softmax(x, axis, out)
-    if a.kind == "numpy":
-        return reference.log_softmax_checked(a)
-    return _launcher("log_softmax")(a)
+    return _run("log_softmax", a)
 
 
 def logsumexp(x: Any, axis: int = -1) -> Any:
@@ -103,9 +99,7 @@ def logsumexp(x: Any, axis: int = -1) -> Any:
         1.791759469228055
     """
     a = _checks.check_softmax(x, axis)
-    if a.kind == "numpy":
-        return reference.logsumexp_checked(a)
-    return _launcher("logsumexp")(a)
+    return _run("logsumexp", a)
 
 
 def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -121,9 +115,7 @@ def softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
         array([0., 0.])
     """
     a = _checks.check_backward(grad_y, y, axis)
-    if a.kind == "numpy":
-        return reference.softmax_backward_checked(a)
-    return _launcher("softmax_backward")(a)
+    return _run("softmax_backward", a)
 
 
 def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
@@ -136,9 +128,7 @@ def log_softmax_backward(grad_y: Any, y: Any, axis: int = -1) -> Any:
         array([ 0.5, -0.5])
     """
     a = _checks.check_backward(grad_y, y, axis)
-    if a.kind == "numpy":
-        return reference.log_softmax_backward_checked(a)
-    return _launcher("log_softmax_backward")(a)
+    return _run("log_softmax_backward", a)
 
 
 def cross_entropy(
@@ -291,9 +281,7 @@ def linear_cross_entropy_with_grad(
     a = _checks_linear.check_linear_cross_entropy(hidden, weight, target, bias, chunk_size=chunk_size,
                                            grad_output=grad_output, class_weight=class_weight,
                                            grad_weight_acc=grad_weight_acc, skip_ignored=skip_ignored, options=opts)
-    if a.kind == "numpy":
-        return reference.linear_cross_entropy_with_grad_checked(a)
-    return _launcher("linear_cross_entropy_with_grad")(a)
+    return _run("linear_cross_entropy_with_grad", a)
 
 
 def backend_info() -> dict:

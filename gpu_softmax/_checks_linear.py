@@ -58,6 +58,34 @@ class LinearCrossEntropyArgs:
         return tuple(self.hidden.shape[:-1]) + self.out_features
 
 
+def require_hidden(hidden: Any, name: str) -> None:
+    """A float `hidden` of at least one dimension: (..., H)."""
+    require_float(hidden, name)
+    if hidden.ndim == 0:
+        raise ValueError(f"{name} is 0-dimensional: it must be (..., H), features along the last dimension")
+
+
+def check_features(hidden: Any, weight: Any, hidden_name: str, weight_name: str) -> None:
+    """`hidden` (..., H) and a linear `weight` (..., H) agree in H and in dtype."""
+    features = int(weight.shape[-1])
+    if hidden.shape[-1] != features:
+        raise ValueError(
+            f"{hidden_name} has {hidden.shape[-1]} features (shape {tuple(hidden.shape)}) but {weight_name} has "
+            f"{features} (shape {tuple(weight.shape)}); {hidden_name} must be (..., H) and {weight_name} (V, H)"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"{weight_name} has dtype {weight.dtype} but {hidden_name} has dtype {hidden.dtype}; "
+                        "they must match")
+
+
+def require_bias(bias: Any, hidden: Any, bias_name: str, hidden_name: str) -> None:
+    """A float linear bias of hidden's dtype (its shape is the caller's to check)."""
+    require_float(bias, bias_name)
+    if bias.dtype != hidden.dtype:
+        raise TypeError(f"{bias_name} has dtype {bias.dtype} but {hidden_name} has dtype {hidden.dtype}; "
+                        "they must match")
+
+
 def check_linear_cross_entropy(
     hidden: Any,
     weight: Any,
@@ -85,28 +113,18 @@ def check_linear_cross_entropy(
     if grad_output is not None and not _is_scalar(grad_output):
         named["grad_output"] = grad_output
     kind = common_kind(named)
-    require_float(hidden, H)
+    require_hidden(hidden, H)
     require_float(weight, W)
-    if hidden.ndim == 0:
-        raise ValueError(f"{H} is 0-dimensional: it must be (..., H), features along the last dimension")
     if weight.ndim < 2:
         raise ValueError(f"{W} must be 2-dimensional (V, H), as torch.nn.Linear's (or (V, d_1, ..., d_K, H) for a "
                          f"K-dimensional loss), got shape {weight.shape}")
     classes, features = int(weight.shape[0]), int(weight.shape[-1])
     out = tuple(int(d) for d in weight.shape[1:-1])
-    if hidden.shape[-1] != features:
-        raise ValueError(
-            f"{H} has {hidden.shape[-1]} features (shape {hidden.shape}) but {W} has {features} "
-            f"(shape {weight.shape}); {H} must be (..., H) and {W} (V, H)"
-        )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"{W} has dtype {weight.dtype} but {H} has dtype {hidden.dtype}; they must match")
+    check_features(hidden, weight, H, W)
     if classes == 0:
         raise ValueError(f"{W} has 0 rows: cross entropy needs at least one class")
     if bias is not None:
-        require_float(bias, B)
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"{B} has dtype {bias.dtype} but {H} has dtype {hidden.dtype}; they must match")
+        require_bias(bias, hidden, B, H)
         if tuple(bias.shape) != (classes,) + out:
             raise ValueError(f"{B} has shape {bias.shape}, expected {(classes,) + out}: one per row of {W}")
     require_native(target.dtype, "target")

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _checks
 from ._checks import RowLayout
+from ._checks_linear import check_features, require_bias, require_hidden
 from .rl_options import TokenLogprobOptions
 
 
@@ -142,24 +143,14 @@ def check_linear_token_logprobs(hidden: Any, weight: Any, tokens: Any, bias: Any
                                 chunk_size: Any = None, options: TokenLogprobOptions | None = None,
                                 **option_values: Any) -> LinearTokenLogprobArgs:
     kind = _checks.common_kind({"hidden": hidden, "linear_weight": weight, "tokens": tokens, "linear_bias": bias})
-    _checks.require_float(hidden, "hidden")
+    require_hidden(hidden, "hidden")
     _checks.require_float(weight, "linear_weight")
-    if hidden.ndim == 0:
-        raise ValueError("hidden is 0-dimensional: it must be (..., H), features along the last dimension")
     if weight.ndim != 2:
         raise ValueError(f"linear_weight must be 2-dimensional (V, H), as torch.nn.Linear's, got shape {weight.shape}")
     classes, features = int(weight.shape[0]), int(weight.shape[1])
-    if hidden.shape[-1] != features:
-        raise ValueError(
-            f"hidden has {hidden.shape[-1]} features (shape {tuple(hidden.shape)}) but linear_weight has {features} "
-            f"(shape {tuple(weight.shape)}); hidden must be (..., H) and linear_weight (V, H)"
-        )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"linear_weight has dtype {weight.dtype} but hidden has dtype {hidden.dtype}; they must match")
+    check_features(hidden, weight, "hidden", "linear_weight")
     if bias is not None:
-        _checks.require_float(bias, "linear_bias")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"linear_bias has dtype {bias.dtype} but hidden has dtype {hidden.dtype}; they must match")
+        require_bias(bias, hidden, "linear_bias", "hidden")
         if tuple(bias.shape) != (classes,):
             raise ValueError(f"linear_bias has shape {tuple(bias.shape)}, expected ({classes},): one per row of "
                              "linear_weight")

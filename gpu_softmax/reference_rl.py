@@ -34,7 +34,7 @@ from .reference import _log_sum_exp_shifted
 from .rl_options import TokenLogprobOptions
 
 __all__ = ["token_logprobs", "token_logprobs_backward", "token_logprobs_checked",
-           "token_logprobs_backward_checked", "scaled_logits", "kept_set", "RowStats", "split_tokens"]
+           "token_logprobs_backward_checked", "scaled_logits", "kept_set", "top_p_kept_sorted", "RowStats", "split_tokens"]
 
 
 def _rows_last(a: TokenLogprobArgs) -> np.ndarray:
@@ -57,21 +57,27 @@ def _top_k_mask(z: np.ndarray, k: int) -> np.ndarray:
     return z >= kth  # ties with the k-th largest are kept whole
 
 
+def top_p_kept_sorted(values: np.ndarray, q: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """(order, kept): the stable descending order of each row's `values` (probabilities `q`),
+    and in that order whether the mass strictly before a value's tie group is < top_p."""
+    order = np.argsort(-values, axis=1, kind="stable")
+    v_sorted = np.take_along_axis(values, order, axis=1)
+    q_sorted = np.take_along_axis(q, order, axis=1)
+    mass_before = np.zeros_like(q_sorted)
+    mass_before[:, 1:] = np.cumsum(q_sorted, axis=1)[:, :-1]
+    # A tie group weighs what comes before its first member: ties are kept or dropped whole.
+    first = np.ones(v_sorted.shape, dtype=bool)
+    first[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(v_sorted.shape[1]), 0), axis=1)
+    return order, np.take_along_axis(mass_before, group_start, axis=1) < top_p
+
+
 def _top_p_mask(z: np.ndarray, keep: np.ndarray, top_p: float) -> np.ndarray:
     """Of the classes `keep` holds, those whose strictly more probable classes weigh < top_p."""
     zk = np.where(keep, z, -np.inf)
     q = np.exp(zk - zk.max(axis=1, keepdims=True))
     q /= q.sum(axis=1, keepdims=True)
-    order = np.argsort(-zk, axis=1, kind="stable")
-    z_sorted = np.take_along_axis(zk, order, axis=1)
-    q_sorted = np.take_along_axis(q, order, axis=1)
-    mass_before = np.zeros_like(q_sorted)
-    mass_before[:, 1:] = np.cumsum(q_sorted, axis=1)[:, :-1]
-    # A tie group weighs what comes before its first member: ties are kept or dropped whole.
-    first = np.ones(z_sorted.shape, dtype=bool)
-    first[:, 1:] = z_sorted[:, 1:] != z_sorted[:, :-1]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(z_sorted.shape[1]), 0), axis=1)
-    kept_sorted = np.take_along_axis(mass_before, group_start, axis=1) < top_p
+    order, kept_sorted = top_p_kept_sorted(zk, q, top_p)
     kept = np.empty_like(kept_sorted)
     np.put_along_axis(kept, order, kept_sorted, axis=1)
     return keep & kept

@@ -17,11 +17,14 @@ from ._checks_rl import check_token_logprobs
 __all__ = ["token_logprobs", "token_logprobs_backward"]
 
 
-def _cuda_launcher(name: str):
-    """The CuPy launcher `name` (the launch module is imported on the first CuPy call)."""
+def _run(name: str, a):
+    """Checked arguments `a` to the reference's `<name>_checked` (NumPy arrays) or the CuPy
+    launcher `name` (its module is imported on the first CuPy call)."""
+    if a.kind == "numpy":
+        return getattr(reference_rl, f"{name}_checked")(a)
     from ._cuda import token_logprobs as launchers
 
-    return getattr(launchers, name)
+    return getattr(launchers, name)(a)
 
 
 def token_logprobs(
@@ -71,9 +74,7 @@ def token_logprobs(
         logits, tokens, axis=axis, temperature=temperature, logit_softcap=logit_softcap, ignore_index=ignore_index,
         top_k=top_k, top_p=top_p, return_entropy=return_entropy, validate=validate,
     )
-    if a.kind == "numpy":
-        return reference_rl.token_logprobs_checked(a)
-    return _cuda_launcher("token_logprobs")(a)
+    return _run("token_logprobs", a)
 
 
 def token_logprobs_backward(
@@ -110,6 +111,4 @@ def token_logprobs_backward(
         temperature=temperature, logit_softcap=logit_softcap, ignore_index=ignore_index, top_k=top_k, top_p=top_p,
         return_entropy=return_entropy, validate=validate,
     )
-    if a.kind == "numpy":
-        return reference_rl.token_logprobs_backward_checked(a)
-    return _cuda_launcher("token_logprobs_backward")(a)
+    return _run("token_logprobs_backward", a)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .reference_rl import scaled_logits, split_tokens
+from .reference_rl import scaled_logits, split_tokens, top_p_kept_sorted
 from .rl_options import TokenLogprobOptions
 
 RECORD_FIELDS = ("max", "sum_exp", "sum_exp_times_gap", "token_z", "token_here")
@@ -113,16 +113,9 @@ def top_p_threshold(tops: np.ndarray, ties: np.ndarray, tau: np.ndarray, top_p: 
     with np.errstate(all="ignore"):
         w = np.where(mult > 0, mult * np.exp(vals - vals.max(axis=1, keepdims=True)), 0.0)
         q = w / w.sum(axis=1, keepdims=True)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        v_sorted = np.take_along_axis(vals, order, axis=1)
-        q_sorted = np.take_along_axis(q, order, axis=1)
-        mass_before = np.zeros_like(q_sorted)
-        mass_before[:, 1:] = np.cumsum(q_sorted, axis=1)[:, :-1]
-        first = np.ones(v_sorted.shape, dtype=bool)
-        first[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
-        start = np.maximum.accumulate(np.where(first, np.arange(v_sorted.shape[1]), 0), axis=1)
-        kept = (np.take_along_axis(mass_before, start, axis=1) < top_p) & (np.take_along_axis(mult, order, axis=1) > 0)
-        return np.where(kept, v_sorted, np.inf).min(axis=1)
+        order, kept_sorted = top_p_kept_sorted(vals, q, top_p)
+        kept = kept_sorted & (np.take_along_axis(mult, order, axis=1) > 0)
+        return np.where(kept, np.take_along_axis(vals, order, axis=1), np.inf).min(axis=1)
 
 
 def _local_keep(z: np.ndarray, tau: np.ndarray | None) -> np.ndarray:

@@ -417,6 +417,27 @@ def test_cross_entropy_loss_module():
                  rtol=1e-12, atol=1e-12, what="extras")
 
 
+@pytest.mark.parametrize("make_module, shown, hidden", [
+    (lambda: gst.CrossEntropyLoss(), "ignore_index=-100, reduction='mean'",
+     ("label_smoothing", "z_loss", "logit_softcap", "inplace_backward")),
+    (lambda: gst.CrossEntropyLoss(ignore_index=3, reduction="sum", label_smoothing=0.1, z_loss=1e-4,
+                                  logit_softcap=30.0, inplace_backward=True),
+     "ignore_index=3, reduction='sum', label_smoothing=0.1, z_loss=0.0001, logit_softcap=30.0, "
+     "inplace_backward=True", ()),
+    (lambda: gst.LinearCrossEntropyLoss(4, 10), "in_features=4, num_classes=10, out_features=(), bias=False, "
+     "reduction='mean', ignore_index=None", ("label_smoothing", "chunk_size", "options", "grad_weight_acc",
+                                              "skip_ignored")),
+    (lambda: gst.LinearCrossEntropyLoss(4, 10, out_features=(2,), bias=True, reduction="none", ignore_index=-1,
+                                        z_loss=0.1, chunk_size=16, grad_weight_acc="weight", skip_ignored=False),
+     "in_features=4, num_classes=10, out_features=(2,), bias=True, reduction='none', ignore_index=-1, "
+     "z_loss=0.1, chunk_size=16, grad_weight_acc='weight', skip_ignored=False", ("label_smoothing", "options")),
+])
+def test_loss_module_repr_shows_the_settings_off_their_defaults(make_module, shown, hidden):
+    text = make_module().extra_repr()
+    assert text == shown
+    assert not any(f"{name}=" in text for name in hidden)
+
+
 def test_errors_use_the_shared_check_texts():
     x, t = make((4, C), "hard")
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0.0, 1.0\]"):

@@ -13,6 +13,23 @@ from .linear import linear_cross_entropy
 
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss"]
 
+# The settings a module's repr shows only when they differ from these defaults (its __init__'s).
+_CE_DEFAULTS = {"label_smoothing": 0.0, "z_loss": 0.0, "logit_softcap": None, "inplace_backward": False}
+_LCE_DEFAULTS = {"label_smoothing": 0.0, "z_loss": 0.0, "logit_softcap": None, "chunk_size": None, "options": None,
+                 "grad_weight_acc": "float32", "skip_ignored": True}
+
+
+def _settings_repr(module: torch.nn.Module, shown: tuple[str, ...], defaults: dict[str, Any]) -> str:
+    """``name=value`` of each attribute in `shown`, then of each in `defaults` not at its default."""
+    names = list(shown) + [name for name, default in defaults.items()
+                           if not _is_default(getattr(module, name), default)]
+    return ", ".join(f"{name}={getattr(module, name)!r}" for name in names)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    # None compares by identity: an options object may define == its own way.
+    return value is None if default is None else value == default
+
 
 class CrossEntropyLoss(torch.nn.Module):
     """``torch.nn.CrossEntropyLoss`` on our fused kernels; arguments as :func:`cross_entropy`.
@@ -46,16 +63,7 @@ class CrossEntropyLoss(torch.nn.Module):
         )
 
     def extra_repr(self) -> str:
-        parts = [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        if self.label_smoothing:
-            parts.append(f"label_smoothing={self.label_smoothing}")
-        if self.z_loss:
-            parts.append(f"z_loss={self.z_loss}")
-        if self.logit_softcap is not None:
-            parts.append(f"logit_softcap={self.logit_softcap}")
-        if self.inplace_backward:
-            parts.append("inplace_backward=True")
-        return ", ".join(parts)
+        return _settings_repr(self, ("ignore_index", "reduction"), _CE_DEFAULTS)
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
@@ -113,18 +121,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         )
 
     def extra_repr(self) -> str:
-        parts = [f"in_features={self.linear.in_features}", f"num_classes={self.num_classes}",
-                 f"out_features={self.out_features}", f"bias={self.linear.bias is not None}",
-                 f"reduction={self.reduction!r}",
-                 f"ignore_index={self.ignore_index}"]
-        for name in ("label_smoothing", "z_loss"):
-            if getattr(self, name):
-                parts.append(f"{name}={getattr(self, name)}")
-        for name in ("logit_softcap", "chunk_size", "options"):
-            if getattr(self, name) is not None:
-                parts.append(f"{name}={getattr(self, name)}")
-        if self.grad_weight_acc != "float32":
-            parts.append(f"grad_weight_acc={self.grad_weight_acc!r}")
-        if not self.skip_ignored:
-            parts.append("skip_ignored=False")
-        return ", ".join(parts)
+        layer = (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+                 f"out_features={self.out_features}, bias={self.linear.bias is not None}")
+        return f"{layer}, {_settings_repr(self, ('reduction', 'ignore_index'), _LCE_DEFAULTS)}"
