@@ -44,6 +44,16 @@ def bits_bf16(x32: np.ndarray) -> np.ndarray:
     return torch.from_numpy(x32).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
+def no_worse_than_torch(case: str, got, theirs, want) -> None:
+    """Our worst error against the float64 `want` is no larger than torch's on the same inputs
+    (which of the rows is worse is rounding luck: the worst case is the property)."""
+    ours = float(np.abs(got - want).max())
+    torchs = float(np.abs(theirs - want).max())
+    if not ours <= torchs:
+        raise AssertionError(f"{' '.join(case.split())}: {ours:.3g} against torch's {torchs:.3g}")
+    print(f"{case} {ours:.3g}, torch {torchs:.3g}")
+
+
 def run(cp, SM) -> int:
     import torch
 
@@ -69,13 +79,8 @@ def run(cp, SM) -> int:
                         got = cp.asnumpy(SM.forward_raw(cp.asarray(xt.numpy()), -1, op)).astype(np.float64)
                     # The worst element of the same 8 rows, each side: which row is
                     # worse is rounding luck, the worst case is the property.
-                    ours = float(np.abs(got - want).max())
-                    torchs = float(np.abs(theirs - want).max())
-                    if not ours <= torchs:
-                        raise AssertionError(f"{op} {dt} cols={cols} regime={force or 'planned'}: max error "
-                                             f"{ours:.3g} against torch's {torchs:.3g}")
-                    print(f"{op:<12} {dt:<9} cols={cols:<6} {force or 'planned':<8} max error {ours:.3g}, "
-                          f"torch {torchs:.3g}")
+                    no_worse_than_torch(f"{op:<12} {dt:<9} cols={cols:<6} {force or 'planned':<8} max error",
+                                        got, theirs, want)
                     n += 1
     SM.FORCE_REGIME = None
     return n
@@ -140,13 +145,8 @@ def run_backward(cp, SM) -> int:
                     # All 8 rows (the largest elements' rounding dominates), then the
                     # cancelling row alone, where the row sum's own error shows.
                     for what, rows in (("max error", slice(None)), ("cancelling row", slice(0, 1))):
-                        ours = float(np.abs(got[rows] - want[rows]).max())
-                        torchs = float(np.abs(theirs[rows] - want[rows]).max())
-                        if not ours <= torchs:
-                            raise AssertionError(f"{op} {dt} cols={cols} regime={force or 'planned'}: {what} "
-                                                 f"{ours:.3g} against torch's {torchs:.3g}")
-                        print(f"{op:<20} {dt:<9} cols={cols:<6} {force or 'planned':<8} {what} {ours:.3g}, "
-                              f"torch {torchs:.3g}")
+                        no_worse_than_torch(f"{op:<20} {dt:<9} cols={cols:<6} {force or 'planned':<8} {what}",
+                                            got[rows], theirs[rows], want[rows])
                         n += 1
     SM.FORCE_REGIME = None
     return n
@@ -159,10 +159,8 @@ def main(argv=None) -> int:
     ns = ap.parse_args(argv)
     out = Path(ns.build_dir) if ns.build_dir else Path(tempfile.gettempdir()) / "gs_emu_build"
     cp, SM, _ = harness.setup("softmax", out)
-    if ns.backward:
-        print(f"OK backward accuracy {run_backward(cp, SM)} checks")
-    else:
-        print(f"OK accuracy {run(cp, SM)} checks")
+    label, suite = ("backward accuracy", run_backward) if ns.backward else ("accuracy", run)
+    print(f"OK {label} {suite(cp, SM)} checks")
     return 0
 
 
