@@ -55,6 +55,7 @@ def no_worse_than_torch(case: str, got, theirs, want) -> None:
 
 
 def run(cp, SM) -> int:
+    base = SM.POLICY  # the planner's knobs; restored at the end
     import torch
 
     from gpu_softmax import reference
@@ -71,7 +72,7 @@ def run(cp, SM) -> int:
                 want = getattr(reference, op)(x64, axis=-1)
                 theirs = getattr(torch, op)(xt, dim=-1).to(torch.float64).numpy()
                 for force in (None, "stage"):
-                    SM.FORCE_REGIME = force
+                    SM.POLICY = base.replace(force_regime=force)
                     if dt == "bfloat16":
                         got = SM.forward_raw(cp.asarray(bits_bf16(x32)), -1, op, storage="bfloat16")
                         got = (cp.asnumpy(got).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -82,7 +83,7 @@ def run(cp, SM) -> int:
                     no_worse_than_torch(f"{op:<12} {dt:<9} cols={cols:<6} {force or 'planned':<8} max error",
                                         got, theirs, want)
                     n += 1
-    SM.FORCE_REGIME = None
+    SM.POLICY = base
     return n
 
 
@@ -121,6 +122,7 @@ def from_device(cp, a, tdt) -> np.ndarray:
 def run_backward(cp, SM) -> int:
     """softmax_backward / log_softmax_backward (float sums, compensated: issue 20)
     against torch's own backward (CPU, float32 arithmetic) on the same inputs."""
+    base = SM.POLICY  # the planner's knobs; restored at the end
     import torch
 
     from gpu_softmax import reference
@@ -139,7 +141,7 @@ def run_backward(cp, SM) -> int:
                 want = getattr(reference, op)(g64, y64, axis=-1)
                 theirs = torch_bwd[op](g, y, -1, tdt).to(torch.float64).numpy()
                 for force in (None, "stage"):
-                    SM.FORCE_REGIME = force
+                    SM.POLICY = base.replace(force_regime=force)
                     got = SM.backward_raw(to_device(cp, g), to_device(cp, y), -1, op, storage=storage)
                     got = from_device(cp, got, tdt)
                     # All 8 rows (the largest elements' rounding dominates), then the
@@ -148,7 +150,7 @@ def run_backward(cp, SM) -> int:
                         no_worse_than_torch(f"{op:<20} {dt:<9} cols={cols:<6} {force or 'planned':<8} {what}",
                                             got[rows], theirs[rows], want[rows])
                         n += 1
-    SM.FORCE_REGIME = None
+    SM.POLICY = base
     return n
 
 
