@@ -124,11 +124,6 @@ def lean_options(a: CrossEntropyArgs) -> bool:
     return not a.soft and a.weight is None and not a.label_smoothing and not a.z_loss and not a.logit_softcap
 
 
-def cooperative_ok() -> bool:
-    """Whether the current device launches cooperative grids."""
-    return device.current().desc.cooperative
-
-
 # ----------------------------------------------------------------------------------
 # one fused call, step by step: inputs in the kernels' layout, validation and scales
 # (prep), outputs, the launch, the reduction, the gradient back in the logits' layout
