@@ -62,7 +62,7 @@ from .cross_entropy_plan import (  # noqa: F401  (re-exported)
     occupancy_of,
     plan,
 )
-from .kernels import ENTRIES, RECORD_WIDTH
+from .kernels import ENTRIES
 from .plan import DEFAULT_POLICY, Device, Plan, Policy
 
 FAMILY = "cross_entropy"
