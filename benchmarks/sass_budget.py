@@ -279,6 +279,15 @@ def walk_case(launch: Launch, fn: sass_walk.Function) -> sass_walk.Walk:
     return sass_walk.Thread(fn, const_bank(launch), special, memory).run()
 
 
+def store_bytes(op: str) -> int:
+    """Bytes one store instruction writes, from its width suffix (none: 32 bits)."""
+    mods = op.split(".")[1:]
+    for m, b in (("128", 16), ("64", 8), ("U16", 2), ("S16", 2), ("16", 2), ("U8", 1), ("S8", 1)):
+        if m in mods:
+            return b
+    return 4
+
+
 def per_element(case: dict, launch: Launch, w: sass_walk.Walk) -> dict:
     elems = case["rows"] * case["cols"]
     scale = launch.block * launch.grid / elems  # the walked thread stands for every thread of the grid
@@ -294,7 +303,7 @@ def per_element(case: dict, launch: Launch, w: sass_walk.Walk) -> dict:
     xu = count(lambda op: base(op) in XU_OPS)
     f64 = count(lambda op: base(op) in F64_OPS or (base(op) in XU_OPS and "64" in op))
     stores = count(lambda op: base(op) in STORE_OPS)
-    vec = 16 // ITEMSIZE[case["dtype"]]
+    stored = sum(n * store_bytes(op) for op, n in w.issued.items() if base(op) in STORE_OPS) * scale
     arrays_moved = 3 if case["op"] == "softmax_backward" else 2
     bytes_per_elem = arrays_moved * ITEMSIZE[case["dtype"]]
     compute = max(instr / ISSUE_PER_SM_CLK, alu / ALU_PER_SM_CLK, xu / XU_PER_SM_CLK) / (N_SM * CLOCK_HZ)
@@ -304,7 +313,7 @@ def per_element(case: dict, launch: Launch, w: sass_walk.Walk) -> dict:
         "kernel": launch.kernel,
         "instr_per_elem": round(instr, 2), "alu_per_elem": round(alu, 2), "xu_per_elem": round(xu, 2),
         "f64_per_elem": round(f64, 3), "compute_over_memory": round(compute / memory, 3),
-        "stores_per_slot": round(stores * vec, 3),
+        "stores_per_slot": round(stores / (stored / 16), 3) if stored else 0.0,
         "grid": launch.grid, "block": launch.block, "guessed_branches": dict(w.guessed),
     }
 
@@ -352,7 +361,7 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['xu_per_elem']:>6.2f}{r['f64_per_elem']:>7.2f}{r['compute_over_memory']:>7.2f}"
                      f"{r['stores_per_slot']:>8.2f}")
     lines.append("instr/alu/xu/f64: per element on the fast path (static SASS walk, sm_90, NVRTC 13); C/M: compute "
-                 "over memory time at 4.25 TB/s, 132 SMs at 1.75 GHz; st/slot: store instructions per 16-byte slot.")
+                 "over memory time at 4.25 TB/s, 132 SMs at 1.75 GHz; st/slot: store instructions per 16 bytes the walked thread stores (1.00: one vector store per slot).")
     return "\n".join(lines)
 
 

@@ -53,6 +53,7 @@ struct F32 {
     typedef float T;
     typedef float A;
     static constexpr int VEC = 4;  // elements per 16-byte access
+    static constexpr int PAIR_MAX = 0;  // slots_max: 1 bf16x2, 2 f16x2, 0 none
     static __device__ __forceinline__ A to_acc(T v) { return v; }
     static __device__ __forceinline__ T from_acc(A v) { return v; }
 };
@@ -60,6 +61,7 @@ struct F64 {
     typedef double T;
     typedef double A;  // float64 keeps float64 accuracy end to end
     static constexpr int VEC = 2;
+    static constexpr int PAIR_MAX = 0;  // slots_max: 1 bf16x2, 2 f16x2, 0 none
     static __device__ __forceinline__ A to_acc(T v) { return v; }
     static __device__ __forceinline__ T from_acc(A v) { return v; }
 };
@@ -67,6 +69,7 @@ struct F16 {
     typedef unsigned short T;
     typedef float A;
     static constexpr int VEC = 8;
+    static constexpr int PAIR_MAX = 2;  // slots_max: 1 bf16x2, 2 f16x2, 0 none
     static __device__ __forceinline__ A to_acc(T v) { return f16_to_f32(v); }
     static __device__ __forceinline__ T from_acc(A v) { return f32_to_f16(v); }
 };
@@ -74,9 +77,34 @@ struct BF16 {
     typedef unsigned short T;
     typedef float A;
     static constexpr int VEC = 8;
+    static constexpr int PAIR_MAX = 1;  // slots_max: 1 bf16x2, 2 f16x2, 0 none
     static __device__ __forceinline__ A to_acc(T v) { return bf16_to_f32(v); }
     static __device__ __forceinline__ T from_acc(A v) { return f32_to_bf16(v); }
 };
+
+// One 16-byte slot's storage words as accumulators. The union form makes the
+// compiler extract each 16-bit half before widening it (PRMT + shift, plus
+// moves); a bfloat16 pair in a 32-bit word widens as one shift (low half) and
+// one mask (high half).
+template <class S>
+__device__ __forceinline__ void unpack_slot(uint4 u, typename S::A* dst) {
+    union {
+        uint4 u;
+        typename S::T t[S::VEC];
+    } buf;
+    buf.u = u;
+#pragma unroll
+    for (int i = 0; i < S::VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+}
+template <>
+__device__ __forceinline__ void unpack_slot<BF16>(uint4 u, float* dst) {
+    const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        dst[2 * k] = __uint_as_float(w[k] << 16);
+        dst[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
 
 // ---------------------------------------------------------------------------
 // math on the accumulation type
@@ -94,6 +122,47 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 #endif
 }
 __device__ __forceinline__ double nan_max(double a, double b) { return (a > b || a != a) ? a : b; }
+
+// The NaN-propagating max of a thread's held slots, from their storage words.
+// 16-bit pairs (sm_80+) take one max.NaN.{bf16,f16}x2 per two elements (exact:
+// the max of 16-bit values is one of them; a NaN gives the canonical NaN), then
+// one float max per half of the result.
+__device__ __forceinline__ unsigned int max_nan_bf16x2(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ unsigned int max_nan_f16x2(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+template <class S, int NV>
+__device__ __forceinline__ typename S::A slots_max(const uint4 (&raw)[NV], typename S::A mv) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    if constexpr (S::PAIR_MAX != 0) {
+        unsigned int acc = raw[0].x;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const unsigned int w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
+#pragma unroll
+            for (int k = (j == 0 ? 1 : 0); k < 4; ++k)
+                acc = S::PAIR_MAX == 1 ? max_nan_bf16x2(acc, w[k]) : max_nan_f16x2(acc, w[k]);
+        }
+        typename S::A h[S::VEC];
+        unpack_slot<S>(make_uint4(acc, 0u, 0u, 0u), h);
+        return nan_max(nan_max(mv, h[0]), h[1]);
+    }
+#endif
+    typename S::A w[S::VEC];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        unpack_slot<S>(raw[j], w);
+#pragma unroll
+        for (int i = 0; i < S::VEC; ++i) mv = nan_max(mv, w[i]);
+    }
+    return mv;
+}
 
 // Memory-bound kernels can afford one MUFU ex2 per element but not the full
 // expf sequence on 16-bit data; __expf's error (2 ulp + |x|*2^-24 relative)
@@ -296,6 +365,43 @@ __device__ __forceinline__ A block_max_1b(A v, A* slots /* [32] */) {
     return warp_max(lane < nwarps ? slots[lane] : -inf_of(A(0)));
 }
 
+// block_max_1b for float on sm_80+: each warp stage is one integer REDUX on an
+// order-preserving key (sign-magnitude to two's complement) instead of five
+// shuffle + max pairs. The key orders every value the reference's max does;
+// a NaN is first made the positive quiet NaN 0x7fffffff, the largest key, so a
+// NaN anywhere still wins.
+__device__ __forceinline__ int max_key(float x) {
+    const int i = __float_as_int(x);
+    return i ^ ((i >> 31) & 0x7fffffff);
+}
+__device__ __forceinline__ float key_value(int k) { return __int_as_float(k ^ ((k >> 31) & 0x7fffffff)); }
+template <class A>
+__device__ __forceinline__ A block_max_key_1b(A v, A* slots /* [32] */) {
+    return block_max_1b(v, slots);
+}
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+template <>
+__device__ __forceinline__ float block_max_key_1b(float v, float* slots /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    int* keys = reinterpret_cast<int*>(slots);
+    const int k = __reduce_max_sync(0xffffffffu, max_key(v != v ? nan_of(v) : v));
+    if (lane == 0) keys[warp] = k;
+    __syncthreads();
+    return key_value(__reduce_max_sync(0xffffffffu, lane < nwarps ? keys[lane] : max_key(-inf_of(0.0f))));
+}
+#endif
+
+// A block sum whose barrier also counts the threads with `pred` set
+// (__syncthreads_count: the count costs no extra reduction).
+template <class A>
+__device__ __forceinline__ A block_sum_count_1b(A v, int pred, A* slots /* [32] */, int& count) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v, 32);
+    if (lane == 0) slots[warp] = v;
+    count = __syncthreads_count(pred);
+    return warp_sum(lane < nwarps ? slots[lane] : A(0), 32);
+}
+
 // Two sums in one single-barrier block reduction (`slots` as for block_merge_1b).
 template <class A>
 __device__ __forceinline__ void block_sum2_1b(A& a, A& b, MaxSum<A>* slots /* [32] */) {
@@ -366,13 +472,7 @@ __device__ __forceinline__ void load_slot(const typename S::T* p, I e0, I n, boo
     typedef typename S::T T;
     constexpr int VEC = S::VEC;
     if (vec_ok && e0 >= 0 && e0 + VEC <= n) {
-        union {
-            uint4 u;
-            T t[VEC];
-        } buf;
-        buf.u = *reinterpret_cast<const uint4*>(p + e0);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+        unpack_slot<S>(*reinterpret_cast<const uint4*>(p + e0), dst);
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
@@ -421,13 +521,7 @@ __device__ __forceinline__ void store_slot(typename S::T* p, I e0, I n, bool vec
 // A slot known to lie inside the row (16-byte aligned by the slot layout).
 template <class S>
 __device__ __forceinline__ void load_full(const typename S::T* p, typename S::A* dst) {
-    union {
-        uint4 u;
-        typename S::T t[S::VEC];
-    } buf;
-    buf.u = *reinterpret_cast<const uint4*>(p);
-#pragma unroll
-    for (int i = 0; i < S::VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+    unpack_slot<S>(*reinterpret_cast<const uint4*>(p), dst);
 }
 
 // A slot known to lie inside the row and to be 16-byte aligned.
@@ -491,29 +585,17 @@ __device__ __forceinline__ void stage_slot(const typename S::T* p, int e0, int n
 
 template <class S>
 __device__ __forceinline__ void unstage_full(const uint4* src, typename S::A* dst) {
-    union {
-        uint4 u;
-        typename S::T t[S::VEC];
-    } buf;
-    buf.u = *src;
-#pragma unroll
-    for (int i = 0; i < S::VEC; ++i) dst[i] = S::to_acc(buf.t[i]);
+    unpack_slot<S>(*src, dst);
 }
 
 template <class S>
 __device__ __forceinline__ void unstage_slot(const uint4* src, int e0, int n, typename S::A* dst,
                                              typename S::A pad) {
-    typedef typename S::T T;
-    constexpr int VEC = S::VEC;
-    union {
-        uint4 u;
-        T t[VEC];
-    } buf;
-    buf.u = *src;
+    unpack_slot<S>(*src, dst);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
+    for (int i = 0; i < S::VEC; ++i) {
         const int e = e0 + i;
-        dst[i] = (e >= 0 && e < n) ? S::to_acc(buf.t[i]) : pad;
+        if (!(e >= 0 && e < n)) dst[i] = pad;
     }
 }
 

@@ -392,9 +392,11 @@ struct Full {
     static constexpr bool value = B;
 };
 
-template <class S, int NV>
-__device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
-                                        int ss) {
+// STAGED = false: rows held wholly in registers (ss == 0), compiled without the
+// staged slots' loops, tests and branches (a fifth of such a row's instructions).
+template <class S, int NV, bool STAGED>
+__device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S::T* y, long long rows, int cols,
+                                             int op, int ss) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     extern __shared__ uint4 gs_stage[];
@@ -406,40 +408,50 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
         const typename S::T* xr = x + row * cols;
         typename S::T* yr = y + row * cols;
         const int mis = misalign<S>(xr);
-        for (int j = 0; j < ss; ++j)
-            stage_slot<S>(xr, slot_start<S>(0, NV + j, tid, nt, mis), cols, true, gs_stage + j * nt + tid);
+        if constexpr (STAGED) {
+            for (int j = 0; j < ss; ++j)
+                stage_slot<S>(xr, slot_start<S>(0, NV + j, tid, nt, mis), cols, true, gs_stage + j * nt + tid);
+        }
         // This thread's held slots all inside the row: one test for all of them.
         const bool held_full = (tid > 0 || mis == 0) && ((NV - 1) * nt + tid + 1) * VEC <= cols + mis;
         A v[EPT];
+        A mv;  // this thread's max, from the storage words where its slots are whole
         if (held_full) {
+            uint4 raw[NV];
 #pragma unroll
-            for (int j = 0; j < NV; ++j) load_full<S>(xr + slot_start<S>(0, j, tid, nt, mis), v + j * VEC);
+            for (int j = 0; j < NV; ++j)
+                raw[j] = *reinterpret_cast<const uint4*>(xr + slot_start<S>(0, j, tid, nt, mis));
+            mv = slots_max<S>(raw, -inf_of(A(0)));
+#pragma unroll
+            for (int j = 0; j < NV; ++j) unpack_slot<S>(raw[j], v + j * VEC);
         } else {
 #pragma unroll
             for (int j = 0; j < NV; ++j)
                 load_slot<S>(xr, slot_start<S>(0, j, tid, nt, mis), cols, true, v + j * VEC, -inf_of(A(0)));
+            mv = values_max(v, -inf_of(A(0)));
         }
-        const int full = staged_full<S>(cols, mis, tid, nt, NV, ss);
+        const int full = STAGED ? staged_full<S>(cols, mis, tid, nt, NV, ss) : 0;
         // Runs body(j, Full<true>) over the first `whole` staged slots, body(j, Full<false>) over the rest.
         // Whole slots four at a time (one loop test per four); float64 rows spill so.
         constexpr int UNROLL = sizeof(A) == 8 ? 1 : 4;
         auto each_staged = [&](auto body, int whole) {
+            if constexpr (STAGED) {
 #pragma unroll(UNROLL)
-            for (int j = 0; j < whole; ++j) body(j, Full<true>());
-            for (int j = whole; j < ss; ++j) body(j, Full<false>());
+                for (int j = 0; j < whole; ++j) body(j, Full<true>());
+                for (int j = whole; j < ss; ++j) body(j, Full<false>());
+            }
         };
-        cp_async_wait_all();
+        if constexpr (STAGED) cp_async_wait_all();
         // The whole row is on chip, so no online (max, sum) merge: the row max
         // first (one reduction), then the exponentials against it (a second),
         // which also makes the ExpShift factor common to the row: it cancels.
-        A mv = values_max(v, -inf_of(A(0)));
         each_staged([&](int j, auto f) {
             A w[VEC];
             unstage<S, decltype(f)::value>(gs_stage + j * nt + tid, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
                                            -inf_of(A(0)));
             mv = values_max(w, mv);
         }, full);
-        const A m = block_max_1b(mv, reinterpret_cast<A*>(slots));
+        const A m = block_max_key_1b(mv, reinterpret_cast<A*>(slots));
         const ExpShift<A> sh = exp_shift(exp_offset(m));
         const bool owner = mv == m;
         A a = A(0), b = A(0);
@@ -468,10 +480,17 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
         if (op == OP_SOFTMAX) {
             a = block_sum_1b(a, reinterpret_cast<A*>(slots + 32));
         } else {
-            block_sum2_1b(a, b, slots + 32);
+            // r = (count at the max - 1) + the other terms, in one sum: each owner
+            // adds its own (count - 1) + sum (exact for the usual count of 1, so
+            // the tiny part survives), the barrier counts the owners, and
+            // row_log_sum's (a - 1) + b adds the owners past the first.
+            int owners;
+            b = block_sum_count_1b(owner ? (a - A(1)) + b : b, owner, reinterpret_cast<A*>(slots + 32), owners);
+            a = A(owners);
         }
-        const A inv = row_inv(m, a);
-        const A ls = row_log_sum(m, a, b);
+        // Each op's epilogue constant only (the other's would cost a divide or a log per row).
+        const A inv = op == OP_SOFTMAX ? row_inv(m, a) : A(0);
+        const A ls = op == OP_SOFTMAX ? A(0) : row_log_sum(m, a, b);
         row_finish(v, op, m, inv, ls);
         const bool vec_out = misalign<S>(yr) == mis;
         if (held_full && vec_out) {
@@ -504,6 +523,16 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
         } else {
             write_staged([&](A w) { return (w - m) - ls; });
         }
+    }
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
+                                        int ss) {
+    if (ss > 0) {
+        fwd_row_rows<S, NV, true>(x, y, rows, cols, op, ss);
+    } else {
+        fwd_row_rows<S, NV, false>(x, y, rows, cols, op, 0);
     }
 }
 

@@ -68,6 +68,17 @@ def test_walk_skips_the_loop_when_the_thread_has_no_element():
     assert w.issued["LDG.E"] == 0
 
 
+@pytest.mark.parametrize("issued, per_slot", [({"STG.E.128": 2}, 1.0), ({"STG.E": 8}, 4.0),
+                                               ({"STG.E.64": 2, "STG.E.128": 1}, 1.5), ({"STG.E.U16": 8}, 8.0)])
+def test_stores_per_slot_counts_the_bytes_each_store_writes(issued, per_slot):
+    """Store instructions per 16 bytes the walked thread writes, from each store's width: padding in the
+    plan (threads with less to store than the walked one) cannot move it, scalar stores raise it."""
+    case = {"op": "softmax", "dtype": "float32", "rows": 1, "cols": 8}
+    w = sw.Walk()
+    w.issued.update(issued)
+    assert sb.per_element(case, sb.Launch("softmax", "k", 1, 1, []), w)["stores_per_slot"] == per_slot
+
+
 def test_model_arithmetic():
     """Made-up walk of a thread that stands for 4 float32 elements (one 16-byte slot): 256 instructions,
     128 of them ALU, 16 XU, one STG.E.128, i.e. 64 / 32 / 4 per element; issue-bound at 64 / 128 SM
@@ -90,16 +101,9 @@ BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_
 
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.
-# CE bfloat16 (the split fast path): 15.3 instr/elem and compute/memory 0.55 meet the budget; the
-# walk's 1.06 stores per slot is the plan's padding (11 blocks of 384 threads x 32 elements hold
-# 135168 slots' worth for 128256 classes: 5% of the slots the walked interior thread stands for
-# are empty at the chunk tails), so it stays listed.
 NOT_LEAN_YET = {
-    ("softmax", "bfloat16", 4096, 32768),
     ("softmax", "float32", 16384, 131072),
-    ("cross_entropy_fwd_bwd", "bfloat16", 4096, 128256),
     ("softmax_backward", "float32", 4096, 32768),
-    ("log_softmax", "bfloat16", 4096, 32768),
 }
 
 

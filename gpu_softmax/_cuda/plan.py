@@ -131,7 +131,9 @@ class Policy:
     short rows reach it."""
 
     force_regime: str | None = None
-    row_grid_waves: int = 64  # softmax row regime: grid = min(rows, resident blocks x SMs x this)
+    # softmax row regime: grid = min(rows, resident blocks x SMs x this). 16: a block of a 4096-row batch
+    # takes two rows, paying its set-up (pointers, reduction addresses) once for both; 16 waves keep the tail short.
+    row_grid_waves: int = 16
     split_min_cols: int = 1 << 14  # softmax rows shorter than this are never split just to fill SMs
     stream_min_chunk: int = 1 << 15
     ce_split_max_chunk: int | None = None

@@ -33,6 +33,7 @@ struct uint4 { unsigned x, y, z, w; };
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
@@ -52,6 +53,7 @@ struct BlockCtx {
     std::vector<std::array<unsigned long long, 32>> sbuf;
     alignas(64) char shared[16384];
     std::vector<uint4> dyn;  // dynamic shared memory of the launch
+    int popc[2] = {0, 0};    // __syncthreads_count
 };
 thread_local BlockCtx* g_ctx;
 inline void* gs_emu_shared() { return g_ctx->shared; }
@@ -143,6 +145,24 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     gs_emu_bar_wait(g_ctx->wbar[w]);
     return r;
 }
+// redux.sync.max.s32 over the full warp.
+inline int __reduce_max_sync(unsigned mask, int v) {
+    for (int off = 16; off > 0; off >>= 1) v = std::max(v, __shfl_xor_sync(mask, v, off));
+    return v;
+}
+// bar.red.popc: a barrier that also counts the block's threads with pred set.
+// Counts alternate between two buffers by barrier generation; the first arriver
+// clears its generation's buffer (every thread read the one two barriers back
+// before it could pass the barrier between).
+inline int __syncthreads_count(int pred) {
+    auto& b = g_ctx->bar;
+    const unsigned g = b.gen;
+    if (b.count == 0) g_ctx->popc[g & 1] = 0;
+    g_ctx->popc[g & 1] += pred ? 1 : 0;
+    gs_emu_bar_wait(b);
+    return g_ctx->popc[g & 1];
+}
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
@@ -168,6 +188,20 @@ inline void cp_async_wait_all() {}
 // max.NaN.f32: NaN if either input is NaN.
 inline float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 inline void st_global_v4(void* p, uint4 v) { memcpy(p, &v, 16); }
+// max.NaN.{bf16,f16}x2: per half, the canonical NaN (0x7fff, 0x7fff) if either
+// input is NaN, else the larger value's bits.
+inline unsigned short gs_emu_max16(unsigned short a, unsigned short b, bool bf) {
+    float fa, fb;
+    if (bf) { unsigned ua = (unsigned)a << 16, ub = (unsigned)b << 16; memcpy(&fa, &ua, 4); memcpy(&fb, &ub, 4); }
+    else { fa = f16_to_f32(a); fb = f16_to_f32(b); }
+    if (fa != fa || fb != fb) return 0x7fff;
+    return fa > fb || (fa == fb && !(a & 0x8000)) ? a : b;
+}
+inline unsigned gs_emu_max16x2(unsigned a, unsigned b, bool bf) {
+    return gs_emu_max16(a & 0xffff, b & 0xffff, bf) | ((unsigned)gs_emu_max16(a >> 16, b >> 16, bf) << 16);
+}
+inline unsigned max_nan_bf16x2(unsigned a, unsigned b) { return gs_emu_max16x2(a, b, true); }
+inline unsigned max_nan_f16x2(unsigned a, unsigned b) { return gs_emu_max16x2(a, b, false); }
 // An empty asm on the GPU (it keeps code on its branch): nothing to do here.
 inline void pin_to_branch(float&, float&) {}
 // ex2.approx.ftz.f32: subnormal results flushed to zero, as __expf above.

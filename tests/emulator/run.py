@@ -75,13 +75,15 @@ def softmax_suites(cp, SM, rng, emu):
         n = 0
         for dt in (np.float32, np.float16, np.float64):
             for cols in (1, 2, 5, 64, 1000, 3000):
-                x = rand((6, cols), dt)
+                x = rand((8, cols), dt)
                 j = cols // 2
                 x[1, j] = np.nan
                 x[2, j] = np.inf
                 x[3, :] = -np.inf
                 x[4, ::2] = -np.inf
                 x[5, :] = 3.0
+                x[6, j] = np.copysign(np.nan, -1)  # a NaN with its sign bit set (the max's key order)
+                x[7, :] = np.where(np.arange(cols) % 3 == 0, -0.0, 0.0)  # signed zeros tie at the max
                 n += check(x, what=f"special {cols} {dt.__name__}", special=True)
         return n
 
@@ -193,17 +195,27 @@ def softmax_suites(cp, SM, rng, emu):
                 assert SM.log_softmax(fargs(x, -1, x)) is x
                 assert_close(cp.asnumpy(x), reference.log_softmax(x_np), dt, f"{force} in place {dt.__name__}")
                 n += 1
-                x = rand((6, 3001), dt)
+                x = rand((8, 3001), dt)
                 x[1, 7] = np.nan
                 x[2, 9] = np.inf
                 x[3, :] = -np.inf
                 x[4, ::2] = -np.inf
                 x[5, :] = 2.0
+                x[6, 11] = np.copysign(np.nan, -1)
+                x[7, :] = np.where(np.arange(3001) % 3 == 0, -0.0, 0.0)
                 n += check(x, what=f"{force} special {dt.__name__}", special=True)
             bits = (rand((5, 2055), np.float32).view(np.uint32) >> 16).astype(np.uint16)
             n += bf16_check(bits, f"{force}")
             flat = (rand((5 * 2055 + 1,), np.float32).view(np.uint32) >> 16).astype(np.uint16)
             n += bf16_check(flat[1:].reshape(5, 2055), f"{force} unaligned")
+            # bfloat16 special rows through the paired 16-bit max: NaN either sign, +inf, all -inf, signed zeros
+            sb = bits.copy()
+            sb[0, 3] = 0xFFC1
+            sb[1, 5] = 0x7F80
+            sb[2, :] = 0xFF80
+            sb[3, :] = np.where(np.arange(2055) % 2 == 0, 0x8000, 0x0000)
+            sb[4, 2054] = 0x7FC0
+            n += bf16_check(sb, f"{force} special")
         SM.POLICY = base
         # split kernels leave their cached workspace's counters at zero for the next call
         workspaces = SM.device.current().workspaces
