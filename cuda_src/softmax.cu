@@ -719,11 +719,15 @@ template <class A>
 struct StreamSum {
     A m, hi, s;
 };
+// The factor between two ExpShift offsets: hi is max * log2(e) in float (EX2),
+// the max itself in float64 (exp).
+__device__ __forceinline__ float shift_ratio(float hi_old, float hi_new) { return fast_exp2(hi_old - hi_new); }
+__device__ __forceinline__ double shift_ratio(double hi_old, double hi_new) { return exp(hi_old - hi_new); }
 template <class A, int EPT>
 __device__ __forceinline__ void stream_sum_add(StreamSum<A>& t, const A (&v)[EPT]) {
     const A mn = values_max(v, t.m);
     ExpShift<A> sh = exp_shift(mn);
-    const A scale = (t.m == mn) ? A(1) : fast_exp2(t.hi - sh.hi);
+    const A scale = (t.m == mn) ? A(1) : shift_ratio(t.hi, sh.hi);
     t.hi = sh.hi;
     t.m = mn;
     sh.hi = exp_offset(sh.hi);
