@@ -96,7 +96,6 @@ BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_
 # are empty at the chunk tails), so it stays listed.
 NOT_LEAN_YET = {
     ("softmax", "bfloat16", 4096, 32768),
-    ("softmax", "float32", 16384, 131072),
     ("cross_entropy_fwd_bwd", "bfloat16", 4096, 128256),
     ("softmax_backward", "float32", 4096, 32768),
     ("log_softmax", "bfloat16", 4096, 32768),
