@@ -701,10 +701,77 @@ __device__ __forceinline__ void bwd_split(const typename S::T* gy, const typenam
 
 // ---------------------------------------------------------------------------
 // stream regime: as the block regime, but the chunk is walked in tiles of
-// blockDim.x * NV * VEC elements twice: first for the running (max, sum) (one
-// exp per element, one merge per tile), then, last tile first, to write: the
-// tiles read last are the likeliest still in L2. The second read of an
-// element is by the thread that read it first and writes it, so in-place is safe.
+// blockDim.x * NV * VEC elements twice: first for the running (max, sum), then,
+// last tile first, to write: the tiles read last are the likeliest still in L2.
+// The second read of an element is by the thread that read it first and writes
+// it, so in-place is safe. Offsets within a chunk are int (the planner keeps
+// chunks below 2**30 elements); only the first and last tile of a chunk can hold
+// slots outside it, so every other tile takes whole 16-byte slots unchecked.
+
+// One tile's slots of a chunk at p (n elements, misalignment mis): slot j of the
+// thread starts at base + o0 + j * ss. `full`: the tile lies inside the chunk.
+template <class S, int NV>
+__device__ __forceinline__ void stream_tile_load(const typename S::T* p, int base, int o0, int ss, int n, bool full,
+                                                 typename S::A* v, typename S::A pad) {
+    constexpr int VEC = S::VEC;
+    if (full) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) load_full<S>(p + (base + o0 + j * ss), v + j * VEC);
+    } else {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) load_slot<S, int>(p, base + o0 + j * ss, n, true, v + j * VEC, pad);
+    }
+}
+template <class S, int NV>
+__device__ __forceinline__ void stream_tile_store(typename S::T* p, int base, int o0, int ss, int n, bool full,
+                                                  bool vec_ok, const typename S::A* v) {
+    constexpr int VEC = S::VEC;
+    if (full && vec_ok) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) store_full<S>(p + (base + o0 + j * ss), v + j * VEC);
+    } else {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) store_slot<S, int>(p, base + o0 + j * ss, n, vec_ok, v + j * VEC);
+    }
+}
+
+// Running (max, sum) of one thread for softmax, one FMNMX + FFMA + EX2 + FADD per
+// element: the tile's max first, then the sum is rescaled once per tile to the new
+// max and the tile's exp2(x L - hi) added, hi = max * L rounded (ExpShift: the
+// sum carries the common factor 2^(max L - hi), undone once at the end by fix).
+// The rescale factor 2^(hi_old - hi_new) is 1 for an unchanged max (so two equal
+// infinities make no inf - inf) and 0 from a -inf max (whose sum is 0). An element
+// offset of 0 for an infinite max keeps -inf elements at exp2(-inf) = 0; a +inf or
+// NaN max decides the row by itself (the epilogues). softmax only: log_softmax
+// needs the count at the max (values_stats) to keep a dominated sum's low digits.
+template <class A>
+struct StreamSum {
+    A m, hi, s;
+};
+// The factor between two ExpShift offsets: hi is max * log2(e) in float (EX2),
+// the max itself in float64 (exp).
+__device__ __forceinline__ float shift_ratio(float hi_old, float hi_new) { return fast_exp2(hi_old - hi_new); }
+__device__ __forceinline__ double shift_ratio(double hi_old, double hi_new) { return exp(hi_old - hi_new); }
+template <class A, int EPT>
+__device__ __forceinline__ void stream_sum_add(StreamSum<A>& t, const A (&v)[EPT]) {
+    const A mn = values_max(v, t.m);
+    ExpShift<A> sh = exp_shift(mn);
+    const A scale = (t.m == mn) ? A(1) : shift_ratio(t.hi, sh.hi);
+    t.hi = sh.hi;
+    t.m = mn;
+    sh.hi = exp_offset(sh.hi);
+    A s = t.s * scale;
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) s += shifted_exp(v[i], sh);
+    t.s = s;
+}
+template <class A>
+__device__ __forceinline__ MaxSum<A> stream_sum_stats(StreamSum<A> t) {
+    MaxSum<A> o;
+    o.m = t.m;
+    o.r = fabs(t.m) < inf_of(t.m) ? t.s * exp_shift(t.m).fix - A(1) : A(-1);
+    return o;
+}
 
 template <class S, int NV>
 __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T* y, long long rows, long long cols,
@@ -716,45 +783,54 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
     __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
-    const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
+    const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
     const int p = sh.p;
-    const long long tile = (long long)blockDim.x * EPT;
+    const int n = (int)sh.n;
+    const int tile = blockDim.x * EPT, ss = blockDim.x * VEC;
     unsigned long long round = 0;
     for (long long row = g; row < rows; row += groups, ++round) {
-        const long long off = row * cols + c0;
-        const int mis = misalign<S>(x + off);
-        MaxSum<A> t = empty_maxsum<A>();
-        for (long long base = 0; base < n + mis; base += tile) {
-            A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-                load_slot<S>(x + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, true, v + j * VEC,
-                             -inf_of(A(0)));
-            t = merge(t, values_stats<false, A, A>(v));
+        const typename S::T* xr = x + (row * cols + c0);
+        typename S::T* yr = y + (row * cols + c0);
+        const int mis = misalign<S>(xr);
+        const int o0 = (int)threadIdx.x * VEC - mis, end = n + mis;
+        MaxSum<A> t;
+        if (op == OP_SOFTMAX) {
+            StreamSum<A> u;
+            u.m = -inf_of(A(0));
+            u.hi = u.m;
+            u.s = A(0);
+            for (int base = 0; base < end; base += tile) {
+                A v[EPT];
+                stream_tile_load<S, NV>(xr, base, o0, ss, n, base >= mis && base + tile <= end, v, -inf_of(A(0)));
+                stream_sum_add(u, v);
+            }
+            t = stream_sum_stats(u);
+        } else {
+            t = empty_maxsum<A>();
+            for (int base = 0; base < end; base += tile) {
+                A v[EPT];
+                stream_tile_load<S, NV>(xr, base, o0, ss, n, base >= mis && base + tile <= end, v, -inf_of(A(0)));
+                t = merge(t, values_stats<false, A, A>(v));
+            }
         }
         const MaxSum<A> r0 = block_merge_1b(t, slots + 32 * (round & 1));
         const MaxSum<A> r = k > 1 ? group_merge(r0, part, cnt, g, k, p, round, scratch) : r0;
-        const bool vec_out = misalign<S>(y + off) == mis;
-        const ExpShift<A> sh = exp_shift(r.m);
-        const A inv = inv_sum_of(r) * sh.fix;
+        const bool vec_out = misalign<S>(yr) == mis;
+        const ExpShift<A> es = exp_shift(r.m);
+        const A inv = inv_sum_of(r) * es.fix;
         const A ls = log_sum_of(r);
-        for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
+        for (int base = (end - 1) / tile * tile; base >= 0; base -= tile) {
+            const bool full = base >= mis && base + tile <= end;
             A v[EPT];
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-                load_slot<S>(x + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, true, v + j * VEC,
-                             A(0));
+            stream_tile_load<S, NV>(xr, base, o0, ss, n, full, v, A(0));
             if (op == OP_SOFTMAX) {
 #pragma unroll
-                for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], sh) * inv;
+                for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], es) * inv;
             } else {
 #pragma unroll
                 for (int i = 0; i < EPT; ++i) v[i] = (v[i] - r.m) - ls;
             }
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-                store_slot<S>(y + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, vec_out,
-                              v + j * VEC);
+            stream_tile_store<S, NV>(yr, base, o0, ss, n, full, vec_out, v);
         }
     }
     group_release(cnt, cnt + groups, g, k);

@@ -102,7 +102,6 @@ BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.
 NOT_LEAN_YET = {
-    ("softmax", "float32", 16384, 131072),
     ("softmax_backward", "float32", 4096, 32768),
 }
 
