@@ -226,50 +226,160 @@ __device__ __forceinline__ void held_dot(const typename S::A (&yv)[EPT], const t
     }
 }
 
-// Values passed through this empty asm cannot be computed before the branch it
-// sits on (an asm volatile is neither hoisted nor speculated).
-__device__ __forceinline__ void pin_to_branch(float& a, float& b) { asm volatile("" : "+f"(a), "+f"(b)); }
-
-// A row's sum as the epilogue uses it: float32 log_softmax also wants it in
-// double, converted once per row. The empty asm keeps the conversion on that
-// op's branch: hoisted (the compiler may), it would run as FP64 instructions
-// for softmax too.
-struct FinishSum {
-    FloatPair s;
-    double d;
-};
-__device__ __forceinline__ FinishSum finish_sum(FloatPair s, int op) {
-    FinishSum f;
-    f.s = s;
-    f.d = 0.0;
-    if (op != OP_SOFTMAX_BWD) {
-        pin_to_branch(s.hi, s.lo);
-        f.d = sum_to_double(s);
-    }
-    return f;
+// softmax_backward's row sum, sum(g * y), for float accumulators, without a
+// compensated add per element (TwoSum and the product's error: 10 instructions).
+// A thread first bounds its terms, bound >= sum |g * y| (one FFMA an element),
+// and takes sigma, a power of two >= 4 * bound, so every |g * y| <= sigma / 2.
+// Then q = fma(g, y, sigma) - sigma is the product rounded to a multiple of
+// d = sigma * 2^-24 (the subtraction is exact: Sterbenz), and the thread's q add
+// up exactly in float: every partial sum is a multiple of d below sigma = 2^24 d.
+// The rest, r = g * y - q (|r| <= d, one rounding in its FMA), adds up in plain
+// float, with an error near n * eps * d, of the order of the TwoSum pair's
+// (n * eps^2 * sum |terms|). Five instructions an element. A bound that is not
+// finite, or too large for sigma + q to stay finite, takes the TwoSum pair
+// instead (infinities and NaN then propagate as the reference's).
+template <int N>
+__device__ __forceinline__ void dot_bound(const float (&y)[N], const float (&g)[N], float& bound) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) bound = fmaf(fabsf(g[i]), fabsf(y[i]), bound);
 }
-__device__ __forceinline__ double finish_sum(double s, int) { return s; }
+__device__ __forceinline__ bool split_fits(float bound) { return bound < 0x1p123f; }  // false for NaN
+__device__ __forceinline__ float split_sigma(float bound) {
+    // 4 * bound rounded up to a power of two (0 stays 0: every term is then 0).
+    return __int_as_float((__float_as_int(4.0f * bound) + 0x007fffff) & 0xff800000);
+}
+template <int N>
+__device__ __forceinline__ void dot_split(const float (&y)[N], const float (&g)[N], float sigma, float& q,
+                                          float& r) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        const float hi = __fadd_rn(fmaf(g[i], y[i], sigma), -sigma);
+        q = __fadd_rn(q, hi);
+        r = __fadd_rn(r, fmaf(g[i], y[i], -hi));
+    }
+}
+__device__ __forceinline__ FloatPair pair_of(float q, float r) {
+    FloatPair p;
+    p.hi = two_sum(q, r, p.lo);
+    return p;
+}
+
+// A thread's share of a backward row sum. `visit(f)` calls f(y, grad_y) on each
+// of the thread's value arrays (held slots, then staged ones read back).
+template <class S, class Visit>
+__device__ __forceinline__ typename BwdSum<typename S::A>::type thread_dot(int op, Visit visit) {
+    typedef typename BwdSum<typename S::A>::type D;
+    if constexpr (sizeof(typename S::A) == 4) {
+        if (op == OP_SOFTMAX_BWD) {
+            float bound = 0.0f;
+            visit([&](const auto& y, const auto& g) { dot_bound(y, g, bound); });
+            if (split_fits(bound)) {
+                const float sigma = split_sigma(bound);
+                float q = 0.0f, r = 0.0f;
+                visit([&](const auto& y, const auto& g) { dot_split(y, g, sigma, q, r); });
+                return pair_of(q, r);
+            }
+        }
+    }
+    D s = zero_sum(D());
+    visit([&](const auto& y, const auto& g) { held_dot<S>(y, g, op, s); });
+    return s;
+}
+
+// exp(y) / 2 as scale * (hi + lo), hi + lo within 2^-26 of the exact value
+// relative, in float alone. y = k ln2 + r (Cody-Waite: k times ln2's top 16
+// bits is exact, and the second part's rounding is kept as r_lo); e^r = 1 + a,
+// a = r + r^2 q(r) in one FMA, q a degree-4 fit of (e^r - 1 - r) / r^2 on |r| <=
+// ln2/2; the FMA's rounding (a_lo) and 1 + a's are exact splits (|r| >= |r^2 q|,
+// 1 >= |a|). scale = 2^(k-1) is one exact power of two from k - 1 in [-127,
+// 127] for y in [-87.6, 89] (callers take larger y elsewhere; the NaN-keeping
+// clamp raises smaller ones): 2^-127 builds as 0, so exp(-inf) and exponentials
+// below about 2^-125 give exactly 0, as the kernels' flush-to-zero float does.
+// Callers fold the factor 2 into the row sum, so e / 2 never overflows.
+struct ExpPair {
+    float hi, lo, scale;
+};
+__device__ __forceinline__ ExpPair exp_pair_half(float y) {
+    const float c = nan_max(y, -87.6f);
+    const float shift = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold k = rint(c log2 e)
+    const float t = fmaf(c, 1.4426950408889634f, shift);
+    const float kf = t - shift;
+    const float ln2_lo = 1.4286068203094172e-06f;
+    const float r1 = fmaf(kf, -0.693145751953125f, c);
+    const float r = fmaf(kf, -ln2_lo, r1);
+    const float r_lo = fmaf(kf, -ln2_lo, __fadd_rn(r1, -r));
+    float q = 0.0013754429528489709f;
+    q = fmaf(q, r, 0.008368912152945995f);
+    q = fmaf(q, r, 0.04166948050260544f);
+    q = fmaf(q, r, 0.166665181517601f);
+    q = fmaf(q, r, 0.49999988079071045f);
+    const float r2 = __fmul_rn(r, r);
+    const float a = fmaf(r2, q, r);
+    const float a_lo = fmaf(r2, q, __fadd_rn(r, -a));
+    ExpPair e;
+    e.hi = __fadd_rn(1.0f, a);
+    e.lo = __fadd_rn(__fadd_rn(__fadd_rn(1.0f, -e.hi), a), __fadd_rn(a_lo, r_lo));
+    // (k - 1 + 127) << 23 from t's bits: k = bits(t) - 0x4B400000.
+    e.scale = __int_as_float((__float_as_int(t) - (0x4B400000 - 126)) << 23);
+    return e;
+}
+
+// log_softmax_backward's g - exp(y) S where exp(y) or 2 S leaves float's range
+// (no log_softmax output does), in float: exp(y) = 2^k e^r (Cody-Waite with a
+// short ln2 part, exact for any k here), S = f 2^j (frexpf, f in [0.5, 1)), so
+// e^r (f + lo 2^-j) stays normal and ldexpf applies 2^(k + j) last, saturating
+// to inf or 0 as the float64 product rounded to float does. Past y = 709.78 the
+// reference's exp is inf; below -200, exp(y) S is below float's subnormals.
+__device__ __forceinline__ float log_bwd_wide(float g, float y, FloatPair s) {
+    if (y > 709.78f) return g - inf_of(y) * s.hi;
+    const float c = nan_max(y, -200.0f);
+    const float kf = rintf(c * 1.4426950408889634f);
+    const float r = fmaf(kf, 2.12194440e-4f, fmaf(kf, -0.693359375f, c));
+    int j;
+    const float f = frexpf(s.hi, &j);
+    const float p = expf(r) * (f + ldexpf(s.lo, -j));
+    return g - ldexpf(p, int(kf) + j);
+}
 
 // grad_x into gv: y * (gy - dot) for softmax, gy - exp(y) * sum(gy) for
 // log_softmax. softmax: (gy - hi) - lo keeps the pair's accuracy through the
-// cancellation (gy - hi is exact where they are close). float32 log_softmax
-// keeps its exp and product in double: a float exp's rounding alone would
-// exceed the float32 tolerance where gy is close to exp(y) * sum. 16-bit
-// storage rounds the result to 11 (8) significant bits, far above float's
-// error on these terms.
+// cancellation (gy - hi is exact where they are close). 16-bit storage rounds
+// the result to 11 (8) significant bits, far above float's error on these terms.
+// log_softmax's exp(y) multiplies the sum, so any rounding of it shows times
+// |S|: even a correctly rounded float exp leaves float32's error above torch's
+// own (tests/emulator/run_accuracy.py --backward). float32 takes exp(y) as a
+// pair (exp_pair_half) and rounds g - e S once.
 template <class S, class A, int EPT>
-__device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, FinishSum f) {
-    const FloatPair s = f.s;
+__device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, FloatPair s) {
+    // A sum that reached inf (or NaN) is its hi alone: TwoSum's error term is NaN there.
+    if (!(fabsf(s.hi) < inf_of(s.hi))) s.lo = 0.0f;
     if (op == OP_SOFTMAX_BWD) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) gv[i] = yv[i] * ((gv[i] - s.hi) - s.lo);
-    } else if (sizeof(typename S::T) == 2) {
-        const float sf = s.hi + s.lo;
+    } else if constexpr (sizeof(typename S::T) == 2) {
 #pragma unroll
-        for (int i = 0; i < EPT; ++i) gv[i] = gv[i] - expf(yv[i]) * sf;
+        for (int i = 0; i < EPT; ++i) {
+            const float e = expf(yv[i]);
+            gv[i] = fmaf(-e, s.hi, fmaf(-e, s.lo, gv[i]));
+        }
     } else {
+        // exp(y) past float's range or a sum near it: the reference's double, for
+        // the whole group (one test per element, no branch per element).
+        bool wide = !(fabsf(s.hi) < 0x1p126f);
 #pragma unroll
-        for (int i = 0; i < EPT; ++i) gv[i] = A(double(gv[i]) - exp(double(yv[i])) * f.d);
+        for (int i = 0; i < EPT; ++i) wide |= yv[i] > 89.0f;
+        if (wide) {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) gv[i] = log_bwd_wide(gv[i], yv[i], s);
+            return;
+        }
+        const float s2_hi = 2.0f * s.hi, s2_lo = 2.0f * s.lo;
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) {
+            const ExpPair e = exp_pair_half(yv[i]);
+            const float hi = e.hi * e.scale, lo = e.lo * e.scale;
+            gv[i] = fmaf(-hi, s2_hi, fmaf(-lo, s2_hi, fmaf(-hi, s2_lo, gv[i])));
+        }
     }
 }
 template <class S, class A, int EPT>
@@ -350,8 +460,7 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
         D s = zero_sum(D());
         held_dot<S>(yv, gv, op, s);
         s = warp_pair_sum(s, width);
-        const auto fs = finish_sum(s, op);
-        held_bwd_finish<S>(yv, gv, op, fs);
+        held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, lane, width, mis), n, vec_o, gv + j * VEC);
@@ -372,6 +481,8 @@ __device__ __forceinline__ void bwd_warp(const typename S::T* gy, const typename
 // never a row's first (the held slots come first), so only the end can cut it.
 template <class S>
 __device__ __forceinline__ int staged_full(int cols, int mis, int tid, int nt, int nv, int ss) {
+    // Usually all of them (the division below costs some 25 instructions).
+    if (((nv + ss - 1) * nt + tid + 1) * S::VEC <= cols + mis) return ss;
     const int last = (cols + mis) / S::VEC - 1 - tid;  // the last whole slot, less this thread's offset
     const int n = last < 0 ? 0 : last / nt - nv + 1;
     return n < 0 ? 0 : (n < ss ? n : ss);
@@ -539,13 +650,15 @@ __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y
 // Staging buffer: [2][ss][blockDim.x] slots, y's first, then grad_y's. A staged
 // slot past the row's ends holds zeros (stage_slot), which add nothing to either
 // sum, so the sum reads every staged slot without element bounds; only the
-// write needs them, at the row's last slots.
-template <class S, int NV>
-__device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
-                                        long long rows, int cols, int op, int ss) {
+// write needs them, at the row's last slots. STAGED = false (ss == 0) compiles
+// the rows held wholly in registers without the staged loops, as fwd_row_rows.
+template <class S, int NV, bool STAGED>
+__device__ __forceinline__ void bwd_row_rows(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
+                                             long long rows, int cols, int op, int ss) {
     typedef typename S::A A;
     typedef typename BwdSum<A>::type D;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
+    constexpr int UNROLL = sizeof(A) == 8 ? 1 : 4;  // whole staged slots four per loop test; float64 spills so
     extern __shared__ uint4 gs_stage[];
     __shared__ D slots[64];
     const int tid = threadIdx.x, nt = blockDim.x;
@@ -557,11 +670,26 @@ __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename 
         const int mis = misalign<S>(y + off);
         const bool vec_g = misalign<S>(gy + off) == mis;
         const bool vec_o = misalign<S>(gx + off) == mis;
-        for (int j = 0; j < ss; ++j) {
+        // Staged slots j < full lie wholly inside the row (staged_full).
+        const int full = STAGED ? staged_full<S>(cols, mis, tid, nt, NV, ss) : 0;
+        auto each_staged = [&](auto body, int whole) {
+            if constexpr (STAGED) {
+#pragma unroll(UNROLL)
+                for (int j = 0; j < whole; ++j) body(j, Full<true>());
+                for (int j = whole; j < ss; ++j) body(j, Full<false>());
+            }
+        };
+        // Whole slots with both arrays aligned: bare cp.async copies, issued back to back.
+        each_staged([&](int j, auto f) {
             const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
-            stage_slot<S>(y + off, e0, cols, true, sy + j * nt + tid);
-            stage_slot<S>(gy + off, e0, cols, vec_g, sg + j * nt + tid);
-        }
+            if (decltype(f)::value) {
+                cp_async16(sy + j * nt + tid, y + off + e0);
+                cp_async16(sg + j * nt + tid, gy + off + e0);
+            } else {
+                stage_slot<S>(y + off, e0, cols, true, sy + j * nt + tid);
+                stage_slot<S>(gy + off, e0, cols, vec_g, sg + j * nt + tid);
+            }
+        }, vec_g ? full : 0);
         // This thread's held slots all inside the row: one test for all of them.
         const bool held_full = (tid > 0 || mis == 0) && ((NV - 1) * nt + tid + 1) * VEC <= cols + mis;
         A yv[EPT], gv[EPT];
@@ -580,18 +708,19 @@ __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename 
                 load_slot<S>(gy + off, e0, cols, vec_g, gv + j * VEC, A(0));
             }
         }
-        cp_async_wait_all();
-        D s = zero_sum(D());
-        held_dot<S>(yv, gv, op, s);
-        for (int j = 0; j < ss; ++j) {
-            A a[VEC], b[VEC];
-            unstage_full<S>(sy + j * nt + tid, a);
-            unstage_full<S>(sg + j * nt + tid, b);
-            held_dot<S>(a, b, op, s);
-        }
+        if constexpr (STAGED) cp_async_wait_all();
+        // Padding slots hold zeros: every staged slot is summed without bounds.
+        D s = thread_dot<S>(op, [&](auto f) {
+            f(yv, gv);
+            each_staged([&](int j, auto) {
+                A a[VEC], b[VEC];
+                unstage_full<S>(sy + j * nt + tid, a);
+                unstage_full<S>(sg + j * nt + tid, b);
+                f(a, b);
+            }, ss);
+        });
         s = block_pair_sum_1b(s, slots + 32 * parity);
-        const auto fs = finish_sum(s, op);
-        held_bwd_finish<S>(yv, gv, op, fs);
+        held_bwd_finish<S>(yv, gv, op, s);
         if (held_full && vec_o) {
 #pragma unroll
             for (int j = 0; j < NV; ++j) store_full<S>(gx + off + slot_start<S>(0, j, tid, nt, mis), gv + j * VEC);
@@ -601,19 +730,28 @@ __device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename 
                 store_slot<S, int, false>(gx + off, slot_start<S>(0, j, tid, nt, mis), cols, vec_o, gv + j * VEC);
         }
         // Whole staged slots go straight to one vector store when gx shares y's alignment.
-        const int whole = vec_o ? staged_full<S>(cols, mis, tid, nt, NV, ss) : 0;
-        for (int j = 0; j < ss; ++j) {
+        each_staged([&](int j, auto f) {
             const int e0 = slot_start<S>(0, NV + j, tid, nt, mis);
             A a[VEC], b[VEC];
             unstage_full<S>(sy + j * nt + tid, a);
             unstage_full<S>(sg + j * nt + tid, b);
-            held_bwd_finish<S>(a, b, op, fs);
-            if (j < whole) {
+            held_bwd_finish<S>(a, b, op, s);
+            if (decltype(f)::value) {
                 store_full<S>(gx + off + e0, b);
             } else {
                 store_slot<S, int, false>(gx + off, e0, cols, vec_o, b);
             }
-        }
+        }, vec_o ? full : 0);
+    }
+}
+
+template <class S, int NV>
+__device__ __forceinline__ void bwd_row(const typename S::T* gy, const typename S::T* y, typename S::T* gx,
+                                        long long rows, int cols, int op, int ss) {
+    if (ss > 0) {
+        bwd_row_rows<S, NV, true>(gy, y, gx, rows, cols, op, ss);
+    } else {
+        bwd_row_rows<S, NV, false>(gy, y, gx, rows, cols, op, 0);
     }
 }
 
@@ -690,8 +828,7 @@ __device__ __forceinline__ void bwd_split(const typename S::T* gy, const typenam
         held_dot<S>(yv, gv, op, s);
         s = block_pair_sum_1b(s, slots + 32 * (round & 1));
         if (k > 1) s = group_pair_sum(s, part, cnt, g, k, p, round, scratch);
-        const auto fs = finish_sum(s, op);
-        held_bwd_finish<S>(yv, gv, op, fs);
+        held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(gx + off, slot_start<S>(0, j, threadIdx.x, blockDim.x, mis), n, vec_o, gv + j * VEC);
@@ -869,7 +1006,6 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
         }
         D s = block_pair_sum_1b(acc, slots + 32 * (round & 1));
         if (k > 1) s = group_pair_sum(s, part, cnt, g, k, p, round, scratch);
-        const auto fs = finish_sum(s, op);
         for (long long base = (n + mis - 1) / tile * tile; base >= 0; base -= tile) {
             A yv[EPT], gv[EPT];
 #pragma unroll
@@ -878,7 +1014,7 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
                 load_slot<S>(y + off, e0, n, true, yv + j * VEC, A(0));
                 load_slot<S>(gy + off, e0, n, vec_g, gv + j * VEC, A(0));
             }
-            held_bwd_finish<S>(yv, gv, op, fs);
+            held_bwd_finish<S>(yv, gv, op, s);
 #pragma unroll
             for (int j = 0; j < NV; ++j)
                 store_slot<S>(gx + off, slot_start<S>(base, j, threadIdx.x, blockDim.x, mis), n, vec_o,

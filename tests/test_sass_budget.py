@@ -97,13 +97,14 @@ def test_model_arithmetic():
 # the budgets (issue 20, "What to build" 2) on the goal cases
 
 BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_softmax", 2): 12,
-          ("softmax_backward", 4): 24, ("cross_entropy_fwd_bwd", 4): 20, ("cross_entropy_fwd_bwd", 2): 16}
+          ("softmax_backward", 4): 24, ("cross_entropy_fwd_bwd", 4): 20, ("cross_entropy_fwd_bwd", 2): 16,
+          # softmax_backward's budget plus a float exp per element (about 10 instructions) and its
+          # bound checks; three arrays move, so the copy-rate budget is about 94.
+          ("log_softmax_backward", 4): 40}
 
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.
-NOT_LEAN_YET = {
-    ("softmax_backward", "float32", 4096, 32768),
-}
+NOT_LEAN_YET: set[tuple[str, str, int, int]] = set()
 
 
 def _key(c):

@@ -29,6 +29,13 @@ STREAM_THREADS = 512
 LSE_THREADS = 512
 ROW_MIN_THREADS = 64
 ROW_MAX_THREADS = 1024
+# A backward row thread carries some 330 instructions of per-row work (two arrays'
+# addressing, the compensated pair reductions) against 12-17 per element (SASS walk,
+# float32 4096x32768: 25.0 instructions per element at 1024 threads, 21.2 at 512),
+# so a staged backward row is spread over fewer, longer threads; 512 still keeps
+# 16 warps on the SM. The forward's per-row work is small: there it is neutral
+# (float32 65536 columns: 13.6 at 1024 threads, 13.3 at 512), and 1024 hide more latency.
+BWD_STAGED_THREADS = 512
 
 
 def blocks_per_sm(dev: Device, template: str, threads: int, smem: int = 0) -> int:
@@ -134,8 +141,9 @@ def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev
     the shapes that fit: the most bytes in flight up to INFLIGHT_GOOD, then no
     shared memory (the whole row in registers: a staged element costs about twice
     the instructions, issue 20), then two resident blocks rather than one (one
-    loads while the other reduces), then the least shared memory, the most bytes
-    in flight, the most threads."""
+    loads while the other reduces), then, for a staged backward row, at most
+    BWD_STAGED_THREADS threads, then the least shared memory, the most bytes in
+    flight, the most threads."""
     row_bytes = cols * _itemsize(storage) * _arrays(direction)
     best = None
     for nv, threads, ss, smem in _row_shapes(storage, direction, need, dev, pol):
@@ -145,7 +153,8 @@ def _plan_row(storage: str, direction: str, rows: int, cols: int, need: int, dev
         grid = int(min(rows, occ * dev.n_sm * pol.row_grid_waves, MAX_GRID))
         res = min(occ, cdiv(grid, dev.n_sm))
         inflight = res * row_bytes
-        key = (min(inflight, INFLIGHT_GOOD), ss == 0, min(res, 2), -smem, inflight, threads)
+        spread = -max(threads, BWD_STAGED_THREADS) if direction == "bwd" and ss > 0 else 0
+        key = (min(inflight, INFLIGHT_GOOD), ss == 0, min(res, 2), spread, -smem, inflight, threads)
         if best is None or key > best[0]:
             best = (key, Plan("row", kernel_name(direction, "row", nv, storage), grid, threads, k=1, chunk=cols,
                               ss=ss, smem=smem, resident=res, inflight_bytes_per_sm=inflight))

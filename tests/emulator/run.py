@@ -87,6 +87,51 @@ def softmax_suites(cp, SM, rng, emu):
                 n += check(x, what=f"special {cols} {dt.__name__}", special=True)
         return n
 
+    def log_backward_rows(cols):
+        """float32 log_softmax_backward rows the float form may not take (issue 20: it
+        falls back to double there): grad_x cancelling to nearly 0, exp(y) overflowing
+        or flushed while the row sum is large, -inf log-probabilities with zero
+        gradients, rows whose gradient sums to 0, and NaN / inf."""
+        y = np.log(reference.softmax(rand((10, cols), np.float64), axis=-1))
+        g = rand((10, cols), np.float64)
+        j = cols // 2
+        e = np.exp(y[0, j])  # row 0: g_j = e_j * S, so grad_x_j is only its rounding
+        g[0, j] = e * (g[0].sum() - g[0, j]) / (1 - e) if cols > 1 else 0.0
+        y[1, ::3] = 88.5  # exp overflows float
+        y[1, 1::3] = 100.0
+        y[2] = -90.0 - 10 * rng.random(cols)  # exp below float's normals, times a large sum
+        g[2] *= 1e30
+        y[3, ::2] = -np.inf  # masked classes with zero gradient
+        g[3, ::2] = 0.0
+        g[4] = 0.0  # a zero gradient, some exp overflowing
+        y[4, ::4] = 95.0
+        g[5] = np.where(np.arange(cols) % 2 == 0, 1.0, -1.0) * (1 if cols % 2 == 0 else 0)  # sums to 0
+        g[6, j] = np.nan
+        g[7, j] = np.inf
+        y[8, j] = np.nan
+        y[9, j] = np.inf
+        return g.astype(np.float32), y.astype(np.float32)
+
+    def backward_special():
+        base, n = SM.POLICY, 0
+        cases = [(cols, None) for cols in (1, 5, 64, 1000, 3000, 40000)]
+        cases += [(3000, force) for force in ("stage", "split", "stream")]
+        for cols, force in cases:
+            SM.POLICY = base.replace(force_regime=force)
+            g, y = log_backward_rows(cols)
+            for buf_off in (0, 1):  # both alignments
+                gb = np.full(g.size + 1, np.nan, np.float32)
+                yb = np.full(y.size + 1, np.nan, np.float32)
+                gb[buf_off:buf_off + g.size], yb[buf_off:buf_off + y.size] = g.ravel(), y.ravel()
+                gv = gb[buf_off:buf_off + g.size].reshape(g.shape)
+                yv = yb[buf_off:buf_off + y.size].reshape(y.shape)
+                got = SM.log_softmax_backward(bargs(cp.asarray(gv), cp.asarray(yv)))
+                assert_close(cp.asnumpy(got), reference.log_softmax_backward(gv, yv), np.float32,
+                             f"log_softmax_backward special {cols} {force or 'planned'} offset {buf_off}")
+                n += 1
+        SM.POLICY = base
+        return n
+
     def layouts():
         n = 0
         for dt in (np.float32, np.float16):
@@ -297,8 +342,8 @@ def softmax_suites(cp, SM, rng, emu):
         assert {name for name, _, _ in emu.launches} >= set(SM.ENTRY_POINTS)
         return n
 
-    return {"basic": basic, "special": special, "layouts": layouts, "long_rows": long_rows, "regimes": regimes,
-            "variants": variants}
+    return {"basic": basic, "special": special, "backward_special": backward_special, "layouts": layouts,
+            "long_rows": long_rows, "regimes": regimes, "variants": variants}
 
 
 def cross_entropy_suites(cp, CE, rng):
