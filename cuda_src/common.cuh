@@ -174,6 +174,13 @@ __device__ __forceinline__ double acc_log1p(double x) { return log1p(x); }
 __device__ __forceinline__ bool is_inf(float x) { return fabsf(x) == inf_of(x); }
 __device__ __forceinline__ bool is_inf(double x) { return fabs(x) == inf_of(x); }
 
+// x, opaque to the optimiser: work on it stays in the block that asks for it
+// (a rare path's conversions are not hoisted onto the fast path).
+__device__ __forceinline__ float pinned(float x) {
+    asm volatile("" : "+f"(x));
+    return x;
+}
+
 // 2^x on the MUFU (one EX2): callers fold log2(e) into an FMA they already need.
 __device__ __forceinline__ float fast_exp2(float x) {
     float r;

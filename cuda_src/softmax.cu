@@ -286,15 +286,16 @@ __device__ __forceinline__ typename BwdSum<typename S::A>::type thread_dot(int o
     return s;
 }
 
-// exp(y) / 2 as scale * (hi + lo), hi + lo within 2^-26 of the exact value
-// relative, in float alone. y = k ln2 + r (Cody-Waite: k times ln2's top 16
-// bits is exact, and the second part's rounding is kept as r_lo); e^r = 1 + a,
+// exp(y) / 2 as scale * (hi + lo), hi + lo within 2^-26.9 of the exact value
+// relative, in float alone. y = k ln2 + r + d: r = y - k L in one FMA with L =
+// ln2 rounded to float is exact (k L is a multiple of 2^-24, |r| <= ln2/2), and
+// d = k (ln2 - L), |d| < 2^-21, enters as e^(r + d) = e^r (1 + d). e^r = 1 + a,
 // a = r + r^2 q(r) in one FMA, q a degree-4 fit of (e^r - 1 - r) / r^2 on |r| <=
-// ln2/2; the FMA's rounding (a_lo) and 1 + a's are exact splits (|r| >= |r^2 q|,
-// 1 >= |a|). scale = 2^(k-1) is one exact power of two from k - 1 in [-127,
-// 127] for y in [-87.6, 89] (callers take larger y elsewhere; the NaN-keeping
-// clamp raises smaller ones): 2^-127 builds as 0, so exp(-inf) and exponentials
-// below about 2^-125 give exactly 0, as the kernels' flush-to-zero float does.
+// ln2/2; that FMA's rounding (a_lo) and 1 + a's are exact splits (|r| >= |r^2
+// q|, 1 >= |a|). scale = 2^(k-1), one exact power of two for k - 1 in [-127,
+// 127], that is y in [-87.6, 89] (callers take larger y elsewhere; the
+// NaN-keeping clamp raises smaller ones): 2^-127 builds as 0, so exp(-inf) and
+// exponentials below about 2^-125 give exactly 0, as flush-to-zero float does.
 // Callers fold the factor 2 into the row sum, so e / 2 never overflows.
 struct ExpPair {
     float hi, lo, scale;
@@ -304,10 +305,7 @@ __device__ __forceinline__ ExpPair exp_pair_half(float y) {
     const float shift = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold k = rint(c log2 e)
     const float t = fmaf(c, 1.4426950408889634f, shift);
     const float kf = t - shift;
-    const float ln2_lo = 1.4286068203094172e-06f;
-    const float r1 = fmaf(kf, -0.693145751953125f, c);
-    const float r = fmaf(kf, -ln2_lo, r1);
-    const float r_lo = fmaf(kf, -ln2_lo, __fadd_rn(r1, -r));
+    const float r = fmaf(kf, -0.693147182464599609375f, c);
     float q = 0.0013754429528489709f;
     q = fmaf(q, r, 0.008368912152945995f);
     q = fmaf(q, r, 0.04166948050260544f);
@@ -318,27 +316,50 @@ __device__ __forceinline__ ExpPair exp_pair_half(float y) {
     const float a_lo = fmaf(r2, q, __fadd_rn(r, -a));
     ExpPair e;
     e.hi = __fadd_rn(1.0f, a);
-    e.lo = __fadd_rn(__fadd_rn(__fadd_rn(1.0f, -e.hi), a), __fadd_rn(a_lo, r_lo));
+    e.lo = fmaf(e.hi, __fmul_rn(kf, 1.904654323148236e-09f), __fadd_rn(__fadd_rn(__fadd_rn(1.0f, -e.hi), a), a_lo));
     // (k - 1 + 127) << 23 from t's bits: k = bits(t) - 0x4B400000.
     e.scale = __int_as_float((__float_as_int(t) - (0x4B400000 - 126)) << 23);
     return e;
 }
 
-// log_softmax_backward's g - exp(y) S where exp(y) or 2 S leaves float's range
-// (no log_softmax output does), in float: exp(y) = 2^k e^r (Cody-Waite with a
-// short ln2 part, exact for any k here), S = f 2^j (frexpf, f in [0.5, 1)), so
-// e^r (f + lo 2^-j) stays normal and ldexpf applies 2^(k + j) last, saturating
-// to inf or 0 as the float64 product rounded to float does. Past y = 709.78 the
-// reference's exp is inf; below -200, exp(y) S is below float's subnormals.
-__device__ __forceinline__ float log_bwd_wide(float g, float y, FloatPair s) {
-    if (y > 709.78f) return g - inf_of(y) * s.hi;
-    const float c = nan_max(y, -200.0f);
-    const float kf = rintf(c * 1.4426950408889634f);
-    const float r = fmaf(kf, 2.12194440e-4f, fmaf(kf, -0.693359375f, c));
-    int j;
-    const float f = frexpf(s.hi, &j);
-    const float p = expf(r) * (f + ldexpf(s.lo, -j));
-    return g - ldexpf(p, int(kf) + j);
+// float32 log_softmax_backward's g - exp(y) S for a thread's group of values.
+// Fast form: exp(y) = hi + lo (exp_pair_half), S = hi + lo, the three products
+// that matter summed by FMA into g, the big one last: within 0.5 ulp of the
+// result plus 2^-24 |g| (the inner FMAs round at g's scale) plus 2^-26.9 |exp(y)
+// S|. Where the result cancels below 2^-6 of exp(y) S (those terms would pass
+// 2^-18 of it), where y > 89 or |S| >= 2^126 (outside the fast form's range),
+// or with a NaN (no comparison holds), the group takes the reference's double
+// instead: one element at a time, picked out of the registers by index, so the
+// double code is there once and holds one element's registers.
+template <int EPT>
+__device__ __forceinline__ void log_bwd_finish(const float* yv, float* gv, FloatPair s) {
+    const float s2_hi = 2.0f * s.hi, s2_lo = 2.0f * s.lo, s2_cut = 0x1p-6f * s2_hi;
+    bool exact = fabsf(s.hi) < 0x1p126f;
+    float out[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        const ExpPair e = exp_pair_half(yv[i]);
+        const float hi = e.hi * e.scale, lo = e.lo * e.scale;
+        out[i] = fmaf(-hi, s2_hi, fmaf(-lo, s2_hi, fmaf(-hi, s2_lo, gv[i])));
+        exact &= (yv[i] <= 89.0f) & (fabsf(out[i]) >= fabsf(hi * s2_cut));
+    }
+    if (!exact) {
+        const double d = double(pinned(s.hi)) + double(pinned(s.lo));
+#pragma unroll 1
+        for (int i = 0; i < EPT; ++i) {
+            float g = gv[0], y = yv[0];
+#pragma unroll
+            for (int j = 1; j < EPT; ++j) {
+                g = (i == j) ? gv[j] : g;
+                y = (i == j) ? yv[j] : y;
+            }
+            const float r = float(double(g) - exp(double(y)) * d);
+#pragma unroll
+            for (int j = 0; j < EPT; ++j) out[j] = (i == j) ? r : out[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) gv[i] = out[i];
 }
 
 // grad_x into gv: y * (gy - dot) for softmax, gy - exp(y) * sum(gy) for
@@ -347,8 +368,7 @@ __device__ __forceinline__ float log_bwd_wide(float g, float y, FloatPair s) {
 // the result to 11 (8) significant bits, far above float's error on these terms.
 // log_softmax's exp(y) multiplies the sum, so any rounding of it shows times
 // |S|: even a correctly rounded float exp leaves float32's error above torch's
-// own (tests/emulator/run_accuracy.py --backward). float32 takes exp(y) as a
-// pair (exp_pair_half) and rounds g - e S once.
+// own (tests/emulator/run_accuracy.py --backward); float32 takes log_bwd_finish.
 template <class S, class A, int EPT>
 __device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT], int op, FloatPair s) {
     // A sum that reached inf (or NaN) is its hi alone: TwoSum's error term is NaN there.
@@ -363,23 +383,9 @@ __device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT]
             gv[i] = fmaf(-e, s.hi, fmaf(-e, s.lo, gv[i]));
         }
     } else {
-        // exp(y) past float's range or a sum near it: the reference's double, for
-        // the whole group (one test per element, no branch per element).
-        bool wide = !(fabsf(s.hi) < 0x1p126f);
+        // A slot at a time: the fallback's copy of the group stays 4 registers.
 #pragma unroll
-        for (int i = 0; i < EPT; ++i) wide |= yv[i] > 89.0f;
-        if (wide) {
-#pragma unroll
-            for (int i = 0; i < EPT; ++i) gv[i] = log_bwd_wide(gv[i], yv[i], s);
-            return;
-        }
-        const float s2_hi = 2.0f * s.hi, s2_lo = 2.0f * s.lo;
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) {
-            const ExpPair e = exp_pair_half(yv[i]);
-            const float hi = e.hi * e.scale, lo = e.lo * e.scale;
-            gv[i] = fmaf(-hi, s2_hi, fmaf(-lo, s2_hi, fmaf(-hi, s2_lo, gv[i])));
-        }
+        for (int i = 0; i < EPT; i += 4) log_bwd_finish<4>(yv + i, gv + i, s);
     }
 }
 template <class S, class A, int EPT>

@@ -98,9 +98,10 @@ def test_model_arithmetic():
 
 BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_softmax", 2): 12,
           ("softmax_backward", 4): 24, ("cross_entropy_fwd_bwd", 4): 20, ("cross_entropy_fwd_bwd", 2): 16,
-          # softmax_backward's budget plus a float exp per element (about 10 instructions) and its
-          # bound checks; three arrays move, so the copy-rate budget is about 94.
-          ("log_softmax_backward", 4): 40}
+          # not an issue-20 goal case: exp(y) as a float pair (about 20 instructions, for
+          # accuracy: docs/softmax_kernels.md), its FMAs, the compensated sum and the
+          # fallback's checks; held here so that it stays float (no FP64) and under 0.6.
+          ("log_softmax_backward", 4): 50}
 
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.

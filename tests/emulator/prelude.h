@@ -188,6 +188,7 @@ inline void cp_async_wait_all() {}
 // max.NaN.f32: NaN if either input is NaN.
 inline float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 inline void st_global_v4(void* p, uint4 v) { memcpy(p, &v, 16); }
+inline float pinned(float x) { return x; }
 // max.NaN.{bf16,f16}x2: per half, the canonical NaN (0x7fff, 0x7fff) if either
 // input is NaN, else the larger value's bits.
 inline unsigned short gs_emu_max16(unsigned short a, unsigned short b, bool bf) {

@@ -91,9 +91,9 @@ def softmax_suites(cp, SM, rng, emu):
         """float32 log_softmax_backward rows the float form may not take (issue 20: it
         falls back to double there): grad_x cancelling to nearly 0, exp(y) overflowing
         or flushed while the row sum is large, -inf log-probabilities with zero
-        gradients, rows whose gradient sums to 0, and NaN / inf."""
-        y = np.log(reference.softmax(rand((10, cols), np.float64), axis=-1))
-        g = rand((10, cols), np.float64)
+        gradients, rows whose gradient sums to 0, a sum past 2^126, and NaN / inf."""
+        y = np.log(reference.softmax(rand((11, cols), np.float64), axis=-1))
+        g = rand((11, cols), np.float64)
         j = cols // 2
         e = np.exp(y[0, j])  # row 0: g_j = e_j * S, so grad_x_j is only its rounding
         g[0, j] = e * (g[0].sum() - g[0, j]) / (1 - e) if cols > 1 else 0.0
@@ -110,6 +110,7 @@ def softmax_suites(cp, SM, rng, emu):
         g[7, j] = np.inf
         y[8, j] = np.nan
         y[9, j] = np.inf
+        g[10] = 2e38 / cols  # 2 * sum leaves float's range; the products do not
         return g.astype(np.float32), y.astype(np.float32)
 
     def backward_special():
