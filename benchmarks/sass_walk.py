@@ -155,23 +155,6 @@ def _lut3(lut, a, b, c, mask):
     return r & mask
 
 
-def _lut3_bits(lut, operands):
-    """LOP3 on partly known operands [(mask, bits)] * 3: the result's known mask and bits (a
-    bit is known where every completion of the unknown input bits gives the same output)."""
-    can1 = can0 = 0
-    for idx in range(8):
-        possible = M32
-        for k, (mask, bits) in enumerate(operands):
-            want = idx >> (2 - k) & 1
-            possible &= ~mask | (bits if want else ~bits)
-        if lut >> idx & 1:
-            can1 |= possible
-        else:
-            can0 |= possible
-    known = ~(can1 & can0) & M32
-    return known, can1 & known
-
-
 _SPECIAL = {"SR_TID.Y": 0, "SR_TID.Z": 0, "SR_CTAID.Y": 0, "SR_CTAID.Z": 0, "SR_CgaCtaId": 0, "SRZ": 0}
 _NOOP = {"BSSY", "BSYNC", "WARPSYNC", "NOP", "BAR", "MEMBAR", "ERRBAR", "CGAERRBAR", "CCTL", "NANOSLEEP",
          "DEPBAR", "LDGDEPBAR", "FENCE", "YIELD", "BMOV", "STG", "STS", "ST", "STL", "RED", "REDG",
@@ -231,9 +214,6 @@ class Thread:
         self.ur: dict[int, int | None] = {}
         self.p: dict[int, bool | None] = {}
         self.up: dict[int, bool | None] = {}
-        # Registers of unknown value some of whose bits are known (mask, bits): the
-        # compiler keeps several flags in one register, set and tested by LOP3.
-        self.known_bits: dict[str, tuple[int, int]] = {}
         self.max_steps = max_steps
 
     # --- operands
@@ -308,15 +288,11 @@ class Thread:
             raise WalkError(f"not a predicate: {name}")
         return _not(v) if neg else v
 
-    def set_reg(self, name: str, v, known_bits: tuple[int, int] | None = None):
+    def set_reg(self, name: str, v):
         name = name.split(".reuse")[0].split(".")[0]
         v = None if v is None else v & M32
         if name in ("RZ", "URZ"):
             return
-        if v is None and known_bits and known_bits[0]:
-            self.known_bits[name] = known_bits
-        else:
-            self.known_bits.pop(name, None)
         if name.startswith("UR"):
             self.ur[int(name[2:])] = v
         elif name[0] == "R":
@@ -418,36 +394,20 @@ class Thread:
         return t if cond else i + 1
 
     def _shorter_is_taken(self, i: int, t: int) -> bool:
-        """An unknown forward branch: whether the jump side is the fast one. A side
-        that makes a call is the slow one (the kernels inline everything on their
-        fast paths; out-of-line functions hold rare cases); else the shorter side
-        (in static instructions to where the sides meet) is taken."""
+        """An unknown forward branch: whether the jump side is the shorter one (in
+        static instructions to where the sides meet)."""
         code = self.fn.code
         last = code[t - 1]
         fall = t - i - 1
-
-        def calls(a, b):
-            return any(ins.base == "CALL" for ins in code[a:b])
-
         if last.base == "BRA" and last.guard is None:
             j = self._target(last)
             if j > t:
-                if calls(i + 1, t) != calls(t, j):
-                    return calls(i + 1, t)
                 return (j - t) < fall
         return True  # an if-then: jumping skips the block
 
     def _clobber(self, ins: Instr):
-        """A predicate we do not know guards the instruction: its results become unknown (a LOP3
-        keeps the bits its two outcomes agree on)."""
-        a = ins.args
-        if ins.base == "LOP3" and not self.is_pred(a[0]):
-            before = self._bits_of(a[0], self.reg(a[0]))
-            self.execute(ins)
-            after = self._bits_of(a[0], self.reg(a[0]))
-            mask = before[0] & after[0] & ~(before[1] ^ after[1])
-            return self.set_reg(a[0], None, (mask, before[1] & mask))
-        self._unknown(ins, a)
+        """A predicate we do not know guards the instruction: its results become unknown."""
+        self._unknown(ins, ins.args)
 
     # --- instruction semantics (integer, predicate, moves); the rest: results unknown
     def execute(self, ins: Instr):
@@ -632,27 +592,10 @@ class Thread:
             pd, rd, srcs = None, a[0], a[1:4]
             lut = self.reg(a[4])
         vals = [self.reg(s) for s in srcs]
-        if lut is None:
-            return self._unknown(ins, a)
-        if None not in vals:
-            r = _lut3(lut, *vals, M32)
-            self.set_reg(rd, r)
-            if pd:
-                self.set_pred(pd, r != 0)
-            return
-        mask, bits = _lut3_bits(lut, [self._bits_of(s, v) for s, v in zip(srcs, vals)])
-        self.set_reg(rd, None, (mask, bits))
+        r = None if None in vals or lut is None else _lut3(lut, *vals, M32)
+        self.set_reg(rd, r)
         if pd:
-            self.set_pred(pd, True if bits else (False if mask == M32 else None))
-
-    def _bits_of(self, name: str, v):
-        """(known mask, bits) of an operand: all of a known value, else what LOP3 left known."""
-        if v is not None:
-            return M32, v
-        base = name.split(".reuse")[0].lstrip("-")
-        inv = base.startswith("~")
-        mask, bits = self.known_bits.get(base.lstrip("~").split(".")[0], (0, 0))
-        return mask, (~bits & mask) if inv else bits
+            self.set_pred(pd, None if r is None else r != 0)
 
     def _op_PLOP3(self, ins, a):
         vals = [self.pred(x) for x in a[2:5]]
