@@ -167,6 +167,7 @@ class Launch:
     block: int
     args: list[tuple[str, int]]  # ("ptr" | "i32" | "i64" | "f64", value or bit pattern)
     memory: dict[int, int] = field(default_factory=dict)  # address -> 64-bit word the kernel reads
+    smem: int = 0  # dynamic shared memory, bytes
 
 
 def adapter(what: str, case: dict | None = None, occupancy=None):
@@ -212,7 +213,7 @@ def adapter(what: str, case: dict | None = None, occupancy=None):
               "softmax_backward": sm.OP_SOFTMAX_BWD, "log_softmax_backward": sm.OP_LOG_SOFTMAX_BWD}[case["op"]]
         n_ptrs = sum(q.pointer for q in kernels.ENTRIES[p.kernel].sig.params)
         values = p.bind(rows, cols, op)(*(next(ptrs) for _ in range(n_ptrs)))
-        return Launch("softmax", p.kernel, p.grid, p.block, typed(p.kernel, values))
+        return Launch("softmax", p.kernel, p.grid, p.block, typed(p.kernel, values), smem=p.smem)
     # cross entropy with its gradient, hard labels, default options (no weight, smoothing, z-loss, cap)
     p = ce.plan_for(storage, rows, cols, 0, False, H200)
     x, grad, tgt, coef, row_loss = (next(ptrs) for _ in range(5))
@@ -248,8 +249,10 @@ ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 def const_bank(launch: Launch) -> dict[int, int]:
     """Constant bank 0 as the driver lays it out on sm_90: block and grid sizes at 0x0-0x14, the
-    kernel parameters from 0x210 at their natural alignment."""
-    bank = {0x0: launch.block, 0x4: 1, 0x8: 1, 0xC: launch.grid, 0x10: 1, 0x14: 1, 0x28: 0xFFFC00}
+    stack top at 0x28, the dynamic shared memory size (%dynamic_smem_size) at 0x2c, the kernel
+    parameters from 0x210 at their natural alignment."""
+    bank = {0x0: launch.block, 0x4: 1, 0x8: 1, 0xC: launch.grid, 0x10: 1, 0x14: 1, 0x28: 0xFFFC00,
+            0x2C: launch.smem}
     off = 0x210
     for kind, value in launch.args:
         size = 4 if kind in ("i32", "f32") else 8

@@ -569,6 +569,43 @@ __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }
+// The same copy and its read-back by 32-bit shared-window address: a loop that
+// keeps the address in a register pays no generic-to-shared conversion per use.
+// (Opaque to the optimiser, so it stays in its register rather than being rebuilt
+// from the thread index at every use.)
+__device__ __forceinline__ unsigned shared_addr(const void* p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("" : "+r"(s));
+    return s;
+}
+__device__ __forceinline__ void cp_async16_at(unsigned s, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ uint4 ld_shared_v4(unsigned s) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(s)
+                 : "memory");
+    return v;
+}
+// The launch's dynamic shared memory, bytes: a kernel that can use a buffer
+// there checks it is as large as it needs before relying on it.
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned v;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
+    return v;
+}
+// Groups of cp.async copies: commit closes the thread's current group; wait_one
+// returns once at most the newest group is still in flight.
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_one() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
 
 template <class S>
 __device__ __forceinline__ void stage_slot(const typename S::T* p, int e0, int n, bool vec_ok, uint4* dst) {

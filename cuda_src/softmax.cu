@@ -12,7 +12,8 @@
 //   split  - few rows (fewer than SMs): k co-resident blocks per row, each
 //            holding a chunk in registers, exchanging (max, sum) partials
 //            through a small workspace; launched cooperatively.
-//   stream - rows longer than one SM holds: online (max, sum) read, then a
+//   stream - rows longer than one SM holds: online (max, sum) read (the
+//            forward one piped through shared memory, two tiles deep), then a
 //            second read for the write, walked backwards so that the most
 //            recently read tiles (still in L2) are read first; k blocks per
 //            row only when rows are few.
@@ -878,6 +879,49 @@ __device__ __forceinline__ void stream_tile_store(typename S::T* p, int base, in
     }
 }
 
+// A forward stream's tiles pass through two shared-memory buffers (the kernel's
+// dynamic shared memory, [2][NV][blockDim.x] slots): while a tile is reduced
+// from registers, the next one's cp.async copies are in flight, so a block alone
+// on its SM (the L2 rule below) does not idle for each tile's load latency.
+// Only tiles wholly inside the chunk travel this way; an edge tile is loaded
+// directly (stream_tile_load), as is every tile of a launch whose dynamic shared
+// memory cannot hold the two buffers (`on`). Each thread copies and reads back
+// only its own slots, so no barrier is needed: wait_one / wait_all order its own
+// copies.
+template <class S, int NV>
+struct TilePipe {
+    const typename S::T* p;
+    unsigned mine;  // shared address of this thread's slot 0 of buffer 0 (slot j of buffer b: + b size + j stride)
+    int stride, o0, ss, n, lo, hi;  // stride: one slot row, bytes; whole tiles: lo <= base <= hi
+    unsigned size;  // one buffer, bytes: the two buffers' offsets are 0 and size, flipped by xor
+    bool on;
+    __device__ __forceinline__ bool whole(int base) const { return base >= lo && base <= hi; }
+    // Whether tile `base` travels through the buffers.
+    __device__ __forceinline__ bool piped(int base) const { return on && whole(base); }
+    __device__ __forceinline__ void issue(int base, unsigned off) const {
+        const typename S::T* q = p + (base + o0);
+        const unsigned d = mine + off;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) cp_async16_at(d + j * stride, q + j * ss);
+        cp_async_commit();
+    }
+    // Tile `base` into v. `ahead`: a newer tile's copies were issued since its own.
+    __device__ __forceinline__ void take(int base, bool whole_now, unsigned off, bool ahead, typename S::A* v,
+                                         typename S::A pad) const {
+        if (!(on && whole_now)) {
+            stream_tile_load<S, NV>(p, base, o0, ss, n, whole_now, v, pad);
+            return;
+        }
+        if (ahead)
+            cp_async_wait_one();
+        else
+            cp_async_wait_all();
+        const unsigned d = mine + off;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) unpack_slot<S>(ld_shared_v4(d + j * stride), v + j * S::VEC);
+    }
+};
+
 // Running (max, sum) of one thread for softmax, one FMNMX + FFMA + EX2 + FADD per
 // element: the tile's max first, then the sum is rescaled once per tile to the new
 // max and the tile's exp2(x L - hi) added, hi = max * L rounded (ExpShift: the
@@ -924,6 +968,12 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
     __shared__ MaxSum<A> slots[64];  // two buffers for the single-barrier reduction
+    extern __shared__ uint4 gs_stage[];  // TilePipe's two tiles
+    const unsigned mine = shared_addr(gs_stage + threadIdx.x);
+    const unsigned pipe_size = blockDim.x * 16 * NV;
+    // float64 keeps direct loads: its exp already outlasts a tile's latency, and
+    // the buffers' registers would spill it.
+    const bool pipe_on = sizeof(A) < 8 && dynamic_smem_bytes() >= 2 * pipe_size;
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
     const long long groups = sh.groups, g = sh.g, c0 = sh.c0;
@@ -936,34 +986,37 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
         typename S::T* yr = y + (row * cols + c0);
         const int mis = misalign<S>(xr);
         const int o0 = (int)threadIdx.x * VEC - mis, end = n + mis;
+        const TilePipe<S, NV> pipe{xr, mine, (int)blockDim.x * 16, o0, ss, n, mis, end - tile, pipe_size, pipe_on};
         MaxSum<A> t;
-        if (op == OP_SOFTMAX) {
-            StreamSum<A> u;
-            u.m = -inf_of(A(0));
-            u.hi = u.m;
-            u.s = A(0);
-            for (int base = 0; base < end; base += tile) {
-                A v[EPT];
-                stream_tile_load<S, NV>(xr, base, o0, ss, n, base >= mis && base + tile <= end, v, -inf_of(A(0)));
+        StreamSum<A> u;
+        u.m = -inf_of(A(0));
+        u.hi = u.m;
+        u.s = A(0);
+        t = empty_maxsum<A>();
+        bool whole = pipe.whole(0);
+        unsigned off = 0;
+        if (pipe.piped(0)) pipe.issue(0, off);
+        for (int base = 0; base < end; base += tile, off ^= pipe.size) {
+            const bool ahead = pipe.whole(base + tile);
+            if (ahead && pipe.on) pipe.issue(base + tile, off ^ pipe.size);
+            A v[EPT];
+            pipe.take(base, whole, off, ahead, v, -inf_of(A(0)));
+            whole = ahead;
+            if (op == OP_SOFTMAX)
                 stream_sum_add(u, v);
-            }
-            t = stream_sum_stats(u);
-        } else {
-            t = empty_maxsum<A>();
-            for (int base = 0; base < end; base += tile) {
-                A v[EPT];
-                stream_tile_load<S, NV>(xr, base, o0, ss, n, base >= mis && base + tile <= end, v, -inf_of(A(0)));
+            else
                 t = merge(t, values_stats<false, A, A>(v));
-            }
         }
+        if (op == OP_SOFTMAX) t = stream_sum_stats(u);
         const MaxSum<A> r0 = block_merge_1b(t, slots + 32 * (round & 1));
         const MaxSum<A> r = k > 1 ? group_merge(r0, part, cnt, g, k, p, round, scratch) : r0;
         const bool vec_out = misalign<S>(yr) == mis;
         const ExpShift<A> es = exp_shift(r.m);
         const A inv = inv_sum_of(r) * es.fix;
         const A ls = log_sum_of(r);
-        for (int base = (end - 1) / tile * tile; base >= 0; base -= tile) {
-            const bool full = base >= mis && base + tile <= end;
+        const int last = (end - 1) / tile * tile;
+        for (int base = last; base >= 0; base -= tile) {
+            const bool full = pipe.whole(base);
             A v[EPT];
             stream_tile_load<S, NV>(xr, base, o0, ss, n, full, v, A(0));
             if (op == OP_SOFTMAX) {

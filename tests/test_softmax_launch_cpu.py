@@ -202,7 +202,25 @@ def test_stream_limits_rows_in_flight_when_they_overflow_l2():
     assert p.inflight_bytes_per_sm >= P.INFLIGHT_TARGET
     big_l2 = sm.Device("big L2", 132, l2_bytes=1 << 30)
     p = sm.plan("float32", "fwd", 1024, 131072, 0, big_l2)
-    assert p.smem == 0 and p.resident == 2, p
+    tiles = 2 * p.block * 4 * 16  # TilePipe's two tiles of 4 slots per thread: no padding past them
+    assert p.smem == tiles and p.resident == 2, p
+
+
+def test_forward_stream_launches_hold_the_tile_pipe():
+    """The forward stream kernel pipes its tiles through two shared-memory buffers only
+    when the launch's dynamic shared memory holds both (it checks): every forward plan
+    but float64's gives it that much, and the backward and float64 ones none."""
+    for dev in (sm.H100, sm.H200, sm.Device("big L2", 132, l2_bytes=1 << 30)):
+        for storage in ("float32", "float16", "bfloat16", "float64"):
+            for direction in ("fwd", "bwd"):
+                for rows, cols in [(1024, 1 << 19), (16384, 1 << 19), (64, 1 << 22)]:
+                    p = sm.plan(storage, direction, rows, cols, 0, dev)
+                    assert p.regime == "stream", p
+                    nv = int(p.kernel.split("stream")[1].split("_")[0])
+                    if direction == "fwd" and storage != "float64":
+                        assert p.smem >= 2 * p.block * nv * 16, p
+                    elif p.resident == sm.blocks_per_sm(dev, "stream", p.block):
+                        assert p.smem == 0, p
 
 
 def test_few_rows_fill_the_gpu():

@@ -215,41 +215,45 @@ def _plan_stream(storage: str, direction: str, rows: int, cols: int, dev: Device
     """Online (max, sum) read + backwards write read. k > 1 co-resident blocks per
     row only when rows are fewer than SMs. When the resident rows do not fit in L2,
     rows in flight are cut (with unused dynamic shared memory) to the fewest that
-    keep INFLIGHT_TARGET per SM: the second read then hits L2 for more of each row."""
+    keep INFLIGHT_TARGET per SM: the second read then hits L2 for more of each row.
+    The forward kernel's dynamic shared memory holds two tiles (TilePipe: the next
+    tile's copies in flight while one is reduced; not float64)."""
     vec = VEC[storage]
     nv = VARIANTS[(storage, direction)]["stream"][0]
     name = kernel_name(direction, "stream", nv, storage)
     arrays = _arrays(direction)
-    occ = blocks_per_sm(dev, "stream", STREAM_THREADS)
+    tile_bytes = STREAM_THREADS * nv * SLOT_BYTES * arrays
+    pipe = 2 * tile_bytes if direction == "fwd" and storage != "float64" else 0
+    occ = blocks_per_sm(dev, "stream", STREAM_THREADS, pipe)
     res_total = occ * dev.n_sm
     k = max(1, min(cdiv(dev.n_sm, rows), cols // pol.stream_min_chunk, res_total))
     k = max(k, cdiv(cols, 1 << 30))  # chunks stay below 2**30 elements
     chunk = round_up(cdiv(cols, k), vec)
     k = cdiv(cols, chunk)
-    tile_bytes = STREAM_THREADS * nv * SLOT_BYTES * arrays
     chunk_bytes = chunk * _itemsize(storage) * arrays
+    inflight = min(tile_bytes * (2 if pipe else 1), chunk_bytes)
     if k == 1:
         want = occ
         if occ * dev.n_sm * chunk_bytes > dev.l2_bytes:
-            want = min(occ, max(1, cdiv(INFLIGHT_TARGET, tile_bytes)))
-        smem = 0
+            want = min(occ, max(1, cdiv(INFLIGHT_TARGET, inflight)))
+        smem = pipe
         if want < occ:
             # Pad the dynamic shared memory so that `want` + 1 blocks do not fit on
             # an SM even if the kernel had no static shared memory at all.
-            smem = dev.smem_per_sm // (want + 1) - SMEM_RESERVED_PER_BLOCK + 1
-            smem = min(smem, dev.smem_per_block - STATIC_SMEM_MAX)
-            if blocks_per_sm(dev, "stream", STREAM_THREADS, smem) != want:
-                smem = 0
+            pad = dev.smem_per_sm // (want + 1) - SMEM_RESERVED_PER_BLOCK + 1
+            pad = max(min(pad, dev.smem_per_block - STATIC_SMEM_MAX), pipe)
+            if blocks_per_sm(dev, "stream", STREAM_THREADS, pad) == want:
+                smem = pad
         grid = int(min(rows, MAX_GRID))
         res = _resident(dev, "stream", STREAM_THREADS, smem, grid)
         return Plan("stream", name, grid, STREAM_THREADS, k=1, chunk=cols, smem=smem, resident=res,
-                    inflight_bytes_per_sm=res * min(tile_bytes, chunk_bytes))
+                    inflight_bytes_per_sm=res * inflight)
     return _rows_in_groups("stream", name, STREAM_THREADS, rows, cols, k, chunk, occ, res_total, dev,
-                           min(tile_bytes, chunk_bytes))
+                           inflight, smem=pipe)
 
 
 def _rows_in_groups(regime: str, name: str, threads: int, rows: int, cols: int, k: int, chunk: int, occ: int,
-                    res_total: int, dev: Device, inflight_per_block: int) -> Plan:
+                    res_total: int, dev: Device, inflight_per_block: int, smem: int = 0) -> Plan:
     """A plan running each row on k co-resident blocks: as many rows at once as the
     resident blocks hold (a RuntimeError when not even one row's k blocks fit)."""
     groups = min(rows, res_total // k)
@@ -257,7 +261,7 @@ def _rows_in_groups(regime: str, name: str, threads: int, rows: int, cols: int, 
         raise RuntimeError(f"row of {cols} elements needs {k} co-resident blocks but only {res_total} fit on this GPU")
     grid = groups * k
     res = min(occ, cdiv(grid, dev.n_sm))
-    return Plan(regime, name, grid, threads, k=k, chunk=chunk, groups=groups, resident=res,
+    return Plan(regime, name, grid, threads, k=k, chunk=chunk, groups=groups, smem=smem, resident=res,
                 inflight_bytes_per_sm=res * inflight_per_block)
 
 

@@ -185,6 +185,14 @@ inline void nanosleep_ns(unsigned) { t_fiber->spun = true; gs_emu_yield(); }
 // cp.async has no host form: a plain copy, already complete when wait_all runs.
 inline void cp_async16(uint4* smem, const void* gmem) { memcpy(smem, gmem, 16); }
 inline void cp_async_wait_all() {}
+inline void cp_async_commit() {}
+inline unsigned dynamic_smem_bytes() { return (unsigned)(g_ctx->dyn.size() * 16); }
+// Shared-window addresses: offsets into the launch's dynamic shared memory (the
+// only shared memory the kernels address this way).
+inline unsigned shared_addr(const void* p) { return (unsigned)((const char*)p - (const char*)gs_emu_dyn_shared()); }
+inline void cp_async16_at(unsigned s, const void* gmem) { memcpy((char*)gs_emu_dyn_shared() + s, gmem, 16); }
+inline uint4 ld_shared_v4(unsigned s) { uint4 v; memcpy(&v, (const char*)gs_emu_dyn_shared() + s, 16); return v; }
+inline void cp_async_wait_one() {}
 // max.NaN.f32: NaN if either input is NaN.
 inline float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
 inline void st_global_v4(void* p, uint4 v) { memcpy(p, &v, 16); }

@@ -183,6 +183,15 @@ def softmax_suites(cp, SM, rng, emu):
                 x[2, 9] = np.inf
                 x[3, :] = -np.inf
                 n += check(x, what=f"{force} special", special=True)
+        # Chunks of several whole stream tiles (512 threads x 16 values): the forward
+        # read's shared-memory pipe, one block per row (k = 1) and two, both alignments.
+        for min_chunk in (1 << 30, 2 * 8192):
+            SM.POLICY = base.replace(force_regime="stream", stream_min_chunk=min_chunk)
+            for dt in (np.float32, np.float16):
+                for rows, cols in [(4, 3 * 8192 + 37), (3, 4 * 8192)]:
+                    n += check(rand((rows, cols), dt), what=f"stream tiles {min_chunk} {rows}x{cols} {dt.__name__}")
+                    buf = rand((rows * cols + 1,), dt)
+                    n += check(buf[1:].reshape(rows, cols), what=f"stream tiles unaligned {rows}x{cols} {dt.__name__}")
         SM.POLICY = base
         return n
 
