@@ -1086,8 +1086,8 @@ struct LseSum {
 };
 
 // The float pass over n (< 2**30) elements. Only a chunk's first and last tile
-// check bounds; the others step one pointer (int offsets rebuilt into 64-bit
-// addresses cost more per tile than the tile's exponentials).
+// check bounds; the others step one pointer (64-bit addresses rebuilt from int
+// offsets cost about 12 instructions a tile).
 template <class S, int NV>
 __device__ __forceinline__ LseSum lse_chunk_fast(const typename S::T* p, int n, int lane, int width) {
     constexpr int VEC = S::VEC, EPT = NV * VEC;
@@ -1097,9 +1097,16 @@ __device__ __forceinline__ LseSum lse_chunk_fast(const typename S::T* p, int n, 
     u.m = -inf_of(0.0f);
     u.hi = u.m;
     u.s = 0.0f;
-    for (int base = 0; base < end; base += tile) {
+    const typename S::T* q = p + o0;
+    for (int base = 0; base < end; base += tile, q += tile) {
         float v[EPT];
-        stream_tile_load<S, NV>(p, base, o0, ss, n, base >= mis && base + tile <= end, v, -inf_of(0.0f));
+        if (base >= mis && base + tile <= end) {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) load_full<S>(q + j * ss, v + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) load_slot<S, int>(p, base + o0 + j * ss, n, true, v + j * VEC, -inf_of(0.0f));
+        }
         lse_tile_add(u, v);
     }
     LseSum o;
