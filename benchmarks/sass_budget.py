@@ -206,10 +206,10 @@ def adapter(what: str, case: dict | None = None, occupancy=None):
                 out.append((kinds[param.ctype], int(v)))
         return out
 
-    if case["op"] in ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward"):
-        direction = "bwd" if case["op"].endswith("backward") else "fwd"
+    if case["op"] in ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward", "logsumexp"):
+        direction = {"logsumexp": "lse"}.get(case["op"], "bwd" if case["op"].endswith("backward") else "fwd")
         p = sm.plan_for(direction, storage, rows, cols, 0, H200)
-        op = {"softmax": sm.OP_SOFTMAX, "log_softmax": sm.OP_LOG_SOFTMAX,
+        op = {"softmax": sm.OP_SOFTMAX, "log_softmax": sm.OP_LOG_SOFTMAX, "logsumexp": None,
               "softmax_backward": sm.OP_SOFTMAX_BWD, "log_softmax_backward": sm.OP_LOG_SOFTMAX_BWD}[case["op"]]
         n_ptrs = sum(q.pointer for q in kernels.ENTRIES[p.kernel].sig.params)
         values = p.bind(rows, cols, op)(*(next(ptrs) for _ in range(n_ptrs)))
@@ -243,6 +243,8 @@ CASES = [
     {"op": "log_softmax", "dtype": "float32", "rows": 4096, "cols": 32768},
     {"op": "log_softmax", "dtype": "bfloat16", "rows": 4096, "cols": 32768},
     {"op": "log_softmax_backward", "dtype": "float32", "rows": 4096, "cols": 32768},
+    {"op": "logsumexp", "dtype": "float32", "rows": 4096, "cols": 32768},
+    {"op": "logsumexp", "dtype": "bfloat16", "rows": 4096, "cols": 32768},
 ]
 ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
@@ -308,7 +310,8 @@ def per_element(case: dict, launch: Launch, w: sass_walk.Walk) -> dict:
     f64 = count(lambda op: base(op) in F64_OPS or (base(op) in XU_OPS and "64" in op))
     stores = count(lambda op: base(op) in STORE_OPS)
     stored = sum(n * store_bytes(op) for op, n in w.issued.items() if base(op) in STORE_OPS) * scale
-    arrays_moved = 3 if case["op"].endswith("_backward") else 2
+    # logsumexp reads its input and writes one value per row
+    arrays_moved = 3 if case["op"].endswith("_backward") else 1 if case["op"] == "logsumexp" else 2
     bytes_per_elem = arrays_moved * ITEMSIZE[case["dtype"]]
     compute = max(instr / ISSUE_PER_SM_CLK, alu / ALU_PER_SM_CLK, xu / XU_PER_SM_CLK) / (N_SM * CLOCK_HZ)
     memory = bytes_per_elem / COPY_BYTES_PER_S

