@@ -36,7 +36,7 @@ for _s in ("float32", "float64"):
 for _s in ("float16", "bfloat16"):
     VARIANTS[(_s, "fwd")] = {"warp": (1, 2, 4), "row": (1, 2, 4), "split": (1, 2), "stream": (2,)}
     VARIANTS[(_s, "bwd")] = {"warp": (1, 2), "row": (1, 2), "split": (1, 2), "stream": (1,)}
-    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (2,)}
+    VARIANTS[(_s, "lse")] = {"warp": (1,), "block": (4,)}
 VARIANTS[("bfloat16", "bwd")]["split"] = (1,)  # split2 spills for bfloat16 under 64 registers
 VARIANTS[("float32", "bwd")]["split"] = (2,)  # split4 spills on sm_90 with the compensated float sum
 del _s

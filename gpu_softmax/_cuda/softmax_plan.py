@@ -49,6 +49,7 @@ MIN_SPLIT_CHUNK = 2048  # elements: below this a split costs more than it spread
 SPLIT_MIN_COLS = DEFAULT_POLICY.split_min_cols  # rows shorter than this are never split just to fill SMs
 LSE_WARP_MAX_COLS = 2048
 LSE_MIN_CHUNK = 1 << 14
+LSE_TILES_PER_THREAD = 16
 
 
 def _itemsize(storage: str) -> int:
@@ -287,9 +288,15 @@ def _plan_lse(storage: str, rows: int, cols: int, need: int, dev: Device) -> Pla
     k = cdiv(cols, chunk)
     tile_bytes = LSE_THREADS * nv * SLOT_BYTES
     if k == 1:
+        # A row's reductions cost a thread some 250 instructions: LSE_TILES_PER_THREAD
+        # tiles each keep them a small share (more, smaller blocks resident hold the
+        # bytes in flight). More tiles would widen the float pass's error bound, and
+        # send more rows to the double pass (lse_limit).
+        per_thread = LSE_TILES_PER_THREAD * nv * vec
+        threads = min(LSE_THREADS, max(64, 1 << (max(cols // per_thread, 1).bit_length() - 1)))
         grid = int(min(rows, MAX_GRID))
-        res = _resident(dev, "block", LSE_THREADS, 0, grid)
-        return Plan("stream", name, grid, LSE_THREADS, k=1, chunk=cols, resident=res,
-                    inflight_bytes_per_sm=res * min(tile_bytes, cols * itemsize))
+        res = _resident(dev, "block", threads, 0, grid)
+        return Plan("stream", name, grid, threads, k=1, chunk=cols, resident=res,
+                    inflight_bytes_per_sm=res * min(threads * nv * SLOT_BYTES, cols * itemsize))
     return _rows_in_groups("split", name, LSE_THREADS, rows, cols, k, chunk, occ, res_total, dev,
                            min(tile_bytes, chunk * itemsize))
