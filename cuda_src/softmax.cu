@@ -1119,6 +1119,13 @@ __device__ __forceinline__ MaxSum<double> lse_chunk(const typename S::T* p, long
 
 // One tile into a thread's running float sum (StreamSum, as stream_sum_add), the
 // tile's exponentials added pairwise: the same adds, fewer roundings in a row.
+// The exponent is x (L + L_lo) - hi: log2(e) rounded to float (L) alone biases
+// every term by (x - max) (log2(e) - L), about 1.3e-8 (x - max) relative, which
+// the sum keeps; L_lo costs one FFMA an element. Its max-side part, max L_lo,
+// is common to all of a thread's terms and cancels in the tile rescales (the
+// ratio of two tiles' factors is 2^(hi_old - hi_new) still): lse_fix undoes it
+// once, with hi's rounding.
+constexpr float LOG2E_LO = 1.92596298909109e-08f;  // log2(e) - L
 template <int EPT>
 __device__ __forceinline__ void lse_tile_add(StreamSum<float>& t, const float (&v)[EPT]) {
     const float mn = values_max(v, t.m);
@@ -1129,13 +1136,19 @@ __device__ __forceinline__ void lse_tile_add(StreamSum<float>& t, const float (&
     sh.hi = exp_offset(sh.hi);
     float e[EPT];
 #pragma unroll
-    for (int i = 0; i < EPT; ++i) e[i] = shifted_exp(v[i], sh);
+    for (int i = 0; i < EPT; ++i) e[i] = fast_exp2(fmaf(v[i], LOG2E_LO, fmaf(v[i], 1.4426950408889634f, -sh.hi)));
 #pragma unroll
     for (int w = 1; w < EPT; w *= 2) {
 #pragma unroll
         for (int i = 0; i + w < EPT; i += 2 * w) e[i] += e[i + w];
     }
     t.s = fmaf(t.s, scale, e[0]);
+}
+
+// The factor a thread's float sum carries: 2^(max L + max L_lo - hi), hi = max L
+// rounded (lse_tile_add), undone once a row with an accurate exp2f.
+__device__ __forceinline__ float lse_fix(const StreamSum<float>& u) {
+    return exp2f(-(fmaf(u.m, 1.4426950408889634f, -u.hi) + u.m * LOG2E_LO));
 }
 
 // The float pass's (max, sum of exp(x - max)): a plain sum, not MaxSum's
@@ -1170,17 +1183,18 @@ __device__ __forceinline__ LseSum lse_chunk_fast(const typename S::T* p, int n, 
     }
     LseSum o;
     o.m = u.m;
-    o.s = fabsf(u.m) < inf_of(0.0f) ? u.s * exp_shift(u.m).fix : u.s;
+    o.s = fabsf(u.m) < inf_of(0.0f) ? u.s * lse_fix(u) : u.s;
     return o;
 }
 
 // The float pass's partials across a warp segment: the max first, then each
-// lane's sum rescaled to it once and summed. Two butterflies of commutative
-// steps give every lane the same bits (no broadcast), at a third of the
-// instructions of a (max, sum) merge per level.
+// lane's sum rescaled to it once (expf: __expf's log2(e) rounding would bias each
+// partial by its distance to the max, as in lse_tile_add) and summed. Two
+// butterflies of commutative steps give every lane the same bits (no
+// broadcast), at a third of the instructions of a (max, sum) merge per level.
 __device__ __forceinline__ LseSum lse_warp_reduce(LseSum t, int width) {
     const float m = warp_max(t.m, width);
-    t.s = warp_sum(t.s * rel_exp(t.m, m), width);
+    t.s = warp_sum(t.s * (t.m == m ? 1.0f : expf(t.m - m)), width);
     t.m = m;
     return t;
 }
