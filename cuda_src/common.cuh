@@ -200,8 +200,10 @@ __device__ __forceinline__ A exp_offset(A m) {
 
 // exp(x - m) for many x at one FFMA + EX2 each: exp2(x * L - hi) with hi = m * L
 // rounded. The rounding error lo = m * L - hi (exact, one FMA) makes every term
-// 2^lo too large: a common factor, undone once by `fix` = 2^-lo (to second order:
-// |lo| <= ulp(hi) / 2), which callers fold into a per-thread or per-row scale.
+// 2^lo too large: a common factor, undone once by `fix` = 2^-lo (|lo| <= ulp(hi)
+// / 2), which callers fold into a per-thread or per-row scale. Past |m| = 2^30,
+// 2^lo itself leaves float's range (tests/emulator/run.py softmax huge_max, a
+// known failure of softmax).
 // float64 keeps exp(x - m) itself (fix = 1).
 template <class A>
 struct ExpShift {
@@ -212,8 +214,10 @@ __device__ __forceinline__ ExpShift<float> exp_shift(float m) {
     const float L = 1.4426950408889634f;
     ExpShift<float> s;
     s.hi = m * L;
-    const float u = -fmaf(m, L, -s.hi) * 0.6931471805599453f;
-    s.fix = fmaf(u, fmaf(u, 0.5f, 1.0f), 1.0f);
+    // exp2f, not a short series: lo reaches 2^-4 by |m| = 3e6 (ulp(hi) / 2),
+    // where a second-order fix is off by 1e-5. Up to |m| = 2^30, |lo| < 64, so
+    // the terms (at most 2^lo) and the fix stay in float's range.
+    s.fix = exp2f(-fmaf(m, L, -s.hi));
     return s;
 }
 __device__ __forceinline__ ExpShift<double> exp_shift(double m) {

@@ -1227,9 +1227,8 @@ __device__ __forceinline__ float lse_limit(int elems, int tile) {
 }
 
 // Whether the row must be read again in double. An infinite or NaN max decides
-// the result by itself. Past |m| = 2^20, ExpShift's fix (second order in hi's
-// rounding) drifts and further out hi overflows, so such rows (whose float pass
-// is then wrong, not just inexact) go to double too; below, the test's own
+// the result by itself. Past |m| = 2^20, the terms' common factor 2^lo grows
+// (ExpShift) and past 2^30 leaves float's range, so such rows go to double too; below, the test's own
 // error (logf of the sum, m + that) is under 1e-5, far inside the limit's
 // margin. So does a non-finite float result with a finite max (an inf * 0 from
 // a thread whose own max was huge).

@@ -134,6 +134,21 @@ def softmax_suites(cp, SM, rng, emu):
         SM.POLICY = base
         return n
 
+    def large_max(shifts=(3e6, -1e7, 1e9, -2e9)):
+        """Rows of large finite logits (Gaussian around `shift`), every forward regime:
+        ExpShift's common factor 2^lo grows with |max| (issue 20's fast exp), and its
+        fix must stay exact where a short series drifted (1e-5 off by 3e6)."""
+        n = 0
+        base = SM.POLICY
+        for force in (None, "stage", "split", "stream"):
+            SM.POLICY = base.replace(force_regime=force, split_min_cols=1, stream_min_chunk=1000)
+            for shift in shifts:
+                for rows, cols in [(4, 1000), (3, 3 * 8192 + 5)]:
+                    x = (rand((rows, cols), np.float64) + shift).astype(np.float32)
+                    n += check(x, what=f"{force} max {shift:g} {rows}x{cols}", special=True)
+        SM.POLICY = base
+        return n
+
     def layouts():
         n = 0
         for dt in (np.float32, np.float16):
@@ -353,7 +368,8 @@ def softmax_suites(cp, SM, rng, emu):
         assert {name for name, _, _ in emu.launches} >= set(SM.ENTRY_POINTS)
         return n
 
-    return {"basic": basic, "special": special, "backward_special": backward_special, "layouts": layouts,
+    return {"basic": basic, "special": special, "backward_special": backward_special,
+            "large_max": large_max, "huge_max": lambda: large_max((1e20, -1e30)), "layouts": layouts,
             "long_rows": long_rows, "regimes": regimes, "variants": variants,
             "logsumexp_rows": lse_rows_suite(cp, SM, fargs, forced, rng)}
 
