@@ -1299,34 +1299,18 @@ __device__ __forceinline__ MaxSum<double> lse_exact_stats(float m, double c, dou
 
 // k > 1: the blocks' float partials meet in the float64 workspace, where the
 // double pass's partials also go (one layout; the conversions are exact),
-// merged in double by warp 0 in a fixed order, as group_merge. Every thread gets
+// merged in double by group_merge (a fixed order). Every thread gets
 // the row's statistics back in float (for lse_needs_double: the same bits in
 // every block of the group), the row's result comes from the double ones.
 __device__ __forceinline__ MaxSum<double> lse_group_merge(LseSum& t, double* part, unsigned long long* cnt,
                                                           long long g, int k, int p, unsigned long long round,
-                                                          MaxSum<double>* scratch, LseSum* share) {
-    group_publish_wait((double)t.m, (double)t.s - 1.0, part, cnt, g, k, p, round);
-    if (threadIdx.x < 32) {
-        __threadfence();
-        const double* base = part + ((g * 2 + (long long)(round & 1)) * k) * 2;
-        MaxSum<double> w = empty_maxsum<double>();
-        for (int i = threadIdx.x; i < k; i += 32) {
-            MaxSum<double> o;
-            o.m = ld_relaxed(base + 2 * i);
-            o.r = ld_relaxed(base + 2 * i + 1);
-            w = merge(w, o);
-        }
-        w = warp_merge(w, 32);
-        if (threadIdx.x == 0) {
-            scratch[32] = w;
-            share->m = (float)w.m;
-            share->s = (float)(1.0 + w.r);
-        }
-    }
-    __syncthreads();
-    t = *share;
-    const MaxSum<double> r = scratch[32];
-    __syncthreads();
+                                                          MaxSum<double>* scratch) {
+    MaxSum<double> mine;
+    mine.m = t.m;
+    mine.r = (double)t.s - 1.0;
+    const MaxSum<double> r = group_merge(mine, part, cnt, g, k, p, round, scratch);
+    t.m = (float)r.m;
+    t.s = (float)(1.0 + r.r);
     return r;
 }
 
@@ -1376,7 +1360,6 @@ __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A*
     __shared__ MaxSum<double> scratch[33];
     __shared__ MaxSum<double> slots[64];
     __shared__ LseSum fslots[64];
-    __shared__ LseSum share[1];
     const RowShare sh = row_share(k, chunk, cols);
     if (sh.idle()) return;
     const long long groups = sh.groups, g = sh.g, c0 = sh.c0, n = sh.n;
@@ -1392,7 +1375,7 @@ __device__ __forceinline__ void lse_block(const typename S::T* x, typename S::A*
             LseSum f = lse_block_reduce(lse_chunk_fast<S, NV>(xr, (int)n, threadIdx.x, blockDim.x),
                                         fslots + 32 * (round & 1));
             MaxSum<double> d = empty_maxsum<double>();
-            if (k > 1) d = lse_group_merge(f, part, cnt, g, k, p, round, scratch, share);
+            if (k > 1) d = lse_group_merge(f, part, cnt, g, k, p, round, scratch);
             ++round;
             const bool need = lse_needs_double(f, limit);
             if (need) {
