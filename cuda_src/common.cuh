@@ -202,13 +202,13 @@ __device__ __forceinline__ A exp_offset(A m) {
 // rounded. The rounding error lo = m * L - hi (exact, one FMA) makes every term
 // 2^lo too large: a common factor, undone once by `fix` = 2^-lo (|lo| <= ulp(hi)
 // / 2), which callers fold into a per-thread or per-row scale. Past |m| = 2^30,
-// 2^lo itself leaves float's range (tests/emulator/run.py softmax huge_max, a
-// known failure of softmax).
-// float64 keeps exp(x - m) itself (fix = 1).
+// 2^lo itself leaves float's range: such a max is `shift_wide` and takes
+// DirectExp instead (with_exp_form). float64 keeps exp(x - m) itself (fix = 1).
 template <class A>
 struct ExpShift {
     A hi;
     A fix;
+    __device__ __forceinline__ A operator()(A x) const;
 };
 __device__ __forceinline__ ExpShift<float> exp_shift(float m) {
     const float L = 1.4426950408889634f;
@@ -217,7 +217,7 @@ __device__ __forceinline__ ExpShift<float> exp_shift(float m) {
     // exp2f, not a short series: lo reaches 2^-4 by |m| = 3e6 (ulp(hi) / 2),
     // where a second-order fix is off by 1e-5. Up to |m| = 2^30, |lo| < 64, so
     // the terms (at most 2^lo) and the fix stay in float's range.
-    s.fix = exp2f(-fmaf(m, L, -s.hi));
+    s.fix = exp2f(fmaf(-m, L, s.hi));  // 2^-lo, lo exact: the negation costs nothing
     return s;
 }
 __device__ __forceinline__ ExpShift<double> exp_shift(double m) {
@@ -230,6 +230,37 @@ __device__ __forceinline__ float shifted_exp(float x, ExpShift<float> s) {
     return fast_exp2(fmaf(x, 1.4426950408889634f, -s.hi));
 }
 __device__ __forceinline__ double shifted_exp(double x, ExpShift<double> s) { return exp(x - s.hi); }
+template <class A>
+__device__ __forceinline__ A ExpShift<A>::operator()(A x) const {
+    return shifted_exp(x, *this);
+}
+
+// A finite max whose ExpShift factor would leave float's range (|m| >= 2^30,
+// where |lo| can pass 64); float64 has none.
+__device__ __forceinline__ bool shift_wide(float m) { return fabsf(m) < inf_of(m) && fabsf(m) >= 1073741824.0f; }
+__device__ __forceinline__ bool shift_wide(double) { return false; }
+
+// exp(x - m) itself, one FADD more per element than ExpShift: exactly 1 at the
+// max, no common factor (fix = 1), for a shift_wide max.
+template <class A>
+struct DirectExp {
+    A m;
+    A fix;
+    __device__ __forceinline__ A operator()(A x) const { return fast_exp(x - m); }
+};
+
+// body(e), e the exp form for max m (ExpShift, or DirectExp for a wide m): one
+// test per row or thread, and each form its own loops, so the common case pays
+// no per-element select.
+template <class A, class F>
+__device__ __forceinline__ void with_exp_form(A m, F&& body) {
+    if (shift_wide(m)) {
+        const DirectExp<A> d{m, A(1)};
+        body(d);
+    } else {
+        body(exp_shift(exp_offset(m)));
+    }
+}
 
 // exp(a - b) for b = max(a, ...): equal arguments give exactly 1, so two
 // infinities of the same sign (an empty or all -inf partial meeting another)

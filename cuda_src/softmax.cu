@@ -69,33 +69,54 @@ __device__ __forceinline__ MaxSum<A> held_stats(A (&v)[EPT], int op) {
 }
 
 // Rows wholly on chip (warp and row regimes) need no online merge: the row max
-// m first, then the exponentials against it. softmax: v[] becomes exp2(x L - hi)
-// (ExpShift, one FFMA + EX2) and a = their sum: the ExpShift factor is common to
-// the row and cancels in v / a. log_softmax: (a, b) = (count at the max, sum of
-// the others). Only a thread holding an element at the row max (`owner`: its own
-// max is the row's) counts, as count_sum: its sum is 1 + tiny, where a float sum
-// would lose the tiny part log_softmax needs at the max. Every other thread's
-// terms are all below 1 and sum as softmax's do (FFMA + EX2 + FADD); row_sums_end
-// undoes their ExpShift factor once. row_sums gives the thread's part, row_finish
-// the outputs from the row's totals.
-template <class A, int EPT>
-__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, bool owner, ExpShift<A> sh, A m, A& a, A& b) {
+// m first, then the exponentials against it. softmax: v[] becomes e(x), e the
+// row's exp form (with_exp_form: ExpShift's FFMA + EX2, or for a wide max
+// DirectExp), and a = their sum: e's factor is common to the row and cancels in
+// v / a. log_softmax: (a, b) = (count at the max, sum of the others). Only a
+// thread holding an element at the row max (an owner: its own max is the row's)
+// counts, as count_sum: its sum is 1 + tiny, where a float sum would lose the
+// tiny part log_softmax needs at the max. Every other thread's terms are all
+// below 1 and sum as softmax's do (FFMA + EX2 + FADD); row_sums_end undoes their
+// common factor once. `exact`: the thread sums as count_sum (an owner).
+// row_sums gives the thread's part, row_finish the outputs from the row's totals.
+template <class A, int EPT, class E>
+__device__ __forceinline__ void row_sums(A (&v)[EPT], int op, bool exact, E e, A base, A& a, A& b) {
     if (op == OP_SOFTMAX) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i) {
-            v[i] = shifted_exp(v[i], sh);
+            v[i] = e(v[i]);
             a += v[i];
         }
-    } else if (owner) {
-        count_sum<false>(v, exp_offset(m), a, b);
+    } else if (exact) {
+        count_sum<false>(v, base, a, b);
     } else {
 #pragma unroll
-        for (int i = 0; i < EPT; ++i) b += shifted_exp(v[i], sh);
+        for (int i = 0; i < EPT; ++i) b += e(v[i]);
     }
 }
-template <class A>
-__device__ __forceinline__ void row_sums_end(int op, bool owner, ExpShift<A> sh, A& b) {
-    if (op != OP_SOFTMAX && !owner) b *= sh.fix;
+template <class A, class E>
+__device__ __forceinline__ void row_sums_end(int op, bool exact, E sh, A& b) {
+    if (op != OP_SOFTMAX && !exact) b *= sh.fix;
+}
+
+// The offset a row's (or thread's) held values take their exponentials
+// against, for max m: exp_offset(m), except that a wide max (shift_wide) would
+// give ExpShift a factor past float's range, so the values become x - m and the
+// offset 0: their exponentials need no factor, and log_softmax's
+// (x - m) - log(sum) is the same float. One FSETP tells the common case
+// (|m| < 2^30) from the rest; no select per element.
+template <class A, int EPT>
+__device__ __forceinline__ A held_exp_base(A (&v)[EPT], A m) {
+    if constexpr (sizeof(A) == 8) {
+        return exp_offset(m);
+    } else {
+        if (fabsf(m) < 1073741824.0f) return m;
+        if (shift_wide(m)) {
+#pragma unroll
+            for (int i = 0; i < EPT; ++i) v[i] -= m;
+        }
+        return 0.0f;
+    }
 }
 
 // An infinite max gives the reference's NaN row (as inv_sum_of, log_sum_of).
@@ -406,8 +427,8 @@ __device__ __forceinline__ void held_bwd_finish(const A (&yv)[EPT], A (&gv)[EPT]
 // row (n = 0: no loads, no stores) so the full-mask shuffles stay legal.
 
 template <class S, int NV>
-__device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* y, long long rows, long long cols,
-                                         int op, int width) {
+__device__ __forceinline__ void fwd_warp_rows(const typename S::T* x, typename S::T* y, long long rows,
+                                              long long cols, int op, int width) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     const int lane = threadIdx.x & (width - 1);
@@ -426,18 +447,28 @@ __device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* 
         const A mt = values_max(v, -inf_of(A(0)));
         const A m = warp_max(mt, width);
         const bool owner = mt == m;
-        const ExpShift<A> sh = exp_shift(exp_offset(m));
+        const A base = held_exp_base(v, m);
+        const ExpShift<A> sh = exp_shift(base);
         A a = A(0), b = A(0);
-        row_sums(v, op, owner, sh, m, a, b);
+        row_sums(v, op, owner, sh, base, a, b);
         row_sums_end(op, owner, sh, b);
         a = warp_sum(a, width);
         if (op != OP_SOFTMAX) b = warp_sum(b, width);
-        row_finish(v, op, m, row_inv(m, a), row_log_sum(m, a, b));
+        row_finish(v, op, base, row_inv(m, a), row_log_sum(m, a, b));
         const bool vec_out = misalign<S>(y + off) == mis;
 #pragma unroll
         for (int j = 0; j < NV; ++j)
             store_slot<S>(y + off, slot_start<S>(0, j, lane, width, mis), n, vec_out, v + j * VEC);
     }
+}
+
+// op as a constant in each copy (as fwd_row).
+template <class S, int NV>
+__device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* y, long long rows, long long cols,
+                                         int op, int width) {
+    if (sizeof(typename S::A) == 8) fwd_warp_rows<S, NV>(x, y, rows, cols, op, width);
+    else if (op == OP_SOFTMAX) fwd_warp_rows<S, NV>(x, y, rows, cols, OP_SOFTMAX, width);
+    else fwd_warp_rows<S, NV>(x, y, rows, cols, OP_LOG_SOFTMAX, width);
 }
 
 template <class S, int NV>
@@ -562,7 +593,7 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
         if constexpr (STAGED) cp_async_wait_all();
         // The whole row is on chip, so no online (max, sum) merge: the row max
         // first (one reduction), then the exponentials against it (a second),
-        // which also makes the ExpShift factor common to the row: it cancels.
+        // which also makes the exp form's factor common to the row: it cancels.
         each_staged([&](int j, auto f) {
             A w[VEC];
             unstage<S, decltype(f)::value>(gs_stage + j * nt + tid, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
@@ -570,30 +601,35 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
             mv = values_max(w, mv);
         }, full);
         const A m = block_max_key_1b(mv, reinterpret_cast<A*>(slots));
-        const ExpShift<A> sh = exp_shift(exp_offset(m));
         const bool owner = mv == m;
+        const A base = held_exp_base(v, m);
+        const ExpShift<A> sh = exp_shift(base);
         A a = A(0), b = A(0);
-        row_sums(v, op, owner, sh, m, a, b);
+        row_sums(v, op, owner, sh, base, a, b);
         // float32 softmax writes the exponentials back over its staged slots (the
         // write then needs no second exp); 16-bit slots hold the raw 16-bit words.
+        // A wide max's factor is 1 in both forms, as an ordinary max's is sh's.
         constexpr bool KEEP = sizeof(typename S::T) == sizeof(A);
-        each_staged([&](int j, auto f) {
-            A w[VEC];
-            uint4* slot = gs_stage + j * nt + tid;
-            unstage<S, decltype(f)::value>(slot, slot_start<S>(0, NV + j, tid, nt, mis), cols, w, -inf_of(A(0)));
-            row_sums(w, op, owner, sh, m, a, b);
-            if constexpr (KEEP) {
-                if (op == OP_SOFTMAX) {
-                    union {
-                        uint4 u;
-                        A t[VEC];
-                    } buf;
+        if constexpr (STAGED) with_exp_form(m, [&](auto e) {
+            each_staged([&](int j, auto f) {
+                A w[VEC];
+                uint4* slot = gs_stage + j * nt + tid;
+                unstage<S, decltype(f)::value>(slot, slot_start<S>(0, NV + j, tid, nt, mis), cols, w,
+                                               -inf_of(A(0)));
+                row_sums(w, op, owner, e, exp_offset(m), a, b);
+                if constexpr (KEEP) {
+                    if (op == OP_SOFTMAX) {
+                        union {
+                            uint4 u;
+                            A t[VEC];
+                        } buf;
 #pragma unroll
-                    for (int i = 0; i < VEC; ++i) buf.t[i] = w[i];
-                    *slot = buf.u;
+                        for (int i = 0; i < VEC; ++i) buf.t[i] = w[i];
+                        *slot = buf.u;
+                    }
                 }
-            }
-        }, full);
+            }, full);
+        });
         row_sums_end(op, owner, sh, b);
         if (op == OP_SOFTMAX) {
             a = block_sum_1b(a, reinterpret_cast<A*>(slots + 32));
@@ -609,7 +645,7 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
         // Each op's epilogue constant only (the other's would cost a divide or a log per row).
         const A inv = op == OP_SOFTMAX ? row_inv(m, a) : A(0);
         const A ls = op == OP_SOFTMAX ? A(0) : row_log_sum(m, a, b);
-        row_finish(v, op, m, inv, ls);
+        row_finish(v, op, base, inv, ls);
         const bool vec_out = misalign<S>(yr) == mis;
         if (held_full && vec_out) {
 #pragma unroll
@@ -636,8 +672,10 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
                 }
             }, whole_out);
         };
-        if (op == OP_SOFTMAX) {
-            write_staged([&](A w) { return (KEEP ? w : shifted_exp(w, sh)) * inv; });
+        if (op == OP_SOFTMAX && KEEP) {
+            write_staged([&](A w) { return w * inv; });
+        } else if (op == OP_SOFTMAX) {
+            with_exp_form(m, [&](auto e) { write_staged([&](A w) { return e(w) * inv; }); });
         } else {
             write_staged([&](A w) { return (w - m) - ls; });
         }
@@ -647,10 +685,18 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
 template <class S, int NV>
 __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
                                         int ss) {
+    // op as a constant in each copy: neither carries the other op's code or
+    // registers (float64 keeps one copy: its double exp per element dwarfs the
+    // op tests, and two copies spill it).
+    const bool one = sizeof(typename S::A) == 8;
     if (ss > 0) {
-        fwd_row_rows<S, NV, true>(x, y, rows, cols, op, ss);
+        if (one) fwd_row_rows<S, NV, true>(x, y, rows, cols, op, ss);
+        else if (op == OP_SOFTMAX) fwd_row_rows<S, NV, true>(x, y, rows, cols, OP_SOFTMAX, ss);
+        else fwd_row_rows<S, NV, true>(x, y, rows, cols, OP_LOG_SOFTMAX, ss);
     } else {
-        fwd_row_rows<S, NV, false>(x, y, rows, cols, op, 0);
+        if (one) fwd_row_rows<S, NV, false>(x, y, rows, cols, op, 0);
+        else if (op == OP_SOFTMAX) fwd_row_rows<S, NV, false>(x, y, rows, cols, OP_SOFTMAX, 0);
+        else fwd_row_rows<S, NV, false>(x, y, rows, cols, OP_LOG_SOFTMAX, 0);
     }
 }
 
@@ -931,17 +977,47 @@ struct TilePipe {
 // offset of 0 for an infinite max keeps -inf elements at exp2(-inf) = 0; a +inf or
 // NaN max decides the row by itself (the epilogues). softmax only: log_softmax
 // needs the count at the max (values_stats) to keep a dominated sum's low digits.
+// A wide max (shift_wide, `wide`) carries no factor: its sum is of exp(x - max)
+// itself (DirectExp), and a tile that starts or ends wide rescales through the
+// true sum (stream_sum_rebase), off the common path, as does an infinite max
+// (whose sum is 0 or moot) so that one FSETP tests the new max.
 template <class A>
 struct StreamSum {
     A m, hi, s;
+    bool wide;
 };
+// The factor a running sum carries: 1 when wide (or for an infinite max, whose
+// sum is 0 or moot), else ExpShift's.
+template <class A>
+__device__ __forceinline__ A stream_fix(A m) {
+    return shift_wide(m) || !(fabs(m) < inf_of(m)) ? A(1) : exp_shift(m).fix;
+}
 // The factor between two ExpShift offsets: hi is max * log2(e) in float (EX2),
 // the max itself in float64 (exp).
 __device__ __forceinline__ float shift_ratio(float hi_old, float hi_new) { return fast_exp2(hi_old - hi_new); }
 __device__ __forceinline__ double shift_ratio(double hi_old, double hi_new) { return exp(hi_old - hi_new); }
+// One tile where the old or the new max is wide: the old sum made true (its
+// factor undone), moved to the new max, then given the new form's factor.
+template <class A, int EPT>
+__device__ __forceinline__ void stream_sum_rebase(StreamSum<A>& t, A mn, const A (&v)[EPT]) {
+    const A base = t.s * stream_fix(t.m) * (t.m == mn ? A(1) : fast_exp(t.m - mn));
+    with_exp_form(mn, [&](auto e) {
+        A s = base / e.fix;
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) s += e(v[i]);
+        t.s = s;
+    });
+    t.hi = exp_shift(mn).hi;
+    t.m = mn;
+    t.wide = shift_wide(mn);
+}
 template <class A, int EPT>
 __device__ __forceinline__ void stream_sum_add(StreamSum<A>& t, const A (&v)[EPT]) {
     const A mn = values_max(v, t.m);
+    if (sizeof(A) < 8 && (fabs(mn) >= A(1073741824.0) || t.wide)) {
+        stream_sum_rebase(t, mn, v);
+        return;
+    }
     ExpShift<A> sh = exp_shift(mn);
     const A scale = (t.m == mn) ? A(1) : shift_ratio(t.hi, sh.hi);
     t.hi = sh.hi;
@@ -956,14 +1032,14 @@ template <class A>
 __device__ __forceinline__ MaxSum<A> stream_sum_stats(StreamSum<A> t) {
     MaxSum<A> o;
     o.m = t.m;
-    o.r = fabs(t.m) < inf_of(t.m) ? t.s * exp_shift(t.m).fix - A(1) : A(-1);
+    o.r = fabs(t.m) < inf_of(t.m) ? t.s * stream_fix(t.m) - A(1) : A(-1);
     return o;
 }
 
 template <class S, int NV>
-__device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T* y, long long rows, long long cols,
-                                           int op, int k, long long chunk, typename S::A* part,
-                                           unsigned long long* cnt) {
+__device__ __forceinline__ void fwd_stream_rows(const typename S::T* x, typename S::T* y, long long rows,
+                                                long long cols, int op, int k, long long chunk, typename S::A* part,
+                                                unsigned long long* cnt) {
     typedef typename S::A A;
     constexpr int VEC = S::VEC, EPT = NV * VEC;
     __shared__ MaxSum<A> scratch[33];
@@ -992,6 +1068,7 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
         u.m = -inf_of(A(0));
         u.hi = u.m;
         u.s = A(0);
+        u.wide = false;
         t = empty_maxsum<A>();
         bool whole = pipe.whole(0);
         unsigned off = 0;
@@ -1011,25 +1088,36 @@ __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T
         const MaxSum<A> r0 = block_merge_1b(t, slots + 32 * (round & 1));
         const MaxSum<A> r = k > 1 ? group_merge(r0, part, cnt, g, k, p, round, scratch) : r0;
         const bool vec_out = misalign<S>(yr) == mis;
-        const ExpShift<A> es = exp_shift(r.m);
-        const A inv = inv_sum_of(r) * es.fix;
-        const A ls = log_sum_of(r);
         const int last = (end - 1) / tile * tile;
-        for (int base = last; base >= 0; base -= tile) {
-            const bool full = pipe.whole(base);
-            A v[EPT];
-            stream_tile_load<S, NV>(xr, base, o0, ss, n, full, v, A(0));
-            if (op == OP_SOFTMAX) {
+        const A ls = log_sum_of(r);
+        with_exp_form(r.m, [&](auto e) {
+            const A inv = inv_sum_of(r) * e.fix;
+            for (int base = last; base >= 0; base -= tile) {
+                const bool full = pipe.whole(base);
+                A v[EPT];
+                stream_tile_load<S, NV>(xr, base, o0, ss, n, full, v, A(0));
+                if (op == OP_SOFTMAX) {
 #pragma unroll
-                for (int i = 0; i < EPT; ++i) v[i] = shifted_exp(v[i], es) * inv;
-            } else {
+                    for (int i = 0; i < EPT; ++i) v[i] = e(v[i]) * inv;
+                } else {
 #pragma unroll
-                for (int i = 0; i < EPT; ++i) v[i] = (v[i] - r.m) - ls;
+                    for (int i = 0; i < EPT; ++i) v[i] = (v[i] - r.m) - ls;
+                }
+                stream_tile_store<S, NV>(yr, base, o0, ss, n, full, vec_out, v);
             }
-            stream_tile_store<S, NV>(yr, base, o0, ss, n, full, vec_out, v);
-        }
+        });
     }
     group_release(cnt, cnt + groups, g, k);
+}
+
+// op as a constant in each copy (as fwd_row).
+template <class S, int NV>
+__device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T* y, long long rows, long long cols,
+                                           int op, int k, long long chunk, typename S::A* part,
+                                           unsigned long long* cnt) {
+    if (sizeof(typename S::A) == 8) fwd_stream_rows<S, NV>(x, y, rows, cols, op, k, chunk, part, cnt);
+    else if (op == OP_SOFTMAX) fwd_stream_rows<S, NV>(x, y, rows, cols, OP_SOFTMAX, k, chunk, part, cnt);
+    else fwd_stream_rows<S, NV>(x, y, rows, cols, OP_LOG_SOFTMAX, k, chunk, part, cnt);
 }
 
 template <class S, int NV>
@@ -1169,6 +1257,7 @@ __device__ __forceinline__ LseSum lse_chunk_fast(const typename S::T* p, int n, 
     u.m = -inf_of(0.0f);
     u.hi = u.m;
     u.s = 0.0f;
+    u.wide = false;
     const typename S::T* q = p + o0;
     for (int base = 0; base < end; base += tile, q += tile) {
         float v[EPT];
