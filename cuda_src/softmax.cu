@@ -31,6 +31,17 @@ namespace gs {
 enum { OP_SOFTMAX = 0, OP_LOG_SOFTMAX = 1 };
 enum { OP_SOFTMAX_BWD = 0, OP_LOG_SOFTMAX_BWD = 1 };
 
+// body(op) with the forward op as a constant in each call: the copies then carry
+// neither the other op's code nor its registers. float64 keeps one copy, the op
+// at run time: its double exp per element dwarfs the op tests, and two copies
+// spill it.
+template <class A, class F>
+__device__ __forceinline__ void by_op(int op, F&& body) {
+    if (sizeof(A) == 8) body(op);
+    else if (op == OP_SOFTMAX) body(OP_SOFTMAX);
+    else body(OP_LOG_SOFTMAX);
+}
+
 // Per-row epilogue constants. The reference gives a NaN row for softmax and
 // log_softmax when the max is infinite (a +inf element, or every element -inf),
 // and max +- inf for logsumexp (torch convention); a NaN max flows through.
@@ -462,13 +473,10 @@ __device__ __forceinline__ void fwd_warp_rows(const typename S::T* x, typename S
     }
 }
 
-// op as a constant in each copy (as fwd_row).
 template <class S, int NV>
 __device__ __forceinline__ void fwd_warp(const typename S::T* x, typename S::T* y, long long rows, long long cols,
                                          int op, int width) {
-    if (sizeof(typename S::A) == 8) fwd_warp_rows<S, NV>(x, y, rows, cols, op, width);
-    else if (op == OP_SOFTMAX) fwd_warp_rows<S, NV>(x, y, rows, cols, OP_SOFTMAX, width);
-    else fwd_warp_rows<S, NV>(x, y, rows, cols, OP_LOG_SOFTMAX, width);
+    by_op<typename S::A>(op, [&](int o) { fwd_warp_rows<S, NV>(x, y, rows, cols, o, width); });
 }
 
 template <class S, int NV>
@@ -685,18 +693,10 @@ __device__ __forceinline__ void fwd_row_rows(const typename S::T* x, typename S:
 template <class S, int NV>
 __device__ __forceinline__ void fwd_row(const typename S::T* x, typename S::T* y, long long rows, int cols, int op,
                                         int ss) {
-    // op as a constant in each copy: neither carries the other op's code or
-    // registers (float64 keeps one copy: its double exp per element dwarfs the
-    // op tests, and two copies spill it).
-    const bool one = sizeof(typename S::A) == 8;
     if (ss > 0) {
-        if (one) fwd_row_rows<S, NV, true>(x, y, rows, cols, op, ss);
-        else if (op == OP_SOFTMAX) fwd_row_rows<S, NV, true>(x, y, rows, cols, OP_SOFTMAX, ss);
-        else fwd_row_rows<S, NV, true>(x, y, rows, cols, OP_LOG_SOFTMAX, ss);
+        by_op<typename S::A>(op, [&](int o) { fwd_row_rows<S, NV, true>(x, y, rows, cols, o, ss); });
     } else {
-        if (one) fwd_row_rows<S, NV, false>(x, y, rows, cols, op, 0);
-        else if (op == OP_SOFTMAX) fwd_row_rows<S, NV, false>(x, y, rows, cols, OP_SOFTMAX, 0);
-        else fwd_row_rows<S, NV, false>(x, y, rows, cols, OP_LOG_SOFTMAX, 0);
+        by_op<typename S::A>(op, [&](int o) { fwd_row_rows<S, NV, false>(x, y, rows, cols, o, 0); });
     }
 }
 
@@ -1110,14 +1110,11 @@ __device__ __forceinline__ void fwd_stream_rows(const typename S::T* x, typename
     group_release(cnt, cnt + groups, g, k);
 }
 
-// op as a constant in each copy (as fwd_row).
 template <class S, int NV>
 __device__ __forceinline__ void fwd_stream(const typename S::T* x, typename S::T* y, long long rows, long long cols,
                                            int op, int k, long long chunk, typename S::A* part,
                                            unsigned long long* cnt) {
-    if (sizeof(typename S::A) == 8) fwd_stream_rows<S, NV>(x, y, rows, cols, op, k, chunk, part, cnt);
-    else if (op == OP_SOFTMAX) fwd_stream_rows<S, NV>(x, y, rows, cols, OP_SOFTMAX, k, chunk, part, cnt);
-    else fwd_stream_rows<S, NV>(x, y, rows, cols, OP_LOG_SOFTMAX, k, chunk, part, cnt);
+    by_op<typename S::A>(op, [&](int o) { fwd_stream_rows<S, NV>(x, y, rows, cols, o, k, chunk, part, cnt); });
 }
 
 template <class S, int NV>
